@@ -1,0 +1,1 @@
+"""Training-side code of the colorization network (needs the `train` extra: torch)."""

@@ -1,0 +1,84 @@
+"""Training data: images and sampled video frames held in memory, cut into Lab crops."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from streamd.lab import rgb_to_lab
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".ts", ".webm"}
+log = logging.getLogger(__name__)
+
+
+def _fit(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    scale = max_side / max(rgb.shape[:2])
+    if scale >= 1:
+        return rgb
+    size = (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+
+
+def load_images(folder: Path, max_side: int) -> list[np.ndarray]:
+    images = []
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            log.warning("skipping %s: not a readable image", path)
+            continue
+        images.append(_fit(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), max_side))
+    return images
+
+
+def load_video_frames(path: Path, every: int, max_side: int, start: float = 0.0, stop: float = 1.0) -> list[np.ndarray]:
+    """Every `every`-th frame of the part [start, stop) of a video (fractions of its frame count)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    lo, hi = int(len(frames) * start), int(len(frames) * stop)
+    return [_fit(f, max_side) for f in frames[lo:hi:every]]
+
+
+def load_folder(folder: Path, max_side: int = 320, video_every: int = 8) -> list[np.ndarray]:
+    """All images under `folder`, and every `video_every`-th frame of the videos there."""
+    images = load_images(folder, max_side)
+    for video in sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES):
+        images += load_video_frames(video, video_every, max_side)
+    return images
+
+
+class CropSampler:
+    """Random square Lab crops: random scale, position and horizontal flip.
+
+    Returns L (N, 1, S, S) and the ground-truth ab at the network's output scale (N, 2, S/4, S/4).
+    """
+
+    def __init__(self, images: list[np.ndarray], crop: int, rng: np.random.Generator) -> None:
+        if not images:
+            raise ValueError("no training images found")
+        if crop % 16:
+            raise ValueError(f"crop size {crop} must be a multiple of 16")
+        self.images, self.crop, self.rng = images, crop, rng
+
+    def crop_one(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        short = min(h, w)
+        target_short = self.rng.uniform(self.crop, max(self.crop, 1.4 * self.crop))
+        scale = target_short / short
+        rgb = cv2.resize(rgb, (max(self.crop, round(w * scale)), max(self.crop, round(h * scale))),
+                         interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        y = self.rng.integers(0, rgb.shape[0] - self.crop + 1)
+        x = self.rng.integers(0, rgb.shape[1] - self.crop + 1)
+        rgb = rgb[y:y + self.crop, x:x + self.crop]
+        return rgb[:, ::-1] if self.rng.random() < 0.5 else rgb
+
+    def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        picks = self.rng.integers(0, len(self.images), size)
+        lab = np.stack([rgb_to_lab(self.crop_one(self.images[i])) for i in picks])
+        out = self.crop // 4
+        ab = np.stack([cv2.resize(x[..., 1:], (out, out), interpolation=cv2.INTER_AREA) for x in lab])
+        return lab[..., :1].transpose(0, 3, 1, 2).copy(), ab.transpose(0, 3, 1, 2).copy()

@@ -1,0 +1,94 @@
+"""The colorization network: L in, a distribution over quantized ab out, annealed-mean decoding.
+
+VGG-style blocks of conv + ReLU + BatchNorm with no pooling (the seed's design): resolution goes down by
+strided convolutions to 1/8, dilated blocks widen the receptive field there, and a transposed convolution
+brings it back to 1/4 of the input, where a skip from the 1/4 encoder block restores the edges that
+colour would otherwise bleed across.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_block(c_in: int, c_out: int, n_convs: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    """n_convs 3x3 convolutions with ReLU; the first one strides; BatchNorm closes the block."""
+    layers: list[nn.Module] = []
+    for i in range(n_convs):
+        layers += [nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, stride if i == 0 else 1,
+                             padding=dilation, dilation=dilation),
+                   nn.ReLU(inplace=True)]
+    layers.append(nn.BatchNorm2d(c_out))
+    return nn.Sequential(*layers)
+
+
+class UpMerge(nn.Module):
+    """Upsample x2 by a transposed convolution, then merge the encoder's features of that scale."""
+
+    def __init__(self, c_deep: int, c_skip: int) -> None:
+        super().__init__()
+        self.up = nn.Sequential(nn.ConvTranspose2d(c_deep, c_skip, 4, stride=2, padding=1), nn.ReLU(inplace=True))
+        self.merge = conv_block(2 * c_skip, c_skip, 1)
+
+    def forward(self, deep: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.merge(torch.cat([self.up(deep), skip], dim=1))
+
+
+class ColorNet(nn.Module):
+    """Logits over `n_bins` ab bins at 1/4 of the input resolution; input is L in 0..100.
+
+    Input sides must be multiples of 16.
+    """
+
+    def __init__(self, n_bins: int, widths: tuple[int, int, int, int] = (32, 64, 128, 256)) -> None:
+        super().__init__()
+        w1, w2, w3, w4 = widths
+        self.widths = widths
+        self.enc_half = conv_block(1, w1, 2, stride=2)
+        self.enc_quarter = conv_block(w1, w2, 2, stride=2)
+        self.enc_eighth = conv_block(w2, w3, 3, stride=2)
+        self.enc_sixteenth = nn.Sequential(  # the dilated blocks see most of a 224-pixel frame
+            conv_block(w3, w4, 2, stride=2),
+            conv_block(w4, w4, 2, dilation=2),
+            conv_block(w4, w4, 2),
+        )
+        self.up_eighth = UpMerge(w4, w3)
+        self.up_quarter = UpMerge(w3, w2)
+        self.classify = nn.Conv2d(w2, n_bins, 1)
+
+    def forward(self, lightness: torch.Tensor) -> torch.Tensor:
+        quarter = self.enc_quarter(self.enc_half((lightness - 50.0) / 100.0))
+        eighth = self.enc_eighth(quarter)
+        deep = self.enc_sixteenth(eighth)
+        return self.classify(self.up_quarter(self.up_eighth(deep, eighth), quarter))
+
+
+class AnnealedMean(nn.Module):
+    """Seed eq. 2: ab = sum_q softmax(log p / T)_q * centre_q, which equals softmax(logits / T) @ centres."""
+
+    def __init__(self, net: ColorNet, bins: torch.Tensor, temperature: float) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("bins", bins.float())  # (Q, 2)
+        self.register_buffer("temperature", torch.tensor([temperature], dtype=torch.float32))
+
+    def forward(self, lightness: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(self.net(lightness).float() / self.temperature, dim=1)
+        return torch.einsum("nqhw,qc->nchw", probs, self.bins)
+
+
+class ECCV16(nn.Module):
+    """Zhang et al. 2016's architecture (32M parameters), rebuilt only as the speed baseline."""
+
+    def __init__(self, n_bins: int = 313) -> None:
+        super().__init__()
+        cfg = [(1, 64, 2, 2, 1), (64, 128, 2, 2, 1), (128, 256, 3, 2, 1), (256, 512, 3, 1, 1),
+               (512, 512, 3, 1, 2), (512, 512, 3, 1, 2), (512, 512, 3, 1, 1)]
+        self.body = nn.Sequential(*[conv_block(*c) for c in cfg])  # FLOPs match; stride placement aside
+        self.up = nn.Sequential(nn.ConvTranspose2d(512, 256, 4, stride=2, padding=1), nn.ReLU(inplace=True),
+                                nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),
+                                nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True))
+        self.classify = nn.Conv2d(256, n_bins, 1)
+
+    def forward(self, lightness: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.up(self.body((lightness - 50.0) / 100.0)))

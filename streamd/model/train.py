@@ -1,0 +1,160 @@
+"""`streamd train`: fit the colorization network on folders of images and videos.
+
+bf16 autocast on CPU (AMX) and CUDA; DistributedDataParallel when started by torchrun; checkpoints hold
+optimizer state and resume exactly; the weights file that ships holds only what inference and further
+training need (fp16 weights, bins, priors, hyper-parameters).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from streamd.lab import ab_bins
+from streamd.model.data import CropSampler, load_folder
+from streamd.model.loss import Priors, WeightedCrossEntropy
+from streamd.model.network import ColorNet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    data: list[str]
+    out: str = "checkpoints"
+    steps: int = 20000
+    batch: int = 32
+    crop: int = 176
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup: int = 300
+    widths: tuple[int, int, int, int] = (24, 48, 96, 192)
+    rebalance: bool = True
+    gradient_prior: bool = True
+    seed: int = 0
+    device: str = "auto"
+    init: str | None = None  # weights to start from (a shipped .pt); ignored when a checkpoint resumes
+    checkpoint_every: int = 500
+    video_every: int = 8
+    extra: dict = field(default_factory=dict)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def save_weights(path: Path, net: ColorNet, priors: Priors, cfg: TrainConfig, step: int, seconds: float,
+                 samples: int) -> None:
+    """The shippable weights: fp16 (half the size; training upcasts), with everything export needs."""
+    state = {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    torch.save({"model": state, "widths": list(net.widths), "bins": ab_bins(), "bin_prior": priors.bin_prior,
+                "gradient_prior": priors.gradient_prior, "steps": step, "train_seconds": seconds,
+                "samples": samples, "config": asdict(cfg)}, path)
+
+
+def load_weights(path: str | Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def build_net(weights: dict) -> ColorNet:
+    net = ColorNet(len(weights["bins"]), tuple(weights["widths"]))
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights["model"].items()})
+    return net
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 2% of the peak."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def train(cfg: TrainConfig) -> Path:
+    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    rank = 0
+    device = pick_device(cfg.device)
+    if distributed:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank = dist.get_rank()
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+    torch.manual_seed(cfg.seed + rank)
+    rng = np.random.default_rng(cfg.seed + rank)  # each rank draws its own crops
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = [img for folder in cfg.data for img in load_folder(Path(folder), video_every=cfg.video_every)]
+    sampler = CropSampler(images, cfg.crop, rng)
+    bins = torch.from_numpy(ab_bins())
+    log.info("%d training images from %s; %d ab bins", len(images), ", ".join(cfg.data), len(bins))
+
+    resume = out / "last.ckpt"
+    init = load_weights(cfg.init) if cfg.init and not resume.exists() else None
+    if resume.exists():
+        ckpt = torch.load(resume, map_location="cpu", weights_only=False)
+        priors = Priors(ckpt["bin_prior"], ckpt["gradient_prior"])
+    elif init is not None:  # keep the priors of the model we start from: the loss stays the same
+        priors = Priors(init["bin_prior"], init["gradient_prior"])
+    else:
+        priors = Priors.measure([torch.from_numpy(sampler.batch(64)[1]) for _ in range(16)], bins)
+
+    net = ColorNet(len(bins), cfg.widths) if init is None else build_net(init)
+    net = net.to(device).to(memory_format=torch.channels_last)
+    criterion = WeightedCrossEntropy(bins, priors, cfg.rebalance, cfg.gradient_prior)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, seconds, samples = 0, 0.0, 0
+    if resume.exists():
+        net.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, seconds, samples = ckpt["step"], ckpt["seconds"], ckpt["samples"]
+        rng.bit_generator.state = ckpt["rng"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        log.info("resumed from %s at step %d", resume, step)
+    model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
+
+    world = dist.get_world_size() if distributed else 1
+    bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, dynamic_ncols=True, unit="step")
+    ema_loss = None
+    model.train()
+    while step < cfg.steps:
+        t0 = time.perf_counter()
+        lightness, ab = (torch.from_numpy(x) for x in sampler.batch(cfg.batch))
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            logits = model(lightness.to(device).contiguous(memory_format=torch.channels_last))
+        loss = criterion(logits.float().cpu() if device.type != "cpu" else logits, ab)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        samples += cfg.batch * world
+        dt = time.perf_counter() - t0
+        seconds += dt
+        ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{ema_loss:.3f}", img_s=f"{cfg.batch * world / dt:.0f}", lr=f"{lr_at(step, cfg):.1e}")
+        if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                        "seconds": seconds, "samples": samples, "rng": rng.bit_generator.state,
+                        "torch_rng": torch.get_rng_state(), "bin_prior": priors.bin_prior,
+                        "gradient_prior": priors.gradient_prior}, out / "last.ckpt.tmp")
+            os.replace(out / "last.ckpt.tmp", resume)
+            save_weights(out / "weights.pt", net, priors, cfg, step, seconds, samples)
+            log.info("step %d loss %.4f: checkpoint written to %s", step, ema_loss, out)
+    bar.close()
+    if distributed:
+        dist.destroy_process_group()
+    return out / "weights.pt"
