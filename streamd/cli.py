@@ -1,0 +1,254 @@
+"""The `streamd` command.
+
+Exit codes: 0 success; 1 the job failed (every camera failed, a file could not be processed);
+2 bad usage or an invalid config (the message names the key); 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from streamd import config as cfgmod
+from streamd.source import State, redact
+
+log = logging.getLogger("streamd")
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def status_lines(pipeline, elapsed: float, previous: dict[str, int]) -> list[str]:
+    lines = []
+    for name, r in pipeline.cameras.items():
+        out = r.outputs
+        lat = out.latencies_ms[-200:]
+        fps = (out.published - previous.get(name, 0)) / max(elapsed, 1e-6)
+        previous[name] = out.published
+        lines.append(f"{name}: {r.source.stats.state.value}, {fps:.1f} fps out, colorized {r.colorized}, "
+                     f"passed {r.passed_through}, dropped {pipeline.dropped(name)}, "
+                     f"latency p50 {_percentile(lat, 50):.0f} ms p99 {_percentile(lat, 99):.0f} ms")
+    return lines
+
+
+def quick_config(args: argparse.Namespace) -> cfgmod.Config:
+    """`streamd run --source ...` without a config file: one [[camera]] per --source."""
+    cameras = []
+    for i, spec in enumerate(args.source, start=1):
+        name, url = spec.split("=", 1) if "=" in spec.split("://", 1)[0] else (f"cam{i}", spec)
+        several = len(args.source) > 1
+        rtsp_out = (args.rtsp_out.rstrip("/") + f"/{name}" if several else args.rtsp_out) if args.rtsp_out else ""
+        file_out = ""
+        if args.file_out:
+            p = Path(args.file_out)
+            file_out = str(p.with_name(f"{p.stem}-{name}{p.suffix or '.mp4'}") if several else p)
+        cameras.append({"name": name, "url": url, "transport": args.rtsp_transport, "loop": args.loop,
+                        "rtsp_out": rtsp_out, "file_out": file_out})
+    raw = {"camera": cameras, "zmq": {"endpoint": args.zmq, "format": args.format}}
+    if args.model:
+        raw["model"] = {"path": args.model}
+    return cfgmod.parse(raw)
+
+
+def serve(pipeline, stop: threading.Event, report_every: float, on_report=None) -> None:
+    """Run until `stop` is set or every source has ended, printing a status line per camera."""
+    last = time.monotonic()
+    previous: dict[str, int] = {}
+    while not stop.wait(0.2):
+        now = time.monotonic()
+        if now - last >= report_every:
+            for line in status_lines(pipeline, now - last, previous):
+                print(line, flush=True)
+            last = now
+            if on_report:
+                on_report()
+        if pipeline.finished():
+            time.sleep(0.3)  # let the outputs publish what is in flight
+            break
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from streamd.pipeline import Pipeline
+
+    if bool(args.config) == bool(args.source):
+        print("streamd run: give either -c CONFIG or --source URL", file=sys.stderr)
+        return EXIT_USAGE
+    cfg = cfgmod.load(args.config) if args.config else quick_config(args)
+    pipeline = Pipeline(cfg)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    pipeline.start()
+    log.info("streamd running %d camera(s)%s", len(cfg.cameras),
+             f", ZeroMQ on {pipeline.publisher.endpoint}" if pipeline.publisher else "")
+    try:
+        serve(pipeline, stop, args.report_every)
+    finally:
+        pipeline.stop()
+    failed = [r for r in pipeline.cameras.values() if r.source.stats.state == State.FAILED]
+    for r in failed:
+        print(f"camera {r.config.name} failed: {r.source.stats.last_error}", file=sys.stderr)
+    return EXIT_FAILED if failed and len(failed) == len(pipeline.cameras) else 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = cfgmod.load(args.config)
+    for c in cfg.cameras:
+        print(f"camera {c.name}: {redact(c.url)}")
+    print(f"{args.config}: OK ({len(cfg.cameras)} camera(s))")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streamd import demo
+
+    return demo.run(args)
+
+
+def cmd_colorize(args: argparse.Namespace) -> int:
+    from streamd.infer import Colorizer
+    from streamd.offline import colorize_paths
+
+    missing = [str(p) for p in args.inputs if not p.exists()]
+    if missing:
+        print(f"streamd colorize: no such file: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_USAGE
+    colorizer = Colorizer(args.model, temperature=args.temperature)
+    try:
+        written = colorize_paths(colorizer, args.inputs, args.output)
+    except ValueError as e:
+        print(f"streamd colorize: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"wrote {len(written)} file(s) to {args.output}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from streamd.model.train import TrainConfig, train
+
+    cfg = TrainConfig(data=[str(d) for d in args.data], out=str(args.out), steps=args.steps, batch=args.batch,
+                      crop=args.crop, lr=args.lr, seed=args.seed, device=args.device,
+                      rebalance=not args.no_rebalance, gradient_prior=not args.no_gradient_prior,
+                      init=str(args.init) if args.init else None, checkpoint_every=args.checkpoint_every,
+                      widths=tuple(args.widths))
+    weights = train(cfg)
+    print(f"weights: {weights}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from streamd.model.export import export
+
+    meta = export(args.weights, args.output, args.temperature, (args.height, args.width))
+    print(f"wrote {args.output} ({meta['model_id']}); max |ab| difference to PyTorch: "
+          f"{meta['max_ab_difference']:.5f}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from streamd import evaluate
+
+    return evaluate.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamd", description="Real-time colorization of gray camera streams.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="synthetic gray camera -> colorized live -> ZeroMQ, MP4 and a PNG")
+    d.add_argument("--seconds", type=float, default=12.0)
+    d.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT of the synthetic camera")
+    d.add_argument("--fps", type=float, default=25.0)
+    d.add_argument("--zmq", default="tcp://127.0.0.1:5555")
+    d.add_argument("--out", type=Path, default=Path("streamd-demo"), help="folder for demo.mp4 and demo.png")
+    d.add_argument("--model", type=Path, default=None)
+    d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("run", help="the daemon: cameras in, colour frames out")
+    r.add_argument("-c", "--config", type=Path)
+    r.add_argument("--source", action="append", default=[], metavar="[NAME=]URL",
+                   help="a camera (RTSP URL or video file); repeat for several")
+    r.add_argument("--zmq", default="tcp://127.0.0.1:5555", help="PUB endpoint ('' for none)")
+    r.add_argument("--rtsp-out", default="", metavar="URL", help="push H.264 here (one path per camera)")
+    r.add_argument("--file-out", default="", metavar="PATH", help="write an MP4 here")
+    r.add_argument("--format", default="bgr24", choices=["bgr24", "yuv420p", "jpeg"], help="ZeroMQ payload")
+    r.add_argument("--rtsp-transport", default="tcp", choices=["tcp", "udp"])
+    r.add_argument("--loop", action="store_true", help="play video files in a loop, as a camera")
+    r.add_argument("--model", default="", help="ONNX model (default: the shipped one)")
+    r.add_argument("--report-every", type=float, default=5.0, help="seconds between status lines")
+    r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("check", help="validate a config file")
+    c.add_argument("-c", "--config", type=Path, required=True)
+    c.set_defaults(func=cmd_check)
+
+    z = sub.add_parser("colorize", help="colorize image and video files")
+    z.add_argument("inputs", nargs="+", type=Path)
+    z.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    z.add_argument("--model", type=Path, default=None)
+    z.add_argument("--temperature", type=float, default=None)
+    z.set_defaults(func=cmd_colorize)
+
+    t = sub.add_parser("train", help="train the network (needs the train extra: torch)")
+    t.add_argument("data", nargs="+", type=Path, help="folders of images and videos")
+    t.add_argument("-o", "--out", type=Path, default=Path("checkpoints"))
+    t.add_argument("--steps", type=int, default=20000)
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--crop", type=int, default=176)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--widths", type=int, nargs=4, default=[24, 48, 96, 192])
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    t.add_argument("--init", type=Path, help="start from these weights (e.g. models/streamd-base.pt)")
+    t.add_argument("--checkpoint-every", type=int, default=500)
+    t.add_argument("--no-rebalance", action="store_true", help="ablation: no class rebalancing")
+    t.add_argument("--no-gradient-prior", action="store_true", help="ablation: no gradient prior")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export", help="weights -> ONNX with the decoding inside")
+    e.add_argument("weights", type=Path)
+    e.add_argument("-o", "--output", type=Path, required=True)
+    e.add_argument("--temperature", type=float, default=0.38)
+    e.add_argument("--width", type=int, default=320)
+    e.add_argument("--height", type=int, default=192)
+    e.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("eval", help="score a model against ground truth, with the gray baseline")
+    v.add_argument("--images", type=Path)
+    v.add_argument("--videos", type=Path)
+    v.add_argument("--model", type=Path, default=None)
+    v.add_argument("--temperature", type=float, nargs="*", default=None, help="one or more T to compare")
+    v.add_argument("--json", type=Path)
+    v.add_argument("--sheet", type=Path, help="contact sheet PNG (gray | ours | truth)")
+    v.add_argument("--limit", type=int, default=0, help="at most this many images (0 = all)")
+    v.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except cfgmod.ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except FileNotFoundError as e:
+        print(f"streamd: {redact(str(e))}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

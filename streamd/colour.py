@@ -1,0 +1,108 @@
+"""Colour stage: luma -> network input, predicted ab -> chroma planes beside the untouched luma, and the
+day/night decision of whether a frame needs colorizing at all."""
+from __future__ import annotations
+
+import functools
+
+import cv2
+import numpy as np
+
+from streamd.frame import MATRICES, Frame
+from streamd.lab import y_to_l_table
+
+GUIDE_RADIUS = 2  # box radius of the guided filter, in pixels of the network's output grid
+GUIDE_EPS = 4.0  # L units squared: below this local variance the prediction is smoothed, above it follows L
+
+
+@functools.cache
+def _l_table(full_range: bool) -> np.ndarray:
+    return y_to_l_table(full_range)
+
+
+def luma_to_lightness(y: np.ndarray, full_range: bool, size: tuple[int, int]) -> np.ndarray:
+    """Y' plane -> L (height, width) float32 at the network's input size (size = (height, width))."""
+    small = cv2.resize(y, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return _l_table(full_range)[small]
+
+
+def _box(x: np.ndarray) -> np.ndarray:
+    return cv2.boxFilter(x, -1, (2 * GUIDE_RADIUS + 1, 2 * GUIDE_RADIUS + 1), borderType=cv2.BORDER_REFLECT)
+
+
+def guided_upsample(ab: np.ndarray, guide_low: np.ndarray, guide_high: np.ndarray) -> np.ndarray:
+    """Edge-aware upsampling (fast guided filter, He and Sun 2015): fit ab = A * L + B locally on the
+    low-resolution grid, upsample A and B, and apply them to the full-resolution L, so chroma edges
+    snap to luma edges instead of bleeding across them.
+
+    ab: (2, h, w), guide_low: (h, w), guide_high: (H, W) -> (H, W, 2) float32.
+    """
+    size = (guide_high.shape[1], guide_high.shape[0])
+    mean_i = _box(guide_low)
+    var_i = _box(guide_low * guide_low) - mean_i * mean_i
+    coeffs = []
+    for p in ab:
+        mean_p = _box(p)
+        a = (_box(guide_low * p) - mean_i * mean_p) / (var_i + GUIDE_EPS)
+        coeffs += [_box(a), _box(mean_p - a * mean_i)]
+    up = cv2.resize(np.dstack(coeffs), size, interpolation=cv2.INTER_LINEAR)  # (H, W, 4): A_a, B_a, A_b, B_b
+    return np.dstack([up[..., 0] * guide_high + up[..., 1], up[..., 2] * guide_high + up[..., 3]])
+
+
+def lab_to_chroma(lightness: np.ndarray, ab: np.ndarray, matrix: str, full_range: bool) -> tuple[np.ndarray, np.ndarray]:
+    """L (H, W) and ab (H, W, 2) -> U, V planes (uint8) in the stream's own matrix and range."""
+    lab = np.dstack([lightness, ab]).astype(np.float32)
+    rgb = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB), 0.0, 1.0)
+    kr, kb = MATRICES[matrix]
+    luma = kr * rgb[..., 0] + (1 - kr - kb) * rgb[..., 1] + kb * rgb[..., 2]
+    scale = 255.0 if full_range else 224.0
+    u = 128.0 + scale * (rgb[..., 2] - luma) / (2 * (1 - kb))
+    v = 128.0 + scale * (rgb[..., 0] - luma) / (2 * (1 - kr))
+    lo, hi = (0, 255) if full_range else (16, 240)
+    return (np.clip(u + 0.5, lo, hi).astype(np.uint8), np.clip(v + 0.5, lo, hi).astype(np.uint8))
+
+
+def recombine(frame: Frame, ab: np.ndarray, lightness_in: np.ndarray) -> Frame:
+    """A gray frame plus the network's ab (2, h, w) for its L input -> the colour frame, luma untouched."""
+    chroma_size = (frame.u.shape[1], frame.u.shape[0])
+    guide_high = _l_table(frame.full_range)[cv2.resize(frame.y, chroma_size, interpolation=cv2.INTER_AREA)]
+    guide_low = cv2.resize(lightness_in, (ab.shape[2], ab.shape[1]), interpolation=cv2.INTER_AREA)
+    ab_full = guided_upsample(ab, guide_low, guide_high)
+    frame.u, frame.v = lab_to_chroma(guide_high, ab_full, frame.matrix, frame.full_range)
+    frame.colorized = True
+    return frame
+
+
+class DayNight:
+    """Decides per camera whether frames are colour (day: pass through) or gray (night: colorize).
+
+    A frame looks colour when its chroma varies across the picture; a uniform tint (some infrared cameras
+    leave one) does not count. The state changes only after frames have looked the other way for a while,
+    longer for leaving night than for entering it, so passing headlights do not flip it.
+    """
+
+    SPREAD_THRESHOLD = 3.0  # mean absolute deviation of U and V from their frame means, in code values
+
+    def __init__(self, to_night_s: float = 2.0, to_day_s: float = 5.0) -> None:
+        self.to_night_s, self.to_day_s = to_night_s, to_day_s
+        self.is_colour: bool | None = None
+        self._since: float | None = None  # when frames began to disagree with the state
+
+    @classmethod
+    def looks_colour(cls, frame: Frame) -> bool:
+        u = frame.u[::4, ::4].astype(np.float32)
+        v = frame.v[::4, ::4].astype(np.float32)
+        spread = np.abs(u - u.mean()).mean() + np.abs(v - v.mean()).mean()
+        return bool(spread > cls.SPREAD_THRESHOLD)
+
+    def update(self, frame: Frame, now: float) -> bool:
+        """Feed a frame; returns whether it should pass through unchanged. Also True on a switch."""
+        colour = self.looks_colour(frame)
+        if self.is_colour is None or colour == self.is_colour:
+            self.is_colour = colour if self.is_colour is None else self.is_colour
+            self._since = None
+            return self.is_colour
+        if self._since is None:
+            self._since = now
+        if now - self._since >= (self.to_day_s if colour else self.to_night_s):
+            self.is_colour, self._since = colour, None
+        return self.is_colour

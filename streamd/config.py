@@ -1,0 +1,170 @@
+"""Configuration: read from TOML (or built from command-line flags), validated once, here, at the edge.
+
+Every error names the offending key (`camera[2].url`), so `streamd check` can point straight at it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamd.sink import FORMATS
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = ""  # "" = the shipped model
+    provider: str = "auto"  # auto | tensorrt | cuda | cpu
+    temperature: float = 0.0  # 0 = the model's own (0.38 unless exported otherwise)
+    threads: int = 0  # ONNX Runtime intra-op threads; 0 = one per core
+    input_width: int = 0  # 0 = the model's own input size
+    input_height: int = 0
+    cache_dir: str = ""  # TensorRT engine cache; "" = $CACHE_DIRECTORY or ~/.cache/streamd
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    max_size: int = 8
+    deadline_ms: float = 0.0  # 0 = one frame interval of the fastest camera
+
+
+@dataclass(frozen=True)
+class ZmqConfig:
+    endpoint: str = "tcp://127.0.0.1:5555"  # "" = no ZeroMQ output
+    format: str = "bgr24"
+    hwm: int = 4
+
+
+@dataclass(frozen=True)
+class DayNightConfig:
+    to_night_s: float = 2.0
+    to_day_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    name: str
+    url: str
+    transport: str = "tcp"
+    loop: bool = False
+    realtime: bool = True
+    rtsp_out: str = ""
+    rtsp_out_transport: str = ""  # "" = same as transport
+    file_out: str = ""
+    zmq_format: str = ""  # "" = [zmq].format
+    open_timeout_s: float = 10.0
+    read_timeout_s: float = 5.0
+    stall_timeout_s: float = 10.0
+    fps: float = 25.0  # synthetic cameras
+    width: int = 1280  # synthetic cameras
+    height: int = 720
+    duration_s: float = 0.0  # synthetic cameras: 0 = endless
+
+
+@dataclass(frozen=True)
+class Config:
+    cameras: tuple[CameraConfig, ...]
+    model: ModelConfig = field(default_factory=ModelConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    zmq: ZmqConfig = field(default_factory=ZmqConfig)
+    daynight: DayNightConfig = field(default_factory=DayNightConfig)
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool}
+
+
+def _section(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(fields)})")
+    values = {}
+    for name, f in fields.items():
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{where}.{name}: required")
+            continue
+        value = raw[name]
+        expected = _TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
+        if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
+            raise ConfigError(f"{where}.{name}: expected {f.type}, got {type(value).__name__} {value!r}")
+        values[name] = float(value) if f.type == "float" else value
+    return cls(**values)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def validate(cfg: Config) -> Config:
+    m = cfg.model
+    _check(m.provider in ("auto", "tensorrt", "cuda", "cpu"), "model.provider", "must be auto, tensorrt, cuda or cpu")
+    _check(m.temperature >= 0, "model.temperature", "must be positive (0 keeps the model's own)")
+    _check(m.threads >= 0, "model.threads", "must be 0 (all cores) or more")
+    for key in ("input_width", "input_height"):
+        v = getattr(m, key)
+        _check(v >= 0 and v % 16 == 0, f"model.{key}", "must be a multiple of 16 (0 = the model's own)")
+    _check(not m.path or Path(m.path).is_file(), "model.path", f"no model file at {m.path}")
+    _check(1 <= cfg.batch.max_size <= 256, "batch.max_size", "must be between 1 and 256")
+    _check(cfg.batch.deadline_ms >= 0, "batch.deadline_ms", "must be 0 (automatic) or more")
+    _check(cfg.zmq.format in FORMATS, "zmq.format", f"must be one of {', '.join(FORMATS)}")
+    _check(cfg.zmq.hwm >= 1, "zmq.hwm", "must be at least 1")
+    _check(cfg.daynight.to_night_s >= 0 and cfg.daynight.to_day_s >= 0, "daynight", "settle times must be >= 0")
+    _check(len(cfg.cameras) > 0, "camera", "at least one [[camera]] is needed")
+    seen = set()
+    for i, c in enumerate(cfg.cameras):
+        where = f"camera[{i}]"
+        _check(bool(_NAME.match(c.name)), f"{where}.name", "letters, digits, '_', '-' and '.' only (it is a topic)")
+        _check(c.name not in seen, f"{where}.name", f"camera name {c.name!r} is used twice")
+        seen.add(c.name)
+        _check(bool(c.url.strip()), f"{where}.url", "must not be empty")
+        _check(c.transport in ("tcp", "udp"), f"{where}.transport", "must be tcp or udp")
+        _check(c.rtsp_out_transport in ("", "tcp", "udp"), f"{where}.rtsp_out_transport", "must be tcp or udp")
+        _check(not c.rtsp_out or c.rtsp_out.startswith(("rtsp://", "rtsps://")), f"{where}.rtsp_out",
+               "must be an rtsp:// URL")
+        _check(c.zmq_format in ("", *FORMATS), f"{where}.zmq_format", f"must be one of {', '.join(FORMATS)}")
+        for key in ("open_timeout_s", "read_timeout_s", "stall_timeout_s", "fps"):
+            _check(getattr(c, key) > 0, f"{where}.{key}", "must be positive")
+        _check(c.width > 0 and c.height > 0 and c.width % 2 == 0 and c.height % 2 == 0, f"{where}.width",
+               "synthetic sizes must be positive and even")
+    return cfg
+
+
+def parse(raw: dict) -> Config:
+    known = {"model", "batch", "zmq", "daynight", "camera"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(sorted(known))})")
+    cameras = raw.get("camera", [])
+    if not isinstance(cameras, list):
+        raise ConfigError("camera: use [[camera]] tables, one per camera")
+    return validate(Config(
+        cameras=tuple(_section(CameraConfig, c, f"camera[{i}]") for i, c in enumerate(cameras)),
+        model=_section(ModelConfig, raw.get("model", {}), "model"),
+        batch=_section(BatchConfig, raw.get("batch", {}), "batch"),
+        zmq=_section(ZmqConfig, raw.get("zmq", {}), "zmq"),
+        daynight=_section(DayNightConfig, raw.get("daynight", {}), "daynight"),
+    ))
+
+
+def load(path: str | Path) -> Config:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    return parse(raw)

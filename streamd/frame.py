@@ -1,0 +1,81 @@
+"""The unit that flows through the pipeline: one decoded picture as planar YUV 4:2:0 plus where it came from."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
+
+# Luma weights (Kr, Kb) of the two matrices cameras use: BT.709 for HD, BT.601 for SD.
+MATRICES = {"bt709": (0.2126, 0.0722), "bt601": (0.299, 0.114)}
+_AV_COLORSPACE = {"bt709": "itu709", "bt601": "itu601"}
+
+
+@dataclass
+class Frame:
+    camera: str
+    seq: int
+    y: np.ndarray  # (H, W) uint8, never modified: luma passes through bit-exact
+    u: np.ndarray  # (H/2, W/2) uint8
+    v: np.ndarray
+    full_range: bool = False  # "pc"/JPEG range; most camera H.264 is limited ("tv") range
+    matrix: str = "bt709"
+    pts: float | None = None  # stream time in seconds
+    capture_time: float = field(default_factory=time.time)  # wall clock when decoded
+    arrival: float = field(default_factory=time.monotonic)  # for latency, immune to clock steps
+    reference: np.ndarray | None = None  # the true colours, where a synthetic source knows them
+    colorized: bool = False
+    prediction: tuple[np.ndarray, np.ndarray] | None = None  # (network input L, predicted ab), until recombined
+
+    @property
+    def width(self) -> int:
+        return self.y.shape[1]
+
+    @property
+    def height(self) -> int:
+        return self.y.shape[0]
+
+    @classmethod
+    def from_av(cls, camera: str, seq: int, frame: av.VideoFrame, **kw) -> "Frame":
+        """Any decoded PyAV frame, converted to yuv420p (a no-op for the usual camera stream) and split."""
+        full = frame.format.name in ("yuvj420p", "yuvj422p", "yuvj444p") or frame.color_range == 2
+        matrix = "bt601" if frame.colorspace in (5, 6) or (frame.colorspace == 2 and frame.height < 720) else "bt709"
+        if frame.format.name != "yuv420p":
+            frame = frame.reformat(format="yuv420p")
+        w, h = frame.width - frame.width % 2, frame.height - frame.height % 2
+        planes = frame.to_ndarray()  # (H * 3/2, W): Y rows, then U and V as quarter-size blocks
+        y = planes[:frame.height, :w][:h]
+        chroma = planes[frame.height:].reshape(2, frame.height // 2, frame.width // 2)
+        u, v = chroma[0][:h // 2, :w // 2], chroma[1][:h // 2, :w // 2]
+        return cls(camera, seq, np.ascontiguousarray(y), np.ascontiguousarray(u), np.ascontiguousarray(v),
+                   full_range=full, matrix=matrix, pts=float(frame.time) if frame.time is not None else None, **kw)
+
+    def to_av(self) -> av.VideoFrame:
+        packed = np.concatenate([self.y, self.u.reshape(-1, self.width), self.v.reshape(-1, self.width)])
+        frame = av.VideoFrame.from_ndarray(packed, format="yuv420p")
+        frame.color_range = 2 if self.full_range else 1
+        frame.colorspace = 1 if self.matrix == "bt709" else 6
+        return frame
+
+    def to_bgr(self) -> np.ndarray:
+        """(H, W, 3) uint8 BGR, converted by swscale with the frame's own matrix and range."""
+        out = VideoReformatter().reformat(  # one per call: a reformatter is not thread-safe
+            self.to_av(), format="bgr24", src_colorspace=_AV_COLORSPACE[self.matrix], dst_colorspace="itu601",
+            src_color_range="JPEG" if self.full_range else "MPEG", dst_color_range="JPEG")
+        return out.to_ndarray()
+
+    @classmethod
+    def from_bgr(cls, camera: str, seq: int, bgr: np.ndarray, matrix: str = "bt601", full_range: bool = True,
+                 **kw) -> "Frame":
+        """A BGR image (even sizes) as YUV 4:2:0 in the given matrix and range."""
+        h, w = bgr.shape[0] - bgr.shape[0] % 2, bgr.shape[1] - bgr.shape[1] % 2
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(bgr[:h, :w]), format="bgr24")
+        yuv = VideoReformatter().reformat(frame, format="yuv420p", src_colorspace="itu601",
+                                    dst_colorspace=_AV_COLORSPACE[matrix], src_color_range="JPEG",
+                                    dst_color_range="JPEG" if full_range else "MPEG")
+        planes = yuv.to_ndarray()
+        chroma = planes[h:].reshape(2, h // 2, w // 2)
+        return cls(camera, seq, planes[:h].copy(), chroma[0].copy(), chroma[1].copy(), full_range=full_range,
+                   matrix=matrix, **kw)

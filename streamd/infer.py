@@ -1,0 +1,87 @@
+"""Inference stage: an ONNX Runtime session over the exported network, L batch in, ab batch out."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+
+
+def shipped_model() -> Path:
+    """The default model: next to the package in a checkout, or under <prefix>/share after `pip install`."""
+    import sys
+
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "models", Path(sys.prefix) / "share" / "streamd" / "models"):
+        path = candidate / "streamd-base.onnx"
+        if path.exists():
+            return path
+    raise FileNotFoundError("the shipped model streamd-base.onnx was found neither in models/ beside the "
+                            f"package nor in {Path(sys.prefix) / 'share' / 'streamd' / 'models'}")
+
+
+def choose_provider(requested: str, available: list[str]) -> tuple[str, str]:
+    """Pick an execution provider; returns (provider, why)."""
+    if requested != "auto":
+        name = PROVIDERS[requested]
+        if name not in available:
+            raise RuntimeError(f"execution provider {requested!r} requested but not available "
+                               f"(onnxruntime offers {', '.join(available)})")
+        return name, "requested in the config"
+    for key in ("tensorrt", "cuda"):
+        if PROVIDERS[key] in available:
+            return PROVIDERS[key], f"auto: {key} is the fastest provider installed"
+    return PROVIDERS["cpu"], "auto: no GPU provider installed (onnxruntime-gpu gives CUDA and TensorRT)"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model_id: str
+    input_height: int
+    input_width: int
+    temperature: float
+
+
+class Colorizer:
+    """Runs the network on batches of L (N, 1, H, W) float32 and returns ab (N, 2, H/4, W/4)."""
+
+    def __init__(self, path: Path | None = None, provider: str = "auto", temperature: float | None = None,
+                 threads: int = 0, cache_dir: Path | None = None) -> None:
+        path = Path(path) if path else shipped_model()
+        if not path.exists():
+            raise FileNotFoundError(f"model {path} does not exist")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        self._override = None
+        if temperature is not None:  # the graph's `temperature` initializer, replaced for this session
+            self._override = ort.OrtValue.ortvalue_from_numpy(np.array([temperature], dtype=np.float32))
+            options.add_initializer("temperature", self._override)
+        self.provider, why = choose_provider(provider, ort.get_available_providers())
+        provider_options: dict = {}
+        if self.provider == PROVIDERS["tensorrt"]:
+            cache = cache_dir or Path(os.environ.get("CACHE_DIRECTORY", Path.home() / ".cache" / "streamd"))
+            cache.mkdir(parents=True, exist_ok=True)
+            provider_options = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+                                "trt_fp16_enable": True}
+        providers = [(self.provider, provider_options)]
+        if self.provider != PROVIDERS["cpu"]:
+            providers.append((PROVIDERS["cpu"], {}))
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        meta = {k: json.loads(v) for k, v in self.session.get_modelmeta().custom_metadata_map.items()}
+        self.info = ModelInfo(meta.get("model_id", path.stem), int(meta.get("input_height", 192)),
+                              int(meta.get("input_width", 320)),
+                              temperature if temperature is not None else float(meta.get("temperature", 0.38)))
+        log.info("model %s on %s (%s), input %dx%d, T=%.2f", self.info.model_id, self.provider, why,
+                 self.info.input_width, self.info.input_height, self.info.temperature)
+
+    def __call__(self, lightness: np.ndarray) -> np.ndarray:
+        return self.session.run(["ab"], {"L": lightness})[0]

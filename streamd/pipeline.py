@@ -1,0 +1,191 @@
+"""The pipeline, top to bottom: sources -> day/night -> batch -> infer -> colour -> sinks.
+
+    Camera (decode thread per camera)
+      -> DayNight: colour frames go straight to the camera's outputs, gray ones to the batcher
+      -> Batcher: newest frame per camera, one batch per deadline
+      -> Colorizer (the inference thread): L batch -> ab batch
+      -> OutputWorker (thread per camera): ab + untouched Y -> colour frame -> ZeroMQ, RTSP, MP4
+
+The Pipeline owns every thread and queue it starts, and stops them all in `stop()`.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from streamd.batch import Batcher
+from streamd.colour import DayNight, luma_to_lightness, recombine
+from streamd.config import CameraConfig, Config
+from streamd.frame import Frame
+from streamd.infer import Colorizer
+from streamd.sink import OutputTargets, OutputWorker, ZmqPublisher
+from streamd.source import Camera, SourceSettings, State
+
+log = logging.getLogger(__name__)
+
+
+def source_settings(c: CameraConfig) -> SourceSettings:
+    return SourceSettings(name=c.name, url=c.url, transport=c.transport, loop=c.loop, realtime=c.realtime,
+                          open_timeout=c.open_timeout_s, read_timeout=c.read_timeout_s,
+                          stall_timeout=c.stall_timeout_s, synthetic_size=(c.width, c.height), fps=c.fps,
+                          duration=c.duration_s or None)
+
+
+def predict(colorizer: Colorizer, frames: list[Frame], input_size: tuple[int, int]) -> None:
+    """Run the network on a batch of gray frames; each frame keeps (its L input, predicted ab)."""
+    lightness = np.stack([luma_to_lightness(f.y, f.full_range, input_size) for f in frames])
+    for frame, l_in, ab in zip(frames, lightness, colorizer(lightness[:, None])):
+        frame.prediction = (l_in, ab)
+
+
+def finish(frame: Frame) -> Frame:
+    """Turn a frame's prediction into its chroma planes (luma untouched)."""
+    if frame.prediction is not None:
+        l_in, ab = frame.prediction
+        frame.prediction = None
+        recombine(frame, ab, l_in)
+    return frame
+
+
+@dataclass
+class CameraRuntime:
+    """Everything one camera has in the pipeline, and its counters."""
+
+    config: CameraConfig
+    source: Camera
+    daynight: DayNight
+    outputs: OutputWorker
+    passed_through: int = 0
+    colorized: int = 0
+    interval_s: float = 0.04  # smoothed time between frames
+    last_arrival: float | None = None
+
+
+@dataclass
+class InferenceStats:
+    batches: int = 0
+    frames: int = 0
+    seconds: list[float] = field(default_factory=list)  # recent batch times
+
+
+class Pipeline:
+    def __init__(self, config: Config, colorizer: Colorizer | None = None) -> None:
+        self.config = config
+        m = config.model
+        self.colorizer = colorizer or Colorizer(Path(m.path) if m.path else None, m.provider,
+                                                m.temperature or None, m.threads,
+                                                Path(m.cache_dir) if m.cache_dir else None)
+        info = self.colorizer.info
+        self.input_size = (m.input_height or info.input_height, m.input_width or info.input_width)
+        self.batcher = Batcher(config.batch.max_size, (config.batch.deadline_ms or 40.0) / 1000.0)
+        self._zmq_context = zmq.Context()
+        self.publisher = ZmqPublisher(self._zmq_context, config.zmq.endpoint, config.zmq.hwm) \
+            if config.zmq.endpoint else None
+        self.cameras: dict[str, CameraRuntime] = {}
+        self.inference = InferenceStats()
+        self._stop = threading.Event()
+        self._infer_thread = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
+
+    # -- life cycle ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        for c in self.config.cameras:
+            self.add_camera(c)
+        self._infer_thread.start()
+
+    def add_camera(self, c: CameraConfig) -> None:
+        targets = OutputTargets(zmq=self.publisher, zmq_format=c.zmq_format or self.config.zmq.format,
+                                rtsp_url=c.rtsp_out or None, rtsp_transport=c.rtsp_out_transport or c.transport,
+                                file_path=Path(c.file_out) if c.file_out else None)
+        outputs = OutputWorker(c.name, targets, self.colorizer.info.model_id, prepare=self._finish_colour)
+        runtime = CameraRuntime(c, None, DayNight(self.config.daynight.to_night_s, self.config.daynight.to_day_s),
+                                outputs)
+        runtime.source = Camera(source_settings(c), lambda frame, r=runtime: self._on_frame(r, frame))
+        self.cameras[c.name] = runtime
+        self._update_batching()
+        runtime.source.start()
+
+    def remove_camera(self, name: str) -> None:
+        runtime = self.cameras.pop(name)
+        runtime.source.stop()
+        self.batcher.discard(name)
+        runtime.outputs.close()
+        self._update_batching()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for name in list(self.cameras):
+            runtime = self.cameras[name]
+            runtime.source.stop()
+        self.batcher.close()
+        if self._infer_thread.is_alive():
+            self._infer_thread.join(5.0)
+        for runtime in self.cameras.values():
+            runtime.outputs.close()
+        if self.publisher:
+            self.publisher.close()
+        self._zmq_context.term()
+
+    def finished(self) -> bool:
+        """True when no camera can deliver another frame (files at their end, cameras failed)."""
+        return all(r.source.stats.state in (State.FINISHED, State.FAILED, State.STOPPED) and not r.source.alive
+                   for r in self.cameras.values())
+
+    # -- data flow ------------------------------------------------------------------------------------
+    def _on_frame(self, runtime: CameraRuntime, frame: Frame) -> None:
+        """In the camera's decode thread: must never block."""
+        if runtime.last_arrival is not None:
+            runtime.interval_s = 0.9 * runtime.interval_s + 0.1 * (frame.arrival - runtime.last_arrival)
+        runtime.last_arrival = frame.arrival
+        if runtime.daynight.update(frame, frame.arrival):
+            runtime.passed_through += 1
+            runtime.outputs.put(frame)
+        else:
+            self.batcher.put(frame)
+
+    def _update_batching(self) -> None:
+        """A batch never waits for more frames than there are cameras, nor longer than one frame interval
+        of the fastest camera (unless the config fixes the deadline)."""
+        self.batcher.max_size = max(1, min(self.config.batch.max_size, len(self.cameras)))
+        if not self.config.batch.deadline_ms and self.cameras:
+            fastest = min(r.interval_s for r in self.cameras.values())
+            self.batcher.deadline_s = float(np.clip(fastest, 0.005, 0.1))
+
+    def _infer_loop(self) -> None:
+        while not self._stop.is_set():
+            batch = self.batcher.next_batch(timeout=0.5)
+            if not batch:
+                continue
+            try:
+                self._colorize(batch)
+            except Exception:  # keep serving: the next batch may well be fine
+                log.exception("inference failed for a batch of %d frames", len(batch))
+            self._update_batching()
+
+    def _colorize(self, batch: list[Frame]) -> None:
+        t0 = time.perf_counter()
+        predict(self.colorizer, batch, self.input_size)
+        self.inference.seconds.append(time.perf_counter() - t0)
+        del self.inference.seconds[:-200]
+        self.inference.batches += 1
+        self.inference.frames += len(batch)
+        for frame in batch:
+            runtime = self.cameras.get(frame.camera)
+            if runtime is None:  # removed while its frame was in flight
+                continue
+            runtime.colorized += 1
+            runtime.outputs.put(frame)
+
+    @staticmethod
+    def _finish_colour(frame: Frame) -> Frame:
+        """On the camera's output thread, so full-resolution colour work runs in parallel across cameras."""
+        return finish(frame)
+
+    # -- reporting -----------------------------------------------------------------------------------
+    def dropped(self, name: str) -> int:
+        return self.batcher.dropped.get(name, 0) + self.cameras[name].outputs.dropped

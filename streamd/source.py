@@ -1,0 +1,259 @@
+"""Source stage: one decode thread per camera, delivering Frames as fast as the camera sends them.
+
+Network cameras (RTSP), video files played at their native rate (optionally looped, as a camera would),
+and a synthetic gray camera for the demo. A source never waits for the rest of the pipeline: `deliver`
+must not block (the batcher keeps only the newest frame per camera). Failures reconnect with exponential
+back-off and jitter; the camera's state and counters say what happened.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+
+import av
+import cv2
+import numpy as np
+
+from streamd.frame import Frame
+
+log = logging.getLogger(__name__)
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@")
+
+
+def redact(text: str) -> str:
+    """Remove user:password@ from every URL in `text` (URLs, error messages, log lines)."""
+    return _CREDENTIALS.sub(r"\g<scheme>***@", text)
+
+
+class State(str, Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    FAILED = "failed"  # will not recover by retrying (e.g. a file that is not video)
+    FINISHED = "finished"  # a file source reached its end
+    STOPPED = "stopped"
+
+
+class SourceError(Exception):
+    """A camera problem worth a reconnect; the message names the camera and never holds credentials."""
+
+
+class PermanentSourceError(SourceError):
+    """A camera problem that retrying cannot fix."""
+
+
+@dataclass
+class SourceStats:
+    state: State = State.STARTING
+    frames: int = 0
+    reconnects: int = 0
+    last_error: str = ""
+    last_frame_at: float = 0.0  # monotonic
+
+
+@dataclass
+class SourceSettings:
+    name: str
+    url: str
+    transport: str = "tcp"  # RTSP lower transport: tcp or udp
+    loop: bool = False  # files: start again at the end
+    realtime: bool = True  # files: play at the native rate, as a camera would
+    open_timeout: float = 10.0
+    read_timeout: float = 5.0
+    stall_timeout: float = 10.0  # no decoded frame for this long counts as a lost camera
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    synthetic_size: tuple[int, int] = (1280, 720)
+    fps: float = 25.0  # synthetic cameras only
+    duration: float | None = None  # synthetic cameras only: seconds before the stream ends
+    extra: dict = field(default_factory=dict)
+
+
+def _is_stream_url(url: str) -> bool:
+    return url.startswith(("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://"))
+
+
+def _open_av(s: SourceSettings) -> av.container.InputContainer:
+    options = {"rtsp_transport": s.transport} if s.url.startswith(("rtsp://", "rtsps://")) else {}
+    try:
+        return av.open(s.url, options=options, timeout=(s.open_timeout, s.read_timeout))
+    except FileNotFoundError as e:
+        raise PermanentSourceError(f"camera {s.name}: no such file {redact(s.url)}") from e
+    except av.error.InvalidDataError as e:
+        error = PermanentSourceError if not _is_stream_url(s.url) else SourceError
+        raise error(f"camera {s.name}: {redact(s.url)} is not a video stream ({e.strerror})") from e
+    except (av.error.FFmpegError, OSError) as e:
+        raise SourceError(f"camera {s.name}: cannot open {redact(s.url)}: "
+                          f"{redact(getattr(e, 'strerror', None) or str(e))}") from e
+
+
+def decode_av(s: SourceSettings) -> Iterator[av.VideoFrame]:
+    """Decoded frames of one connection to a camera or one pass over a file; skips corrupt packets."""
+    container = _open_av(s)
+    try:
+        if not container.streams.video:
+            raise PermanentSourceError(f"camera {s.name}: {redact(s.url)} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError:
+                    log.debug("camera %s: skipped a corrupt packet", s.name)
+                    continue
+                yield from frames
+        except av.error.FFmpegError as e:
+            if not _is_stream_url(s.url) and isinstance(e, (av.error.InvalidDataError, av.error.EOFError)):
+                return  # a truncated file ends where its data ends
+            raise SourceError(f"camera {s.name}: stream error: {redact(e.strerror or str(e))}") from e
+    except av.error.DecoderNotFoundError as e:
+        raise PermanentSourceError(f"camera {s.name}: unsupported codec ({e.strerror})") from e
+    finally:
+        container.close()  # PyAV leaks the demuxer's buffers otherwise
+
+
+class SyntheticCamera:
+    """A gray camera filming scikit-image's bundled photos, panning and zooming across each in turn.
+
+    The frames it yields carry the true colours (Frame.reference) for side-by-side views.
+    """
+
+    PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina")
+
+    def __init__(self, size: tuple[int, int], fps: float, seconds_per_photo: float = 4.0) -> None:
+        from skimage import data
+
+        self.size, self.fps = size, fps
+        self.photos = [cv2.cvtColor(getattr(data, name)(), cv2.COLOR_RGB2BGR) for name in self.PHOTOS]
+        self.frames_per_photo = max(1, int(seconds_per_photo * fps))
+
+    def render(self, index: int) -> np.ndarray:
+        photo = self.photos[(index // self.frames_per_photo) % len(self.photos)]
+        t = (index % self.frames_per_photo) / self.frames_per_photo
+        w, h = self.size
+        ph, pw = photo.shape[:2]
+        zoom = 1.0 + 0.35 * t  # slowly closer, panning left to right
+        scale = max(w / pw, h / ph) * zoom
+        tx = -(pw * scale - w) * t
+        ty = -(ph * scale - h) / 2
+        matrix = np.float32([[scale, 0, tx], [0, scale, ty]])
+        return cv2.warpAffine(photo, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+    def frames(self, name: str, start_seq: int) -> Iterator[Frame]:
+        index = 0
+        while True:
+            bgr = self.render(index)
+            frame = Frame.from_bgr(name, start_seq + index, bgr, matrix="bt709", full_range=False,
+                                   pts=index / self.fps, reference=bgr)
+            frame.u[:] = 128  # what an infrared camera sends: luma only
+            frame.v[:] = 128
+            yield frame
+            index += 1
+
+
+class Camera:
+    """Owns one camera's decode thread: connects, decodes, reconnects, and hands frames to `deliver`."""
+
+    def __init__(self, settings: SourceSettings, deliver: Callable[[Frame], None]) -> None:
+        self.settings = settings
+        self.deliver = deliver
+        self.stats = SourceStats()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"source-{settings.name}", daemon=True)
+        self._seq = 0
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+        if self.stats.state not in (State.FAILED, State.FINISHED):
+            self.stats.state = State.STOPPED
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _frames(self) -> Iterator[Frame]:
+        s = self.settings
+        if s.url.startswith("synthetic:"):
+            yield from SyntheticCamera(s.synthetic_size, s.fps).frames(s.name, self._seq)
+            return
+        for av_frame in decode_av(s):
+            yield Frame.from_av(s.name, self._seq, av_frame)
+
+    def _paced(self, frames: Iterator[Frame]) -> Iterator[Frame]:
+        """Files and synthetic cameras are released at their own frame rate; live cameras as they come."""
+        s = self.settings
+        if _is_stream_url(s.url) or not s.realtime:
+            yield from frames
+            return
+        start, first_pts = time.monotonic(), None
+        for frame in frames:
+            if frame.pts is not None:
+                first_pts = frame.pts if first_pts is None else first_pts
+                delay = start + (frame.pts - first_pts) - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    return
+            frame.arrival, frame.capture_time = time.monotonic(), time.time()
+            yield frame
+
+    def _run(self) -> None:
+        s = self.settings
+        backoff = s.backoff_initial
+        started = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                for frame in self._paced(self._frames()):
+                    if self._stop.is_set():
+                        return
+                    if s.duration is not None and time.monotonic() - started > s.duration:
+                        self.stats.state = State.FINISHED
+                        return
+                    if self.stats.state != State.RUNNING:
+                        log.info("camera %s: running", s.name)
+                        self.stats.state = State.RUNNING
+                        backoff = s.backoff_initial
+                    frame.seq = self._seq
+                    self._seq += 1
+                    self.stats.frames += 1
+                    self.stats.last_frame_at = time.monotonic()
+                    self.deliver(frame)
+                if _is_stream_url(s.url):
+                    raise SourceError(f"camera {s.name}: the stream ended")
+                if not s.loop:
+                    log.info("camera %s: end of file", s.name)
+                    self.stats.state = State.FINISHED
+                    return
+                continue  # a looped file starts again at once
+            except PermanentSourceError as e:
+                self.stats.state, self.stats.last_error = State.FAILED, str(e)
+                log.error("%s (giving up)", e)
+                return
+            except SourceError as e:
+                self.stats.last_error = str(e)
+            except Exception as e:  # a camera's thread must never die silently
+                self.stats.last_error = redact(f"camera {s.name}: {type(e).__name__}: {e}")
+                log.exception("camera %s: unexpected error", s.name)
+            if self._stop.is_set():
+                return
+            self.stats.state = State.RECONNECTING
+            self.stats.reconnects += 1
+            delay = backoff * random.uniform(0.8, 1.2)
+            log.warning("%s; reconnecting in %.1f s", self.stats.last_error, delay)
+            backoff = min(backoff * 2, s.backoff_max)
+            if self._stop.wait(delay):
+                return
