@@ -94,6 +94,9 @@ def _h264_codec() -> tuple[str, dict]:
     return "libx264", {"preset": "ultrafast", "tune": "zerolatency"}
 
 
+KEYFRAME_INTERVAL_S = 1.0  # a viewer joining a live stream waits at most this long for a picture
+
+
 class H264Writer:
     """H.264 into a container: an MP4 file, or an RTSP server (ANNOUNCE/RECORD). Opens at the first frame,
     so it knows the size; reopens when the size changes."""
@@ -127,7 +130,7 @@ class H264Writer:
         stream.pix_fmt = "yuv420p"
         stream.time_base = Fraction(1, 90000)
         stream.codec_context.time_base = Fraction(1, 90000)
-        stream.options = codec_options
+        stream.options = {**codec_options, "g": str(max(1, round(self.fps * KEYFRAME_INTERVAL_S)))}
         stream.codec_context.color_range = 2 if frame.full_range else 1
         stream.codec_context.colorspace = 1 if frame.matrix == "bt709" else 6
         self._container, self._stream = container, stream

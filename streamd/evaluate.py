@@ -1,0 +1,406 @@
+"""`streamd eval`: score a colorization model against ground truth, always beside the gray baseline.
+
+The gray baseline is the ground truth with its chroma removed (Lab a = b = 0): what a viewer gets with no
+colorization at all. Each model output goes through the product's own code path (streamd.offline:
+luma from the input, chroma predicted) and is scored against the ground-truth image itself.
+
+Metrics, per method: PSNR and SSIM on RGB; colourfulness (Hasler & Suesstrunk 2003) and its ratio to the
+ground truth's; the AuC of the ab error (Zhang et al. 2016), plain and class-rebalanced; mean CIEDE2000;
+for videos also CDC, the colour distribution consistency between frames (Jensen-Shannon divergence).
+
+Both AuCs are set-wide: the ab errors of all pixels of all evaluated images are pooled (the plain AuC
+weighs every pixel the same, the rebalanced one weighs each pixel by the inverse frequency of its
+ground-truth ab cell in the whole set) rather than averaged per image. The other metrics are means of
+per-image values; per-image PSNR is capped at 100 dB so that an exactly reproduced image keeps it finite.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+from scipy.spatial.distance import jensenshannon
+from skimage.color import deltaE_ciede2000
+from skimage.metrics import structural_similarity
+from tqdm import tqdm
+
+from streamd.infer import Colorizer
+from streamd.lab import AB_GRID, AB_LIMIT, lab_to_rgb, rgb_to_lab
+from streamd.model.data import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from streamd.offline import colorize_images
+
+log = logging.getLogger(__name__)
+
+AUC_MAX = 150  # the AuC integrates the within-threshold curve over t = 0, 1, ..., AUC_MAX (ab units)
+CELL_HALF = int(AB_LIMIT // AB_GRID) + 1  # ab cells are round(ab / AB_GRID), clipped to +-CELL_HALF
+CELL_SIDE = 2 * CELL_HALF + 1
+PSNR_CAP = 100.0  # dB: an exactly reproduced image (a gray photo under the gray baseline) is inf
+CIEDE_STEP = 4  # CIEDE2000 on every 4th pixel in each direction
+CDC_GAPS = (1, 2, 4)
+VIDEO_MAX_FRAMES = 120
+VIDEO_MAX_SIDE = 640
+SHEET_ROWS = 8
+SHEET_HEIGHT = 256
+GRAY, TRUTH = "gray", "truth"
+
+
+# -- per-image metrics (pure; RGB uint8 in) -----------------------------------------------------------
+def gray_baseline(rgb: np.ndarray) -> np.ndarray:
+    """The image with its chroma removed: Lab a = b = 0, same L."""
+    lab = rgb_to_lab(rgb)
+    lab[..., 1:] = 0
+    return lab_to_rgb(lab)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB over all channels of two uint8 images; inf for identical images."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 20 * math.log10(255 / math.sqrt(mse))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM of two RGB uint8 images (7x7 window, smaller for images under 7 pixels; nan under 3)."""
+    side = min(a.shape[:2])
+    win = min(7, side if side % 2 else side - 1)
+    if win < 3:
+        return math.nan
+    return float(structural_similarity(a, b, channel_axis=2, data_range=255, win_size=win))
+
+
+def colorfulness(rgb: np.ndarray) -> float:
+    """Hasler & Suesstrunk's colourfulness M = sigma_rgyb + 0.3 mu_rgyb (0 for a gray image)."""
+    r, g, b = np.moveaxis(rgb.astype(np.float64), -1, 0)
+    rg, yb = r - g, (r + g) / 2 - b
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
+def ab_error(out_rgb: np.ndarray, truth_rgb: np.ndarray) -> np.ndarray:
+    """Per-pixel Euclidean distance in Lab ab between two RGB images (H, W)."""
+    diff = rgb_to_lab(out_rgb)[..., 1:] - rgb_to_lab(truth_rgb)[..., 1:]
+    return np.hypot(diff[..., 0], diff[..., 1])
+
+
+def ab_cells(rgb: np.ndarray) -> np.ndarray:
+    """Index of each pixel's ab cell on the 10-unit grid (cell = round(ab / 10)), in 0..CELL_SIDE^2 - 1."""
+    cell = np.clip(np.round(rgb_to_lab(rgb)[..., 1:] / AB_GRID), -CELL_HALF, CELL_HALF).astype(np.int64) + CELL_HALF
+    return cell[..., 0] * CELL_SIDE + cell[..., 1]
+
+
+def ab_histogram(out_rgb: np.ndarray, truth_rgb: np.ndarray) -> np.ndarray:
+    """Pixel counts (CELL_SIDE^2, AUC_MAX + 2) by ground-truth ab cell and by ceil(ab error).
+
+    A pixel is within threshold t iff ceil(error) <= t; the last column holds errors above AUC_MAX.
+    Histograms of several images add up to that of the set, which is what `auc` needs.
+    """
+    k = np.minimum(np.ceil(ab_error(out_rgb, truth_rgb)), AUC_MAX + 1).astype(np.int64)
+    flat = ab_cells(truth_rgb) * (AUC_MAX + 2) + k
+    return np.bincount(flat.ravel(), minlength=CELL_SIDE ** 2 * (AUC_MAX + 2)).reshape(CELL_SIDE ** 2, AUC_MAX + 2)
+
+
+def auc(hist: np.ndarray, rebalanced: bool = False) -> float:
+    """Area under the curve "fraction of pixels with ab error <= t", t = 0..150, as a percentage.
+
+    `hist` is an `ab_histogram` (or a sum of them over a set of images). Plain: every pixel weighs the
+    same. Rebalanced: every pixel weighs 1 / (number of pixels of its ground-truth ab cell in `hist`), so
+    each colour present counts the same however rare it is.
+    """
+    per_cell = hist.sum(axis=1).astype(np.float64)
+    if rebalanced:
+        weights = np.divide(1.0, per_cell, out=np.zeros_like(per_cell), where=per_cell > 0)
+    else:
+        weights = np.ones_like(per_cell)
+    within = np.cumsum(weights @ hist)[: AUC_MAX + 1] / (weights @ per_cell)
+    area = within.sum() - (within[0] + within[-1]) / 2  # trapezoid rule, unit steps
+    return float(area / AUC_MAX * 100)
+
+
+def ciede2000(out_rgb: np.ndarray, truth_rgb: np.ndarray, step: int = CIEDE_STEP) -> float:
+    """Mean CIEDE2000 colour difference over every `step`-th pixel in each direction."""
+    a, b = out_rgb[::step, ::step], truth_rgb[::step, ::step]
+    return float(np.mean(deltaE_ciede2000(rgb_to_lab(a), rgb_to_lab(b))))
+
+
+def cdc(frames: list[np.ndarray], gaps: tuple[int, ...] = CDC_GAPS) -> float:
+    """Colour distribution consistency of a frame sequence (lower is steadier; 0 for identical frames).
+
+    For each RGB channel, the Jensen-Shannon divergence (log base 2, so 0..1) between the 256-bin
+    histograms of frames t and t + d; averaged over channels, over t, then over the gaps d shorter than
+    the sequence. nan for fewer than two frames.
+    """
+    hists = np.stack([[np.bincount(f[..., c].ravel(), minlength=256) for c in range(3)] for f in frames])
+    hists = hists / hists.sum(axis=-1, keepdims=True)
+    per_gap = [np.mean(jensenshannon(hists[:-d], hists[d:], base=2, axis=-1) ** 2) for d in gaps if d < len(frames)]
+    return float(np.mean(per_gap)) if per_gap else math.nan
+
+
+# -- accumulation over a set ----------------------------------------------------------------------------
+class Scores:
+    """One method's metrics over a set of images: per-image values and the set-wide `ab_histogram`."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = {"psnr": [], "ssim": [], "colorfulness": [], "ciede2000": []}
+        self.hist = np.zeros((CELL_SIDE ** 2, AUC_MAX + 2), dtype=np.int64)
+
+    def add(self, out_rgb: np.ndarray, truth_rgb: np.ndarray) -> None:
+        self.values["psnr"].append(min(psnr(out_rgb, truth_rgb), PSNR_CAP))
+        self.values["ssim"].append(ssim(out_rgb, truth_rgb))
+        self.values["colorfulness"].append(colorfulness(out_rgb))
+        self.values["ciede2000"].append(ciede2000(out_rgb, truth_rgb))
+        self.hist += ab_histogram(out_rgb, truth_rgb)
+
+    def extend(self, other: Scores) -> None:
+        for key, values in other.values.items():
+            self.values[key] += values
+        self.hist += other.hist
+
+    def summary(self, truth_colorfulness: float) -> dict[str, float]:
+        row = {key: float(np.nanmean(values)) for key, values in self.values.items()}
+        row["colorfulness_ratio"] = row["colorfulness"] / truth_colorfulness if truth_colorfulness else math.nan
+        row["auc"] = auc(self.hist)
+        row["auc_rebalanced"] = auc(self.hist, rebalanced=True)
+        return row
+
+
+class Evaluation:
+    """Several methods scored on the same ground-truth images; the gray baseline is always one of them."""
+
+    def __init__(self, labels: list[str]) -> None:
+        self.scores = {label: Scores() for label in [GRAY, *labels]}
+        self.truth_colorfulness: list[float] = []
+
+    def add(self, truth_rgb: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
+        """`outputs`: RGB output per method label (gray included)."""
+        self.truth_colorfulness.append(colorfulness(truth_rgb))
+        for label, out in outputs.items():
+            self.scores[label].add(out, truth_rgb)
+
+    def extend(self, other: Evaluation) -> None:
+        self.truth_colorfulness += other.truth_colorfulness
+        for label, scores in other.scores.items():
+            self.scores[label].extend(scores)
+
+    @property
+    def count(self) -> int:
+        return len(self.truth_colorfulness)
+
+    def rows(self) -> dict[str, dict[str, float]]:
+        """Summary per method; the model's rows also carry their PSNR and rebalanced-AuC gains over gray."""
+        truth_cf = float(np.mean(self.truth_colorfulness))
+        rows = {label: scores.summary(truth_cf) for label, scores in self.scores.items()}
+        for label, row in rows.items():
+            if label != GRAY:
+                row["delta_psnr"] = row["psnr"] - rows[GRAY]["psnr"]
+                row["delta_auc_rebalanced"] = row["auc_rebalanced"] - rows[GRAY]["auc_rebalanced"]
+        rows[TRUTH] = {"colorfulness": truth_cf}
+        return rows
+
+
+# -- inputs ---------------------------------------------------------------------------------------------
+def evenly_spaced(items: list, limit: int) -> list:
+    """At most `limit` items (all when limit <= 0), evenly spaced over the list, first and last included."""
+    if limit <= 0 or limit >= len(items):
+        return items
+    return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
+
+
+def read_rgb(path: Path) -> np.ndarray | None:
+    """An image file as RGB uint8, or None (with a warning) when it cannot be read."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        log.warning("skipping %s: not a readable image", path)
+        return None
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files under `folder` (any depth, suffix case ignored), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def fit_within(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """Downscaled (area filter) so that the longer side is at most `max_side`."""
+    scale = max_side / max(rgb.shape[:2])
+    if scale >= 1:
+        return rgb
+    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+
+
+def read_video(path: Path, max_frames: int = VIDEO_MAX_FRAMES, max_side: int = VIDEO_MAX_SIDE) -> list[np.ndarray]:
+    """The first `max_frames` RGB frames of a video file or of a folder of numbered images, downscaled."""
+    if path.is_dir():
+        frames = (read_rgb(p) for p in image_files(path))
+        return [fit_within(f, max_side) for f in itertools.islice((f for f in frames if f is not None), max_frames)]
+    with av.open(str(path)) as container:
+        decoded = itertools.islice(container.decode(video=0), max_frames)
+        return [fit_within(f.to_ndarray(format="rgb24"), max_side) for f in decoded]
+
+
+def video_sources(folder: Path) -> list[Path]:
+    """Video files directly in `folder`, and its sub-folders that hold image frames."""
+    return sorted(p for p in folder.iterdir()
+                  if (p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES) or (p.is_dir() and image_files(p)))
+
+
+# -- running ---------------------------------------------------------------------------------------------
+def colorize_rgb(colorizers: dict[str, Colorizer], frames: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
+    """Gray baseline and every model's output for RGB frames, by method label.
+
+    Heights are padded (edge rows repeated) to a multiple of 4 and the outputs cropped back: Frame.to_av
+    packs the 4:2:0 chroma planes into rows of full width, which fails for heights of 4k + 1 and 4k + 2.
+    """
+    bgr = [cv2.copyMakeBorder(cv2.cvtColor(f, cv2.COLOR_RGB2BGR), 0, -f.shape[0] % 4, 0, 0, cv2.BORDER_REPLICATE)
+           for f in frames]
+    outputs = {GRAY: [gray_baseline(f) for f in frames]}
+    for label, colorizer in colorizers.items():
+        outputs[label] = [cv2.cvtColor(o[:f.shape[0]], cv2.COLOR_BGR2RGB)
+                          for o, f in zip(colorize_images(colorizer, bgr), frames)]
+    return outputs
+
+
+def evaluate_images(colorizers: dict[str, Colorizer], paths: list[Path], samples: list) -> Evaluation:
+    """Score every readable image; keeps (outputs, truth) of the first SHEET_ROWS in `samples`."""
+    evaluation = Evaluation(list(colorizers))
+    for path in tqdm(paths, unit="image", desc="images", disable=len(paths) < 2):
+        truth = read_rgb(path)
+        if truth is None:
+            continue
+        outputs = {label: outs[0] for label, outs in colorize_rgb(colorizers, [truth]).items()}
+        evaluation.add(truth, outputs)
+        if len(samples) < SHEET_ROWS:
+            samples.append((outputs, truth))
+    return evaluation
+
+
+def evaluate_videos(colorizers: dict[str, Colorizer], sources: list[Path], samples: list) -> dict:
+    """Per video: the image metrics over its frames and CDC; overall: the image metrics over all frames and
+    the mean CDC over videos. Empty when no video could be read. Keeps the middle frames in `samples`."""
+    overall = Evaluation(list(colorizers))
+    per_video: dict[str, dict] = {}
+    for source in tqdm(sources, unit="video", desc="videos", disable=len(sources) < 2):
+        truth = read_video(source)
+        if not truth:
+            log.warning("skipping %s: no frames could be read", source)
+            continue
+        outputs = colorize_rgb(colorizers, truth)
+        evaluation = Evaluation(list(colorizers))
+        for i, frame in enumerate(truth):
+            evaluation.add(frame, {label: outs[i] for label, outs in outputs.items()})
+        rows = evaluation.rows()
+        for label, frames in [*outputs.items(), (TRUTH, truth)]:
+            rows[label]["cdc"] = cdc(frames)
+        per_video[source.name] = {"frames": len(truth), "rows": rows}
+        overall.extend(evaluation)
+        if len(samples) < SHEET_ROWS:
+            mid = len(truth) // 2
+            samples.append(({label: outs[mid] for label, outs in outputs.items()}, truth[mid]))
+    if not per_video:
+        return {}
+    rows = overall.rows()
+    for label, row in rows.items():
+        row["cdc"] = float(np.nanmean([video["rows"][label]["cdc"] for video in per_video.values()]))
+    return {"count": len(per_video), "frames": overall.count, "rows": rows, "per_video": per_video}
+
+
+COLUMNS = [("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"), ("colorfulness", "CF", "{:.2f}"),
+           ("colorfulness_ratio", "CF ratio", "{:.3f}"), ("auc", "AuC", "{:.2f}"),
+           ("auc_rebalanced", "AuC rebal", "{:.2f}"), ("ciede2000", "CIEDE2000", "{:.2f}"), ("cdc", "CDC", "{:.5f}"),
+           ("delta_psnr", "dPSNR", "{:+.2f}"), ("delta_auc_rebalanced", "dAuC rebal", "{:+.2f}")]
+
+
+def format_table(rows: dict[str, dict[str, float]]) -> str:
+    """A text table, one line per method; a column no row has is left out, a missing value reads '-'."""
+    columns = [c for c in COLUMNS if any(c[0] in row for row in rows.values())]
+    width = max(len(label) for label in rows) + 2
+    lines = [" " * width + "".join(f"{title:>11}" for _, title, _ in columns)]
+    for label, row in rows.items():
+        cells = [fmt.format(row[key]) if key in row else "-" for key, _, fmt in columns]
+        lines.append(f"{label:<{width}}" + "".join(f"{cell:>11}" for cell in cells))
+    return "\n".join(lines)
+
+
+def contact_sheet(samples: list[tuple[dict[str, np.ndarray], np.ndarray]]) -> np.ndarray:
+    """RGB sheet: one row per sample, tiles (gray | ours ... | truth), each SHEET_HEIGHT high and labelled."""
+    rows = []
+    for outputs, truth in samples:
+        tiles = []
+        for label, image in [*outputs.items(), (TRUTH, truth)]:
+            width = max(1, round(image.shape[1] * SHEET_HEIGHT / image.shape[0]))
+            tile = cv2.resize(image, (width, SHEET_HEIGHT), interpolation=cv2.INTER_AREA)
+            cv2.putText(tile, label, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(tile, label, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+            tiles.append(tile)
+        rows.append(np.hstack(tiles))
+    width = max(r.shape[1] for r in rows)
+    return np.vstack([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows])
+
+
+def _json_safe(value):
+    """Non-finite floats become null, so the file is strict JSON."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def main(args: argparse.Namespace) -> int:
+    """`streamd eval`; returns the exit code."""
+    if not args.images and not args.videos:
+        print("streamd eval: give --images FOLDER and/or --videos FOLDER", file=sys.stderr)
+        return 2
+    missing = [str(p) for p in (args.images, args.videos) if p and not p.is_dir()]
+    if missing:
+        print(f"streamd eval: not a folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    start = time.monotonic()
+    colorizers: dict[str, Colorizer] = {}
+    for t in dict.fromkeys(args.temperature or [None]):
+        c = Colorizer(args.model, temperature=t)
+        colorizers[f"ours T={c.info.temperature:g}"] = c
+    model_id = next(iter(colorizers.values())).info.model_id
+    result: dict = {"model_id": model_id, "temperatures": [c.info.temperature for c in colorizers.values()]}
+    samples: list = []
+
+    if args.images:
+        paths = evenly_spaced(image_files(args.images), args.limit)
+        evaluation = evaluate_images(colorizers, paths, samples)
+        if not evaluation.count:
+            print(f"streamd eval: no readable images in {args.images}", file=sys.stderr)
+            return 1
+        rows = evaluation.rows()
+        result["images"] = {"count": evaluation.count, "rows": rows}
+        print(f"\n{evaluation.count} image(s) from {args.images}, model {model_id}, "
+              f"ground-truth colourfulness {rows[TRUTH]['colorfulness']:.2f}")
+        print(format_table(rows))
+
+    if args.videos:
+        videos = evaluate_videos(colorizers, video_sources(args.videos), samples)
+        if not videos:
+            print(f"streamd eval: no readable videos in {args.videos}", file=sys.stderr)
+            return 1
+        result["videos"] = videos
+        print(f"\n{videos['count']} video(s), {videos['frames']} frame(s) from {args.videos}, model {model_id} "
+              f"(CDC: mean over videos, Jensen-Shannon divergence in bits)")
+        print(format_table(videos["rows"]))
+    print(f"\nevaluated in {time.monotonic() - start:.1f} s")
+
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
+        print(f"wrote {args.json}")
+    if args.sheet and samples:
+        args.sheet.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(args.sheet), cv2.cvtColor(contact_sheet(samples), cv2.COLOR_RGB2BGR))
+        print(f"wrote {args.sheet}")
+    return 0

@@ -1,0 +1,63 @@
+"""A test camera: pushes a generated H.264 stream to an RTSP server (ANNOUNCE/RECORD) in real time.
+
+    python -m tests.publish rtsp://127.0.0.1:PORT/path --mode gray|colour|switch --seconds N [--transport udp]
+
+Modes: gray (an infrared night camera: neutral chroma), colour (a day camera), switch (colour for the
+first half, then gray).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from streamd.frame import Frame
+from streamd.source import SyntheticCamera
+
+
+def frames(mode: str, size: tuple[int, int], fps: float, seconds: float):
+    camera = SyntheticCamera(size, fps, seconds_per_photo=2.0)
+    total = int(seconds * fps)
+    for i in range(total):
+        frame = Frame.from_bgr("test", i, camera.render(i), matrix="bt601", full_range=False)
+        gray = mode == "gray" or (mode == "switch" and i >= total // 2)
+        if gray:
+            frame.u[:] = 128
+            frame.v[:] = 128
+        yield frame.to_av()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("url")
+    p.add_argument("--mode", default="gray", choices=["gray", "colour", "switch"])
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--fps", type=float, default=25.0)
+    p.add_argument("--size", default="320x240")
+    p.add_argument("--transport", default="udp")
+    args = p.parse_args()
+    size = tuple(int(v) for v in args.size.split("x"))
+    fmt = "rtsp" if args.url.startswith("rtsp://") else None
+    options = {"rtsp_transport": args.transport} if fmt else {}
+    with av.open(args.url, "w", format=fmt or "mp4", options=options) as container:
+        stream = container.add_stream("libx264", rate=round(args.fps))
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.options = {"preset": "ultrafast", "tune": "zerolatency", "g": str(round(args.fps))}
+        stream.codec_context.time_base = Fraction(1, round(args.fps))
+        start = time.monotonic()
+        for i, frame in enumerate(frames(args.mode, size, args.fps, args.seconds)):
+            frame.pts = i
+            frame.time_base = Fraction(1, round(args.fps))
+            for packet in stream.encode(frame):
+                container.mux(packet)
+            if fmt:  # a camera sends in real time; a file is written as fast as possible
+                time.sleep(max(0.0, start + (i + 1) / args.fps - time.monotonic()))
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+if __name__ == "__main__":
+    main()

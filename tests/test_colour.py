@@ -1,0 +1,100 @@
+"""Colour maths against scikit-image, luma pass-through, edge-aware chroma and day/night detection."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage import color, data
+
+from streamd.colour import DayNight, guided_upsample, lab_to_chroma, luma_to_lightness, recombine
+from streamd.frame import Frame
+from streamd.lab import ab_bins, lab_to_rgb, rgb_to_lab, y_to_l_table
+
+
+def test_lab_matches_scikit_image():
+    rgb = data.astronaut()[::4, ::4]
+    assert np.abs(rgb_to_lab(rgb) - color.rgb2lab(rgb)).max() < 0.5
+    lab = color.rgb2lab(rgb)
+    assert np.abs(lab_to_rgb(lab).astype(int) - (color.lab2rgb(lab) * 255).round().astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("full_range", [True, False])
+def test_y_to_l_table_is_l_of_neutral_rgb(full_range):
+    table = y_to_l_table(full_range)
+    y = np.arange(256)
+    level = y if full_range else np.clip((y - 16) / 219 * 255, 0, 255)
+    neutral = np.repeat(level[:, None], 3, axis=1)[None] / 255.0
+    assert np.abs(table - color.rgb2lab(neutral)[0, :, 0]).max() < 0.01
+    assert table[0 if full_range else 16] == pytest.approx(0, abs=1e-4)
+    assert table[255 if full_range else 235] == pytest.approx(100, abs=1e-3)
+
+
+def test_ab_bins_are_the_in_gamut_grid():
+    bins = ab_bins()
+    assert len(bins) == 262
+    assert np.all(bins % 10 == 0)
+    # every sRGB colour's nearest grid point is a bin
+    rgb = np.random.default_rng(0).integers(0, 256, (5000, 3), dtype=np.uint8)
+    cells = {tuple(c) for c in np.round(rgb_to_lab(rgb)[:, 1:] / 10) * 10}
+    assert cells <= {tuple(b) for b in bins}
+    assert (0.0, 0.0) in {tuple(b) for b in bins}
+
+
+@pytest.mark.parametrize("matrix", ["bt601", "bt709"])
+@pytest.mark.parametrize("full_range", [True, False])
+def test_chroma_from_lab_matches_swscale_round_trip(matrix, full_range):
+    """U/V we compute for a colour, converted back by swscale, give that colour again."""
+    rgb = data.coffee()[:96:2, :128:2]
+    lab = rgb_to_lab(rgb)
+    frame = Frame.from_bgr("t", 0, np.ascontiguousarray(rgb[..., ::-1]), matrix=matrix, full_range=full_range)
+    # full-resolution chroma, then 2x2 averaged as 4:2:0 stores it
+    u, v = lab_to_chroma(lab[..., 0], lab[..., 1:], matrix, full_range)
+    frame.u = u.reshape(24, 2, 32, 2).mean((1, 3)).round().astype(np.uint8)
+    frame.v = v.reshape(24, 2, 32, 2).mean((1, 3)).round().astype(np.uint8)
+    back = frame.to_bgr()[..., ::-1].astype(int)
+    assert np.abs(back - rgb.astype(int)).mean() < 4.0
+
+
+def test_guided_upsample_follows_luma_edges():
+    """A chroma step predicted at low resolution lands on the luma edge, not smeared across it."""
+    h, w = 64, 64
+    guide_high = np.where(np.arange(w)[None, :] < 37, 30.0, 70.0).astype(np.float32).repeat(h, 0)
+    guide_low = guide_high[::4, ::4].copy()
+    ab = np.zeros((2, 16, 16), np.float32)
+    ab[0][:, :10] = 40.0  # left region is red-ish; the low-res step sits at 37/4 = 9.25
+    up = guided_upsample(ab, guide_low, guide_high)
+    assert up[:, :33, 0].mean() > 30 and up[:, 41:, 0].mean() < 6
+    blurred = np.repeat(np.repeat(ab[0], 4, 0), 4, 1)
+    assert np.abs(up[..., 0] - np.where(guide_high < 50, 40, 0)).mean() < np.abs(blurred - np.where(guide_high < 50, 40, 0)).mean()
+
+
+def test_recombine_keeps_luma_bit_exact():
+    frame = Frame.from_bgr("t", 0, np.ascontiguousarray(data.astronaut()[:, :, ::-1]), matrix="bt709",
+                           full_range=False)
+    y_before = frame.y.copy()
+    lightness = luma_to_lightness(frame.y, False, (192, 320))
+    ab = np.random.default_rng(1).normal(0, 20, (2, 48, 80)).astype(np.float32)
+    out = recombine(frame, ab, lightness)
+    assert out.y is frame.y and np.array_equal(out.y, y_before)
+    assert out.colorized and out.u.std() > 1
+
+
+def _frame(u: float, v: float, spread: float = 0.0) -> Frame:
+    rng = np.random.default_rng(0)
+    y = np.full((64, 64), 120, np.uint8)
+    noise = rng.normal(0, spread, (2, 32, 32)) if spread else np.zeros((2, 32, 32))
+    return Frame("c", 0, y, np.clip(u + noise[0], 0, 255).astype(np.uint8),
+                 np.clip(v + noise[1], 0, 255).astype(np.uint8))
+
+
+def test_day_night_detection_and_hysteresis():
+    assert not DayNight.looks_colour(_frame(128, 128))
+    assert not DayNight.looks_colour(_frame(126, 133))  # an infrared camera's uniform warm cast
+    assert DayNight.looks_colour(_frame(128, 128, spread=15))
+    dn = DayNight(to_night_s=1.0, to_day_s=3.0)
+    assert dn.update(_frame(128, 128, 15), 0.0) is True  # first frame decides: day
+    assert dn.update(_frame(128, 128), 0.5) is True  # gray for 0.5 s: still day
+    assert dn.update(_frame(128, 128), 1.6) is False  # gray for over 1 s: night
+    assert dn.update(_frame(128, 128, 15), 2.0) is False  # a flash of colour (headlights) does not flip it
+    assert dn.update(_frame(128, 128), 2.1) is False
+    assert dn.update(_frame(128, 128, 15), 3.0) is False
+    assert dn.update(_frame(128, 128, 15), 6.1) is True  # colour for over 3 s: day again

@@ -1,0 +1,224 @@
+"""`streamd eval`: the metrics on hand-checkable cases and real photos, and the command end to end."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+from streamd import evaluate as ev
+from streamd.cli import main as cli_main
+from streamd.lab import rgb_to_lab
+
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "streamd-base.onnx"
+
+
+@pytest.fixture(scope="module")
+def model_args(tmp_path_factory) -> list[str]:
+    """`--model PATH` for an untrained tiny export, or nothing when the shipped model is there."""
+    if SHIPPED.exists():
+        return []
+    torch = pytest.importorskip("torch")
+    from streamd.lab import ab_bins
+    from streamd.model.export import export
+    from streamd.model.loss import Priors
+    from streamd.model.network import ColorNet
+    from streamd.model.train import TrainConfig, save_weights
+
+    folder = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    net = ColorNet(len(ab_bins()), (24, 48, 96, 192))
+    save_weights(folder / "w.pt", net, Priors(np.ones(262) / 262, np.ones(64) / 64), TrainConfig(data=[]), 0, 0.0, 0)
+    export(folder / "w.pt", folder / "tiny.onnx")
+    return ["--model", str(folder / "tiny.onnx")]
+
+
+def solid(rgb: tuple[int, int, int], shape: tuple[int, int] = (8, 8)) -> np.ndarray:
+    return np.broadcast_to(np.array(rgb, np.uint8), (*shape, 3)).copy()
+
+
+def write_png(path: Path, rgb: np.ndarray) -> None:
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+def write_mp4(path: Path, frames: list[np.ndarray]) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for rgb in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())
+
+
+# -- metrics -----------------------------------------------------------------------------------------------
+def test_psnr():
+    a = data.astronaut()
+    assert ev.psnr(a, a) == math.inf
+    zeros, tens = solid((0, 0, 0)), solid((10, 10, 10))
+    assert ev.psnr(zeros, tens) == pytest.approx(20 * math.log10(255 / 10))  # MSE 100
+    one_off = zeros.copy()
+    one_off[0, 0, 0] = 255  # MSE = 255^2 / (8 * 8 * 3)
+    assert ev.psnr(zeros, one_off) == pytest.approx(10 * math.log10(8 * 8 * 3))
+
+
+def test_ssim_of_identical_images_is_one_at_any_size():
+    coffee = data.coffee()
+    assert ev.ssim(coffee, coffee) == pytest.approx(1.0)
+    small = coffee[:5, :9]
+    assert ev.ssim(small, small) == pytest.approx(1.0)
+    assert ev.ssim(coffee, ev.gray_baseline(coffee)) < 1.0
+    assert math.isnan(ev.ssim(coffee[:2, :2], coffee[:2, :2]))
+
+
+def test_colorfulness():
+    assert ev.colorfulness(solid((90, 90, 90))) == 0.0
+    gray_photo = np.repeat(data.camera()[..., None], 3, axis=2)
+    assert ev.colorfulness(gray_photo) == 0.0
+    # pure red: rg = 255, yb = 127.5 everywhere, no spread
+    assert ev.colorfulness(solid((255, 0, 0))) == pytest.approx(0.3 * math.hypot(255, 127.5))
+    chelsea = data.chelsea()
+    assert ev.colorfulness(chelsea) > 10 * ev.colorfulness(ev.gray_baseline(chelsea)) + 1
+
+
+def test_gray_baseline_keeps_lightness_and_drops_chroma():
+    rgb = data.astronaut()[::2, ::2]
+    gray = ev.gray_baseline(rgb)
+    assert gray.shape == rgb.shape and gray.dtype == np.uint8
+    assert np.abs(rgb_to_lab(gray)[..., 0] - rgb_to_lab(rgb)[..., 0]).max() < 1.0
+    assert np.abs(rgb_to_lab(gray)[..., 1:]).max() < 1.0
+
+
+def test_auc_of_truth_is_100_and_gray_is_lower():
+    coffee = data.coffee()
+    assert np.all(ev.ab_error(coffee, coffee) == 0)
+    perfect = ev.ab_histogram(coffee, coffee)
+    assert ev.auc(perfect) == pytest.approx(100.0)
+    assert ev.auc(perfect, rebalanced=True) == pytest.approx(100.0)
+    gray = ev.ab_histogram(ev.gray_baseline(coffee), coffee)
+    assert gray.sum() == coffee.shape[0] * coffee.shape[1]
+    assert 0 < ev.auc(gray) < 99
+    assert 0 < ev.auc(gray, rebalanced=True) < 99
+
+
+def test_auc_by_hand_for_one_colour():
+    blue = solid((30, 60, 200))
+    d = ev.ab_error(ev.gray_baseline(blue), blue)
+    assert np.ptp(d) == 0  # one error value, D
+    k = math.ceil(d[0, 0])  # within t for t >= k: the curve is 0 for t < k and 1 from k to 150
+    assert ev.auc(ev.ab_histogram(ev.gray_baseline(blue), blue)) == pytest.approx((150 - k + 0.5) / 150 * 100)
+
+
+def test_rebalanced_auc_weighs_each_colour_equally():
+    """90 pixels of a common colour (predicted exactly) and 10 of a rare one (predicted gray)."""
+    common, rare = (200, 40, 40), (30, 60, 200)
+    truth = solid(common, (10, 10))
+    truth[9] = rare
+    out = truth.copy()
+    out[9] = ev.gray_baseline(truth[9:])[0]
+    hist = ev.ab_histogram(out, truth)
+    assert np.count_nonzero(hist.sum(axis=1)) == 2  # two ground-truth ab cells
+    rare_auc = ev.auc(ev.ab_histogram(out[9:], truth[9:]))
+    assert rare_auc < 50
+    assert ev.auc(hist) == pytest.approx(0.9 * 100 + 0.1 * rare_auc)  # by pixels
+    assert ev.auc(hist, rebalanced=True) == pytest.approx(0.5 * 100 + 0.5 * rare_auc)  # by colours
+    # the frequencies are those of the whole set: histograms of two images add up
+    halves = ev.ab_histogram(out[:5], truth[:5]) + ev.ab_histogram(out[5:], truth[5:])
+    assert ev.auc(halves, rebalanced=True) == pytest.approx(ev.auc(hist, rebalanced=True))
+
+
+def test_ciede2000():
+    chelsea = data.chelsea()
+    assert ev.ciede2000(chelsea, chelsea) == 0.0
+    assert ev.ciede2000(ev.gray_baseline(chelsea), chelsea) > 5
+
+
+def test_cdc():
+    frame = data.astronaut()[::4, ::4]
+    assert ev.cdc([frame] * 6) == 0.0
+    moving = [np.roll(frame, 10 * i, axis=1) for i in range(6)]  # same pixels, same histograms
+    assert ev.cdc(moving) == pytest.approx(0.0, abs=1e-12)
+    flicker = [frame if i % 2 else data.coffee()[::4, ::4][:128, :128] for i in range(6)]
+    assert 0 < ev.cdc(flicker) <= 1
+    assert ev.cdc([frame, frame // 2]) > 0
+    assert math.isnan(ev.cdc([frame]))
+
+
+def test_evenly_spaced():
+    items = list(range(10))
+    assert ev.evenly_spaced(items, 0) == items
+    assert ev.evenly_spaced(items, 20) == items
+    assert ev.evenly_spaced(items, 3) == [0, 4, 9]
+    assert len(set(ev.evenly_spaced(items, 9))) == 9
+
+
+# -- the command -------------------------------------------------------------------------------------------
+def finite_rows(rows: dict) -> list[str]:
+    labels = [label for label in rows if label.startswith("ours T=")]
+    for label in ["gray", *labels]:
+        for key in ("psnr", "ssim", "colorfulness_ratio", "auc", "auc_rebalanced", "ciede2000"):
+            assert math.isfinite(rows[label][key]), (label, key)
+    return labels
+
+
+def test_eval_end_to_end(tmp_path, model_args):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("astronaut", "chelsea", "coffee"):
+        write_png(images / f"{name}.png", getattr(data, name)())
+    out, sheet = tmp_path / "out" / "eval.json", tmp_path / "sheet.png"
+    assert cli_main(["eval", "--images", str(images), "--json", str(out), "--sheet", str(sheet), *model_args]) == 0
+    result = json.loads(out.read_text())
+    assert result["images"]["count"] == 3 and result["model_id"]
+    rows = result["images"]["rows"]
+    (label,) = finite_rows(rows)
+    assert len(result["temperatures"]) == 1 and label == f"ours T={result['temperatures'][0]:g}"
+    assert rows["gray"]["colorfulness_ratio"] < 0.01 and rows["truth"]["colorfulness"] > 10
+    assert rows[label]["delta_psnr"] == pytest.approx(rows[label]["psnr"] - rows["gray"]["psnr"])
+    tiles = cv2.imread(str(sheet))
+    assert tiles is not None and tiles.shape[0] == 3 * ev.SHEET_HEIGHT
+
+
+def test_eval_odd_inputs_videos_and_temperatures(tmp_path, model_args, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    coffee = data.coffee()
+    cv2.imwrite(str(images / "ODD.JPG"), cv2.cvtColor(coffee[:101, :67], cv2.COLOR_RGB2BGR))
+    write_png(images / "b.PNG", data.chelsea()[:90, :130])
+    write_png(images / "c.png", data.astronaut()[:7, :5])
+    (images / "broken.png").write_bytes(b"not an image")
+    videos = tmp_path / "videos"
+    (videos / "seq").mkdir(parents=True)
+    frame = cv2.resize(data.astronaut(), (64, 48))
+    for i in range(5):
+        write_png(videos / "seq" / f"{i:05d}.jpg", np.roll(frame, 4 * i, axis=1))
+    write_mp4(videos / "clip.mp4", [np.roll(frame, 3 * i, axis=0) for i in range(6)])
+    out = tmp_path / "eval.json"
+    code = cli_main(["eval", "--images", str(images), "--videos", str(videos), "--temperature", "0.2", "1.0",
+                     "--json", str(out), *model_args])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["images"]["count"] == 3 and result["temperatures"] == [0.2, 1.0]
+    assert finite_rows(result["images"]["rows"]) == ["ours T=0.2", "ours T=1"]
+    videos_result = result["videos"]
+    assert videos_result["count"] == 2 and videos_result["frames"] == 11
+    finite_rows(videos_result["rows"])
+    assert all(math.isfinite(row["cdc"]) for row in videos_result["rows"].values())
+    assert videos_result["per_video"]["seq"]["frames"] == 5
+    assert videos_result["per_video"]["clip.mp4"]["frames"] == 6
+    table = capsys.readouterr().out
+    assert "gray" in table and "ours T=0.2" in table and "CDC" in table
+
+    # --limit takes an evenly spaced subset of the sorted files: ODD.JPG, b.PNG, broken.png, c.png
+    assert cli_main(["eval", "--images", str(images), "--limit", "3", "--json", str(out), *model_args]) == 0
+    assert json.loads(out.read_text())["images"]["count"] == 2  # ODD.JPG, broken.png (skipped), c.png
+
+
+def test_eval_needs_an_input(capsys):
+    assert cli_main(["eval"]) == 2
+    assert "--images" in capsys.readouterr().err
