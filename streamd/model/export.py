@@ -48,8 +48,26 @@ def export(weights_path: Path, out: Path, temperature: float = 0.38, input_size:
     onnx.helper.set_model_props(model, {k: json.dumps(v) for k, v in meta.items()})
     onnx.save(model, str(out))
     meta["max_ab_difference"] = check_against_torch(decoder, out)
+    write_card(out.with_suffix(".md"), meta, weights, sum(p.numel() for p in net.parameters()))
     log.info("exported %s (%s): max |ab| difference to PyTorch %.4f", out, model_id, meta["max_ab_difference"])
     return meta
+
+
+def write_card(path: Path, meta: dict, weights: dict, n_params: int) -> None:
+    """The facts export knows; evaluation results are added below them by whoever scores the model."""
+    cfg = weights.get("config", {})
+    hours = weights.get("train_seconds", 0) / 3600
+    path.write_text(f"""# Model card: {meta['model_id']}
+
+| | |
+| --- | --- |
+| architecture | streamd ColorNet: VGG-style conv + ReLU + BatchNorm blocks, no pooling, strided-conv downsampling to 1/16, dilated context, transposed-conv upsampling to 1/4 with encoder skips; widths {meta['widths']}; {n_params / 1e6:.2f}M parameters |
+| output | distribution over {meta['bins']} in-gamut ab bins (10-unit grid), decoded inside the graph by the annealed mean, T = {meta['temperature']} (overridable at run time) |
+| input | L (0..100), N x 1 x H x W, H and W multiples of 16; streamd feeds {meta['input_width']}x{meta['input_height']} |
+| loss | cross-entropy on soft-encoded targets (5 nearest bins, sigma 5), weighted by class rebalancing ({'on' if cfg.get('rebalance', True) else 'off'}) x gradient prior ({'on' if cfg.get('gradient_prior', True) else 'off'}) |
+| training | {meta['steps']} steps, {weights.get('samples', 0)} samples ({cfg.get('crop', '?')} px crops, batch {cfg.get('batch', '?')}), {hours:.2f} h of compute, data: {', '.join(cfg.get('data', []))} |
+| export check | max abs ab difference between ONNX Runtime and PyTorch on scikit-image photos: {meta['max_ab_difference']:.4f} (weights stored as fp16) |
+""")
 
 
 def store_weights_fp16(model: onnx.ModelProto, min_size: int = 1024) -> onnx.ModelProto:
