@@ -37,6 +37,10 @@ class Batcher:
             elif len(self._waiting) == 1:
                 self._ready.notify()
 
+    def waiting(self) -> int:
+        with self._ready:
+            return len(self._waiting)
+
     def discard(self, camera: str) -> None:
         """Forget a camera's waiting frame (the camera was removed)."""
         with self._ready:

@@ -40,6 +40,12 @@ class ZmqConfig:
     endpoint: str = "tcp://127.0.0.1:5555"  # "" = no ZeroMQ output
     format: str = "bgr24"
     hwm: int = 4
+    curve_secret_key_file: str = ""  # CURVE encryption: a secret certificate from zmq.auth (docs/operations.md)
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: str = ""  # "127.0.0.1:9090" serves /healthz and /metrics; "" = off
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,7 @@ class Config:
     batch: BatchConfig = field(default_factory=BatchConfig)
     zmq: ZmqConfig = field(default_factory=ZmqConfig)
     daynight: DayNightConfig = field(default_factory=DayNightConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -120,6 +127,11 @@ def validate(cfg: Config) -> Config:
     _check(cfg.batch.deadline_ms >= 0, "batch.deadline_ms", "must be 0 (automatic) or more")
     _check(cfg.zmq.format in FORMATS, "zmq.format", f"must be one of {', '.join(FORMATS)}")
     _check(cfg.zmq.hwm >= 1, "zmq.hwm", "must be at least 1")
+    _check(not cfg.zmq.curve_secret_key_file or Path(cfg.zmq.curve_secret_key_file).is_file(),
+           "zmq.curve_secret_key_file", f"no key file at {cfg.zmq.curve_secret_key_file}")
+    if cfg.http.listen:
+        host, _, port = cfg.http.listen.rpartition(":")
+        _check(bool(host) and port.isdigit() and 0 <= int(port) < 65536, "http.listen", "must be HOST:PORT")
     _check(cfg.daynight.to_night_s >= 0 and cfg.daynight.to_day_s >= 0, "daynight", "settle times must be >= 0")
     _check(len(cfg.cameras) > 0, "camera", "at least one [[camera]] is needed")
     seen = set()
@@ -142,7 +154,7 @@ def validate(cfg: Config) -> Config:
 
 
 def parse(raw: dict) -> Config:
-    known = {"model", "batch", "zmq", "daynight", "camera"}
+    known = {"model", "batch", "zmq", "daynight", "http", "camera"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(sorted(known))})")
@@ -155,6 +167,7 @@ def parse(raw: dict) -> Config:
         batch=_section(BatchConfig, raw.get("batch", {}), "batch"),
         zmq=_section(ZmqConfig, raw.get("zmq", {}), "zmq"),
         daynight=_section(DayNightConfig, raw.get("daynight", {}), "daynight"),
+        http=_section(HttpConfig, raw.get("http", {}), "http"),
     ))
 
 

@@ -252,17 +252,11 @@ def video_sources(folder: Path) -> list[Path]:
 
 # -- running ---------------------------------------------------------------------------------------------
 def colorize_rgb(colorizers: dict[str, Colorizer], frames: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
-    """Gray baseline and every model's output for RGB frames, by method label.
-
-    Heights are padded (edge rows repeated) to a multiple of 4 and the outputs cropped back: Frame.to_av
-    packs the 4:2:0 chroma planes into rows of full width, which fails for heights of 4k + 1 and 4k + 2.
-    """
-    bgr = [cv2.copyMakeBorder(cv2.cvtColor(f, cv2.COLOR_RGB2BGR), 0, -f.shape[0] % 4, 0, 0, cv2.BORDER_REPLICATE)
-           for f in frames]
+    """Gray baseline and every model's output for RGB frames, by method label."""
+    bgr = [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in frames]
     outputs = {GRAY: [gray_baseline(f) for f in frames]}
     for label, colorizer in colorizers.items():
-        outputs[label] = [cv2.cvtColor(o[:f.shape[0]], cv2.COLOR_BGR2RGB)
-                          for o, f in zip(colorize_images(colorizer, bgr), frames)]
+        outputs[label] = [cv2.cvtColor(o, cv2.COLOR_BGR2RGB) for o in colorize_images(colorizer, bgr)]
     return outputs
 
 

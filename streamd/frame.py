@@ -53,8 +53,10 @@ class Frame:
                    full_range=full, matrix=matrix, pts=float(frame.time) if frame.time is not None else None, **kw)
 
     def to_av(self) -> av.VideoFrame:
-        packed = np.concatenate([self.y, self.u.reshape(-1, self.width), self.v.reshape(-1, self.width)])
-        frame = av.VideoFrame.from_ndarray(packed, format="yuv420p")
+        frame = av.VideoFrame(self.width, self.height, "yuv420p")
+        for plane, data in zip(frame.planes, (self.y, self.u, self.v)):
+            rows = np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)  # padded rows
+            rows[:data.shape[0], :data.shape[1]] = data
         frame.color_range = 2 if self.full_range else 1
         frame.colorspace = 1 if self.matrix == "bt709" else 6
         return frame

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import zmq
+import zmq.auth
 
 from streamd.batch import Batcher
 from streamd.colour import DayNight, luma_to_lightness, recombine
 from streamd.config import CameraConfig, Config
 from streamd.frame import Frame
+from streamd.health import Instruments
 from streamd.infer import Colorizer
 from streamd.sink import OutputTargets, OutputWorker, ZmqPublisher
 from streamd.source import Camera, SourceSettings, State
@@ -84,9 +86,15 @@ class Pipeline:
         info = self.colorizer.info
         self.input_size = (m.input_height or info.input_height, m.input_width or info.input_width)
         self.batcher = Batcher(config.batch.max_size, (config.batch.deadline_ms or 40.0) / 1000.0)
+        self.instruments = Instruments()
         self._zmq_context = zmq.Context()
-        self.publisher = ZmqPublisher(self._zmq_context, config.zmq.endpoint, config.zmq.hwm) \
-            if config.zmq.endpoint else None
+        self.publisher = None
+        if config.zmq.endpoint:
+            keys = (None, None)
+            if config.zmq.curve_secret_key_file:
+                keys = zmq.auth.load_certificate(config.zmq.curve_secret_key_file)
+            self.publisher = ZmqPublisher(self._zmq_context, config.zmq.endpoint, config.zmq.hwm,
+                                          curve_secret_key=keys[1], curve_public_key=keys[0])
         self.cameras: dict[str, CameraRuntime] = {}
         self.inference = InferenceStats()
         self._stop = threading.Event()
@@ -102,7 +110,8 @@ class Pipeline:
         targets = OutputTargets(zmq=self.publisher, zmq_format=c.zmq_format or self.config.zmq.format,
                                 rtsp_url=c.rtsp_out or None, rtsp_transport=c.rtsp_out_transport or c.transport,
                                 file_path=Path(c.file_out) if c.file_out else None)
-        outputs = OutputWorker(c.name, targets, self.colorizer.info.model_id, prepare=self._finish_colour)
+        outputs = OutputWorker(c.name, targets, self.colorizer.info.model_id, prepare=self._finish_colour,
+                               observe_latency=self.instruments.latency.labels(c.name).observe)
         runtime = CameraRuntime(c, None, DayNight(self.config.daynight.to_night_s, self.config.daynight.to_day_s),
                                 outputs)
         runtime.source = Camera(source_settings(c), lambda frame, r=runtime: self._on_frame(r, frame))
@@ -115,7 +124,32 @@ class Pipeline:
         runtime.source.stop()
         self.batcher.discard(name)
         runtime.outputs.close()
+        self.instruments.latency.remove(name)
         self._update_batching()
+
+    def apply(self, new: Config) -> list[str]:
+        """Reload: start added cameras, stop removed ones, restart changed ones; the others keep running
+        untouched. Returns what changed. Model, batch, ZeroMQ and HTTP settings need a restart."""
+        changes = []
+        old = {c.name: c for c in self.config.cameras}
+        wanted = {c.name: c for c in new.cameras}
+        for name in old.keys() - wanted.keys():
+            self.remove_camera(name)
+            changes.append(f"removed {name}")
+        for name, c in wanted.items():
+            if name in old and old[name] != c:
+                self.remove_camera(name)
+                self.add_camera(c)
+                changes.append(f"restarted {name}")
+            elif name not in old:
+                self.add_camera(c)
+                changes.append(f"added {name}")
+        for section in ("model", "batch", "zmq", "http"):
+            if getattr(new, section) != getattr(self.config, section):
+                log.warning("reload: [%s] changed; that takes effect at the next restart", section)
+        self.config = Config(cameras=new.cameras, model=self.config.model, batch=self.config.batch,
+                             zmq=self.config.zmq, daynight=new.daynight, http=self.config.http)
+        return changes
 
     def stop(self) -> None:
         self._stop.set()
@@ -170,7 +204,10 @@ class Pipeline:
     def _colorize(self, batch: list[Frame]) -> None:
         t0 = time.perf_counter()
         predict(self.colorizer, batch, self.input_size)
-        self.inference.seconds.append(time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self.instruments.batch_seconds.observe(seconds)
+        self.instruments.batch_size.observe(len(batch))
+        self.inference.seconds.append(seconds)
         del self.inference.seconds[:-200]
         self.inference.batches += 1
         self.inference.frames += len(batch)

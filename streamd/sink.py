@@ -58,6 +58,7 @@ class ZmqPublisher:
 
     def __init__(self, context: zmq.Context, endpoint: str, hwm: int = 4, curve_secret_key: bytes | None = None,
                  curve_public_key: bytes | None = None) -> None:
+        """With a CURVE key pair, traffic is encrypted and subscribers need the server's public key."""
         self.socket = context.socket(zmq.PUB)
         self.socket.setsockopt(zmq.SNDHWM, hwm)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -199,8 +200,10 @@ class OutputWorker:
     """One camera's outputs, on a thread of their own behind a one-frame mailbox (newest wins)."""
 
     def __init__(self, camera: str, targets: OutputTargets, model_id: str,
-                 prepare: Callable[[Frame], Frame] = lambda f: f) -> None:
+                 prepare: Callable[[Frame], Frame] = lambda f: f,
+                 observe_latency: Callable[[float], None] = lambda seconds: None) -> None:
         self.camera, self.targets, self.model_id, self.prepare = camera, targets, model_id, prepare
+        self.observe_latency = observe_latency
         self.rtsp = RtspOutput(camera, targets.rtsp_url, targets.rtsp_transport) if targets.rtsp_url else None
         self.file = H264Writer(str(targets.file_path), "mp4") if targets.file_path else None
         self.published = 0
@@ -245,7 +248,9 @@ class OutputWorker:
             frame = self.prepare(frame)
             if t.zmq:
                 t.zmq.publish(frame, t.zmq_format, self.model_id)
-            self.latencies_ms.append((time.monotonic() - frame.arrival) * 1000.0)
+            latency = time.monotonic() - frame.arrival
+            self.observe_latency(latency)
+            self.latencies_ms.append(latency * 1000.0)
             del self.latencies_ms[:-1000]
             self.published += 1
             if self.rtsp:

@@ -102,6 +102,7 @@ def decode_av(s: SourceSettings) -> Iterator[av.VideoFrame]:
             raise PermanentSourceError(f"camera {s.name}: {redact(s.url)} has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        last_frame = time.monotonic()
         try:
             for packet in container.demux(stream):
                 try:
@@ -109,6 +110,11 @@ def decode_av(s: SourceSettings) -> Iterator[av.VideoFrame]:
                 except av.error.InvalidDataError:
                     log.debug("camera %s: skipped a corrupt packet", s.name)
                     continue
+                now = time.monotonic()
+                if frames:
+                    last_frame = now
+                elif now - last_frame > s.stall_timeout:  # packets, but nothing decodes
+                    raise SourceError(f"camera {s.name}: stalled, no frame for {s.stall_timeout:g} s")
                 yield from frames
         except av.error.FFmpegError as e:
             if not _is_stream_url(s.url) and isinstance(e, (av.error.InvalidDataError, av.error.EOFError)):

@@ -73,7 +73,9 @@ def test_rtsp_in_zeromq_and_rtsp_out(rtsp_server, publishers, model_path):
     assert "gate: running" in out
 
 
-def run_pipeline(cameras: list[dict], seconds: float, fmt: str = "yuv420p", **sections):
+def run_pipeline(cameras: list[dict], seconds: float, fmt: str = "yuv420p", until=None, **sections):
+    """Run a pipeline, collecting every message, until every source ended, `until(pipeline)` holds, or
+    `seconds` passed."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     cfg = cfgmod.parse({"camera": cameras, "zmq": {"endpoint": endpoint, "format": fmt, "hwm": 1000}, **sections})
     pipeline = Pipeline(cfg)
@@ -83,7 +85,8 @@ def run_pipeline(cameras: list[dict], seconds: float, fmt: str = "yuv420p", **se
     got = []
     end = time.monotonic() + seconds
     try:
-        while time.monotonic() < end and not (pipeline.finished() and not sub.socket.poll(300)):
+        while time.monotonic() < end and not (
+                (pipeline.finished() or (until and until(pipeline))) and not sub.socket.poll(300)):
             msg = sub.recv(timeout=0.2)
             if msg:
                 got.append(msg)
@@ -163,7 +166,8 @@ def test_bad_sources_fail_alone_while_others_run(tmp_path):
         {"name": "notvideo", "url": str(not_video)},
         {"name": "truncated", "url": str(truncated)},
         {"name": "unreachable", "url": "rtsp://user:secret@127.0.0.1:9/none", "open_timeout_s": 1.0},
-    ], seconds=30, fmt="jpeg")
+    ], seconds=40, fmt="jpeg", until=lambda p: p.cameras["good"].source.stats.state.value == "finished"
+                                          and p.cameras["unreachable"].source.stats.reconnects >= 1)
     cams = pipeline.cameras
     assert cams["missing"].source.stats.state.value == "failed"
     assert "no such file" in cams["missing"].source.stats.last_error

@@ -1,0 +1,460 @@
+"""`streamd bench`: how close streamd comes to the physical limit of the machine it runs on.
+
+Everything is measured in one run, on the same machine and the same inputs, so the numbers compare:
+
+* pass-through: decode + H.264 encode only, the most any pipeline can deliver here;
+* streamd, unpaced: decode -> colorize (one batch across the cameras) -> encode, every frame, serially,
+  as a throughput ratio to pass-through;
+* streamd, paced: the real Pipeline fed by files played at 25 fps, as cameras send them: delivered fps,
+  dropped frames, capture-to-publish latency, CPU cores and peak memory;
+* the network alone: the shipped model against Zhang et al.'s ECCV16 architecture in identical ONNX
+  Runtime sessions (`--device cuda`: both through PyTorch CUDA in fp16, at the batch sizes of 8 to 64
+  1080p cameras).
+
+Every number is the median over `--repeats` runs. The inputs are gray H.264 clips made here from the
+synthetic camera (real photos, panned and zoomed), so no file has to be shipped or downloaded.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import itertools
+import json
+import logging
+import os
+import platform
+import resource
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+import onnxruntime as ort
+
+from streamd import config as cfgmod
+from streamd.colour import luma_to_lightness
+from streamd.frame import Frame
+from streamd.infer import Colorizer, shipped_model
+from streamd.pipeline import Pipeline, finish, predict
+from streamd.sink import H264Writer
+from streamd.source import SourceSettings, SyntheticCamera, decode_av
+
+CLIP_FPS = 25.0
+FULL = {"sizes": [(640, 360), (1280, 720), (1920, 1080)], "cameras": [1, 2, 4, 8], "clip_s": 3.0,
+        "repeats": 3, "network_sizes": [(224, 224), (192, 320)]}
+# --short keeps every kind of measurement, on fewer configurations: it has to run inside the test suite.
+SHORT = {"sizes": [(640, 360), (1280, 720)], "cameras": [1, 2], "clip_s": 2.0, "repeats": 2,
+         "network_sizes": [(192, 320)]}
+STAGE_FRAMES = 24  # frames per unpaced streamd measurement, all cameras together (at least 3 per camera)
+NETWORK_BATCHES = (1, 8)
+GPU_CAMERAS = (8, 32, 64)  # 1080p cameras, one batch each, for --device cuda
+GPU_ITERATIONS = 20
+EXIT_UNAVAILABLE = 2
+
+
+class BenchUnavailable(Exception):
+    """What the requested benchmark needs is missing here (CUDA, torch, trained weights)."""
+
+
+# -- inputs ------------------------------------------------------------------------------------------
+def make_clip(path: Path, size: tuple[int, int], seconds: float) -> int:
+    """Write a gray H.264 clip as an infrared camera sends it (limited-range BT.709, chroma at 128), moving
+    so the encoder has real work; returns its frame count."""
+    count = round(seconds * CLIP_FPS)
+    writer = H264Writer(str(path), "mp4", fps=CLIP_FPS)
+    try:
+        for frame in itertools.islice(SyntheticCamera(size, CLIP_FPS).frames("clip", 0), count):
+            frame.arrival = frame.pts  # H264Writer stamps by arrival: the clip gets a steady 25 fps
+            writer.write(frame)
+    finally:
+        writer.close()
+    return count
+
+
+def clip_frames(path: Path, camera: str) -> Iterator[Frame]:
+    """The clip decoded the way a camera source decodes, with its own timing kept for the encoder."""
+    for seq, av_frame in enumerate(decode_av(SourceSettings(camera, str(path)))):
+        frame = Frame.from_av(camera, seq, av_frame)
+        frame.arrival = frame.pts
+        yield frame
+
+
+@functools.cache
+def _gray_luma(size: tuple[int, int]) -> np.ndarray:
+    return next(SyntheticCamera(size, CLIP_FPS).frames("net", 0)).y
+
+
+def lightness_batch(input_size: tuple[int, int], batch: int) -> np.ndarray:
+    """Network input (batch, 1, H, W) made from a real gray 720p frame by streamd's own preprocessing."""
+    lightness = luma_to_lightness(_gray_luma((1280, 720)), False, input_size)
+    return np.repeat(lightness[None, None], batch, axis=0)
+
+
+# -- measurements --------------------------------------------------------------------------------------
+class Laps:
+    """Seconds per stage, each lap() charging the time since the previous one to the named stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
+
+
+def run_stages(clip: Path, cameras: int, frames_per_camera: int, out_dir: Path,
+               colorizer: Colorizer | None = None) -> dict:
+    """decode -> [predict on one batch across the cameras -> finish] -> encode, serially and dropping
+    nothing, so it measures what the work costs rather than what a scheduler lets through. Without a
+    colorizer it is pass-through. The first batch opens decoders and encoders and is left out of the timing."""
+    sources = [clip_frames(clip, f"cam{i}") for i in range(cameras)]
+    writers = [H264Writer(str(out_dir / f"stages-{i}.mp4"), "mp4", fps=CLIP_FPS) for i in range(cameras)]
+    try:
+        for index in range(frames_per_camera):
+            if index == 1:
+                laps, cpu_start = Laps(), time.process_time()
+            batch = [next(source) for source in sources]
+            if index:
+                laps.lap("decode")
+            if colorizer is not None:
+                predict(colorizer, batch, (colorizer.info.input_height, colorizer.info.input_width))
+                if index:
+                    laps.lap("predict")
+                for frame in batch:
+                    finish(frame)
+                if index:
+                    laps.lap("finish")
+            for writer, frame in zip(writers, batch):
+                writer.write(frame)
+            if index:
+                laps.lap("encode")
+        cpu = time.process_time() - cpu_start
+    finally:
+        for writer in writers:
+            writer.close()
+        for source in sources:
+            source.close()
+    frames, wall = cameras * (frames_per_camera - 1), sum(laps.seconds.values())
+    return {"fps": frames / wall, "cpu_cores": cpu / wall,
+            **{f"{stage}_ms_per_frame": s * 1000.0 / frames for stage, s in laps.seconds.items()}}
+
+
+def _settle(pipeline: Pipeline, quiet_s: float = 0.5, limit_s: float = 10.0) -> None:
+    """Wait until the frames in flight are out: nothing waiting to be batched, no output for quiet_s."""
+    end = time.monotonic() + limit_s
+    last, quiet_since = -1, time.monotonic()
+    while time.monotonic() < end:
+        out = sum(r.outputs.published for r in pipeline.cameras.values())
+        if out != last or pipeline.batcher.waiting():
+            last, quiet_since = out, time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return
+        time.sleep(0.05)
+
+
+def run_paced(clip: Path, cameras: int, colorizer: Colorizer, out_dir: Path) -> dict:
+    """The real Pipeline, each camera the clip played at its own 25 fps and written to an MP4: what a
+    deployment would see, frame drops and latency included."""
+    cfg = cfgmod.parse({"camera": [{"name": f"cam{i}", "url": str(clip), "file_out": str(out_dir / f"paced-{i}.mp4")}
+                                   for i in range(cameras)], "zmq": {"endpoint": ""}})
+    pipeline = Pipeline(cfg, colorizer)
+    cpu_start, start = time.process_time(), time.perf_counter()
+    pipeline.start()
+    try:
+        while not pipeline.finished():
+            time.sleep(0.05)
+        _settle(pipeline)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    finally:
+        pipeline.stop()
+    runtimes = list(pipeline.cameras.values())
+    delivered = [r.outputs.published / (r.source.stats.frames / CLIP_FPS) for r in runtimes]
+    latencies = [ms for r in runtimes for ms in r.outputs.latencies_ms]
+    return {"delivered_fps_per_camera": statistics.fmean(delivered),
+            "sent": sum(r.source.stats.frames for r in runtimes),
+            "published": sum(r.outputs.published for r in runtimes),
+            "dropped": sum(pipeline.dropped(name) for name in pipeline.cameras),
+            "latency_p50_ms": float(np.percentile(latencies, 50)),
+            "latency_p99_ms": float(np.percentile(latencies, 99)),
+            "cpu_cores": cpu / wall, "peak_rss_mib": peak_rss_mib()}
+
+
+def peak_rss_mib() -> float:
+    """The process's peak so far (Linux reports KiB): measurements run smallest first, so it tracks the
+    largest configuration measured up to that point."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def repeated(measure: Callable[[], dict], repeats: int) -> dict:
+    """Median of every number over `repeats` runs, with the runs themselves kept."""
+    runs = [measure() for _ in range(repeats)]
+    return {**{key: statistics.median(run[key] for run in runs) for key in runs[0]}, "runs": runs}
+
+
+def time_network(run: Callable[[np.ndarray], object], lightness: np.ndarray, repeats: int) -> dict:
+    """Median seconds per call over `repeats` calls, after one untimed frame (session and memory arena
+    set-up; ONNX Runtime's CPU kernels are not specialised per batch size, so one frame warms them)."""
+    run(lightness[:1])
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(lightness)
+        seconds.append(time.perf_counter() - start)
+    batch_s = statistics.median(seconds)
+    return {"ms_per_batch": batch_s * 1000.0, "ms_per_frame": batch_s * 1000.0 / len(lightness),
+            "fps": len(lightness) / batch_s}
+
+
+def export_eccv16(path: Path, temperature: float) -> None:
+    """Zhang et al.'s ECCV16 network (random weights: speed only) behind the same annealed-mean decoding
+    as ours, exported as `streamd export` exports ours, so both graphs map L to ab. Its head is sized to
+    our 262 bins instead of the paper's 313: under 0.2% of its FLOPs."""
+    import torch
+
+    from streamd.lab import ab_bins
+    from streamd.model.export import OPSET
+    from streamd.model.network import ECCV16, AnnealedMean
+
+    bins = torch.from_numpy(ab_bins())
+    model = AnnealedMean(ECCV16(len(bins)), bins, temperature).eval()
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated; streamd export uses it too
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, torch.zeros(1, 1, 192, 320), str(path), input_names=["L"], output_names=["ab"],
+                          opset_version=OPSET, dynamic_axes={"L": {0: "batch", 2: "height", 3: "width"},
+                                                             "ab": {0: "batch", 2: "height_4", 3: "width_4"}},
+                          dynamo=False)
+
+
+def eccv16_colorizer(work: Path, temperature: float) -> tuple[Colorizer | None, str]:
+    """The ECCV16 baseline in a session made exactly like the shipped model's, or None and why not."""
+    try:
+        import torch  # noqa: F401  (only the baseline needs it)
+    except ImportError:
+        return None, "torch is not importable (pip install '.[train]'): ECCV16 baseline and ratio skipped"
+    path = work / "eccv16.onnx"
+    export_eccv16(path, temperature)
+    return Colorizer(path), "ECCV16 architecture, random weights, same decoding and ONNX Runtime settings"
+
+
+def network_section(colorizer: Colorizer, work: Path, sizes: list[tuple[int, int]], repeats: int) -> dict:
+    """Ours against ECCV16 at the same input sizes and batches: ms per frame, fps and the fps ratio."""
+    baseline, note = eccv16_colorizer(work, colorizer.info.temperature)
+    print(f"network: {note}", flush=True)
+    rows = []
+    for size, batch in itertools.product(sizes, NETWORK_BATCHES):
+        lightness = lightness_batch(size, batch)
+        ours = time_network(colorizer, lightness, repeats)
+        eccv16 = time_network(baseline, lightness, repeats) if baseline else None
+        rows.append({"input": f"{size[1]}x{size[0]}", "batch": batch, "ours": ours, "eccv16": eccv16,
+                     "ratio_fps_ours_over_eccv16": ours["fps"] / eccv16["fps"] if eccv16 else None})
+        print(f"network {rows[-1]['input']} batch {batch}: ours {ours['ms_per_frame']:.1f} ms/frame"
+              + (f", ECCV16 {eccv16['ms_per_frame']:.1f} ms/frame" if eccv16 else ""), flush=True)
+    return {"baseline": note, "ort_intra_op_threads": 0, "rows": rows}
+
+
+def video_sections(colorizer: Colorizer, plan: dict, repeats: int, work: Path) -> tuple[list, dict]:
+    """Pass-through and streamd (unpaced and paced) at every resolution and camera count of the plan."""
+    passthrough, throughput, paced = [], [], []
+    for size in plan["sizes"]:
+        resolution = f"{size[0]}x{size[1]}"
+        clip = work / f"gray-{resolution}.mp4"
+        frames = make_clip(clip, size, plan["clip_s"])
+        limit = repeated(lambda: run_stages(clip, 1, frames, work), repeats)
+        passthrough.append({"resolution": resolution, **limit})
+        print(f"pass-through {resolution}: {limit['fps']:.1f} fps", flush=True)
+        for cameras in plan["cameras"]:
+            per_camera = min(frames, max(3, STAGE_FRAMES // cameras))
+            stages = repeated(lambda: run_stages(clip, cameras, per_camera, work, colorizer), repeats)
+            throughput.append({"resolution": resolution, "cameras": cameras, "frames_per_camera": per_camera,
+                               "ratio_to_passthrough": stages["fps"] / limit["fps"], **stages})
+            live = repeated(lambda: run_paced(clip, cameras, colorizer, work), repeats)
+            paced.append({"resolution": resolution, "cameras": cameras, "camera_fps": CLIP_FPS, **live})
+            print(f"streamd {resolution} x{cameras}: {stages['fps']:.1f} fps unpaced "
+                  f"({stages['fps'] / limit['fps']:.3f} of pass-through); paced "
+                  f"{live['delivered_fps_per_camera']:.1f} fps/camera, p50 {live['latency_p50_ms']:.0f} ms",
+                  flush=True)
+    return passthrough, {"throughput": throughput, "paced": paced}
+
+
+# -- the GPU network benchmark -------------------------------------------------------------------------
+def cuda_network_section() -> dict:
+    """Ours (the training weights) and ECCV16 through PyTorch CUDA under fp16 autocast, one batch per
+    GPU_CAMERAS 1080p cameras at the production input size: per batch, the CPU preprocessing and the
+    network with its host/device copies, timed apart."""
+    try:
+        import torch
+    except ImportError as e:
+        raise BenchUnavailable("--device cuda needs torch (pip install '.[train]')") from e
+    if not torch.cuda.is_available():
+        raise BenchUnavailable("--device cuda: CUDA is not available here (torch.cuda.is_available() is False)")
+    weights_path = shipped_model().with_suffix(".pt")
+    if not weights_path.exists():
+        raise BenchUnavailable(f"--device cuda: no training weights at {weights_path} (streamd train writes them)")
+    from streamd.model.network import ECCV16, AnnealedMean
+    from streamd.model.train import build_net, load_weights
+
+    weights = load_weights(weights_path)
+    bins = torch.from_numpy(np.asarray(weights["bins"]))
+    temperature = 0.38  # `streamd export`'s default; speed does not depend on it
+    models = {"ours": AnnealedMean(build_net(weights), bins, temperature).eval().cuda(),
+              "eccv16": AnnealedMean(ECCV16(len(bins)), bins, temperature).eval().cuda()}
+    input_size, luma = (192, 320), _gray_luma((1920, 1080))
+
+    def preprocess(cameras: int) -> np.ndarray:
+        return np.stack([luma_to_lightness(luma, False, input_size) for _ in range(cameras)])[:, None]
+
+    def network(model, lightness: np.ndarray) -> np.ndarray:
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
+            return model(torch.from_numpy(lightness).cuda()).float().cpu().numpy()
+
+    rows = []
+    for cameras in GPU_CAMERAS:
+        lightness = preprocess(cameras)
+        preprocess_ms = statistics.median(_seconds(lambda: preprocess(cameras)) for _ in range(5)) * 1000.0
+        row = {"cameras": cameras, "camera_size": "1920x1080", "input": "320x192", "batch": cameras,
+               "preprocess_ms_per_batch": preprocess_ms}
+        for name, model in models.items():
+            for _ in range(3):
+                network(model, lightness)
+            batch_ms = statistics.median(_seconds(lambda: network(model, lightness))
+                                         for _ in range(GPU_ITERATIONS)) * 1000.0
+            row[name] = {"ms_per_batch": batch_ms, "fps": cameras / batch_ms * 1000.0}
+        row["ratio_fps_ours_over_eccv16"] = row["ours"]["fps"] / row["eccv16"]["fps"]
+        rows.append(row)
+        print(f"cuda x{cameras}: ours {row['ours']['ms_per_batch']:.2f} ms/batch, "
+              f"ECCV16 {row['eccv16']['ms_per_batch']:.2f} ms/batch, preprocess {preprocess_ms:.1f} ms", flush=True)
+    return {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "precision": "fp16 autocast",
+            "weights": str(weights_path), "rows": rows}
+
+
+def _seconds(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+# -- report --------------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(provider: str | None) -> dict:
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "load_average_at_start": os.getloadavg(), "python": platform.python_version(),
+            "platform": platform.platform(), "onnxruntime": ort.__version__, "av": av.__version__,
+            "numpy": np.__version__, "provider": provider}
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [headers] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def report(result: dict) -> str:
+    """The detail tables, then the ratios: the lines worth reading last."""
+    parts = []
+    if "passthrough" in result:
+        limit = {p["resolution"]: p["fps"] for p in result["passthrough"]}
+        parts.append("streamd, paced (the real pipeline, cameras at 25 fps, every number a median):\n" + table(
+            ["resolution", "cameras", "fps/camera", "dropped", "p50 ms", "p99 ms", "CPU cores", "peak RSS MiB"],
+            [[p["resolution"], p["cameras"], p["delivered_fps_per_camera"], p["dropped"], p["latency_p50_ms"],
+              p["latency_p99_ms"], p["cpu_cores"], p["peak_rss_mib"]] for p in result["streamd"]["paced"]]))
+        parts.append("unpaced, every frame (frames/s of all cameras together; ms per frame by stage):\n" + table(
+            ["resolution", "cameras", "fps", "decode", "predict", "finish", "encode", "pass-through fps",
+             "streamd / pass-through"],
+            [[t["resolution"], t["cameras"], t["fps"], t["decode_ms_per_frame"], t["predict_ms_per_frame"],
+              t["finish_ms_per_frame"], t["encode_ms_per_frame"], limit[t["resolution"]], t["ratio_to_passthrough"]]
+             for t in result["streamd"]["throughput"]]))
+    if "network" in result:
+        parts.append(f"network alone ({result['network']['baseline']}):\n" + table(
+            ["input", "batch", "ours ms/frame", "ours fps", "ECCV16 ms/frame", "ECCV16 fps", "ours / ECCV16 (fps)"],
+            [[r["input"], r["batch"], r["ours"]["ms_per_frame"], r["ours"]["fps"],
+              r["eccv16"] and r["eccv16"]["ms_per_frame"], r["eccv16"] and r["eccv16"]["fps"],
+              r["ratio_fps_ours_over_eccv16"]] for r in result["network"]["rows"]]))
+    if "network_cuda" in result:
+        cuda = result["network_cuda"]
+        parts.append(f"network alone on {cuda['gpu']} ({cuda['precision']}), 1080p cameras, one batch each:\n" + table(
+            ["cameras", "preprocess ms", "ours ms/batch", "ours fps", "ECCV16 ms/batch", "ECCV16 fps",
+             "ours / ECCV16 (fps)"],
+            [[r["cameras"], r["preprocess_ms_per_batch"], r["ours"]["ms_per_batch"], r["ours"]["fps"],
+              r["eccv16"]["ms_per_batch"], r["eccv16"]["fps"], r["ratio_fps_ours_over_eccv16"]]
+             for r in cuda["rows"]]))
+    return "\n\n".join(parts)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that repeats this run (the process's own argv may be a test runner's)."""
+    words = ["streamd", "bench", "--device", args.device]
+    words += ["--short"] if args.short else []
+    words += ["--repeats", str(args.repeats)] if args.repeats else []
+    words += ["--json", str(args.json)] if args.json else []
+    return shlex.join(words)
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict:
+    result = {"command": command_line(args), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    if args.device == "cuda":
+        result["machine"] = machine_info(None)
+        result["network_cuda"] = cuda_network_section()
+        return result
+    plan = SHORT if args.short else FULL
+    repeats = args.repeats or plan["repeats"]
+    colorizer = Colorizer()
+    result["machine"] = machine_info(colorizer.provider)
+    result["settings"] = {"short": args.short, "repeats": repeats, "clip_seconds": plan["clip_s"],
+                          "camera_fps": CLIP_FPS, "model": colorizer.info.model_id,
+                          "network_input": f"{colorizer.info.input_width}x{colorizer.info.input_height}",
+                          "stage_frames": STAGE_FRAMES}
+    result["passthrough"], result["streamd"] = video_sections(colorizer, plan, repeats, work)
+    result["network"] = network_section(colorizer, work, plan["network_sizes"], repeats)
+    result["peak_rss_mib"] = peak_rss_mib()
+    return result
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.repeats < 0:
+        print("streamd bench: --repeats must be 1 or more (0 = the mode's default)", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    quiet = logging.getLogger("streamd")
+    level = quiet.level
+    if not args.verbose:  # a camera start and end per measurement would bury the results
+        quiet.setLevel(logging.WARNING)
+    try:
+        with tempfile.TemporaryDirectory(prefix="streamd-bench-") as work:
+            result = measure(args, Path(work))
+    except BenchUnavailable as e:
+        print(f"streamd bench: {e}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    finally:
+        quiet.setLevel(level)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    print(f"\nstreamd bench, {result['date']}: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
+          f"onnxruntime {result['machine']['onnxruntime']} ({result['machine']['provider'] or 'PyTorch CUDA'})\n")
+    print(report(result))
+    return 0

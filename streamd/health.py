@@ -1,0 +1,113 @@
+"""Health and metrics over HTTP: /healthz for supervisors, /metrics for Prometheus.
+
+Values are read from the pipeline when scraped (a custom collector), so the frame path carries no
+metrics code except the latency histograms, which need every observation.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from streamd.source import State
+
+LATENCY_BUCKETS = (0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+
+
+class Instruments:
+    """The histograms the pipeline feeds; one registry per pipeline (no global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram("streamd_frame_latency_seconds", "Decode-to-publish latency of a frame",
+                                 ["camera"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_size = Histogram("streamd_inference_batch_size", "Frames per inference batch",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
+        self.batch_seconds = Histogram("streamd_inference_seconds", "Time of one inference batch",
+                                       buckets=LATENCY_BUCKETS, registry=self.registry)
+
+
+class PipelineCollector:
+    """Per-camera counters and states, queue depths and the execution provider, read at scrape time."""
+
+    def __init__(self, pipeline) -> None:
+        self.pipeline = pipeline
+
+    def collect(self):
+        p = self.pipeline
+        frames = CounterMetricFamily("streamd_frames", "Frames decoded", labels=["camera"])
+        colorized = CounterMetricFamily("streamd_frames_colorized", "Frames colorized", labels=["camera"])
+        passed = CounterMetricFamily("streamd_frames_passed_through", "Colour frames passed through", labels=["camera"])
+        dropped = CounterMetricFamily("streamd_frames_dropped", "Frames dropped (pipeline behind)", labels=["camera"])
+        published = CounterMetricFamily("streamd_frames_published", "Frames sent to the outputs", labels=["camera"])
+        reconnects = CounterMetricFamily("streamd_reconnects", "Source reconnects", labels=["camera"])
+        out_reconnects = CounterMetricFamily("streamd_output_reconnects", "RTSP output reconnects", labels=["camera"])
+        state = GaugeMetricFamily("streamd_camera_state", "1 for the camera's current state", labels=["camera", "state"])
+        for name, r in list(p.cameras.items()):
+            stats = r.source.stats
+            frames.add_metric([name], stats.frames)
+            colorized.add_metric([name], r.colorized)
+            passed.add_metric([name], r.passed_through)
+            dropped.add_metric([name], p.dropped(name))
+            published.add_metric([name], r.outputs.published)
+            reconnects.add_metric([name], stats.reconnects)
+            out_reconnects.add_metric([name], r.outputs.rtsp.reconnects if r.outputs.rtsp else 0)
+            for s in State:
+                state.add_metric([name, s.value], 1.0 if stats.state == s else 0.0)
+        queue = GaugeMetricFamily("streamd_batch_queue_frames", "Frames waiting for inference")
+        queue.add_metric([], p.batcher.waiting())
+        provider = InfoMetricFamily("streamd_model", "Model and execution provider")
+        provider.add_metric([], {"model": p.colorizer.info.model_id, "provider": p.colorizer.provider})
+        yield from (frames, colorized, passed, dropped, published, reconnects, out_reconnects, state, queue, provider)
+
+
+def health(pipeline, phase: str) -> tuple[int, dict]:
+    """(HTTP status, body). starting/stopping: 503; running: 200; degraded (a camera is down): 503."""
+    cameras = {name: r.source.stats.state.value for name, r in list(pipeline.cameras.items())}
+    if phase == "running" and any(s != State.RUNNING.value for s in cameras.values()):
+        phase = "degraded"
+    return (200 if phase == "running" else 503), {"status": phase, "cameras": cameras}
+
+
+class HealthServer:
+    """Serves /healthz and /metrics on its own thread; `phase` is set by the daemon's main loop."""
+
+    def __init__(self, pipeline, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 9090) -> None:
+        self.phase = "starting"
+        registry.register(PipelineCollector(pipeline))
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                if self.path.split("?")[0] == "/metrics":
+                    code, body, ctype = 200, generate_latest(registry), CONTENT_TYPE_LATEST
+                elif self.path.split("?")[0] == "/healthz":
+                    code, doc = health(server.pipeline, server.phase)
+                    body, ctype = json.dumps(doc).encode(), "application/json"
+                else:
+                    code, body, ctype = 404, b"not found: try /healthz or /metrics\n", "text/plain"
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:  # scrapes every few seconds are not events worth a log line
+                pass
+
+        self.pipeline = pipeline
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.address = self.httpd.server_address
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
