@@ -47,12 +47,12 @@ from streamd.sink import H264Writer
 from streamd.source import SourceSettings, SyntheticCamera, decode_av
 
 CLIP_FPS = 25.0
-FULL = {"sizes": [(640, 360), (1280, 720), (1920, 1080)], "cameras": [1, 2, 4, 8], "clip_s": 3.0,
-        "repeats": 3, "network_sizes": [(224, 224), (192, 320)]}
+# stage_frames: frames per unpaced streamd measurement, all cameras together (at least 3 per camera).
+FULL = {"sizes": [(640, 360), (1280, 720), (1920, 1080)], "cameras": [1, 2, 4, 8], "clip_s": 2.5,
+        "repeats": 3, "stage_frames": 16, "network_sizes": [(224, 224), (192, 320)]}
 # --short keeps every kind of measurement, on fewer configurations: it has to run inside the test suite.
-SHORT = {"sizes": [(640, 360), (1280, 720)], "cameras": [1, 2], "clip_s": 2.0, "repeats": 2,
+SHORT = {"sizes": [(640, 360), (1280, 720)], "cameras": [1, 2], "clip_s": 2.0, "repeats": 2, "stage_frames": 6,
          "network_sizes": [(192, 320)]}
-STAGE_FRAMES = 24  # frames per unpaced streamd measurement, all cameras together (at least 3 per camera)
 NETWORK_BATCHES = (1, 8)
 GPU_CAMERAS = (8, 32, 64)  # 1080p cameras, one batch each, for --device cuda
 GPU_ITERATIONS = 20
@@ -111,32 +111,33 @@ class Laps:
         self._last = now
 
 
+def stage_batch(sources: list[Iterator[Frame]], writers: list[H264Writer], colorizer: Colorizer | None,
+                laps: Laps) -> None:
+    """One frame from every camera: decode -> [predict as one batch -> finish] -> encode."""
+    batch = [next(source) for source in sources]
+    laps.lap("decode")
+    if colorizer is not None:
+        predict(colorizer, batch, (colorizer.info.input_height, colorizer.info.input_width))
+        laps.lap("predict")
+        for frame in batch:
+            finish(frame)
+        laps.lap("finish")
+    for writer, frame in zip(writers, batch):
+        writer.write(frame)
+    laps.lap("encode")
+
+
 def run_stages(clip: Path, cameras: int, frames_per_camera: int, out_dir: Path,
                colorizer: Colorizer | None = None) -> dict:
-    """decode -> [predict on one batch across the cameras -> finish] -> encode, serially and dropping
-    nothing, so it measures what the work costs rather than what a scheduler lets through. Without a
-    colorizer it is pass-through. The first batch opens decoders and encoders and is left out of the timing."""
+    """The stages back to back, serially and dropping nothing, so this measures what the work costs rather
+    than what a scheduler lets through. Without a colorizer it is pass-through."""
     sources = [clip_frames(clip, f"cam{i}") for i in range(cameras)]
     writers = [H264Writer(str(out_dir / f"stages-{i}.mp4"), "mp4", fps=CLIP_FPS) for i in range(cameras)]
     try:
-        for index in range(frames_per_camera):
-            if index == 1:
-                laps, cpu_start = Laps(), time.process_time()
-            batch = [next(source) for source in sources]
-            if index:
-                laps.lap("decode")
-            if colorizer is not None:
-                predict(colorizer, batch, (colorizer.info.input_height, colorizer.info.input_width))
-                if index:
-                    laps.lap("predict")
-                for frame in batch:
-                    finish(frame)
-                if index:
-                    laps.lap("finish")
-            for writer, frame in zip(writers, batch):
-                writer.write(frame)
-            if index:
-                laps.lap("encode")
+        stage_batch(sources, writers, colorizer, Laps())  # untimed: opens the decoders and encoders
+        laps, cpu_start = Laps(), time.process_time()
+        for _ in range(frames_per_camera - 1):
+            stage_batch(sources, writers, colorizer, laps)
         cpu = time.process_time() - cpu_start
     finally:
         for writer in writers:
@@ -148,7 +149,7 @@ def run_stages(clip: Path, cameras: int, frames_per_camera: int, out_dir: Path,
             **{f"{stage}_ms_per_frame": s * 1000.0 / frames for stage, s in laps.seconds.items()}}
 
 
-def _settle(pipeline: Pipeline, quiet_s: float = 0.5, limit_s: float = 10.0) -> None:
+def _settle(pipeline: Pipeline, quiet_s: float = 0.3, limit_s: float = 10.0) -> None:
     """Wait until the frames in flight are out: nothing waiting to be batched, no output for quiet_s."""
     end = time.monotonic() + limit_s
     last, quiet_since = -1, time.monotonic()
@@ -201,15 +202,8 @@ def repeated(measure: Callable[[], dict], repeats: int) -> dict:
 
 
 def time_network(run: Callable[[np.ndarray], object], lightness: np.ndarray, repeats: int) -> dict:
-    """Median seconds per call over `repeats` calls, after one untimed frame (session and memory arena
-    set-up; ONNX Runtime's CPU kernels are not specialised per batch size, so one frame warms them)."""
-    run(lightness[:1])
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(lightness)
-        seconds.append(time.perf_counter() - start)
-    batch_s = statistics.median(seconds)
+    """Median seconds per call over `repeats` calls (the caller has warmed the session up)."""
+    batch_s = statistics.median(_seconds(lambda: run(lightness)) for _ in range(repeats))
     return {"ms_per_batch": batch_s * 1000.0, "ms_per_frame": batch_s * 1000.0 / len(lightness),
             "fps": len(lightness) / batch_s}
 
@@ -236,12 +230,11 @@ def export_eccv16(path: Path, temperature: float) -> None:
 
 def eccv16_colorizer(work: Path, temperature: float) -> tuple[Colorizer | None, str]:
     """The ECCV16 baseline in a session made exactly like the shipped model's, or None and why not."""
-    try:
-        import torch  # noqa: F401  (only the baseline needs it)
-    except ImportError:
-        return None, "torch is not importable (pip install '.[train]'): ECCV16 baseline and ratio skipped"
     path = work / "eccv16.onnx"
-    export_eccv16(path, temperature)
+    try:
+        export_eccv16(path, temperature)
+    except ImportError as e:  # torch and onnx come with the train extra, which serving does not need
+        return None, f"{e.name} is not importable (pip install '.[train]'): ECCV16 baseline and ratio skipped"
     return Colorizer(path), "ECCV16 architecture, random weights, same decoding and ONNX Runtime settings"
 
 
@@ -250,14 +243,19 @@ def network_section(colorizer: Colorizer, work: Path, sizes: list[tuple[int, int
     baseline, note = eccv16_colorizer(work, colorizer.info.temperature)
     print(f"network: {note}", flush=True)
     rows = []
-    for size, batch in itertools.product(sizes, NETWORK_BATCHES):
-        lightness = lightness_batch(size, batch)
-        ours = time_network(colorizer, lightness, repeats)
-        eccv16 = time_network(baseline, lightness, repeats) if baseline else None
-        rows.append({"input": f"{size[1]}x{size[0]}", "batch": batch, "ours": ours, "eccv16": eccv16,
-                     "ratio_fps_ours_over_eccv16": ours["fps"] / eccv16["fps"] if eccv16 else None})
-        print(f"network {rows[-1]['input']} batch {batch}: ours {ours['ms_per_frame']:.1f} ms/frame"
-              + (f", ECCV16 {eccv16['ms_per_frame']:.1f} ms/frame" if eccv16 else ""), flush=True)
+    for size in sizes:
+        # Untimed, once per size: thread pool and memory arena set-up. ONNX Runtime's CPU kernels are not
+        # specialised per batch size, so one frame warms every batch.
+        for session in filter(None, (colorizer, baseline)):
+            session(lightness_batch(size, 1))
+        for batch in NETWORK_BATCHES:
+            lightness = lightness_batch(size, batch)
+            ours = time_network(colorizer, lightness, repeats)
+            eccv16 = time_network(baseline, lightness, repeats) if baseline else None
+            rows.append({"input": f"{size[1]}x{size[0]}", "batch": batch, "ours": ours, "eccv16": eccv16,
+                         "ratio_fps_ours_over_eccv16": ours["fps"] / eccv16["fps"] if eccv16 else None})
+            print(f"network {rows[-1]['input']} batch {batch}: ours {ours['ms_per_frame']:.1f} ms/frame"
+                  + (f", ECCV16 {eccv16['ms_per_frame']:.1f} ms/frame" if eccv16 else ""), flush=True)
     return {"baseline": note, "ort_intra_op_threads": 0, "rows": rows}
 
 
@@ -272,7 +270,7 @@ def video_sections(colorizer: Colorizer, plan: dict, repeats: int, work: Path) -
         passthrough.append({"resolution": resolution, **limit})
         print(f"pass-through {resolution}: {limit['fps']:.1f} fps", flush=True)
         for cameras in plan["cameras"]:
-            per_camera = min(frames, max(3, STAGE_FRAMES // cameras))
+            per_camera = min(frames, max(3, plan["stage_frames"] // cameras))
             stages = repeated(lambda: run_stages(clip, cameras, per_camera, work, colorizer), repeats)
             throughput.append({"resolution": resolution, "cameras": cameras, "frames_per_camera": per_camera,
                                "ratio_to_passthrough": stages["fps"] / limit["fps"], **stages})
@@ -428,7 +426,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
     result["settings"] = {"short": args.short, "repeats": repeats, "clip_seconds": plan["clip_s"],
                           "camera_fps": CLIP_FPS, "model": colorizer.info.model_id,
                           "network_input": f"{colorizer.info.input_width}x{colorizer.info.input_height}",
-                          "stage_frames": STAGE_FRAMES}
+                          "stage_frames": plan["stage_frames"]}
     result["passthrough"], result["streamd"] = video_sections(colorizer, plan, repeats, work)
     result["network"] = network_section(colorizer, work, plan["network_sizes"], repeats)
     result["peak_rss_mib"] = peak_rss_mib()
@@ -454,7 +452,9 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    print(f"\nstreamd bench, {result['date']}: {result['machine']['cpu']}, {result['machine']['cores']} cores, "
-          f"onnxruntime {result['machine']['onnxruntime']} ({result['machine']['provider'] or 'PyTorch CUDA'})\n")
+    m = result["machine"]
+    engine = f"onnxruntime {m['onnxruntime']} on {m['provider']}" if m["provider"] else \
+        f"PyTorch {result['network_cuda']['torch']} on {result['network_cuda']['gpu']}"
+    print(f"\nstreamd bench, {result['date']}: {m['cpu']}, {m['cores']} cores, {engine}\n")
     print(report(result))
     return 0

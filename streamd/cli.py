@@ -52,30 +52,83 @@ def quick_config(args: argparse.Namespace) -> cfgmod.Config:
             file_out = str(p.with_name(f"{p.stem}-{name}{p.suffix or '.mp4'}") if several else p)
         cameras.append({"name": name, "url": url, "transport": args.rtsp_transport, "loop": args.loop,
                         "rtsp_out": rtsp_out, "file_out": file_out})
-    raw = {"camera": cameras, "zmq": {"endpoint": args.zmq, "format": args.format}}
+    raw = {"camera": cameras, "zmq": {"endpoint": args.zmq, "format": args.format}, "http": {"listen": args.http}}
     if args.model:
         raw["model"] = {"path": args.model}
     return cfgmod.parse(raw)
 
 
-def serve(pipeline, stop: threading.Event, report_every: float, on_report=None) -> None:
-    """Run until `stop` is set or every source has ended, printing a status line per camera."""
-    last = time.monotonic()
-    previous: dict[str, int] = {}
-    while not stop.wait(0.2):
-        now = time.monotonic()
-        if now - last >= report_every:
-            for line in status_lines(pipeline, now - last, previous):
-                print(line, flush=True)
-            last = now
-            if on_report:
-                on_report()
-        if pipeline.finished():
-            time.sleep(0.3)  # let the outputs publish what is in flight
-            break
+def summary(pipeline) -> str:
+    """One line for systemd's STATUS=: how many cameras run, frames colorized and passed through."""
+    states = [r.source.stats.state.value for r in pipeline.cameras.values()]
+    return (f"{states.count('running')}/{len(states)} cameras running; "
+            f"{sum(r.colorized for r in pipeline.cameras.values())} frames colorized, "
+            f"{sum(r.passed_through for r in pipeline.cameras.values())} passed through")
+
+
+class Daemon:
+    """The main loop of `streamd run`: signals, systemd notifications, reloads, status lines."""
+
+    def __init__(self, pipeline, config_path: Path | None, report_every: float, http=None) -> None:
+        from streamd.systemd import Notifier
+
+        self.pipeline, self.config_path, self.report_every, self.http = pipeline, config_path, report_every, http
+        self.notifier = Notifier()
+        self.stop = threading.Event()
+        self.reload = threading.Event()
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload.set())
+
+    def _reload(self) -> None:
+        self.reload.clear()
+        if self.config_path is None:
+            log.warning("reload: nothing to re-read (started without -c CONFIG)")
+            return
+        self.notifier.reloading()
+        try:
+            changes = self.pipeline.apply(cfgmod.load(self.config_path))
+            log.info("reload: %s", "; ".join(changes) or "no camera changed")
+        except cfgmod.ConfigError as e:
+            log.error("reload refused, the running configuration stays: %s", e)
+        self.notifier.ready(summary(self.pipeline))
+
+    def run(self) -> None:
+        self.pipeline.start()
+        if self.http:
+            self.http.start()
+            self.http.phase = "running"
+            log.info("health and metrics on http://%s:%d/healthz and /metrics", *self.http.address[:2])
+        self.notifier.ready(summary(self.pipeline))
+        last = time.monotonic()
+        previous: dict[str, int] = {}
+        try:
+            while not self.stop.wait(0.2):
+                self.notifier.watchdog()
+                if self.reload.is_set():
+                    self._reload()
+                now = time.monotonic()
+                if now - last >= self.report_every:
+                    for line in status_lines(self.pipeline, now - last, previous):
+                        print(line, flush=True)
+                    self.notifier.status(summary(self.pipeline))
+                    last = now
+                if self.pipeline.finished():
+                    time.sleep(0.3)  # let the outputs publish what is in flight
+                    break
+        finally:
+            if self.http:
+                self.http.phase = "stopping"
+            self.notifier.stopping()
+            self.pipeline.stop()
+            if self.http:
+                self.http.stop()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from streamd.health import HealthServer
     from streamd.pipeline import Pipeline
 
     if bool(args.config) == bool(args.source):
@@ -83,16 +136,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     cfg = cfgmod.load(args.config) if args.config else quick_config(args)
     pipeline = Pipeline(cfg)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    pipeline.start()
+    http = None
+    if cfg.http.listen:
+        host, _, port = cfg.http.listen.rpartition(":")
+        http = HealthServer(pipeline, pipeline.instruments.registry, host, int(port))
+    daemon = Daemon(pipeline, args.config, args.report_every, http)
+    daemon.install_signals()
     log.info("streamd running %d camera(s)%s", len(cfg.cameras),
              f", ZeroMQ on {pipeline.publisher.endpoint}" if pipeline.publisher else "")
-    try:
-        serve(pipeline, stop, args.report_every)
-    finally:
-        pipeline.stop()
+    daemon.run()
     failed = [r for r in pipeline.cameras.values() if r.source.stats.state == State.FAILED]
     for r in failed:
         print(f"camera {r.config.name} failed: {r.source.stats.last_error}", file=sys.stderr)
@@ -159,6 +211,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return evaluate.main(args)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from streamd import bench
+
+    return bench.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamd", description="Real-time colorization of gray camera streams.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -184,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--rtsp-transport", default="tcp", choices=["tcp", "udp"])
     r.add_argument("--loop", action="store_true", help="play video files in a loop, as a camera")
     r.add_argument("--model", default="", help="ONNX model (default: the shipped one)")
+    r.add_argument("--http", default="", metavar="HOST:PORT", help="serve /healthz and /metrics here")
     r.add_argument("--report-every", type=float, default=5.0, help="seconds between status lines")
     r.set_defaults(func=cmd_run)
 
@@ -231,6 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--sheet", type=Path, help="contact sheet PNG (gray | ours | truth)")
     v.add_argument("--limit", type=int, default=0, help="at most this many images (0 = all)")
     v.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("bench", help="measure pass-through, pipeline and network speed on this machine")
+    b.add_argument("--json", type=Path, help="write every measurement here")
+    b.add_argument("--short", action="store_true", help="quick: 360p and 720p, 1 and 2 cameras, 2 s clips")
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cuda: only the network, through PyTorch CUDA (needs models/streamd-base.pt)")
+    b.add_argument("--repeats", type=int, default=0, help="runs per measurement, medians reported (0: 3, --short 2)")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

@@ -82,16 +82,19 @@ def _is_stream_url(url: str) -> bool:
 
 def _open_av(s: SourceSettings) -> av.container.InputContainer:
     options = {"rtsp_transport": s.transport} if s.url.startswith(("rtsp://", "rtsps://")) else {}
+    start = time.monotonic()
     try:
         return av.open(s.url, options=options, timeout=(s.open_timeout, s.read_timeout))
     except FileNotFoundError as e:
         raise PermanentSourceError(f"camera {s.name}: no such file {redact(s.url)}") from e
-    except av.error.InvalidDataError as e:
-        error = PermanentSourceError if not _is_stream_url(s.url) else SourceError
-        raise error(f"camera {s.name}: {redact(s.url)} is not a video stream ({e.strerror})") from e
     except (av.error.FFmpegError, OSError) as e:
-        raise SourceError(f"camera {s.name}: cannot open {redact(s.url)}: "
-                          f"{redact(getattr(e, 'strerror', None) or str(e))}") from e
+        if not _is_stream_url(s.url) and isinstance(e, av.error.InvalidDataError):
+            raise PermanentSourceError(f"camera {s.name}: {redact(s.url)} is not a video file") from e
+        if time.monotonic() - start >= 0.9 * s.open_timeout:  # FFmpeg reports the time-out as anything
+            reason = f"no answer within {s.open_timeout:g} s"
+        else:
+            reason = redact(getattr(e, "strerror", None) or str(e))
+        raise SourceError(f"camera {s.name}: cannot open {redact(s.url)}: {reason}") from e
 
 
 def decode_av(s: SourceSettings) -> Iterator[av.VideoFrame]:
@@ -119,7 +122,9 @@ def decode_av(s: SourceSettings) -> Iterator[av.VideoFrame]:
         except av.error.FFmpegError as e:
             if not _is_stream_url(s.url) and isinstance(e, (av.error.InvalidDataError, av.error.EOFError)):
                 return  # a truncated file ends where its data ends
-            raise SourceError(f"camera {s.name}: stream error: {redact(e.strerror or str(e))}") from e
+            reason = f"no data for {s.read_timeout:g} s" if isinstance(e, av.error.ExitError) \
+                else redact(e.strerror or str(e))
+            raise SourceError(f"camera {s.name}: stream lost: {reason}") from e
     except av.error.DecoderNotFoundError as e:
         raise PermanentSourceError(f"camera {s.name}: unsupported codec ({e.strerror})") from e
     finally:

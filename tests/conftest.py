@@ -20,12 +20,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port(port: int, timeout: float = 10.0) -> None:
+def wait_listening(port: int, timeout: float = 10.0) -> None:
+    """Wait until a TCP socket listens on `port`, without connecting: rtsp-server-perl mishandles the
+    next session after a probe connection that sends nothing."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table) as f:
+                if any(line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A" for line in f.readlines()[1:]):
+                    return
         time.sleep(0.1)
     raise TimeoutError(f"nothing listens on port {port}")
 
@@ -35,17 +38,18 @@ class RtspServer:
 
     _next_rtp = 22000
 
-    def __init__(self) -> None:
+    def __init__(self, client_port: int | None = None, source_port: int | None = None) -> None:
+        """Fresh ports, or the ports of a server that went away (a camera that reboots)."""
         binary = shutil.which("rtsp-server-perl")
         if binary is None:
             pytest.fail("rtsp-server-perl is not installed (apt-get install rtsp-server-perl; .ci/run does)")
-        self.client_port, self.source_port = free_port(), free_port()
+        self.client_port, self.source_port = client_port or free_port(), source_port or free_port()
         RtspServer._next_rtp += 200  # each instance needs its own UDP range
         self.proc = subprocess.Popen([binary, "-c", str(self.client_port), "-s", str(self.source_port),
                                       "--rtp_start_port", str(RtspServer._next_rtp)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.client_port)
-        wait_port(self.source_port)
+        wait_listening(self.client_port)
+        wait_listening(self.source_port)
 
     def publish_url(self, path: str) -> str:
         return f"rtsp://127.0.0.1:{self.source_port}/{path}"
@@ -54,15 +58,28 @@ class RtspServer:
         return f"rtsp://127.0.0.1:{self.client_port}/{path}"
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(5)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
 
 
 @pytest.fixture
-def rtsp_server():
-    server = RtspServer()
-    yield server
-    server.stop()
+def rtsp_servers():
+    """Start RTSP servers; all are stopped at the end of the test."""
+    started: list[RtspServer] = []
+
+    def start(**kw) -> RtspServer:
+        started.append(RtspServer(**kw))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def rtsp_server(rtsp_servers):
+    return rtsp_servers()
 
 
 class Publisher:
@@ -79,18 +96,24 @@ class Publisher:
         self.proc.wait(5)
 
 
-@pytest.fixture
-def publishers():
-    started: list[Publisher] = []
+class Publishers:
+    """Starts test cameras; every one still running is stopped at the end of the test."""
 
-    def start(url: str, **kw) -> Publisher:
+    def __init__(self) -> None:
+        self.started: list[Publisher] = []
+
+    def __call__(self, url: str, **kw) -> Publisher:
         p = Publisher(url, **kw)
-        started.append(p)
+        self.started.append(p)
         time.sleep(1.0)  # ANNOUNCE/RECORD done before anyone PLAYs
         return p
 
-    yield start
-    for p in started:
+
+@pytest.fixture
+def publishers():
+    started = Publishers()
+    yield started
+    for p in started.started:
         p.stop()
 
 

@@ -172,7 +172,7 @@ def test_bad_sources_fail_alone_while_others_run(tmp_path):
     assert cams["missing"].source.stats.state.value == "failed"
     assert "no such file" in cams["missing"].source.stats.last_error
     assert cams["notvideo"].source.stats.state.value == "failed"
-    assert "not a video" in cams["notvideo"].source.stats.last_error
+    assert "is not a video file" in cams["notvideo"].source.stats.last_error
     assert cams["unreachable"].source.stats.reconnects >= 1
     assert "secret" not in cams["unreachable"].source.stats.last_error
     assert "unreachable" in cams["unreachable"].source.stats.last_error
