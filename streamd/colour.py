@@ -19,10 +19,17 @@ def _l_table(full_range: bool) -> np.ndarray:
     return y_to_l_table(full_range)
 
 
-def luma_to_lightness(y: np.ndarray, full_range: bool, size: tuple[int, int]) -> np.ndarray:
-    """Y' plane -> L (height, width) float32 at the network's input size (size = (height, width))."""
-    small = cv2.resize(y, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    return _l_table(full_range)[small]
+def luma_at_chroma_size(frame: Frame) -> np.ndarray:
+    """Y' averaged 2x2 down to the chroma planes' size (an integer-factor resize: OpenCV's fast path)."""
+    if frame.luma_half is None:
+        frame.luma_half = cv2.resize(frame.y, (frame.u.shape[1], frame.u.shape[0]), interpolation=cv2.INTER_AREA)
+    return frame.luma_half
+
+
+def luma_to_lightness(frame: Frame, size: tuple[int, int]) -> np.ndarray:
+    """The frame's Y' -> L (height, width) float32 at the network's input size (size = (height, width))."""
+    small = cv2.resize(luma_at_chroma_size(frame), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return _l_table(frame.full_range)[small]
 
 
 def _box(x: np.ndarray) -> np.ndarray:
@@ -49,7 +56,9 @@ def guided_upsample(ab: np.ndarray, guide_low: np.ndarray, guide_high: np.ndarra
 
 
 def lab_to_chroma(lightness: np.ndarray, ab: np.ndarray, matrix: str, full_range: bool) -> tuple[np.ndarray, np.ndarray]:
-    """L (H, W) and ab (H, W, 2) -> U, V planes (uint8) in the stream's own matrix and range."""
+    """L (H, W) and ab (H, W, 2) -> U, V planes (uint8) in the stream's own matrix and range, exactly.
+
+    The live path uses ChromaTable, a lookup table built from this function."""
     lab = np.dstack([lightness, ab]).astype(np.float32)
     rgb = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB), 0.0, 1.0)
     kr, kb = MATRICES[matrix]
@@ -61,13 +70,42 @@ def lab_to_chroma(lightness: np.ndarray, ab: np.ndarray, matrix: str, full_range
     return (np.clip(u + 0.5, lo, hi).astype(np.uint8), np.clip(v + 0.5, lo, hi).astype(np.uint8))
 
 
+class ChromaTable:
+    """(Y', a, b) -> (U, V) as one lookup: Y' in 64 steps of 4 code values, a and b in steps of 2 over
+    -128..126. Replaces a float Lab -> RGB -> YUV round trip per pixel; the error this adds is at most a
+    code value or two of U and V (tests/test_colour.py measures it)."""
+
+    Y_SHIFT, AB_STEP, AB_LEVELS = 2, 2.0, 128
+
+    def __init__(self, matrix: str, full_range: bool) -> None:
+        y = (np.arange(256 >> self.Y_SHIFT) << self.Y_SHIFT) + (1 << self.Y_SHIFT) // 2
+        ab = (np.arange(self.AB_LEVELS) - self.AB_LEVELS // 2) * self.AB_STEP
+        yy, aa, bb = np.meshgrid(_l_table(full_range)[y], ab, ab, indexing="ij")
+        u, v = lab_to_chroma(yy.reshape(-1, 1), np.stack([aa, bb], -1).reshape(-1, 1, 2), matrix, full_range)
+        # U and V side by side in one uint16 per entry: a single np.take fetches both (a 2-D gather is 20x slower)
+        self.uv = np.ascontiguousarray(np.stack([u.ravel(), v.ravel()], axis=-1)).view(np.uint16).ravel()
+
+    def __call__(self, luma: np.ndarray, ab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """luma (H, W) uint8 and ab (H, W, 2) float -> U, V (H, W) uint8."""
+        scaled = ab * (1.0 / self.AB_STEP) + (self.AB_LEVELS // 2 + 0.5)
+        q = np.clip(scaled, 0, self.AB_LEVELS - 1).astype(np.int32)
+        index = ((luma.astype(np.int32) >> self.Y_SHIFT) * self.AB_LEVELS + q[..., 0]) * self.AB_LEVELS + q[..., 1]
+        uv = np.take(self.uv, index).view(np.uint8).reshape(*luma.shape, 2)
+        return np.ascontiguousarray(uv[..., 0]), np.ascontiguousarray(uv[..., 1])
+
+
+@functools.cache
+def chroma_table(matrix: str, full_range: bool) -> ChromaTable:
+    return ChromaTable(matrix, full_range)
+
+
 def recombine(frame: Frame, ab: np.ndarray, lightness_in: np.ndarray) -> Frame:
     """A gray frame plus the network's ab (2, h, w) for its L input -> the colour frame, luma untouched."""
-    chroma_size = (frame.u.shape[1], frame.u.shape[0])
-    guide_high = _l_table(frame.full_range)[cv2.resize(frame.y, chroma_size, interpolation=cv2.INTER_AREA)]
+    luma = luma_at_chroma_size(frame)
+    guide_high = _l_table(frame.full_range)[luma]
     guide_low = cv2.resize(lightness_in, (ab.shape[2], ab.shape[1]), interpolation=cv2.INTER_AREA)
     ab_full = guided_upsample(ab, guide_low, guide_high)
-    frame.u, frame.v = lab_to_chroma(guide_high, ab_full, frame.matrix, frame.full_range)
+    frame.u, frame.v = chroma_table(frame.matrix, frame.full_range)(luma, ab_full)
     frame.colorized = True
     return frame
 

@@ -28,6 +28,7 @@ class Frame:
     reference: np.ndarray | None = None  # the true colours, where a synthetic source knows them
     colorized: bool = False
     prediction: tuple[np.ndarray, np.ndarray] | None = None  # (network input L, predicted ab), until recombined
+    luma_half: np.ndarray | None = None  # Y' at chroma size, computed once (streamd.colour)
 
     @property
     def width(self) -> int:

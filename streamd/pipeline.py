@@ -41,7 +41,7 @@ def source_settings(c: CameraConfig) -> SourceSettings:
 
 def predict(colorizer: Colorizer, frames: list[Frame], input_size: tuple[int, int]) -> None:
     """Run the network on a batch of gray frames; each frame keeps (its L input, predicted ab)."""
-    lightness = np.stack([luma_to_lightness(f.y, f.full_range, input_size) for f in frames])
+    lightness = np.stack([luma_to_lightness(f, input_size) for f in frames])
     for frame, l_in, ab in zip(frames, lightness, colorizer(lightness[:, None])):
         frame.prediction = (l_in, ab)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from skimage import color, data
 
-from streamd.colour import DayNight, guided_upsample, lab_to_chroma, luma_to_lightness, recombine
+from streamd.colour import ChromaTable, DayNight, guided_upsample, lab_to_chroma, luma_to_lightness, recombine
 from streamd.frame import Frame
 from streamd.lab import ab_bins, lab_to_rgb, rgb_to_lab, y_to_l_table
 
@@ -71,7 +71,7 @@ def test_recombine_keeps_luma_bit_exact():
     frame = Frame.from_bgr("t", 0, np.ascontiguousarray(data.astronaut()[:, :, ::-1]), matrix="bt709",
                            full_range=False)
     y_before = frame.y.copy()
-    lightness = luma_to_lightness(frame.y, False, (192, 320))
+    lightness = luma_to_lightness(frame, (192, 320))
     ab = np.random.default_rng(1).normal(0, 20, (2, 48, 80)).astype(np.float32)
     out = recombine(frame, ab, lightness)
     assert out.y is frame.y and np.array_equal(out.y, y_before)
@@ -98,3 +98,17 @@ def test_day_night_detection_and_hysteresis():
     assert dn.update(_frame(128, 128), 2.1) is False
     assert dn.update(_frame(128, 128, 15), 3.0) is False
     assert dn.update(_frame(128, 128, 15), 6.1) is True  # colour for over 3 s: day again
+
+
+@pytest.mark.parametrize("matrix", ["bt601", "bt709"])
+@pytest.mark.parametrize("full_range", [True, False])
+def test_chroma_table_matches_exact_conversion(matrix, full_range):
+    rng = np.random.default_rng(2)
+    lo, hi = (0, 256) if full_range else (16, 236)
+    luma = rng.integers(lo, hi, (64, 64)).astype(np.uint8)
+    ab = rng.uniform(-60, 60, (64, 64, 2)).astype(np.float32)
+    u, v = ChromaTable(matrix, full_range)(luma, ab)
+    lightness = y_to_l_table(full_range)[luma]
+    u_exact, v_exact = lab_to_chroma(lightness, ab, matrix, full_range)
+    err = np.abs(np.stack([u, v]).astype(int) - np.stack([u_exact, v_exact]))
+    assert err.mean() < 1.0 and np.percentile(err, 99) <= 4
