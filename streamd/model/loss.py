@@ -92,7 +92,9 @@ class BinGrid:
         d = (flat[:, None, :] - cand.float() * AB_GRID).norm(dim=-1)
         d = torch.where(idx >= 0, d, torch.full_like(d, float("inf")))
         near_d, pos = d.topk(k, dim=1, largest=False)
-        return idx.gather(1, pos), near_d
+        # Far outside the gamut a window can hold fewer than k bins: those slots get distance inf (weight 0)
+        # and a valid index, so gathers stay in range.
+        return idx.gather(1, pos).clamp(min=0), near_d
 
 
 def nearest_bins(ab: torch.Tensor, grid: BinGrid) -> torch.Tensor:

@@ -40,7 +40,7 @@ class ColorNet(nn.Module):
     Input sides must be multiples of 16.
     """
 
-    def __init__(self, n_bins: int, widths: tuple[int, int, int, int] = (32, 64, 128, 256)) -> None:
+    def __init__(self, n_bins: int, widths: tuple[int, int, int, int] = (24, 48, 96, 192)) -> None:
         super().__init__()
         w1, w2, w3, w4 = widths
         self.widths = widths

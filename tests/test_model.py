@@ -1,0 +1,132 @@
+"""The model's training side: bins, soft targets, the weighted loss, and train -> export -> eval."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from streamd.cli import main
+from streamd.lab import ab_bins, rgb_to_lab
+from streamd.model.loss import BinGrid, Priors, WeightedCrossEntropy, gradient_magnitude
+from streamd.model.network import ECCV16, AnnealedMean, ColorNet
+
+
+@pytest.fixture(scope="module")
+def bins() -> torch.Tensor:
+    return torch.from_numpy(ab_bins())
+
+
+def test_bin_grid_finds_the_true_nearest_bins(bins):
+    rgb = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)  # sRGB colours, as in training
+    ab = torch.from_numpy(rgb_to_lab(rgb)[..., 1:]).permute(2, 0, 1)[None].contiguous()
+    idx, dist = BinGrid(bins).nearest(ab, 5)
+    flat = ab.permute(0, 2, 3, 1).reshape(-1, 2)
+    brute = ((flat[:, None, :] - bins[None]) ** 2).sum(-1).sqrt()
+    expected_d, _ = brute.topk(5, dim=1, largest=False)
+    assert torch.allclose(dist, expected_d, atol=1e-4)
+    assert torch.allclose(brute.gather(1, idx), expected_d, atol=1e-4)
+    far = torch.full((1, 2, 1, 1), -127.0)  # no bin within the window: no crash, finite loss
+    priors = Priors(np.full(len(bins), 1 / len(bins)), np.full(64, 1 / 64))
+    assert torch.isfinite(WeightedCrossEntropy(bins, priors)(torch.zeros(1, len(bins), 1, 1), far))
+
+
+def test_priors_and_weights(bins):
+    rng = torch.Generator().manual_seed(0)
+    common = torch.zeros(1, 2, 32, 32)  # mostly neutral pixels...
+    rare = torch.zeros(1, 2, 32, 32)
+    rare[:, 0, :4] = 60.0  # ...and a red band, rarer
+    priors = Priors.measure([common, common, rare], bins)
+    assert priors.bin_prior.sum() == pytest.approx(1.0) and priors.gradient_prior.sum() == pytest.approx(1.0)
+    w = priors.class_weights(bins.numpy())
+    assert (priors.bin_prior * w).sum() == pytest.approx(1.0, rel=1e-4)  # normalised: E_prior[w] = 1
+    grid = BinGrid(bins)
+    neutral, red = grid.nearest(torch.zeros(1, 2, 1, 1), 1)[0].item(), grid.nearest(torch.tensor([60.0, 0]).reshape(1, 2, 1, 1), 1)[0].item()
+    assert w[red] > w[neutral]  # rare colours weigh more
+    assert np.isfinite(w).all()  # bins no training pixel came near get weight 0, not infinity
+    gw = priors.gradient_weights()
+    assert gw[-1] >= gw[0]  # rare (high) gradients weigh at least as much as flat areas
+    del rng
+
+
+def test_loss_prefers_the_right_colour_and_switches_work(bins):
+    priors = Priors(np.full(len(bins), 1 / len(bins)), np.full(64, 1 / 64))
+    ab = torch.zeros(1, 2, 4, 4)
+    ab[:, 0] = 40.0
+    target_bin = BinGrid(bins).nearest(ab, 1)[0][0]
+    good = torch.full((1, len(bins), 4, 4), -5.0)
+    good[:, target_bin] = 5.0
+    bad = torch.zeros(1, len(bins), 4, 4)
+    for rebalance in (True, False):
+        for gradient in (True, False):
+            loss = WeightedCrossEntropy(bins, priors, rebalance, gradient)
+            assert loss(good, ab) < loss(bad, ab)
+
+
+def test_gradient_magnitude_is_high_at_colour_edges():
+    ab = torch.zeros(1, 2, 8, 8)
+    ab[:, 1, :, 4:] = 50.0
+    g = gradient_magnitude(ab)[0, 0]
+    assert g[:, 3].min() == 50.0 and g[:, :3].max() == 0.0
+
+
+def test_network_shapes_and_annealed_mean(bins):
+    net = ColorNet(len(bins), (8, 16, 32, 64)).eval()
+    with torch.no_grad():
+        net.classify.bias[7] += 8.0  # a clear mode
+    lightness = torch.rand(2, 1, 64, 96) * 100
+    logits = net(lightness)
+    assert logits.shape == (2, len(bins), 16, 24)
+    sharp = AnnealedMean(net, bins, 0.01)(lightness)
+    mode = bins[logits.argmax(1)].permute(0, 3, 1, 2)
+    assert (logits.argmax(1) == 7).all() and torch.allclose(sharp, mode, atol=0.5)  # T -> 0 gives the mode
+    mean = AnnealedMean(net, bins, 1.0)(lightness)
+    expected = torch.einsum("nqhw,qc->nchw", torch.softmax(logits, 1), bins)
+    assert torch.allclose(mean, expected, atol=1e-4)  # T = 1 gives the mean
+    big = sum(p.numel() for p in ECCV16(len(bins)).parameters())
+    assert big > 30e6 > 10 * sum(p.numel() for p in ColorNet(len(bins)).parameters())
+
+
+def test_train_export_eval_from_the_command_line(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        cv2.imwrite(str(images / f"{name}.png"), cv2.cvtColor(getattr(data, name)(), cv2.COLOR_RGB2BGR))
+    ckpt = tmp_path / "ckpt"
+    args = ["train", str(images), "-o", str(ckpt), "--batch", "4", "--crop", "64", "--widths", "8", "16", "32", "64",
+            "--checkpoint-every", "3"]
+    assert main([*args, "--steps", "3"]) == 0
+    first = torch.load(ckpt / "last.ckpt", weights_only=False)
+    assert first["step"] == 3
+    assert main([*args, "--steps", "6"]) == 0  # resumes at step 3
+    weights = torch.load(ckpt / "weights.pt", weights_only=False)
+    assert weights["steps"] == 6 and weights["samples"] == 24
+    assert all(v.dtype == torch.float16 for v in weights["model"].values() if v.is_floating_point())
+
+    model = tmp_path / "tiny.onnx"
+    assert main(["export", str(ckpt / "weights.pt"), "-o", str(model), "--width", "96", "--height", "64"]) == 0
+    card = model.with_suffix(".md").read_text()
+    assert "6 steps" in card and "max abs ab difference" in card
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--images", str(images), "--model", str(model), "--json", str(report),
+                 "--sheet", str(tmp_path / "sheet.png")]) == 0
+    scores = json.loads(report.read_text())
+    assert scores["images"]["count"] == 4 and "gray" in scores["images"]["rows"]
+    assert (tmp_path / "sheet.png").exists()
+
+
+def test_training_is_reproducible(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), cv2.cvtColor(data.coffee(), cv2.COLOR_RGB2BGR))
+    runs = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        main(["train", str(images), "-o", str(out), "--batch", "2", "--crop", "64", "--steps", "2",
+              "--widths", "8", "16", "32", "64", "--seed", "7"])
+        runs.append(torch.load(out / "weights.pt", weights_only=False)["model"])
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
