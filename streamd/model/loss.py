@@ -90,10 +90,10 @@ class BinGrid:
         cand = centre[:, None, :] + self.window[None]  # (M, 25, 2)
         idx = self.lut[cand[..., 0] + self.offset, cand[..., 1] + self.offset]
         d = (flat[:, None, :] - cand.float() * AB_GRID).norm(dim=-1)
-        d = torch.where(idx >= 0, d, torch.full_like(d, float("inf")))
+        # Far outside the gamut a window can hold fewer than k bins: those slots get a huge distance (weight
+        # about 0) and a valid index, so gathers stay in range and the loss stays finite.
+        d = torch.where(idx >= 0, d, torch.full_like(d, 1e4))
         near_d, pos = d.topk(k, dim=1, largest=False)
-        # Far outside the gamut a window can hold fewer than k bins: those slots get distance inf (weight 0)
-        # and a valid index, so gathers stay in range.
         return idx.gather(1, pos).clamp(min=0), near_d
 
 
