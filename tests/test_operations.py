@@ -349,3 +349,26 @@ def test_fuzz_wire_decoder(parts, header):
             decode(message)
         except WireError as e:
             assert str(e)
+
+
+def test_curve_encrypted_output(tmp_path):
+    import zmq.auth
+
+    clip = write_video(tmp_path / "c.mp4", "colour", seconds=1)
+    public_file, secret_file = zmq.auth.create_certificates(str(tmp_path), "server")
+    public, _ = zmq.auth.load_certificate(public_file)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[zmq]\nendpoint = "{endpoint}"\ncurve_secret_key_file = "{secret_file}"\n'
+                   f'[[camera]]\nname = "cam"\nurl = "{clip}"\nloop = true\n')
+    proc = start_streamd("run", "-c", str(cfg))
+    context = zmq.Context()
+    with Subscriber(endpoint, "cam", server_public_key=public, context=context) as good, \
+            Subscriber(endpoint, "cam", context=context) as plain:
+        try:
+            got = good.recv(timeout=30)
+            assert got is not None and got[0]["camera"] == "cam"
+            assert plain.recv(timeout=2) is None  # no key, no frames
+        finally:
+            stop_streamd(proc)
+    context.term()
