@@ -51,7 +51,7 @@ def quick_config(args: argparse.Namespace) -> cfgmod.Config:
             p = Path(args.file_out)
             file_out = str(p.with_name(f"{p.stem}-{name}{p.suffix or '.mp4'}") if several else p)
         cameras.append({"name": name, "url": url, "transport": args.rtsp_transport, "loop": args.loop,
-                        "rtsp_out": rtsp_out, "file_out": file_out})
+                        "rtsp_out": rtsp_out, "file_out": file_out, "temporal": not args.no_temporal})
     raw = {"camera": cameras, "zmq": {"endpoint": args.zmq, "format": args.format}, "http": {"listen": args.http}}
     if args.model:
         raw["model"] = {"path": args.model}
@@ -175,7 +175,7 @@ def cmd_colorize(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     colorizer = Colorizer(args.model, temperature=args.temperature)
     try:
-        written = colorize_paths(colorizer, args.inputs, args.output)
+        written = colorize_paths(colorizer, args.inputs, args.output, temporal=not args.no_temporal)
     except ValueError as e:
         print(f"streamd colorize: {e}", file=sys.stderr)
         return EXIT_FAILED
@@ -241,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--format", default="bgr24", choices=["bgr24", "yuv420p", "jpeg"], help="ZeroMQ payload")
     r.add_argument("--rtsp-transport", default="tcp", choices=["tcp", "udp"])
     r.add_argument("--loop", action="store_true", help="play video files in a loop, as a camera")
+    r.add_argument("--no-temporal", action="store_true", help="colorize each frame on its own (flickers)")
     r.add_argument("--model", default="", help="ONNX model (default: the shipped one)")
     r.add_argument("--http", default="", metavar="HOST:PORT", help="serve /healthz and /metrics here")
     r.add_argument("--report-every", type=float, default=5.0, help="seconds between status lines")
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     z.add_argument("--model", type=Path, default=None)
     z.add_argument("--temperature", type=float, default=None)
+    z.add_argument("--no-temporal", action="store_true", help="colorize each video frame on its own")
     z.set_defaults(func=cmd_colorize)
 
     t = sub.add_parser("train", help="train the network (needs the train extra: torch)")

@@ -72,6 +72,7 @@ class CameraConfig:
     width: int = 1280  # synthetic cameras
     height: int = 720
     duration_s: float = 0.0  # synthetic cameras: 0 = endless
+    temporal: bool = True  # hold colour still where the scene is still (off: each frame on its own)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from streamd.colour import Temporal
 from streamd.frame import Frame
 from streamd.infer import Colorizer
 from streamd.model.data import IMAGE_SUFFIXES, VIDEO_SUFFIXES
@@ -46,6 +47,20 @@ def colorize_images(colorizer: Colorizer, images: list[np.ndarray]) -> list[np.n
     return out
 
 
+def colorize_sequence(colorizer: Colorizer, frames: list[np.ndarray], temporal: bool = True,
+                      fps: float = 25.0) -> list[np.ndarray]:
+    """Consecutive BGR frames of one video -> colorized BGR frames, with or without temporal stabilisation."""
+    area = colorizer.info.input_height * colorizer.info.input_width
+    state = Temporal() if temporal else None
+    out = []
+    for i, bgr in enumerate(frames):
+        frame, (h, w) = gray_frame(bgr)
+        frame.arrival = i / fps
+        predict(colorizer, [frame], input_size_for(frame.width, frame.height, area))
+        out.append(finish(frame, state).to_bgr()[:h, :w])
+    return out
+
+
 def _decode(path: Path) -> Iterator[Frame]:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -54,7 +69,7 @@ def _decode(path: Path) -> Iterator[Frame]:
             yield Frame.from_av(path.stem, i, av_frame)
 
 
-def colorize_video(colorizer: Colorizer, src: Path, dst: Path, batch: int = 4) -> int:
+def colorize_video(colorizer: Colorizer, src: Path, dst: Path, batch: int = 4, temporal: bool = True) -> int:
     with av.open(str(src)) as probe:
         stream = probe.streams.video[0]
         total, rate = stream.frames or None, float(stream.average_rate or 25)
@@ -62,12 +77,13 @@ def colorize_video(colorizer: Colorizer, src: Path, dst: Path, batch: int = 4) -
     size = (colorizer.info.input_height, colorizer.info.input_width)
     pending: list[Frame] = []
     count = 0
+    state = Temporal() if temporal else None
 
     def flush() -> None:
         predict(colorizer, pending, size)
         for frame in pending:
             frame.arrival = frame.pts if frame.pts is not None else count / rate  # keep the source's timing
-            writer.write(finish(frame))
+            writer.write(finish(frame, state))
         pending.clear()
 
     try:
@@ -82,7 +98,7 @@ def colorize_video(colorizer: Colorizer, src: Path, dst: Path, batch: int = 4) -
     return count
 
 
-def colorize_paths(colorizer: Colorizer, inputs: list[Path], out_dir: Path) -> list[Path]:
+def colorize_paths(colorizer: Colorizer, inputs: list[Path], out_dir: Path, temporal: bool = True) -> list[Path]:
     """Images keep their names and sizes; videos become .mp4 files of the same stem."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [p for i in inputs for p in (sorted(i.iterdir()) if i.is_dir() else [i])]
@@ -97,7 +113,7 @@ def colorize_paths(colorizer: Colorizer, inputs: list[Path], out_dir: Path) -> l
             cv2.imwrite(str(dst), colorize_images(colorizer, [bgr])[0])
         elif suffix in VIDEO_SUFFIXES:
             dst = out_dir / f"{path.stem}.mp4"
-            colorize_video(colorizer, path, dst)
+            colorize_video(colorizer, path, dst, temporal=temporal)
         else:
             raise ValueError(f"{path}: neither an image ({', '.join(sorted(IMAGE_SUFFIXES))}) "
                              f"nor a video ({', '.join(sorted(VIDEO_SUFFIXES))})")

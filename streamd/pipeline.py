@@ -21,7 +21,7 @@ import zmq
 import zmq.auth
 
 from streamd.batch import Batcher
-from streamd.colour import DayNight, luma_to_lightness, recombine
+from streamd.colour import DayNight, Temporal, luma_to_lightness, recombine
 from streamd.config import CameraConfig, Config
 from streamd.frame import Frame
 from streamd.health import Instruments
@@ -46,12 +46,12 @@ def predict(colorizer: Colorizer, frames: list[Frame], input_size: tuple[int, in
         frame.prediction = (l_in, ab)
 
 
-def finish(frame: Frame) -> Frame:
-    """Turn a frame's prediction into its chroma planes (luma untouched)."""
+def finish(frame: Frame, temporal: Temporal | None = None) -> Frame:
+    """Turn a frame's prediction into its chroma planes (luma untouched), stabilised by `temporal`."""
     if frame.prediction is not None:
         l_in, ab = frame.prediction
         frame.prediction = None
-        recombine(frame, ab, l_in)
+        recombine(frame, ab, l_in, temporal)
     return frame
 
 
@@ -63,6 +63,7 @@ class CameraRuntime:
     source: Camera
     daynight: DayNight
     outputs: OutputWorker
+    temporal: Temporal | None
     passed_through: int = 0
     colorized: int = 0
     interval_s: float = 0.04  # smoothed time between frames
@@ -110,10 +111,14 @@ class Pipeline:
         targets = OutputTargets(zmq=self.publisher, zmq_format=c.zmq_format or self.config.zmq.format,
                                 rtsp_url=c.rtsp_out or None, rtsp_transport=c.rtsp_out_transport or c.transport,
                                 file_path=Path(c.file_out) if c.file_out else None)
-        outputs = OutputWorker(c.name, targets, self.colorizer.info.model_id, prepare=self._finish_colour,
+        temporal = Temporal() if c.temporal else None  # used on the camera's output thread only
+        # Colour work happens in `prepare`, on the camera's output thread: full-resolution chroma is made in
+        # parallel across cameras, and the temporal state is touched by one thread only.
+        outputs = OutputWorker(c.name, targets, self.colorizer.info.model_id,
+                               prepare=lambda frame: finish(frame, temporal),
                                observe_latency=self.instruments.latency.labels(c.name).observe)
         runtime = CameraRuntime(c, None, DayNight(self.config.daynight.to_night_s, self.config.daynight.to_day_s),
-                                outputs)
+                                outputs, temporal)
         runtime.source = Camera(source_settings(c), lambda frame, r=runtime: self._on_frame(r, frame))
         self.cameras[c.name] = runtime
         self._update_batching()
@@ -217,11 +222,6 @@ class Pipeline:
                 continue
             runtime.colorized += 1
             runtime.outputs.put(frame)
-
-    @staticmethod
-    def _finish_colour(frame: Frame) -> Frame:
-        """On the camera's output thread, so full-resolution colour work runs in parallel across cameras."""
-        return finish(frame)
 
     # -- reporting -----------------------------------------------------------------------------------
     def dropped(self, name: str) -> int:
