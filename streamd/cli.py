@@ -217,6 +217,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench.main(args)
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from streamd import adapt
+
+    try:
+        return adapt.main(args)
+    except ValueError as e:
+        print(f"streamd adapt: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamd", description="Real-time colorization of gray camera streams.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -283,6 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--height", type=int, default=192)
     e.set_defaults(func=cmd_export)
 
+    a = sub.add_parser("adapt", help="fine-tune the model on one camera's own colour frames")
+    a.add_argument("sources", nargs="+", type=Path, help="folders of the camera's images (in time order) or videos")
+    a.add_argument("-o", "--output", type=Path, required=True, help="the adapted ONNX model")
+    a.add_argument("--budget-minutes", type=float, default=8.0)
+    a.add_argument("--holdout", type=float, default=0.4, help="last share of the frames, held back to score")
+    a.add_argument("--init", type=Path, help="weights to start from (default: the shipped model's)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--device", default="auto")
+    a.add_argument("--json", type=Path)
+    a.set_defaults(func=cmd_adapt)
+
     v = sub.add_parser("eval", help="score a model against ground truth, with the gray baseline")
     v.add_argument("--images", type=Path)
     v.add_argument("--videos", type=Path)
@@ -291,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", type=Path)
     v.add_argument("--sheet", type=Path, help="contact sheet PNG (gray | ours | truth)")
     v.add_argument("--limit", type=int, default=0, help="at most this many images (0 = all)")
+    v.add_argument("--max-frames", type=int, default=120, help="at most the first N frames of each video")
     v.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="measure pass-through, pipeline and network speed on this machine")

@@ -6,7 +6,15 @@ luma from the input, chroma predicted) and is scored against the ground-truth im
 
 Metrics, per method: PSNR and SSIM on RGB; colourfulness (Hasler & Suesstrunk 2003) and its ratio to the
 ground truth's; the AuC of the ab error (Zhang et al. 2016), plain and class-rebalanced; mean CIEDE2000;
-for videos also CDC, the colour distribution consistency between frames (Jensen-Shannon divergence).
+for videos also CDC, the colour distribution consistency between frames (Jensen-Shannon divergence),
+and the warp error (Lai et al. 2018): how much the colours of frame t + 1, carried back along the optical
+flow of the gray input, differ from those of frame t.
+
+Videos are colorized twice per model: frame by frame (label "ours T=..."), and in order with the live
+pipeline's temporal stabilisation (streamd.colour.Temporal; label "ours T=... temporal"). The ground truth's
+own CDC and warp error are reported too (row "truth"): a real video is not perfectly steady either, so
+those are the floor to compare with. A line per model then compares temporal with per-frame: the change
+of warp error, CDC relative to the truth's, and what it costs in rebalanced AuC and colourfulness.
 
 Both AuCs are set-wide: the ab errors of all pixels of all evaluated images are pooled (the plain AuC
 weighs every pixel the same, the rebalanced one weighs each pixel by the inverse frequency of its
@@ -35,7 +43,7 @@ from tqdm import tqdm
 from streamd.infer import Colorizer
 from streamd.lab import AB_GRID, AB_LIMIT, lab_to_rgb, rgb_to_lab
 from streamd.model.data import IMAGE_SUFFIXES, VIDEO_SUFFIXES
-from streamd.offline import colorize_images
+from streamd.offline import colorize_images, colorize_sequence
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,14 @@ VIDEO_MAX_SIDE = 640
 SHEET_ROWS = 8
 SHEET_HEIGHT = 256
 GRAY, TRUTH = "gray", "truth"
+TEMPORAL = " temporal"  # suffix of the label of a model's temporal mode
+FLOW_PRESET = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
+OCCLUSION_ALPHA, OCCLUSION_BETA = 0.01, 0.5  # forward-backward check: occluded where |fw + bw|^2 > a (|fw|^2 + |bw|^2) + b
+# goals of temporal mode against per-frame mode (issue "temporal stability")
+GOAL_CDC_RATIO = 1.5  # CDC at most this multiple of the ground truth's
+GOAL_WARP_CHANGE_PCT = -30.0  # warp error at least 30 % lower
+GOAL_AUC_REBALANCED_DIFF = -0.5  # rebalanced AuC at most 0.5 points lower
+GOAL_COLORFULNESS_PCT = -5.0  # colourfulness at most 5 % lower
 
 
 # -- per-image metrics (pure; RGB uint8 in) -----------------------------------------------------------
@@ -139,6 +155,61 @@ def cdc(frames: list[np.ndarray], gaps: tuple[int, ...] = CDC_GAPS) -> float:
     hists = hists / hists.sum(axis=-1, keepdims=True)
     per_gap = [np.mean(jensenshannon(hists[:-d], hists[d:], base=2, axis=-1) ** 2) for d in gaps if d < len(frames)]
     return float(np.mean(per_gap)) if per_gap else math.nan
+
+
+def flow_pairs(gray_frames: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Optical flow between consecutive gray frames, for `warp_error`.
+
+    For each pair (t, t + 1): DIS optical flow (OpenCV, FLOW_PRESET) forward fw (t -> t + 1) and backward
+    bw (t + 1 -> t). Returns, per pair, the sampling map (H, W, 2) float32 x + fw(x), which carries frame
+    t + 1 onto frame t with cv2.remap, and the mask (H, W) bool of the pixels of frame t that are visible
+    in frame t + 1: x + fw(x) lies inside the frame and passes the forward-backward consistency check
+    |fw(x) + bw(x + fw(x))|^2 <= OCCLUSION_ALPHA (|fw(x)|^2 + |bw(x + fw(x))|^2) + OCCLUSION_BETA.
+    `gray_frames`: uint8 (H, W), or RGB uint8 (H, W, 3), which is converted to luma first.
+    """
+    gray = [np.ascontiguousarray(g if g.ndim == 2 else cv2.cvtColor(g, cv2.COLOR_RGB2GRAY)) for g in gray_frames]
+    if not gray:
+        return []
+    dis = cv2.DISOpticalFlow_create(FLOW_PRESET)
+    h, w = gray[0].shape
+    grid = np.dstack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)))
+    pairs = []
+    for a, b in zip(gray, gray[1:]):
+        fw = dis.calc(a, b, None)  # a(x) ~ b(x + fw(x))
+        bw = dis.calc(b, a, None)
+        target = grid + fw
+        bw_there = cv2.remap(bw, target, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        mismatch = np.sum((fw + bw_there) ** 2, axis=-1)
+        bound = OCCLUSION_ALPHA * (np.sum(fw ** 2, axis=-1) + np.sum(bw_there ** 2, axis=-1)) + OCCLUSION_BETA
+        inside = ((target[..., 0] >= 0) & (target[..., 0] <= w - 1)
+                  & (target[..., 1] >= 0) & (target[..., 1] <= h - 1))
+        pairs.append((target, inside & (mismatch <= bound)))
+    return pairs
+
+
+def warp_error(frames_rgb: list[np.ndarray], gray_frames: list[np.ndarray] | None,
+               flows: list[tuple[np.ndarray, np.ndarray]] | None = None) -> float:
+    """Warp error of a video (Lai et al. 2018, "Learning Blind Video Temporal Consistency"); lower is steadier.
+
+    For each pair of consecutive frames t, t + 1 the output frame t + 1 is warped back onto frame t along
+    the optical flow of the gray input (`gray_frames`: the luma the colorizer saw, never its output, so
+    that every method is judged along the same motion; see `flow_pairs`), and the squared difference of
+    RGB in [0, 1] to output frame t is averaged over the channels and the non-occluded pixels. The result
+    is the mean over t of those per-pair values: 0 for identical frames, and at most 1. Pairs with no
+    visible pixel are skipped; nan for fewer than two frames. `flows`: `flow_pairs(gray_frames)`, when
+    already computed (several outputs of one video share it); `gray_frames` is then not used.
+    """
+    if flows is None:
+        flows = flow_pairs(gray_frames or [])
+    errors = []
+    for (target, visible), now, following in zip(flows, frames_rgb, frames_rgb[1:]):
+        if not visible.any():
+            continue
+        back = cv2.remap(following.astype(np.float32) / 255, target, None, cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE)
+        diff = back[visible] - now[visible].astype(np.float32) / 255
+        errors.append(float(np.mean(np.square(diff, dtype=np.float64))))
+    return float(np.mean(errors)) if errors else math.nan
 
 
 # -- accumulation over a set ----------------------------------------------------------------------------
@@ -260,6 +331,59 @@ def colorize_rgb(colorizers: dict[str, Colorizer], frames: list[np.ndarray]) -> 
     return outputs
 
 
+def colorize_video_rgb(colorizers: dict[str, Colorizer], frames: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
+    """Gray baseline and, per model, its per-frame output and its temporal-mode output for the consecutive
+    RGB frames of one video (labels: LABEL and LABEL + TEMPORAL), both through `colorize_sequence`."""
+    bgr = [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in frames]
+    outputs = {GRAY: [gray_baseline(f) for f in frames]}
+    for label, colorizer in colorizers.items():
+        for suffix, temporal in (("", False), (TEMPORAL, True)):
+            outs = colorize_sequence(colorizer, bgr, temporal=temporal)
+            outputs[label + suffix] = [cv2.cvtColor(o, cv2.COLOR_BGR2RGB) for o in outs]
+    return outputs
+
+
+def video_labels(colorizers: dict[str, Colorizer]) -> list[str]:
+    return [label + suffix for label in colorizers for suffix in ("", TEMPORAL)]
+
+
+def _relative_pct(new: float, old: float) -> float:
+    return 100 * (new - old) / old if old else math.nan
+
+
+def temporal_comparison(rows: dict[str, dict[str, float]]) -> dict[str, dict]:
+    """Per model with both modes in `rows`: temporal mode against per-frame mode, and whether the goals
+    (GOAL_*) are met. CDC ratios are to the truth's CDC; differences are temporal minus per-frame."""
+    comparison = {}
+    truth_cdc = rows.get(TRUTH, {}).get("cdc", math.nan)
+    for label, per_frame in rows.items():
+        temporal = rows.get(label + TEMPORAL)
+        if temporal is None:
+            continue
+        c = {"warp_error_change_pct": _relative_pct(temporal["warp_error"], per_frame["warp_error"]),
+             "cdc_ratio_per_frame": per_frame["cdc"] / truth_cdc if truth_cdc else math.nan,
+             "cdc_ratio_temporal": temporal["cdc"] / truth_cdc if truth_cdc else math.nan,
+             "auc_rebalanced_diff": temporal["auc_rebalanced"] - per_frame["auc_rebalanced"],
+             "colorfulness_diff_pct": _relative_pct(temporal["colorfulness"], per_frame["colorfulness"])}
+        # a comparison with nan in it is not met (nan compares false)
+        c["goals"] = {"cdc_ratio": c["cdc_ratio_temporal"] <= GOAL_CDC_RATIO,
+                      "warp_error": c["warp_error_change_pct"] <= GOAL_WARP_CHANGE_PCT,
+                      "auc_rebalanced": c["auc_rebalanced_diff"] >= GOAL_AUC_REBALANCED_DIFF,
+                      "colorfulness": c["colorfulness_diff_pct"] >= GOAL_COLORFULNESS_PCT}
+        comparison[label] = c
+    return comparison
+
+
+def format_comparison(label: str, c: dict) -> str:
+    missed = [name for name, met in c["goals"].items() if not met]
+    verdict = "meets all goals" if not missed else f"MISSES: {', '.join(missed)}"
+    return (f"{label}, temporal vs per-frame: warp error {c['warp_error_change_pct']:+.1f}% "
+            f"(goal <= {GOAL_WARP_CHANGE_PCT:+.0f}%), CDC {c['cdc_ratio_per_frame']:.2f}x -> "
+            f"{c['cdc_ratio_temporal']:.2f}x the truth's (goal <= {GOAL_CDC_RATIO:g}x), "
+            f"AuC rebal {c['auc_rebalanced_diff']:+.2f} points (goal >= {GOAL_AUC_REBALANCED_DIFF:+g}), "
+            f"colourfulness {c['colorfulness_diff_pct']:+.1f}% (goal >= {GOAL_COLORFULNESS_PCT:+g}%): {verdict}")
+
+
 def evaluate_images(colorizers: dict[str, Colorizer], paths: list[Path], samples: list) -> Evaluation:
     """Score every readable image; keeps (outputs, truth) of the first SHEET_ROWS in `samples`."""
     evaluation = Evaluation(list(colorizers))
@@ -274,24 +398,31 @@ def evaluate_images(colorizers: dict[str, Colorizer], paths: list[Path], samples
     return evaluation
 
 
-def evaluate_videos(colorizers: dict[str, Colorizer], sources: list[Path], samples: list) -> dict:
-    """Per video: the image metrics over its frames and CDC; overall: the image metrics over all frames and
-    the mean CDC over videos. Empty when no video could be read. Keeps the middle frames in `samples`."""
-    overall = Evaluation(list(colorizers))
+def evaluate_videos(colorizers: dict[str, Colorizer], sources: list[Path], samples: list,
+                    max_frames: int = VIDEO_MAX_FRAMES) -> dict:
+    """Per video (its first `max_frames` frames): the image metrics over its frames, CDC and warp error, for
+    the gray baseline, each model per frame and in temporal mode, and the truth (CDC and warp error of the
+    ground truth itself); with the comparison of temporal and per-frame modes. Overall: the image metrics
+    over all frames, the mean CDC and mean warp error over videos, and their comparison. Empty when no
+    video could be read. Keeps the middle frames in `samples`."""
+    labels = video_labels(colorizers)
+    overall = Evaluation(labels)
     per_video: dict[str, dict] = {}
     for source in tqdm(sources, unit="video", desc="videos", disable=len(sources) < 2):
-        truth = read_video(source)
+        truth = read_video(source, max_frames)
         if not truth:
             log.warning("skipping %s: no frames could be read", source)
             continue
-        outputs = colorize_rgb(colorizers, truth)
-        evaluation = Evaluation(list(colorizers))
+        outputs = colorize_video_rgb(colorizers, truth)
+        flows = flow_pairs(truth)  # from the gray input: the truth's luma
+        evaluation = Evaluation(labels)
         for i, frame in enumerate(truth):
             evaluation.add(frame, {label: outs[i] for label, outs in outputs.items()})
         rows = evaluation.rows()
         for label, frames in [*outputs.items(), (TRUTH, truth)]:
             rows[label]["cdc"] = cdc(frames)
-        per_video[source.name] = {"frames": len(truth), "rows": rows}
+            rows[label]["warp_error"] = warp_error(frames, None, flows)
+        per_video[source.name] = {"frames": len(truth), "rows": rows, "comparison": temporal_comparison(rows)}
         overall.extend(evaluation)
         if len(samples) < SHEET_ROWS:
             mid = len(truth) // 2
@@ -300,19 +431,23 @@ def evaluate_videos(colorizers: dict[str, Colorizer], sources: list[Path], sampl
         return {}
     rows = overall.rows()
     for label, row in rows.items():
-        row["cdc"] = float(np.nanmean([video["rows"][label]["cdc"] for video in per_video.values()]))
-    return {"count": len(per_video), "frames": overall.count, "rows": rows, "per_video": per_video}
+        for key in ("cdc", "warp_error"):
+            row[key] = float(np.nanmean([video["rows"][label][key] for video in per_video.values()]))
+    return {"count": len(per_video), "frames": overall.count, "max_frames": max_frames, "rows": rows,
+            "comparison": temporal_comparison(rows), "per_video": per_video}
 
 
 COLUMNS = [("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"), ("colorfulness", "CF", "{:.2f}"),
            ("colorfulness_ratio", "CF ratio", "{:.3f}"), ("auc", "AuC", "{:.2f}"),
            ("auc_rebalanced", "AuC rebal", "{:.2f}"), ("ciede2000", "CIEDE2000", "{:.2f}"), ("cdc", "CDC", "{:.5f}"),
            ("delta_psnr", "dPSNR", "{:+.2f}"), ("delta_auc_rebalanced", "dAuC rebal", "{:+.2f}")]
+VIDEO_COLUMNS = [c for c in COLUMNS if c[0] in ("psnr", "ssim", "colorfulness_ratio", "auc_rebalanced", "cdc")] + [
+    ("warp_error", "warp error", "{:.5f}")]
 
 
-def format_table(rows: dict[str, dict[str, float]]) -> str:
+def format_table(rows: dict[str, dict[str, float]], columns: list[tuple[str, str, str]] = COLUMNS) -> str:
     """A text table, one line per method; a column no row has is left out, a missing value reads '-'."""
-    columns = [c for c in COLUMNS if any(c[0] in row for row in rows.values())]
+    columns = [c for c in columns if any(c[0] in row for row in rows.values())]
     width = max(len(label) for label in rows) + 2
     lines = [" " * width + "".join(f"{title:>11}" for _, title, _ in columns)]
     for label, row in rows.items():
@@ -379,14 +514,18 @@ def main(args: argparse.Namespace) -> int:
         print(format_table(rows))
 
     if args.videos:
-        videos = evaluate_videos(colorizers, video_sources(args.videos), samples)
+        max_frames = getattr(args, "max_frames", None) or VIDEO_MAX_FRAMES
+        videos = evaluate_videos(colorizers, video_sources(args.videos), samples, max_frames)
         if not videos:
             print(f"streamd eval: no readable videos in {args.videos}", file=sys.stderr)
             return 1
         result["videos"] = videos
-        print(f"\n{videos['count']} video(s), {videos['frames']} frame(s) from {args.videos}, model {model_id} "
-              f"(CDC: mean over videos, Jensen-Shannon divergence in bits)")
-        print(format_table(videos["rows"]))
+        print(f"\n{videos['count']} video(s), {videos['frames']} frame(s) (at most {max_frames} each) from "
+              f"{args.videos}, model {model_id} (CDC: Jensen-Shannon divergence in bits; warp error: mean "
+              f"squared RGB difference in [0, 1] along the gray input's optical flow; both means over videos)")
+        print(format_table(videos["rows"], VIDEO_COLUMNS))
+        for label, comparison in videos["comparison"].items():
+            print(format_comparison(label, comparison))
     print(f"\nevaluated in {time.monotonic() - start:.1f} s")
 
     if args.json:

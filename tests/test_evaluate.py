@@ -13,7 +13,7 @@ from skimage import data
 
 from streamd import evaluate as ev
 from streamd.cli import main as cli_main
-from streamd.lab import rgb_to_lab
+from streamd.lab import lab_to_rgb, rgb_to_lab
 
 SHIPPED = Path(__file__).resolve().parent.parent / "models" / "streamd-base.onnx"
 
@@ -149,6 +149,52 @@ def test_cdc():
     assert math.isnan(ev.cdc([frame]))
 
 
+def test_warp_error_of_a_static_clip_is_zero():
+    frame = data.astronaut()[::2, ::2]
+    assert ev.warp_error([frame] * 6, [frame] * 6) == pytest.approx(0.0, abs=1e-9)
+    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    assert ev.warp_error([frame] * 6, [gray] * 6) == pytest.approx(0.0, abs=1e-9)  # gray (H, W) works too
+    assert math.isnan(ev.warp_error([frame], [frame]))
+
+
+def flicker_clip(frame: np.ndarray, count: int = 6) -> list[np.ndarray]:
+    """The frame with its chroma inverted (Lab a, b -> -a, -b) every other frame; L unchanged."""
+    lab = rgb_to_lab(frame)
+    lab[..., 1:] *= -1
+    inverted = lab_to_rgb(lab)
+    return [inverted if i % 2 else frame for i in range(count)]
+
+
+def test_warp_error_sees_flicker_and_forgives_motion():
+    frame = data.astronaut()[::2, ::2]
+    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+    flicker = ev.warp_error(flicker_clip(frame), [gray] * 6)  # luma still, colour flickering
+    assert flicker > 0.01
+    moving = [np.roll(frame, (2 * i, 3 * i), axis=(0, 1)) for i in range(6)]  # a pure translation
+    translation = ev.warp_error(moving, moving)
+    assert translation < flicker / 100
+    # the flow comes from the gray input: judged as a still scene, the same motion is an error
+    assert ev.warp_error(moving, [gray] * 6) > 10 * translation
+    # the occlusion mask: the columns that np.roll wraps around have no match and are left out
+    (_, visible), *_ = ev.flow_pairs(moving)
+    assert 0.9 < visible.mean() < 1.0
+
+
+def test_temporal_comparison_and_goals():
+    rows = {"gray": {}, "ours T=1": {"warp_error": 0.01, "cdc": 0.004, "auc_rebalanced": 60.0, "colorfulness": 20.0},
+            "ours T=1 temporal": {"warp_error": 0.006, "cdc": 0.003, "auc_rebalanced": 59.8, "colorfulness": 19.5},
+            "truth": {"cdc": 0.0025}}
+    (label, c), = ev.temporal_comparison(rows).items()
+    assert label == "ours T=1"
+    assert c["warp_error_change_pct"] == pytest.approx(-40.0)
+    assert c["cdc_ratio_per_frame"] == pytest.approx(1.6) and c["cdc_ratio_temporal"] == pytest.approx(1.2)
+    assert c["auc_rebalanced_diff"] == pytest.approx(-0.2) and c["colorfulness_diff_pct"] == pytest.approx(-2.5)
+    assert all(c["goals"].values())
+    rows["ours T=1 temporal"]["colorfulness"] = 18.0  # -10 %: stability bought with washed-out colour
+    assert not ev.temporal_comparison(rows)["ours T=1"]["goals"]["colorfulness"]
+    assert "MISSES: colorfulness" in ev.format_comparison("ours T=1", ev.temporal_comparison(rows)["ours T=1"])
+
+
 def test_evenly_spaced():
     items = list(range(10))
     assert ev.evenly_spaced(items, 0) == items
@@ -217,6 +263,106 @@ def test_eval_odd_inputs_videos_and_temperatures(tmp_path, model_args, capsys):
     # --limit takes an evenly spaced subset of the sorted files: ODD.JPG, b.PNG, broken.png, c.png
     assert cli_main(["eval", "--images", str(images), "--limit", "3", "--json", str(out), *model_args]) == 0
     assert json.loads(out.read_text())["images"]["count"] == 2  # ODD.JPG, broken.png (skipped), c.png
+
+
+def shifted_clip(count: int = 6) -> list[np.ndarray]:
+    """A scikit-image photo moving by one pixel per frame (a slow pan)."""
+    frame = cv2.resize(data.chelsea(), (160, 120), interpolation=cv2.INTER_AREA)
+    return [np.roll(frame, i, axis=1) for i in range(count)]
+
+
+def test_eval_videos_reports_both_modes_and_truth(tmp_path, model_args, capsys):
+    seq = tmp_path / "videos" / "pan"
+    seq.mkdir(parents=True)
+    for i, frame in enumerate(shifted_clip()):
+        write_png(seq / f"{i:05d}.jpg", frame)
+    out = tmp_path / "eval.json"
+    assert cli_main(["eval", "--videos", str(seq.parent), "--json", str(out), *model_args]) == 0
+    videos = json.loads(out.read_text())["videos"]
+    assert videos["count"] == 1 and videos["frames"] == 6
+    labels = finite_rows(videos["rows"])
+    assert len(labels) == 2 and labels[1] == labels[0] + " temporal"
+    for rows in (videos["rows"], videos["per_video"]["pan"]["rows"]):
+        assert list(rows) == ["gray", *labels, "truth"]
+        for label in rows:
+            assert math.isfinite(rows[label]["cdc"]) and math.isfinite(rows[label]["warp_error"]), label
+        assert rows["truth"]["colorfulness"] > 10
+    comparison = videos["comparison"][labels[0]]
+    assert set(comparison) >= {"warp_error_change_pct", "cdc_ratio_temporal", "auc_rebalanced_diff",
+                               "colorfulness_diff_pct", "goals"}
+    assert math.isfinite(comparison["warp_error_change_pct"])
+    assert videos["per_video"]["pan"]["comparison"][labels[0]]["goals"].keys() == comparison["goals"].keys()
+    table = capsys.readouterr().out
+    assert "warp error" in table and "temporal vs per-frame" in table
+
+    # --max-frames: only the first frames of each video
+    assert cli_main(["eval", "--videos", str(seq.parent), "--max-frames", "3", "--json", str(out), *model_args]) == 0
+    assert json.loads(out.read_text())["videos"]["per_video"]["pan"]["frames"] == 3
+
+
+def colorize_clip(colorizer, frames_rgb: list[np.ndarray], temporal: bool) -> list[np.ndarray]:
+    from streamd.offline import colorize_sequence
+
+    bgr = [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in frames_rgb]
+    return [cv2.cvtColor(o, cv2.COLOR_BGR2RGB) for o in colorize_sequence(colorizer, bgr, temporal=temporal)]
+
+
+@pytest.fixture(scope="module")
+def shipped_colorizer():
+    if not SHIPPED.exists():
+        pytest.skip("needs the shipped model models/streamd-base.onnx")
+    from streamd.infer import Colorizer
+
+    return Colorizer()
+
+
+def test_temporal_mode_is_steadier_than_per_frame(shipped_colorizer):
+    still = [shifted_clip()[0]] * 6
+    assert ev.warp_error(colorize_clip(shipped_colorizer, still, temporal=True), still) == pytest.approx(0.0, abs=1e-9)
+    clip = shifted_clip()
+    per_frame = ev.warp_error(colorize_clip(shipped_colorizer, clip, temporal=False), clip)
+    temporal = ev.warp_error(colorize_clip(shipped_colorizer, clip, temporal=True), clip)
+    assert temporal <= per_frame
+
+
+def test_temporal_mode_leaves_no_ghost(shipped_colorizer, monkeypatch):
+    """A bright square jumps across a dark background: where it was, the colour must be the background's
+    (as per-frame mode predicts it there), not a trail of the square's."""
+    side, step, top = 64, 72, 64
+    lefts = [16 + step * i for i in range(4)]
+    frames = []
+    for left in lefts:
+        frame = np.full((192, 320, 3), 25, np.uint8)
+        frame[top:top + side, left:left + side] = 230
+        frames.append(frame)
+
+    def ab(outputs):
+        return [rgb_to_lab(o)[..., 1:] for o in outputs]
+
+    def trail(outputs, reference):
+        """Mean ab distance to `reference`, per frame, where the square was one frame earlier."""
+        return [float(np.mean(np.hypot(*np.moveaxis(
+            outputs[i][top:top + side, left:left + side] - reference[i][top:top + side, left:left + side], -1, 0))))
+            for i, left in enumerate(lefts[:-1], start=1)]
+
+    per_frame = ab(colorize_clip(shipped_colorizer, frames, temporal=False))
+    temporal = ab(colorize_clip(shipped_colorizer, frames, temporal=True))
+    assert max(trail(temporal, per_frame)) < 3.0
+    # the check can see a ghost: the square's colour differs from the background's there, and a blend
+    # that ignores change (what Temporal must not do) leaves a trail
+    square_vs_background = [float(np.mean(np.hypot(*np.moveaxis(
+        per_frame[i - 1][top:top + side, left:left + side] - per_frame[i][top:top + side, left:left + side], -1, 0))))
+        for i, left in enumerate(lefts[:-1], start=1)]
+    assert max(square_vs_background) > 10
+
+    import streamd.offline
+
+    class Blind(streamd.offline.Temporal):
+        CHANGE_L = 1e6
+
+    monkeypatch.setattr(streamd.offline, "Temporal", Blind)
+    blind = ab(colorize_clip(shipped_colorizer, frames, temporal=True))
+    assert max(trail(blind, per_frame)) > 5.0
 
 
 def test_eval_needs_an_input(capsys):

@@ -57,12 +57,12 @@ class CropSampler:
     Returns L (N, 1, S, S) and the ground-truth ab at the network's output scale (N, 2, S/4, S/4).
     """
 
-    def __init__(self, images: list[np.ndarray], crop: int, rng: np.random.Generator) -> None:
+    def __init__(self, images: list[np.ndarray], crop: int, rng: np.random.Generator, augment: bool = False) -> None:
         if not images:
             raise ValueError("no training images found")
         if crop % 16:
             raise ValueError(f"crop size {crop} must be a multiple of 16")
-        self.images, self.crop, self.rng = images, crop, rng
+        self.images, self.crop, self.rng, self.augment = images, crop, rng, augment
 
     def crop_one(self, rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]
@@ -81,4 +81,18 @@ class CropSampler:
         lab = np.stack([rgb_to_lab(self.crop_one(self.images[i])) for i in picks])
         out = self.crop // 4
         ab = np.stack([cv2.resize(x[..., 1:], (out, out), interpolation=cv2.INTER_AREA) for x in lab])
-        return lab[..., :1].transpose(0, 3, 1, 2).copy(), ab.transpose(0, 3, 1, 2).copy()
+        lightness = lab[..., :1].transpose(0, 3, 1, 2).copy()
+        if self.augment:
+            lightness = self.vary_lightness(lightness)
+        return lightness, ab.transpose(0, 3, 1, 2).copy()
+
+    def vary_lightness(self, lightness: np.ndarray) -> np.ndarray:
+        """Random gamma, contrast and sensor noise on L, per crop (the colour targets stay): an infrared
+        night frame of a scene is brighter or darker, flatter or harsher, and noisier than its day frame."""
+        n = len(lightness)
+        gamma = np.exp(self.rng.uniform(np.log(0.7), np.log(1.4), (n, 1, 1, 1)))
+        contrast = self.rng.uniform(0.8, 1.2, (n, 1, 1, 1))
+        noise = self.rng.normal(0, 1, lightness.shape) * self.rng.uniform(0, 2.0, (n, 1, 1, 1))
+        varied = 100.0 * (lightness / 100.0) ** gamma
+        varied = 50.0 + (varied - 50.0) * contrast + noise
+        return np.clip(varied, 0.0, 100.0).astype(np.float32)

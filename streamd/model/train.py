@@ -44,6 +44,8 @@ class TrainConfig:
     init: str | None = None  # weights to start from (a shipped .pt); ignored when a checkpoint resumes
     checkpoint_every: int = 500
     video_every: int = 8
+    max_seconds: float | None = None  # a time budget: training ends, and its schedule is laid out, by it
+    augment: bool = False  # random gamma, contrast and noise on L (night frames differ from day ones)
     extra: dict = field(default_factory=dict)
 
 
@@ -72,15 +74,22 @@ def build_net(weights: dict) -> ColorNet:
     return net
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def progress(step: int, seconds: float, cfg: TrainConfig) -> float:
+    """How far training is, 0..1: by steps, or by time when a time budget ends it sooner."""
+    done = step / cfg.steps
+    return max(done, seconds / cfg.max_seconds) if cfg.max_seconds else done
+
+
+def lr_at(step: int, seconds: float, cfg: TrainConfig) -> float:
     """Linear warm-up, then cosine decay to 2% of the peak."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+    t = min(1.0, progress(step, seconds, cfg))
+    return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def train(cfg: TrainConfig) -> Path:
+def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
+    """Train (or resume) as `cfg` says, on the folders in cfg.data or on `images` (RGB arrays)."""
     distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
     rank = 0
     device = pick_device(cfg.device)
@@ -95,8 +104,9 @@ def train(cfg: TrainConfig) -> Path:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    images = [img for folder in cfg.data for img in load_folder(Path(folder), video_every=cfg.video_every)]
-    sampler = CropSampler(images, cfg.crop, rng)
+    if images is None:
+        images = [img for folder in cfg.data for img in load_folder(Path(folder), video_every=cfg.video_every)]
+    sampler = CropSampler(images, cfg.crop, rng, augment=cfg.augment)
     bins = torch.from_numpy(ab_bins())
     log.info("%d training images from %s; %d ab bins", len(images), ", ".join(cfg.data), len(bins))
 
@@ -128,11 +138,11 @@ def train(cfg: TrainConfig) -> Path:
     bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, dynamic_ncols=True, unit="step")
     ema_loss = None
     model.train()
-    while step < cfg.steps:
+    while progress(step, seconds, cfg) < 1.0:
         t0 = time.perf_counter()
         lightness, ab = (torch.from_numpy(x) for x in sampler.batch(cfg.batch))
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
+            group["lr"] = lr_at(step, seconds, cfg)
         with torch.autocast(device.type, dtype=torch.bfloat16):
             logits = model(lightness.to(device).contiguous(memory_format=torch.channels_last))
         loss = criterion(logits.float().cpu() if device.type != "cpu" else logits, ab)
@@ -145,8 +155,9 @@ def train(cfg: TrainConfig) -> Path:
         seconds += dt
         ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
         bar.update(1)
-        bar.set_postfix(loss=f"{ema_loss:.3f}", img_s=f"{cfg.batch * world / dt:.0f}", lr=f"{lr_at(step, cfg):.1e}")
-        if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+        bar.set_postfix(loss=f"{ema_loss:.3f}", img_s=f"{cfg.batch * world / dt:.0f}", lr=f"{lr_at(step, seconds, cfg):.1e}")
+        last = progress(step, seconds, cfg) >= 1.0
+        if rank == 0 and (step % cfg.checkpoint_every == 0 or last):
             torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                         "seconds": seconds, "samples": samples, "rng": rng.bit_generator.state,
                         "torch_rng": torch.get_rng_state(), "bin_prior": priors.bin_prior,
