@@ -442,7 +442,7 @@ COLUMNS = [("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"), ("colorfulnes
            ("auc_rebalanced", "AuC rebal", "{:.2f}"), ("ciede2000", "CIEDE2000", "{:.2f}"), ("cdc", "CDC", "{:.5f}"),
            ("delta_psnr", "dPSNR", "{:+.2f}"), ("delta_auc_rebalanced", "dAuC rebal", "{:+.2f}")]
 VIDEO_COLUMNS = [c for c in COLUMNS if c[0] in ("psnr", "ssim", "colorfulness_ratio", "auc_rebalanced", "cdc")] + [
-    ("warp_error", "warp error", "{:.5f}")]
+    ("warp_error", "warp error", "{:.2e}")]
 
 
 def format_table(rows: dict[str, dict[str, float]], columns: list[tuple[str, str, str]] = COLUMNS) -> str:

@@ -118,7 +118,8 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
     elif init is not None:  # keep the priors of the model we start from: the loss stays the same
         priors = Priors(init["bin_prior"], init["gradient_prior"])
     else:
-        priors = Priors.measure([torch.from_numpy(sampler.batch(64)[1]) for _ in range(16)], bins)
+        same_on_every_rank = CropSampler(images, cfg.crop, np.random.default_rng(cfg.seed))
+        priors = Priors.measure([torch.from_numpy(same_on_every_rank.batch(64)[1]) for _ in range(16)], bins)
 
     net = ColorNet(len(bins), cfg.widths) if init is None else build_net(init)
     net = net.to(device).to(memory_format=torch.channels_last)
