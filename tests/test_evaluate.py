@@ -181,18 +181,20 @@ def test_warp_error_sees_flicker_and_forgives_motion():
 
 
 def test_temporal_comparison_and_goals():
-    rows = {"gray": {}, "ours T=1": {"warp_error": 0.01, "cdc": 0.004, "auc_rebalanced": 60.0, "colorfulness": 20.0},
+    rows = {"gray": {"warp_error": 0.002},
+            "ours T=1": {"warp_error": 0.01, "cdc": 0.004, "auc_rebalanced": 60.0, "colorfulness": 20.0},
             "ours T=1 temporal": {"warp_error": 0.006, "cdc": 0.003, "auc_rebalanced": 59.8, "colorfulness": 19.5},
             "truth": {"cdc": 0.0025}}
     (label, c), = ev.temporal_comparison(rows).items()
     assert label == "ours T=1"
     assert c["warp_error_change_pct"] == pytest.approx(-40.0)
+    assert c["warp_error_excess_change_pct"] == pytest.approx(-50.0)  # (0.006 - 0.002) / (0.01 - 0.002) - 1
     assert c["cdc_ratio_per_frame"] == pytest.approx(1.6) and c["cdc_ratio_temporal"] == pytest.approx(1.2)
     assert c["auc_rebalanced_diff"] == pytest.approx(-0.2) and c["colorfulness_diff_pct"] == pytest.approx(-2.5)
     assert all(c["goals"].values())
     rows["ours T=1 temporal"]["colorfulness"] = 18.0  # -10 %: stability bought with washed-out colour
     assert not ev.temporal_comparison(rows)["ours T=1"]["goals"]["colorfulness"]
-    assert "MISSES: colorfulness" in ev.format_comparison("ours T=1", ev.temporal_comparison(rows)["ours T=1"])
+    assert "MISSES colorfulness" in ev.format_comparison("ours T=1", ev.temporal_comparison(rows)["ours T=1"])
 
 
 def test_evenly_spaced():

@@ -213,16 +213,22 @@ def test_overload_drops_frames_and_latency_stays_bounded(tmp_path):
     rec = Recorder(endpoint)
     try:
         assert rec.wait_for("cam0", 5, timeout=60)
-        time.sleep(10)
-        latencies = [h["latency_ms"] for cam in rec.frames.values() for _, h in cam[-20:]]
-        delivered = sum(rec.count(f"cam{i}") for i in range(4))
+        start = time.monotonic()
+        time.sleep(12)
     finally:
         rec.close()
         log = stop_streamd(proc)
+
+    def median_latency(since: float, until: float) -> float:
+        return float(np.median([h["latency_ms"] for cam in rec.frames.values() for t, h in cam
+                                if start + since <= t < start + until]))
+
     dropped = [int(line.split("dropped ")[1].split(",")[0]) for line in log.splitlines() if "dropped" in line]
     assert dropped and max(dropped) > 0, log  # 100 frames/s of 720p cannot all be colorized on 2 cores
-    assert delivered > 0
-    assert np.percentile(latencies, 99) < 2000, latencies  # bounded: the pipeline keeps only the newest frame
+    early, late = median_latency(0, 4), median_latency(8, 12)
+    # Bounded: only the newest frame of a camera waits, so latency does not creep up as frames keep coming
+    # (a queue would add the whole backlog: seconds by now). Absolute numbers depend on the machine's load.
+    assert late < 1.5 * early + 300, (early, late)
 
 
 def test_reload_adds_and_removes_cameras_without_a_gap(tmp_path):
