@@ -178,7 +178,8 @@ def test_bad_sources_fail_alone_while_others_run(tmp_path):
     assert "unreachable" in cams["unreachable"].source.stats.last_error
     assert {h["camera"] for h, _ in got} >= {"good"}
     good_frames = [h for h, _ in got if h["camera"] == "good"]
-    assert len(good_frames) >= 30  # 75 frames at 25 fps; a loaded CI machine drops some
+    assert cams["good"].source.stats.frames == 75  # decoded to the end, beside four broken cameras
+    assert len(good_frames) >= 5  # colorized and published (a loaded machine drops frames, newest kept)
     assert cams["truncated"].source.stats.state.value in ("finished", "failed")
 
 
