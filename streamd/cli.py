@@ -190,7 +190,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       crop=args.crop, lr=args.lr, seed=args.seed, device=args.device,
                       rebalance=not args.no_rebalance, gradient_prior=not args.no_gradient_prior,
                       init=str(args.init) if args.init else None, checkpoint_every=args.checkpoint_every,
-                      widths=tuple(args.widths))
+                      widths=tuple(args.widths), max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+                      augment=args.augment)
     weights = train(cfg)
     print(f"weights: {weights}")
     return 0
@@ -281,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto, cpu, cuda")
     t.add_argument("--init", type=Path, help="start from these weights (e.g. models/streamd-base.pt)")
     t.add_argument("--checkpoint-every", type=int, default=500)
+    t.add_argument("--max-minutes", type=float, help="a time budget: the schedule ends with it")
+    t.add_argument("--augment", action="store_true", help="random gamma, contrast and noise on L")
     t.add_argument("--no-rebalance", action="store_true", help="ablation: no class rebalancing")
     t.add_argument("--no-gradient-prior", action="store_true", help="ablation: no gradient prior")
     t.set_defaults(func=cmd_train)
