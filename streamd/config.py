@@ -73,6 +73,7 @@ class CameraConfig:
     height: int = 720
     duration_s: float = 0.0  # synthetic cameras: 0 = endless
     temporal: bool = True  # hold colour still where the scene is still (off: each frame on its own)
+    model: str = ""  # this camera's own ONNX model (`streamd adapt`); "" = [model].path
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ def validate(cfg: Config) -> Config:
         _check(c.rtsp_out_transport in ("", "tcp", "udp"), f"{where}.rtsp_out_transport", "must be tcp or udp")
         _check(not c.rtsp_out or c.rtsp_out.startswith(("rtsp://", "rtsps://")), f"{where}.rtsp_out",
                "must be an rtsp:// URL")
+        _check(not c.model or Path(c.model).is_file(), f"{where}.model", f"no model file at {c.model}")
         _check(c.zmq_format in ("", *FORMATS), f"{where}.zmq_format", f"must be one of {', '.join(FORMATS)}")
         for key in ("open_timeout_s", "read_timeout_s", "stall_timeout_s", "fps"):
             _check(getattr(c, key) > 0, f"{where}.{key}", "must be positive")

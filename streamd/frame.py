@@ -27,6 +27,7 @@ class Frame:
     arrival: float = field(default_factory=time.monotonic)  # for latency, immune to clock steps
     reference: np.ndarray | None = None  # the true colours, where a synthetic source knows them
     colorized: bool = False
+    model_id: str | None = None  # the model that colorized the frame
     prediction: tuple[np.ndarray, np.ndarray] | None = None  # (network input L, predicted ab), until recombined
     luma_half: np.ndarray | None = None  # Y' at chroma size, computed once (streamd.colour)
 

@@ -60,8 +60,10 @@ class PipelineCollector:
                 state.add_metric([name, s.value], 1.0 if stats.state == s else 0.0)
         queue = GaugeMetricFamily("streamd_batch_queue_frames", "Frames waiting for inference")
         queue.add_metric([], p.batcher.waiting())
-        provider = InfoMetricFamily("streamd_model", "Model and execution provider")
-        provider.add_metric([], {"model": p.colorizer.info.model_id, "provider": p.colorizer.provider})
+        provider = InfoMetricFamily("streamd_model", "Each camera's model and its execution provider",
+                                    labels=["camera"])
+        for name, r in list(p.cameras.items()):
+            provider.add_metric([name], {"model": r.colorizer.info.model_id, "provider": r.colorizer.provider})
         yield from (frames, colorized, passed, dropped, published, reconnects, out_reconnects, state, queue, provider)
 
 

@@ -10,6 +10,7 @@ The Pipeline owns every thread and queue it starts, and stops them all in `stop(
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -44,6 +45,7 @@ def predict(colorizer: Colorizer, frames: list[Frame], input_size: tuple[int, in
     lightness = np.stack([luma_to_lightness(f, input_size) for f in frames])
     for frame, l_in, ab in zip(frames, lightness, colorizer(lightness[:, None])):
         frame.prediction = (l_in, ab)
+        frame.model_id = colorizer.info.model_id
 
 
 def finish(frame: Frame, temporal: Temporal | None = None) -> Frame:
@@ -64,6 +66,7 @@ class CameraRuntime:
     daynight: DayNight
     outputs: OutputWorker
     temporal: Temporal | None
+    colorizer: Colorizer  # swapped in place when the camera's model changes
     passed_through: int = 0
     colorized: int = 0
     interval_s: float = 0.04  # smoothed time between frames
@@ -81,11 +84,8 @@ class Pipeline:
     def __init__(self, config: Config, colorizer: Colorizer | None = None) -> None:
         self.config = config
         m = config.model
-        self.colorizer = colorizer or Colorizer(Path(m.path) if m.path else None, m.provider,
-                                                m.temperature or None, m.threads,
-                                                Path(m.cache_dir) if m.cache_dir else None)
-        info = self.colorizer.info
-        self.input_size = (m.input_height or info.input_height, m.input_width or info.input_width)
+        self.colorizer = colorizer or self._load_model(m.path)
+        self._models: dict[str, Colorizer] = {"": self.colorizer}  # per-camera models, by path
         self.batcher = Batcher(config.batch.max_size, (config.batch.deadline_ms or 40.0) / 1000.0)
         self.instruments = Instruments()
         self._zmq_context = zmq.Context()
@@ -101,6 +101,26 @@ class Pipeline:
         self._stop = threading.Event()
         self._infer_thread = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
 
+    def _load_model(self, path: str) -> Colorizer:
+        m = self.config.model
+        return Colorizer(Path(path) if path else None, m.provider, m.temperature or None, m.threads,
+                         Path(m.cache_dir) if m.cache_dir else None)
+
+    def model_for(self, c: CameraConfig) -> Colorizer:
+        """The camera's own model, loaded once and shared by cameras that name the same file; the generic
+        model if it has none or its model cannot be loaded (the camera keeps running either way)."""
+        if c.model not in self._models:
+            try:
+                self._models[c.model] = self._load_model(c.model)
+            except Exception as e:  # a broken file must not take the camera down
+                log.error("camera %s: model %s cannot be loaded (%s); using the generic model", c.name, c.model, e)
+                return self.colorizer
+        return self._models[c.model]
+
+    def input_size(self, colorizer: Colorizer) -> tuple[int, int]:
+        m, info = self.config.model, colorizer.info
+        return (m.input_height or info.input_height, m.input_width or info.input_width)
+
     # -- life cycle ----------------------------------------------------------------------------------
     def start(self) -> None:
         for c in self.config.cameras:
@@ -114,11 +134,10 @@ class Pipeline:
         temporal = Temporal() if c.temporal else None  # used on the camera's output thread only
         # Colour work happens in `prepare`, on the camera's output thread: full-resolution chroma is made in
         # parallel across cameras, and the temporal state is touched by one thread only.
-        outputs = OutputWorker(c.name, targets, self.colorizer.info.model_id,
-                               prepare=lambda frame: finish(frame, temporal),
+        outputs = OutputWorker(c.name, targets, prepare=lambda frame: finish(frame, temporal),
                                observe_latency=self.instruments.latency.labels(c.name).observe)
         runtime = CameraRuntime(c, None, DayNight(self.config.daynight.to_night_s, self.config.daynight.to_day_s),
-                                outputs, temporal)
+                                outputs, temporal, self.model_for(c))
         runtime.source = Camera(source_settings(c), lambda frame, r=runtime: self._on_frame(r, frame))
         self.cameras[c.name] = runtime
         self._update_batching()
@@ -142,7 +161,11 @@ class Pipeline:
             self.remove_camera(name)
             changes.append(f"removed {name}")
         for name, c in wanted.items():
-            if name in old and old[name] != c:
+            if name in old and old[name] != c and dataclasses.replace(old[name], model=c.model) == c:
+                runtime = self.cameras[name]  # only the model changed: swap it, the camera keeps streaming
+                runtime.colorizer, runtime.config = self.model_for(c), c
+                changes.append(f"model of {name} is now {runtime.colorizer.info.model_id}")
+            elif name in old and old[name] != c:
                 self.remove_camera(name)
                 self.add_camera(c)
                 changes.append(f"restarted {name}")
@@ -207,8 +230,17 @@ class Pipeline:
             self._update_batching()
 
     def _colorize(self, batch: list[Frame]) -> None:
+        """One network run per model in the batch: cameras sharing a model share the batch."""
+        by_model: dict[int, list[Frame]] = {}
+        colorizers: dict[int, Colorizer] = {}
+        for frame in batch:
+            runtime = self.cameras.get(frame.camera)
+            colorizer = runtime.colorizer if runtime else self.colorizer
+            by_model.setdefault(id(colorizer), []).append(frame)
+            colorizers[id(colorizer)] = colorizer
         t0 = time.perf_counter()
-        predict(self.colorizer, batch, self.input_size)
+        for key, frames in by_model.items():
+            predict(colorizers[key], frames, self.input_size(colorizers[key]))
         seconds = time.perf_counter() - t0
         self.instruments.batch_seconds.observe(seconds)
         self.instruments.batch_size.observe(len(batch))

@@ -34,10 +34,10 @@ def topic(camera: str) -> bytes:
     return f"{camera}/".encode()
 
 
-def header(frame: Frame, fmt: str, model_id: str | None) -> dict:
+def header(frame: Frame, fmt: str) -> dict:
     return {"v": WIRE_VERSION, "camera": frame.camera, "seq": frame.seq, "pts": frame.pts,
             "capture_time": frame.capture_time, "width": frame.width, "height": frame.height, "format": fmt,
-            "colorized": frame.colorized, "model": model_id if frame.colorized else None,
+            "colorized": frame.colorized, "model": frame.model_id if frame.colorized else None,
             "full_range": frame.full_range, "matrix": frame.matrix,
             "latency_ms": round((time.monotonic() - frame.arrival) * 1000.0, 2)}
 
@@ -70,9 +70,9 @@ class ZmqPublisher:
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._lock = threading.Lock()
 
-    def publish(self, frame: Frame, fmt: str, model_id: str | None) -> None:
+    def publish(self, frame: Frame, fmt: str) -> None:
         data = payload(frame, fmt)
-        head = json.dumps(header(frame, fmt, model_id)).encode()
+        head = json.dumps(header(frame, fmt)).encode()
         with self._lock:
             try:  # PUB drops at the high-water mark instead of blocking; NOBLOCK makes sure of it
                 self.socket.send_multipart([topic(frame.camera), head, data], flags=zmq.NOBLOCK, copy=False)
@@ -199,10 +199,9 @@ class OutputTargets:
 class OutputWorker:
     """One camera's outputs, on a thread of their own behind a one-frame mailbox (newest wins)."""
 
-    def __init__(self, camera: str, targets: OutputTargets, model_id: str,
-                 prepare: Callable[[Frame], Frame] = lambda f: f,
+    def __init__(self, camera: str, targets: OutputTargets, prepare: Callable[[Frame], Frame] = lambda f: f,
                  observe_latency: Callable[[float], None] = lambda seconds: None) -> None:
-        self.camera, self.targets, self.model_id, self.prepare = camera, targets, model_id, prepare
+        self.camera, self.targets, self.prepare = camera, targets, prepare
         self.observe_latency = observe_latency
         self.rtsp = RtspOutput(camera, targets.rtsp_url, targets.rtsp_transport) if targets.rtsp_url else None
         self.file = H264Writer(str(targets.file_path), "mp4") if targets.file_path else None
@@ -247,7 +246,7 @@ class OutputWorker:
         try:
             frame = self.prepare(frame)
             if t.zmq:
-                t.zmq.publish(frame, t.zmq_format, self.model_id)
+                t.zmq.publish(frame, t.zmq_format)
             latency = time.monotonic() - frame.arrival
             self.observe_latency(latency)
             self.latencies_ms.append(latency * 1000.0)

@@ -378,3 +378,34 @@ def test_curve_encrypted_output(tmp_path):
         finally:
             stop_streamd(proc)
     context.term()
+
+
+def test_reload_swaps_a_cameras_model_without_a_gap(tmp_path):
+    from streamd.cli import main as streamd_main
+
+    alt = tmp_path / "yard-adapted.onnx"
+    assert streamd_main(["export", str(ROOT / "models" / "streamd-base.pt"), "-o", str(alt), "--temperature", "0.6"]) == 0
+    clip = write_video(tmp_path / "c.mp4", "gray", seconds=2)
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    cfg = tmp_path / "c.toml"
+    camera = '[[camera]]\nname = "yard"\nurl = "{}"\nloop = true\n'.format(clip)
+    cfg.write_text(f'[zmq]\nendpoint = "{endpoint}"\n' + camera)
+    proc = start_streamd("run", "-c", str(cfg))
+    rec = Recorder(endpoint)
+    try:
+        assert rec.wait_for("yard", 5, timeout=30)
+        assert rec.frames["yard"][-1][1]["model"].startswith("streamd-base")
+        start = time.monotonic()
+        cfg.write_text(f'[zmq]\nendpoint = "{endpoint}"\n' + camera + f'model = "{alt}"\n')
+        proc.send_signal(signal.SIGHUP)
+        end = time.monotonic() + 20
+        while time.monotonic() < end and not rec.frames["yard"][-1][1]["model"].startswith("yard-adapted"):
+            time.sleep(0.1)
+        assert rec.frames["yard"][-1][1]["model"].startswith("yard-adapted")
+        assert rec.wait_for("yard", 5)
+        gap = rec.longest_gap("yard", start, time.monotonic())
+        assert gap < 1.0, f"{gap:.2f} s without frames while the model was swapped"
+    finally:
+        rec.close()
+        log = stop_streamd(proc)
+    assert "model of yard is now yard-adapted" in log
