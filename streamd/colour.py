@@ -161,8 +161,8 @@ class Temporal:
     colour frames pass through without touching this state. Costs a few operations on a 80x48 grid.
     """
 
-    HOLD = 0.85  # weight of the past where nothing changed
-    CHANGE_L = 4.0  # L units: a change this large keeps only 1/e of the past
+    HOLD = 0.95  # weight of the past where nothing changed (docs/temporal.md: the sweep that chose it)
+    CHANGE_L = 6.0  # L units: a change this large keeps only 1/e of the past
     CUT_FRACTION = 0.6  # frames where this share of the picture changed are a cut: no blending
     MAX_GAP_S = 1.0
 
