@@ -12,7 +12,6 @@ import time
 from fractions import Fraction
 
 import av
-import numpy as np
 
 from streamd.frame import Frame
 from streamd.source import SyntheticCamera

@@ -4,12 +4,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import av
 import numpy as np
 import pytest
-import zmq
 
 from streamd import config as cfgmod
 from streamd.client import Subscriber
