@@ -21,6 +21,7 @@ class Batcher:
         self._waiting: OrderedDict[str, Frame] = OrderedDict()  # camera -> newest frame, oldest first
         self._first_wait: float | None = None
         self.dropped: dict[str, int] = {}
+        self._in_flight = 0  # frames handed out by next_batch and not yet passed on (see done)
         self._closed = False
 
     def put(self, frame: Frame) -> None:
@@ -40,6 +41,16 @@ class Batcher:
     def waiting(self) -> int:
         with self._ready:
             return len(self._waiting)
+
+    def pending(self) -> int:
+        """Frames waiting or in inference: 0 means every frame put in has been passed on."""
+        with self._ready:
+            return len(self._waiting) + self._in_flight
+
+    def done(self) -> None:
+        """The consumer passed the last batch on."""
+        with self._ready:
+            self._in_flight = 0
 
     def discard(self, camera: str) -> None:
         """Forget a camera's waiting frame (the camera was removed)."""
@@ -68,5 +79,6 @@ class Batcher:
             batch = []
             while self._waiting and len(batch) < self.max_size:
                 batch.append(self._waiting.popitem(last=False)[1])
+            self._in_flight = len(batch)
             self._first_wait = time.monotonic() if self._waiting else None
             return batch

@@ -194,9 +194,12 @@ class Pipeline:
         self._zmq_context.term()
 
     def finished(self) -> bool:
-        """True when no camera can deliver another frame (files at their end, cameras failed)."""
-        return all(r.source.stats.state in (State.FINISHED, State.FAILED, State.STOPPED) and not r.source.alive
-                   for r in self.cameras.values())
+        """True when no camera can deliver another frame (files at their end, cameras failed) and every
+        frame already decoded has been colorized and sent."""
+        return (all(r.source.stats.state in (State.FINISHED, State.FAILED, State.STOPPED) and not r.source.alive
+                    for r in self.cameras.values())
+                and self.batcher.pending() == 0
+                and all(r.outputs.idle for r in self.cameras.values()))
 
     # -- data flow ------------------------------------------------------------------------------------
     def _on_frame(self, runtime: CameraRuntime, frame: Frame) -> None:
@@ -227,6 +230,8 @@ class Pipeline:
                 self._colorize(batch)
             except Exception:  # keep serving: the next batch may well be fine
                 log.exception("inference failed for a batch of %d frames", len(batch))
+            finally:
+                self.batcher.done()
             self._update_batching()
 
     def _colorize(self, batch: list[Frame]) -> None:

@@ -209,6 +209,7 @@ class OutputWorker:
         self.dropped = 0
         self.latencies_ms: list[float] = []  # capture-to-publish, the most recent window
         self._slot: Frame | None = None
+        self._busy = False
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=f"output-{camera}", daemon=True)
@@ -220,6 +221,12 @@ class OutputWorker:
                 self.dropped += 1
             self._slot = frame
             self._cond.notify()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting and nothing being sent."""
+        with self._cond:
+            return self._slot is None and not self._busy
 
     def close(self, timeout: float = 5.0) -> None:
         with self._cond:
@@ -233,9 +240,12 @@ class OutputWorker:
                 while self._slot is None and not self._closing:
                     self._cond.wait()
                 frame, self._slot = self._slot, None
+                self._busy = frame is not None
             if frame is None:  # closing, and nothing left to send
                 break
             self._emit(frame)
+            with self._cond:
+                self._busy = False
         if self.rtsp:
             self.rtsp.close()
         if self.file:

@@ -39,9 +39,9 @@ def main() -> None:
     p.add_argument("--transport", default="udp")
     args = p.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
-    fmt = "rtsp" if args.url.startswith("rtsp://") else None
-    options = {"rtsp_transport": args.transport} if fmt else {}
-    with av.open(args.url, "w", format=fmt or "mp4", options=options) as container:
+    fmt = "rtsp" if args.url.startswith("rtsp://") else ("mpegts" if args.url.endswith(".ts") else "mp4")
+    options = {"rtsp_transport": args.transport} if fmt == "rtsp" else {}
+    with av.open(args.url, "w", format=fmt, options=options) as container:
         stream = container.add_stream("libx264", rate=round(args.fps))
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
         stream.options = {"preset": "ultrafast", "tune": "zerolatency", "g": str(round(args.fps))}
@@ -52,7 +52,7 @@ def main() -> None:
             frame.time_base = Fraction(1, round(args.fps))
             for packet in stream.encode(frame):
                 container.mux(packet)
-            if fmt:  # a camera sends in real time; a file is written as fast as possible
+            if fmt == "rtsp":  # a camera sends in real time; a file is written as fast as possible
                 time.sleep(max(0.0, start + (i + 1) / args.fps - time.monotonic()))
         for packet in stream.encode(None):
             container.mux(packet)

@@ -200,3 +200,17 @@ def test_check_accepts_the_example_config():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "OK" in proc.stdout and "secret" not in proc.stdout
+
+
+def test_resolution_change_mid_stream_is_followed(tmp_path):
+    """Two H.264 segments of different sizes back to back in one MPEG-TS, as a camera that changes its
+    resolution sends them: streamd follows the new size (and re-opens its MP4 writer at it)."""
+    parts = [write_video(tmp_path / f"{size}.ts", "gray", seconds=1, size=size) for size in ("320x240", "480x272")]
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(b"".join(p.read_bytes() for p in parts))
+    pipeline, got = run_pipeline([{"name": "cam", "url": str(joined), "realtime": False,
+                                   "file_out": str(tmp_path / "o.mp4")}],
+                                 seconds=30, fmt="yuv420p")
+    sizes = {(h["width"], h["height"]) for h, _ in got}
+    assert sizes == {(320, 240), (480, 272)}, sizes
+    assert pipeline.cameras["cam"].source.stats.state.value == "finished"
