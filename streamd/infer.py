@@ -61,6 +61,9 @@ class Colorizer:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
+        # Spinning pool threads fight the decode, colour and encode threads for the cores: measured on the
+        # 2-core machine, the network alone ran in 27 ms instead of 42 ms per 320x192 frame without it.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._override = None
         if temperature is not None:  # the graph's `temperature` initializer, replaced for this session
             self._override = ort.OrtValue.ortvalue_from_numpy(np.array([temperature], dtype=np.float32))
