@@ -108,7 +108,8 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
         images = [img for folder in cfg.data for img in load_folder(Path(folder), video_every=cfg.video_every)]
     sampler = CropSampler(images, cfg.crop, rng, augment=cfg.augment)
     bins = torch.from_numpy(ab_bins())
-    log.info("%d training images from %s; %d ab bins", len(images), ", ".join(cfg.data), len(bins))
+    log.info("%d training images from %s; %d ab bins", len(images), ", ".join(cfg.data) or "the caller",
+             len(bins))
 
     resume = out / "last.ckpt"
     init = load_weights(cfg.init) if cfg.init and not resume.exists() else None
