@@ -30,7 +30,7 @@ def status_lines(pipeline, elapsed: float, previous: dict[str, int]) -> list[str
     lines = []
     for name, r in pipeline.cameras.items():
         out = r.outputs
-        lat = out.latencies_ms[-200:]
+        lat = list(out.latencies_ms)[-200:]
         fps = (out.published - previous.get(name, 0)) / max(elapsed, 1e-6)
         previous[name] = out.published
         lines.append(f"{name}: {r.source.stats.state.value}, {fps:.1f} fps out, colorized {r.colorized}, "

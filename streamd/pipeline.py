@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,13 +73,6 @@ class CameraRuntime:
     last_arrival: float | None = None
 
 
-@dataclass
-class InferenceStats:
-    batches: int = 0
-    frames: int = 0
-    seconds: list[float] = field(default_factory=list)  # recent batch times
-
-
 class Pipeline:
     def __init__(self, config: Config, colorizer: Colorizer | None = None) -> None:
         self.config = config
@@ -97,7 +90,6 @@ class Pipeline:
             self.publisher = ZmqPublisher(self._zmq_context, config.zmq.endpoint, config.zmq.hwm,
                                           curve_secret_key=keys[1], curve_public_key=keys[0])
         self.cameras: dict[str, CameraRuntime] = {}
-        self.inference = InferenceStats()
         self._stop = threading.Event()
         self._infer_thread = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
 
@@ -249,10 +241,6 @@ class Pipeline:
         seconds = time.perf_counter() - t0
         self.instruments.batch_seconds.observe(seconds)
         self.instruments.batch_size.observe(len(batch))
-        self.inference.seconds.append(seconds)
-        del self.inference.seconds[:-200]
-        self.inference.batches += 1
-        self.inference.frames += len(batch)
         for frame in batch:
             runtime = self.cameras.get(frame.camera)
             if runtime is None:  # removed while its frame was in flight

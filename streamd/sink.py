@@ -12,6 +12,7 @@ import os
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -207,7 +208,7 @@ class OutputWorker:
         self.file = H264Writer(str(targets.file_path), "mp4") if targets.file_path else None
         self.published = 0
         self.dropped = 0
-        self.latencies_ms: list[float] = []  # capture-to-publish, the most recent window
+        self.latencies_ms: deque[float] = deque(maxlen=1000)  # capture-to-publish, the most recent frames
         self._slot: Frame | None = None
         self._busy = False
         self._cond = threading.Condition()
@@ -260,7 +261,6 @@ class OutputWorker:
             latency = time.monotonic() - frame.arrival
             self.observe_latency(latency)
             self.latencies_ms.append(latency * 1000.0)
-            del self.latencies_ms[:-1000]
             self.published += 1
             if self.rtsp:
                 self.rtsp.write(frame)

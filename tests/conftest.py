@@ -103,10 +103,13 @@ class Publishers:
         self.started: list[Publisher] = []
 
     def __call__(self, url: str, **kw) -> Publisher:
-        p = Publisher(url, **kw)
-        self.started.append(p)
-        time.sleep(1.0)  # ANNOUNCE/RECORD done before anyone PLAYs
-        return p
+        for _ in range(3):  # rtsp-server-perl now and then refuses a fresh publisher's ANNOUNCE: try again
+            p = Publisher(url, **kw)
+            self.started.append(p)
+            time.sleep(1.0)  # ANNOUNCE/RECORD done before anyone PLAYs
+            if p.proc.poll() is None:
+                return p
+        raise RuntimeError(f"the test camera could not publish to {url}: {p.proc.stderr.read()[-500:]!r}")
 
 
 @pytest.fixture
