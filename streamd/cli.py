@@ -189,7 +189,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(data=[str(d) for d in args.data], out=str(args.out), steps=args.steps, batch=args.batch,
                       crop=args.crop, lr=args.lr, seed=args.seed, device=args.device,
                       rebalance=not args.no_rebalance, gradient_prior=not args.no_gradient_prior,
-                      init=str(args.init) if args.init else None, checkpoint_every=args.checkpoint_every,
+                      gradient_mix=args.gradient_mix, init=str(args.init) if args.init else None, checkpoint_every=args.checkpoint_every,
                       widths=tuple(args.widths), max_seconds=args.max_minutes * 60 if args.max_minutes else None,
                       augment=args.augment)
     weights = train(cfg)
@@ -286,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--augment", action="store_true", help="random gamma, contrast and noise on L")
     t.add_argument("--no-rebalance", action="store_true", help="ablation: no class rebalancing")
     t.add_argument("--no-gradient-prior", action="store_true", help="ablation: no gradient prior")
+    t.add_argument("--gradient-mix", type=float, default=0.5,
+                   help="lambda of the gradient prior's mix with uniform (0.5 as for class rebalancing; 1 = off)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("export", help="weights -> ONNX with the decoding inside")

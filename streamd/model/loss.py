@@ -16,17 +16,17 @@ from streamd.lab import AB_GRID
 SOFT_NEIGHBOURS = 5
 SOFT_SIGMA = 5.0
 PRIOR_SIGMA = 5.0
-PRIOR_MIX = 0.5  # lambda: weight of the uniform distribution in the mix
+PRIOR_MIX = 0.5  # lambda: weight of the uniform distribution in the mix (Zhang et al.'s value)
 GRADIENT_STEP = 2.0  # ab units per pixel (at output scale) per gradient-histogram bin
 GRADIENT_BINS = 64
 
 
-def _rebalance(prior: np.ndarray, smooth: np.ndarray) -> np.ndarray:
+def _rebalance(prior: np.ndarray, smooth: np.ndarray, mix_weight: float) -> np.ndarray:
     """Smooth the prior, mix with uniform over the bins it covers, invert, normalise E_prior[w] = 1."""
     p = smooth @ prior
     p /= p.sum()
     support = p > 0  # a bin no training pixel comes near keeps weight 0 instead of infinity
-    mix = (1 - PRIOR_MIX) * p + PRIOR_MIX / support.sum()
+    mix = (1 - mix_weight) * p + mix_weight / support.sum()
     w = np.where(support, 1.0 / np.where(support, mix, 1.0), 0.0)
     return (w / (prior * w).sum()).astype(np.float32)
 
@@ -58,12 +58,13 @@ class Priors:
 
     def class_weights(self, bins: np.ndarray) -> np.ndarray:
         d2 = ((bins[:, None, :] - bins[None, :, :]) ** 2).sum(-1)
-        return _rebalance(self.bin_prior, np.exp(-d2 / (2 * PRIOR_SIGMA ** 2)))
+        return _rebalance(self.bin_prior, np.exp(-d2 / (2 * PRIOR_SIGMA ** 2)), PRIOR_MIX)
 
-    def gradient_weights(self) -> np.ndarray:
+    def gradient_weights(self, mix_weight: float = PRIOR_MIX) -> np.ndarray:
+        """A larger mix_weight flattens the weights: 1 turns the gradient prior off."""
         idx = np.arange(GRADIENT_BINS)
         sigma_bins = PRIOR_SIGMA / GRADIENT_STEP
-        return _rebalance(self.gradient_prior, np.exp(-(idx[:, None] - idx[None, :]) ** 2 / (2 * sigma_bins ** 2)))
+        return _rebalance(self.gradient_prior, np.exp(-(idx[:, None] - idx[None, :]) ** 2 / (2 * sigma_bins ** 2)), mix_weight)
 
 
 class BinGrid:
@@ -105,12 +106,13 @@ def nearest_bins(ab: torch.Tensor, grid: BinGrid) -> torch.Tensor:
 class WeightedCrossEntropy(torch.nn.Module):
     """Cross-entropy with soft targets (Gaussian weights on the nearest bins), weighted per pixel by W."""
 
-    def __init__(self, bins: torch.Tensor, priors: Priors, rebalance: bool = True, gradient_prior: bool = True) -> None:
+    def __init__(self, bins: torch.Tensor, priors: Priors, rebalance: bool = True, gradient_prior: bool = True,
+                 gradient_mix: float = PRIOR_MIX) -> None:
         super().__init__()
         self.grid = BinGrid(bins)
         q = len(bins)
         self.class_w = torch.from_numpy(priors.class_weights(bins.numpy())) if rebalance else torch.ones(q)
-        self.grad_w = torch.from_numpy(priors.gradient_weights()) if gradient_prior else torch.ones(GRADIENT_BINS)
+        self.grad_w = torch.from_numpy(priors.gradient_weights(gradient_mix)) if gradient_prior else torch.ones(GRADIENT_BINS)
 
     def forward(self, logits: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
         idx, dist = self.grid.nearest(ab, SOFT_NEIGHBOURS)  # (M, k), M = N*H*W

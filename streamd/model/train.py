@@ -39,6 +39,7 @@ class TrainConfig:
     widths: tuple[int, int, int, int] = (24, 48, 96, 192)
     rebalance: bool = True
     gradient_prior: bool = True
+    gradient_mix: float = 0.5  # lambda of the gradient prior's mix with uniform: higher is flatter
     seed: int = 0
     device: str = "auto"
     init: str | None = None  # weights to start from (a shipped .pt); ignored when a checkpoint resumes
@@ -124,7 +125,7 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
 
     net = ColorNet(len(bins), cfg.widths) if init is None else build_net(init)
     net = net.to(device).to(memory_format=torch.channels_last)
-    criterion = WeightedCrossEntropy(bins, priors, cfg.rebalance, cfg.gradient_prior)
+    criterion = WeightedCrossEntropy(bins, priors, cfg.rebalance, cfg.gradient_prior, cfg.gradient_mix)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, seconds, samples = 0, 0.0, 0
     if resume.exists():
