@@ -206,6 +206,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from streamd.model.quantize import quantize
+
+    meta = quantize(args.model, args.output, args.calibration, args.images)
+    print(f"wrote {args.output} ({meta['model_id']}), calibrated on "
+          f"{meta['quantization']['calibration_images']} images from {args.calibration}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from streamd import evaluate
 
@@ -297,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--width", type=int, default=320)
     e.add_argument("--height", type=int, default=192)
     e.set_defaults(func=cmd_export)
+
+    q = sub.add_parser("quantize", help="ONNX model -> int8 for faster CPU inference (needs the train extra: onnx)")
+    q.add_argument("model", type=Path, help="an exported model, e.g. models/streamd-base.onnx")
+    q.add_argument("-o", "--output", type=Path, required=True)
+    q.add_argument("--calibration", type=Path, required=True, help="folder of colour or gray images like the cameras'")
+    q.add_argument("--images", type=int, default=64, help="calibrate on this many of them, spread over the folder")
+    q.set_defaults(func=cmd_quantize)
 
     a = sub.add_parser("adapt", help="fine-tune the model on one camera's own colour frames")
     a.add_argument("sources", nargs="+", type=Path, help="folders of the camera's images (in time order) or videos")

@@ -1,0 +1,124 @@
+"""`streamd quantize`: an exported model -> int8 (QDQ) for CPU inference, calibrated on real images.
+
+Weights are int8 per output channel, activations uint8 per tensor, their ranges measured (min/max) on the
+network inputs of calibration images made exactly as streamd makes them (gray frame -> luma -> L at the
+model's input size). Min/max rather than percentile ranges: percentile clipping gave a smaller mean ab
+error but lost more colourfulness on the validation images (BENCHMARKS.md, "int8 on CPU").
+
+The annealed-mean decoding (logits / T -> softmax -> mean over the bin centres) stays in fp32: softmax
+turns small logit errors into colour shifts, and these nodes cost next to nothing. The logits themselves
+leave the last convolution quantized: keeping that convolution in fp32 left the mean ab error against the
+fp32 model where it was (1.14 ab units either way, in a trial), so it is quantized like the rest.
+
+The result is an ordinary streamd model: same input and output, same metadata (the temperature
+initializer stays overridable), a model id that says int8, loaded by streamd.infer.Colorizer unchanged.
+Needs the `train` extra (onnx).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                      quantize_static)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from streamd.colour import luma_to_lightness
+from streamd.model.data import IMAGE_SUFFIXES
+from streamd.offline import gray_frame
+
+log = logging.getLogger(__name__)
+
+DECODING_OPS = {"Cast", "Div", "Softmax", "Einsum"}  # what follows the classifier's logits
+
+
+def calibration_inputs(images: list[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:
+    """BGR images -> network inputs L (1, 1, H, W) float32 at size = (H, W), as streamd.offline makes them."""
+    return [luma_to_lightness(gray_frame(bgr)[0], size)[None, None] for bgr in images]
+
+
+def calibration_images(folder: Path, count: int) -> list[np.ndarray]:
+    """`count` BGR images spread evenly over the sorted image files under `folder` (sorted: the choice is
+    reproducible; spread: a folder of several datasets is sampled from all of them)."""
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
+    chosen = [paths[i] for i in np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)]
+    images = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in dict.fromkeys(chosen)]
+    return [img for img in images if img is not None]
+
+
+class _Inputs(CalibrationDataReader):
+    def __init__(self, inputs: list[np.ndarray]) -> None:
+        self._inputs: Iterator[np.ndarray] = iter(inputs)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        lightness = next(self._inputs, None)
+        return None if lightness is None else {"L": lightness}
+
+
+def fp32_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Undo export.store_weights_fp16: each fp16 initializer behind a Cast becomes the fp32 initializer the
+    Cast produced (exactly the values the fp32 graph computes with), so the quantizer sees plain weights."""
+    graph = model.graph
+    halves = {i.name: i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+    casts = [n for n in graph.node if n.op_type == "Cast" and n.input[0] in halves]
+    for cast in casts:
+        half = halves[cast.input[0]]
+        full = numpy_helper.from_array(numpy_helper.to_array(half).astype(np.float32), cast.output[0])
+        graph.initializer.remove(half)
+        graph.initializer.append(full)
+        graph.node.remove(cast)
+    return model
+
+
+def decoding_nodes(model: onnx.ModelProto) -> list[str]:
+    """The nodes of the annealed-mean decoding: everything from the classifier's output on, found by walking
+    back from the output `ab` through DECODING_OPS."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    names, frontier = [], ["ab"]
+    while frontier:
+        node = producer.get(frontier.pop())
+        if node is not None and node.op_type in DECODING_OPS and node.name not in names:
+            names.append(node.name)
+            frontier.extend(node.input)
+    return names
+
+
+def quantize(source: Path, out: Path, calibration: Path, count: int = 64) -> dict:
+    """Quantize the model at `source` to `out`, calibrated on `count` images under `calibration`; returns
+    the metadata written into `out`."""
+    model = onnx.load(str(source))
+    meta = {p.key: json.loads(p.value) for p in model.metadata_props}
+    size = (int(meta.get("input_height", 192)), int(meta.get("input_width", 320)))
+    inputs = calibration_inputs(calibration_images(calibration, count), size)
+    excluded = decoding_nodes(model)
+    with tempfile.TemporaryDirectory(prefix="streamd-quantize-") as work:
+        plain, prepared = Path(work) / "fp32.onnx", Path(work) / "prepared.onnx"
+        onnx.save(fp32_weights(model), str(plain))
+        # Shape inference, as ONNX Runtime recommends before quantize_static, but no graph optimization: it
+        # would fold the division by the temperature initializer away (T = 1), and with it the override.
+        quant_pre_process(str(plain), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(out), _Inputs(inputs), quant_format=QuantFormat.QDQ,
+                        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
+                        # BatchNormalization's scale is 1-D: its channels are axis 0, not the default 1
+                        extra_options={"QDQOpTypePerChannelSupportToAxis": {"BatchNormalization": 0}})
+    quantized = onnx.load(str(out))
+    # set_model_props replaces the quantizer's own entries too: those are not JSON, which Colorizer expects
+    meta.update(model_id=f"{meta.get('model_id', source.stem)}-int8",
+                quantization={"source": meta.get("model_id", source.stem), "weights": "int8 per channel",
+                              "activations": "uint8 per tensor, min/max", "calibration_images": len(inputs),
+                              "fp32_nodes": excluded})
+    onnx.helper.set_model_props(quantized, {k: json.dumps(v) for k, v in meta.items()})
+    onnx.save(quantized, str(out))
+    log.info("quantized %s -> %s (%s), calibrated on %d images, fp32: %s", source, out, meta["model_id"],
+             len(inputs), ", ".join(excluded))
+    return meta

@@ -1,0 +1,51 @@
+"""`streamd quantize`: the shipped model to int8, calibrated on scikit-image photos, served by Colorizer."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+from skimage import data
+
+from streamd.cli import main
+from streamd.infer import Colorizer
+from streamd.model.quantize import calibration_inputs, fp32_weights
+from tests.conftest import MODEL
+
+
+def test_fp32_weights_reproduce_the_fp16_stored_model_exactly():
+    lightness = np.concatenate(calibration_inputs([cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)], (192, 320)))
+    stored = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+    plain = fp32_weights(onnx.load(str(MODEL)))
+    assert not any(n.op_type == "Cast" and n.input[0].endswith("_fp16") for n in plain.graph.node)
+    unpacked = ort.InferenceSession(plain.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(unpacked.run(["ab"], {"L": lightness})[0], stored.run(["ab"], {"L": lightness})[0])
+
+
+def test_quantized_model_loads_in_colorizer_and_stays_close(tmp_path):
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for name in ("coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "colorwheel"):
+        cv2.imwrite(str(calibration / f"{name}.png"), cv2.cvtColor(getattr(data, name)(), cv2.COLOR_RGB2BGR))
+    out = tmp_path / "int8.onnx"
+    assert main(["quantize", str(MODEL), "-o", str(out), "--calibration", str(calibration)]) == 0
+
+    fp32, int8 = Colorizer(MODEL, provider="cpu", threads=1), Colorizer(out, provider="cpu", threads=1)
+    assert int8.info.model_id == f"{fp32.info.model_id}-int8"
+    assert (int8.info.input_height, int8.info.input_width, int8.info.temperature) == \
+        (fp32.info.input_height, fp32.info.input_width, fp32.info.temperature)
+    graph = onnx.load(str(out)).graph
+    assert any(n.op_type == "DequantizeLinear" for n in graph.node)
+    assert next(n for n in graph.node if n.op_type == "Softmax").input[0] == "/Div_output_0"  # decoding in fp32
+
+    # A photo that was not among the calibration images, batched as the daemon batches.
+    lightness = np.concatenate(calibration_inputs([cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)] * 2, (192, 320)))
+    expected, got = fp32(lightness), int8(lightness)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    error = np.abs(got - expected)
+    assert error.mean() < 2.0 and np.percentile(error, 99) < 10.0  # ab units; colours span about +-100
+
+    # The temperature stays overridable per session, in the shipped model (baked T = 1) and its int8 copy.
+    for path, default in ((MODEL, expected), (out, got)):
+        sharper = Colorizer(path, provider="cpu", threads=1, temperature=0.2)
+        assert np.abs(sharper(lightness)).mean() > np.abs(default).mean() + 1.0
