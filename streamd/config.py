@@ -55,6 +55,19 @@ class DayNightConfig:
 
 
 @dataclass(frozen=True)
+class AdaptConfig:
+    """Per-camera adaptation: day frames collected into a store, models fine-tuned on them (docs/adaptation.md)."""
+
+    state_dir: str = ""  # stores and adapted models; "" = $STATE_DIRECTORY (systemd), else ~/.local/state/streamd
+    collect_every_s: float = 60.0  # at most one frame per camera this often
+    min_change: float = 3.0  # a frame this close (mean abs. YUV difference, code values) to a stored one is skipped
+    max_frames: int = 1000  # per camera; the oldest are evicted
+    every_h: float = 0.0  # adapt each collecting camera this often; 0 = only on request (POST /adapt/CAMERA)
+    budget_minutes: float = 8.0
+    min_frames: int = 50  # a store smaller than this is not adapted on
+
+
+@dataclass(frozen=True)
 class CameraConfig:
     name: str
     url: str
@@ -73,7 +86,8 @@ class CameraConfig:
     height: int = 720
     duration_s: float = 0.0  # synthetic cameras: 0 = endless
     temporal: bool = True  # hold colour still where the scene is still (off: each frame on its own)
-    model: str = ""  # this camera's own ONNX model (`streamd adapt`); "" = [model].path
+    model: str = ""  # this camera's own ONNX model (`streamd adapt`); "" = its adapted one if any, else [model].path
+    collect: bool = True  # keep day frames in the state directory for adaptation (false: nothing is stored)
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,7 @@ class Config:
     zmq: ZmqConfig = field(default_factory=ZmqConfig)
     daynight: DayNightConfig = field(default_factory=DayNightConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -135,6 +150,13 @@ def validate(cfg: Config) -> Config:
         host, _, port = cfg.http.listen.rpartition(":")
         _check(bool(host) and port.isdigit() and 0 <= int(port) < 65536, "http.listen", "must be HOST:PORT")
     _check(cfg.daynight.to_night_s >= 0 and cfg.daynight.to_day_s >= 0, "daynight", "settle times must be >= 0")
+    a = cfg.adapt
+    _check(a.collect_every_s >= 0, "adapt.collect_every_s", "must be 0 or more")
+    _check(a.min_change >= 0, "adapt.min_change", "must be 0 or more")
+    _check(a.max_frames >= 1, "adapt.max_frames", "must be at least 1")
+    _check(a.every_h >= 0, "adapt.every_h", "must be 0 (on request only) or more")
+    _check(a.budget_minutes > 0, "adapt.budget_minutes", "must be positive")
+    _check(a.min_frames >= 2, "adapt.min_frames", "must be at least 2 (some are held back to score on)")
     _check(len(cfg.cameras) > 0, "camera", "at least one [[camera]] is needed")
     seen = set()
     for i, c in enumerate(cfg.cameras):
@@ -157,7 +179,7 @@ def validate(cfg: Config) -> Config:
 
 
 def parse(raw: dict) -> Config:
-    known = {"model", "batch", "zmq", "daynight", "http", "camera"}
+    known = {"model", "batch", "zmq", "daynight", "http", "adapt", "camera"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(sorted(known))})")
@@ -171,6 +193,7 @@ def parse(raw: dict) -> Config:
         zmq=_section(ZmqConfig, raw.get("zmq", {}), "zmq"),
         daynight=_section(DayNightConfig, raw.get("daynight", {}), "daynight"),
         http=_section(HttpConfig, raw.get("http", {}), "http"),
+        adapt=_section(AdaptConfig, raw.get("adapt", {}), "adapt"),
     ))
 
 

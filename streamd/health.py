@@ -64,7 +64,15 @@ class PipelineCollector:
                                     labels=["camera"])
         for name, r in list(p.cameras.items()):
             provider.add_metric([name], {"model": r.colorizer.info.model_id, "provider": r.colorizer.provider})
-        yield from (frames, colorized, passed, dropped, published, reconnects, out_reconnects, state, queue, provider)
+        stored = GaugeMetricFamily("streamd_store_frames", "Day frames kept for adaptation", labels=["camera"])
+        for name, r in list(p.cameras.items()):
+            if r.store is not None:
+                stored.add_metric([name], len(r.store.frames()))
+        adaptations = CounterMetricFamily("streamd_adaptations", "Adaptation runs by outcome", labels=["outcome"])
+        for outcome, n in p.adaptation.results.items():
+            adaptations.add_metric([outcome], n)
+        yield from (frames, colorized, passed, dropped, published, reconnects, out_reconnects, state, queue, provider,
+                    stored, adaptations)
 
 
 def health(pipeline, phase: str) -> tuple[int, dict]:
@@ -75,8 +83,20 @@ def health(pipeline, phase: str) -> tuple[int, dict]:
     return (200 if phase == "running" else 503), {"status": phase, "cameras": cameras}
 
 
+def request_adaptation(pipeline, camera: str) -> tuple[int, dict]:
+    """POST /adapt/CAMERA: queue the camera for adaptation. 202 queued, 404 unknown, 409 not adaptable."""
+    if camera not in pipeline.cameras:
+        return 404, {"error": f"no camera named {camera!r}"}
+    try:
+        status = pipeline.adaptation.request(camera)
+    except KeyError:
+        return 409, {"error": f"camera {camera!r} is not adapted: it does not collect, or its config fixes its model"}
+    return 202, {"camera": camera, "status": status, "last": pipeline.adaptation.state(camera)}
+
+
 class HealthServer:
-    """Serves /healthz and /metrics on its own thread; `phase` is set by the daemon's main loop."""
+    """Serves /healthz and /metrics, and takes adaptation requests, on its own thread; `phase` is set by
+    the daemon's main loop."""
 
     def __init__(self, pipeline, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 9090) -> None:
         self.phase = "starting"
@@ -92,6 +112,17 @@ class HealthServer:
                     body, ctype = json.dumps(doc).encode(), "application/json"
                 else:
                     code, body, ctype = 404, b"not found: try /healthz or /metrics\n", "text/plain"
+                self._reply(code, body, ctype)
+
+            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+                parts = self.path.split("?")[0].strip("/").split("/")
+                if len(parts) == 2 and parts[0] == "adapt":
+                    code, doc = request_adaptation(server.pipeline, parts[1])
+                    self._reply(code, json.dumps(doc).encode(), "application/json")
+                else:
+                    self._reply(404, b"not found: POST /adapt/CAMERA\n", "text/plain")
+
+            def _reply(self, code: int, body: bytes, ctype: str) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))

@@ -5,6 +5,8 @@
       -> Batcher: newest frame per camera, one batch per deadline
       -> Colorizer (the inference thread): L batch -> ab batch
       -> OutputWorker (thread per camera): ab + untouched Y -> colour frame -> ZeroMQ, RTSP, MP4
+                                           day frames, now and then -> FrameStore (the camera's own colours)
+    AdaptationScheduler (thread + low-priority child process): store -> adapted model -> swapped in
 
 The Pipeline owns every thread and queue it starts, and stops them all in `stop()`.
 """
@@ -22,11 +24,13 @@ import zmq
 import zmq.auth
 
 from streamd.batch import Batcher
+from streamd.collect import FrameStore, default_state_dir
 from streamd.colour import DayNight, Temporal, luma_to_lightness, recombine
 from streamd.config import CameraConfig, Config
 from streamd.frame import Frame
 from streamd.health import Instruments
 from streamd.infer import Colorizer
+from streamd.schedule import AdaptationScheduler, adapted_model
 from streamd.sink import OutputTargets, OutputWorker, ZmqPublisher
 from streamd.source import Camera, SourceSettings, State
 
@@ -48,9 +52,12 @@ def predict(colorizer: Colorizer, frames: list[Frame], input_size: tuple[int, in
         frame.model_id = colorizer.info.model_id
 
 
-def finish(frame: Frame, temporal: Temporal | None = None) -> Frame:
-    """Turn a frame's prediction into its chroma planes (luma untouched), stabilised by `temporal`."""
-    if frame.prediction is not None:
+def finish(frame: Frame, temporal: Temporal | None = None, store: FrameStore | None = None) -> Frame:
+    """Turn a frame's prediction into its chroma planes (luma untouched), stabilised by `temporal`; a day
+    frame (no prediction) is offered to the camera's store instead."""
+    if frame.prediction is None and store is not None:
+        store.offer(frame)
+    elif frame.prediction is not None:
         l_in, ab = frame.prediction
         frame.prediction = None
         recombine(frame, ab, l_in, temporal)
@@ -66,6 +73,7 @@ class CameraRuntime:
     daynight: DayNight
     outputs: OutputWorker
     temporal: Temporal | None
+    store: FrameStore | None  # None: the camera does not collect
     colorizer: Colorizer  # swapped in place when the camera's model changes
     passed_through: int = 0
     colorized: int = 0
@@ -90,6 +98,9 @@ class Pipeline:
             self.publisher = ZmqPublisher(self._zmq_context, config.zmq.endpoint, config.zmq.hwm,
                                           curve_secret_key=keys[1], curve_public_key=keys[0])
         self.cameras: dict[str, CameraRuntime] = {}
+        self.state_dir = Path(config.adapt.state_dir) if config.adapt.state_dir else default_state_dir()
+        self.adaptation = AdaptationScheduler(self.state_dir, config.adapt, self.adaptable, self.use_adapted,
+                                              init=Path(m.path).with_suffix(".pt") if m.path else None)
         self._stop = threading.Event()
         self._infer_thread = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
 
@@ -99,15 +110,34 @@ class Pipeline:
                          Path(m.cache_dir) if m.cache_dir else None)
 
     def model_for(self, c: CameraConfig) -> Colorizer:
-        """The camera's own model, loaded once and shared by cameras that name the same file; the generic
-        model if it has none or its model cannot be loaded (the camera keeps running either way)."""
-        if c.model not in self._models:
+        """The camera's model: the one its config names, else the one adapted to it, else the generic one.
+        Each file is loaded once and shared by the cameras that use it; a model that cannot be loaded is
+        logged and the camera falls back to the generic one (it keeps running either way)."""
+        path = c.model or str(adapted_model(self.state_dir / c.name) or "")
+        if path not in self._models:
             try:
-                self._models[c.model] = self._load_model(c.model)
+                self._models[path] = self._load_model(path)
             except Exception as e:  # a broken file must not take the camera down
-                log.error("camera %s: model %s cannot be loaded (%s); using the generic model", c.name, c.model, e)
+                log.error("camera %s: model %s cannot be loaded (%s); using the generic model", c.name, path, e)
                 return self.colorizer
-        return self._models[c.model]
+        return self._models[path]
+
+    def adaptable(self) -> list[str]:
+        """Cameras the daemon may adapt: those that collect and have no model fixed by the config."""
+        return [c.name for c in self.config.cameras if c.collect and not c.model]
+
+    def use_adapted(self, camera: str, path: Path) -> None:
+        """Swap in a camera's newly adapted model between two of its frames (called by the scheduler)."""
+        runtime = self.cameras.get(camera)
+        if runtime is None:
+            return
+        old = runtime.colorizer
+        runtime.colorizer = self.model_for(runtime.config)  # loaded on the caller's thread, then swapped
+        log.info("camera %s now uses its adapted model %s", camera, runtime.colorizer.info.model_id)
+        in_use = {id(r.colorizer) for r in self.cameras.values()}
+        for key, colorizer in list(self._models.items()):  # free the replaced model once nobody uses it
+            if colorizer is old and key and id(old) not in in_use:
+                del self._models[key]
 
     def input_size(self, colorizer: Colorizer) -> tuple[int, int]:
         m, info = self.config.model, colorizer.info
@@ -118,22 +148,34 @@ class Pipeline:
         for c in self.config.cameras:
             self.add_camera(c)
         self._infer_thread.start()
+        self.adaptation.start()
 
     def add_camera(self, c: CameraConfig) -> None:
         targets = OutputTargets(zmq=self.publisher, zmq_format=c.zmq_format or self.config.zmq.format,
                                 rtsp_url=c.rtsp_out or None, rtsp_transport=c.rtsp_out_transport or c.transport,
                                 file_path=Path(c.file_out) if c.file_out else None)
         temporal = Temporal() if c.temporal else None  # used on the camera's output thread only
+        store = self._store_for(c)
         # Colour work happens in `prepare`, on the camera's output thread: full-resolution chroma is made in
-        # parallel across cameras, and the temporal state is touched by one thread only.
-        outputs = OutputWorker(c.name, targets, prepare=lambda frame: finish(frame, temporal),
+        # parallel across cameras, and the temporal state and the store are touched by one thread only.
+        outputs = OutputWorker(c.name, targets, prepare=lambda frame: finish(frame, temporal, store),
                                observe_latency=self.instruments.latency.labels(c.name).observe)
         runtime = CameraRuntime(c, None, DayNight(self.config.daynight.to_night_s, self.config.daynight.to_day_s),
-                                outputs, temporal, self.model_for(c))
+                                outputs, temporal, store, self.model_for(c))
         runtime.source = Camera(source_settings(c), lambda frame, r=runtime: self._on_frame(r, frame))
         self.cameras[c.name] = runtime
         self._update_batching()
         runtime.source.start()
+
+    def _store_for(self, c: CameraConfig) -> FrameStore | None:
+        if not c.collect:
+            return None
+        a = self.config.adapt
+        try:
+            return FrameStore(self.state_dir / c.name, a.collect_every_s, a.min_change, a.max_frames)
+        except OSError as e:  # an unwritable state directory costs the camera its store, not its stream
+            log.error("camera %s: cannot keep day frames in %s (%s); not collecting", c.name, self.state_dir, e)
+            return None
 
     def remove_camera(self, name: str) -> None:
         runtime = self.cameras.pop(name)
@@ -164,15 +206,17 @@ class Pipeline:
             elif name not in old:
                 self.add_camera(c)
                 changes.append(f"added {name}")
-        for section in ("model", "batch", "zmq", "http"):
+        for section in ("model", "batch", "zmq", "http", "adapt"):
             if getattr(new, section) != getattr(self.config, section):
                 log.warning("reload: [%s] changed; that takes effect at the next restart", section)
         self.config = Config(cameras=new.cameras, model=self.config.model, batch=self.config.batch,
-                             zmq=self.config.zmq, daynight=new.daynight, http=self.config.http)
+                             zmq=self.config.zmq, daynight=new.daynight, http=self.config.http,
+                             adapt=self.config.adapt)
         return changes
 
     def stop(self) -> None:
         self._stop.set()
+        self.adaptation.stop()
         for name in list(self.cameras):
             runtime = self.cameras[name]
             runtime.source.stop()

@@ -14,6 +14,15 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "streamd-base.onnx"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def state_directory(tmp_path_factory):
+    """Day-frame stores and adapted models go to a scratch directory, never the user's own state."""
+    import os
+
+    os.environ["STATE_DIRECTORY"] = str(tmp_path_factory.mktemp("state"))
+    yield Path(os.environ["STATE_DIRECTORY"])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -2,11 +2,22 @@
 from __future__ import annotations
 
 import json
+import os
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
 
 import cv2
+import pytest
 
+from streamd import config as cfgmod
 from streamd.cli import main
+from streamd.collect import FrameStore
+from streamd.frame import Frame
 from streamd.source import SyntheticCamera
+from tests.conftest import ROOT, free_port, write_video
 
 
 def test_adapt_beats_the_generic_model_on_its_own_scene(tmp_path):
@@ -34,3 +45,166 @@ def test_adapt_rejects_too_few_frames(tmp_path, capsys):
     cv2.imwrite(str(store / "0.png"), SyntheticCamera((64, 48), 5).render(0))
     assert main(["adapt", str(store), "-o", str(tmp_path / "x.onnx")]) == 2
     assert "too few" in capsys.readouterr().err
+
+
+def day_frame(index: int, capture_time: float, size: tuple[int, int] = (640, 360)) -> Frame:
+    """A colour camera frame (limited-range BT.709, as H.264 cameras send) of the synthetic scene."""
+    frame = Frame.from_bgr("yard", index, SyntheticCamera(size, fps=1, seconds_per_photo=1).render(index),
+                           matrix="bt709", full_range=False)
+    frame.capture_time = capture_time
+    return frame
+
+
+def test_store_keeps_distinct_day_frames_spaced_and_capped(tmp_path):
+    store = FrameStore(tmp_path / "yard", every_s=10, min_change=3, max_frames=3)
+    t0 = 1_800_000_000.0
+    assert store.offer(day_frame(0, t0), now=0)
+    assert not store.offer(day_frame(1, t0 + 1), now=5)  # too soon after the last one
+    assert not store.offer(day_frame(0, t0 + 2), now=20)  # the same view again: a near-duplicate
+    assert store.skipped == 1
+    for i in range(1, 4):
+        assert store.offer(day_frame(i, t0 + 10 * i), now=20 + 10 * i)
+    files = store.frames()
+    assert len(files) == 3  # capped: the oldest went
+    assert [f.name for f in files] == sorted(f.name for f in files)
+    assert files[0].name.startswith(datetime.fromtimestamp(t0 + 10, timezone.utc).strftime("%Y%m%dT%H%M%S"))
+    image = cv2.imread(str(files[-1]))
+    assert max(image.shape[:2]) == 320 and image.std() > 10  # small, and a real picture
+    # A store opened again (a restart) remembers what it holds: the same view is still a duplicate.
+    again = FrameStore(tmp_path / "yard", every_s=0, min_change=3, max_frames=3)
+    assert not again.offer(day_frame(3, t0 + 100), now=0)
+    assert again.offer(day_frame(4, t0 + 101), now=1)
+
+
+def test_store_failure_does_not_stop_the_camera(tmp_path):
+    store = FrameStore(tmp_path / "yard", every_s=0, min_change=0, max_frames=5)
+    (tmp_path / "yard").rmdir()
+    (tmp_path / "yard").write_text("")  # the store's folder is now a file: every write fails, even as root
+    assert not store.offer(day_frame(0, 1e9), now=0)
+    assert store.stored == 0
+
+
+def test_daemon_collects_day_frames_and_adapts_a_camera_on_request(tmp_path):
+    from tests.test_operations import http_get, start_streamd, stop_streamd
+
+    clip = write_video(tmp_path / "day.mp4", "colour", seconds=4)
+    state, http = tmp_path / "state", free_port()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[zmq]\nendpoint = ""\n[http]\nlisten = "127.0.0.1:{http}"\n'
+                   f'[adapt]\nstate_dir = "{state}"\ncollect_every_s = 0.1\nmin_frames = 12\nmax_frames = 40\n'
+                   f'budget_minutes = 0.3\n'
+                   f'[[camera]]\nname = "yard"\nurl = "{clip}"\nloop = true\n'
+                   f'[[camera]]\nname = "private"\nurl = "{clip}"\nloop = true\ncollect = false\n')
+    proc = start_streamd("run", "-c", str(cfg))
+    try:
+        end = time.monotonic() + 60
+        while time.monotonic() < end and len(list((state / "yard").glob("*.jpg"))) < 12:
+            time.sleep(0.5)
+        assert len(list((state / "yard").glob("*.jpg"))) >= 12
+        assert not (state / "private").exists()  # opted out: nothing stored
+        assert "streamd_store_frames{camera=\"yard\"}" in http_get(f"http://127.0.0.1:{http}/metrics")[1]
+
+        assert http_post(f"http://127.0.0.1:{http}/adapt/private")[0] == 409
+        assert http_post(f"http://127.0.0.1:{http}/adapt/nobody")[0] == 404
+        code, body = http_post(f"http://127.0.0.1:{http}/adapt/yard")
+        assert code == 202 and json.loads(body)["status"] == "queued"
+        child = wait_for_child(proc.pid, "adapt")
+        assert child is not None, "no adaptation process started"
+        assert os.sched_getscheduler(child) == os.SCHED_IDLE  # only CPU time no live frame wants
+
+        end = time.monotonic() + 300
+        while time.monotonic() < end and not (state / "yard" / "adapted.json").exists():
+            time.sleep(1)
+        outcome = json.loads((state / "yard" / "adapted.json").read_text())
+        assert outcome["outcome"] in ("kept", "rejected"), outcome
+        report = outcome["report"]
+        assert report["kept"] == (outcome["outcome"] == "kept") and report["train_frames"] > 0
+        metrics = http_get(f"http://127.0.0.1:{http}/metrics")[1]
+        assert f'streamd_adaptations_total{{outcome="{outcome["outcome"]}"}} 1.0' in metrics
+        if outcome["outcome"] == "kept":
+            model = Path(outcome["detail"])
+            assert model.parent == state / "yard" and model.exists()
+            assert f'camera="yard",model="{model.stem}-adapted"' in metrics.replace("streamd_model_info{", "")
+    finally:
+        stop_streamd(proc)
+
+
+def http_post(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def wait_for_child(parent: int, word: str, timeout: float = 20.0) -> int | None:
+    """The pid of a child process of `parent` whose command line holds `word`."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == parent and word.encode() in cmdline:
+                return int(entry.name)
+        time.sleep(0.1)
+    return None
+
+
+def test_adapted_model_is_swapped_in_between_frames(tmp_path):
+    """The pipeline side of a kept adaptation: the camera's newest adapted model replaces its model while
+    frames keep coming; a camera with a model fixed in its config keeps that one."""
+    from streamd.cli import main as streamd_main
+    from streamd.pipeline import Pipeline
+
+    clip = write_video(tmp_path / "night.mp4", "gray", seconds=2)
+    state = tmp_path / "state"
+    config = cfgmod.parse({"zmq": {"endpoint": ""}, "adapt": {"state_dir": str(state)},
+                           "camera": [{"name": "yard", "url": str(clip), "loop": True}]})
+    pipeline = Pipeline(config)
+    pipeline.start()
+    try:
+        assert pipeline.cameras["yard"].colorizer is pipeline.colorizer  # nothing adapted yet: the generic one
+        model = state / "yard" / "yard-20261126T120000Z.onnx"
+        assert streamd_main(["export", str(ROOT / "models" / "streamd-base.pt"), "-o", str(model),
+                             "--temperature", "0.6"]) == 0
+        end = time.monotonic() + 20
+        while time.monotonic() < end and pipeline.cameras["yard"].colorized < 5:
+            time.sleep(0.1)
+        before = pipeline.cameras["yard"].colorized
+        pipeline.use_adapted("yard", model)
+        assert pipeline.cameras["yard"].colorizer.info.model_id.startswith("yard-20261126T120000Z")
+        end = time.monotonic() + 20
+        while time.monotonic() < end and pipeline.cameras["yard"].colorized < before + 5:
+            time.sleep(0.1)
+        assert pipeline.cameras["yard"].colorized >= before + 5
+    finally:
+        pipeline.stop()
+    # A restart picks the adapted model up from the state directory.
+    assert Pipeline(config).model_for(config.cameras[0]).info.model_id.startswith("yard-20261126T120000Z")
+
+
+def test_schedule_picks_the_camera_that_waited_longest(tmp_path):
+    from streamd.config import AdaptConfig
+    from streamd.schedule import AdaptationScheduler
+
+    for camera, frames in (("a", 3), ("b", 3), ("small", 1)):
+        (tmp_path / camera).mkdir()
+        for i in range(frames):
+            (tmp_path / camera / f"{i}.jpg").write_bytes(b"")
+    scheduler = AdaptationScheduler(tmp_path, AdaptConfig(every_h=1.0, min_frames=2), lambda: ["a", "b", "small"],
+                                    lambda camera, path: None)
+    (tmp_path / "a" / "adapted.json").write_text(json.dumps({"finished": time.time() - 7200}))
+    assert scheduler.due() == "b"  # never adapted: longest wait; "small" has too few frames
+    (tmp_path / "b" / "adapted.json").write_text(json.dumps({"finished": time.time() - 600}))
+    assert scheduler.due() == "a"  # b ran 10 minutes ago, a two hours ago
+    (tmp_path / "a" / "adapted.json").write_text(json.dumps({"finished": time.time()}))
+    assert scheduler.due() is None
+    on_request = AdaptationScheduler(tmp_path, AdaptConfig(every_h=0.0, min_frames=2), lambda: ["b"], lambda c, p: None)
+    assert on_request.due() is None  # no schedule: only requests start a run
+    with pytest.raises(KeyError):
+        on_request.request("a")  # not adaptable
