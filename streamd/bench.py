@@ -55,6 +55,7 @@ FULL = {"sizes": [(640, 360), (1280, 720), (1920, 1080)], "cameras": [1, 2, 4, 8
 SHORT = {"sizes": [(640, 360), (1280, 720)], "cameras": [1, 2], "clip_s": 2.0, "repeats": 2, "stage_frames": 6,
          "network_sizes": [(192, 320)]}
 NETWORK_BATCHES = (1, 8)
+PER_CAMERA_MODEL_CAMERAS = (4, 8)
 GPU_CAMERAS = (8, 32, 64)  # 1080p cameras, one batch each, for --device cuda
 GPU_ITERATIONS = 20
 EXIT_UNAVAILABLE = 2
@@ -265,6 +266,24 @@ def network_section(colorizer: Colorizer, work: Path, sizes: list[tuple[int, int
     return {"baseline": note, "ort_intra_op_threads": 0, "rows": rows}
 
 
+def per_camera_models_section(colorizer: Colorizer, size: tuple[int, int], repeats: int) -> dict:
+    """What per-camera (adapted) models cost: N cameras sharing one model run as one batch of N; N cameras
+    with a model each run N batches of one, one per model (as Pipeline._colorize does)."""
+    rows = []
+    for cameras in PER_CAMERA_MODEL_CAMERAS:
+        own_models = [Colorizer(colorizer.path) for _ in range(cameras)]  # separate sessions, same weights
+        one_frame, frames = lightness_batch(size, 1), lightness_batch(size, cameras)
+        for session in own_models:
+            session(one_frame)
+        shared = time_network(colorizer, frames, repeats)
+        own = time_network(lambda x: [session(x[i:i + 1]) for i, session in enumerate(own_models)], frames, repeats)
+        rows.append({"cameras": cameras, "shared_ms": shared["ms_per_batch"], "own_ms": own["ms_per_batch"],
+                     "cost": own["ms_per_batch"] / shared["ms_per_batch"]})
+        print(f"{cameras} cameras: one shared model {shared['ms_per_batch']:.1f} ms, a model each "
+              f"{own['ms_per_batch']:.1f} ms", flush=True)
+    return {"input": f"{size[1]}x{size[0]}", "rows": rows}
+
+
 def video_sections(colorizer: Colorizer, plan: dict, repeats: int, work: Path) -> tuple[list, dict]:
     """Pass-through and streamd (unpaced and paced) at every resolution and camera count of the plan."""
     passthrough, throughput, paced = [], [], []
@@ -400,6 +419,11 @@ def report(result: dict) -> str:
             [[r["input"], r["batch"], r["ours"]["ms_per_frame"], r["ours"]["fps"],
               r["eccv16"] and r["eccv16"]["ms_per_frame"], r["eccv16"] and r["eccv16"]["fps"],
               r["ratio_fps_ours_over_eccv16"]] for r in result["network"]["rows"]]))
+    if "per_camera_models" in result:
+        per = result["per_camera_models"]
+        parts.append(f"per-camera models (network at {per['input']}; ms per round of one frame per camera):\n" + table(
+            ["cameras", "one shared model", "a model per camera", "cost (x)"],
+            [[r["cameras"], r["shared_ms"], r["own_ms"], r["cost"]] for r in per["rows"]]))
     if "network_cuda" in result:
         cuda = result["network_cuda"]
         parts.append(f"network alone on {cuda['gpu']} ({cuda['precision']}), 1080p cameras, one batch each:\n" + table(
@@ -436,6 +460,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
                           "stage_frames": plan["stage_frames"]}
     result["passthrough"], result["streamd"] = video_sections(colorizer, plan, repeats, work)
     result["network"] = network_section(colorizer, work, plan["network_sizes"], repeats)
+    result["per_camera_models"] = per_camera_models_section(colorizer, plan["network_sizes"][-1], repeats)
     result["peak_rss_mib"] = peak_rss_mib()
     return result
 

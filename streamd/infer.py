@@ -58,6 +58,7 @@ class Colorizer:
         path = Path(path) if path else shipped_model()
         if not path.exists():
             raise FileNotFoundError(f"model {path} does not exist")
+        self.path = path
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads

@@ -71,6 +71,10 @@ def test_short_bench_writes_every_section(tmp_path, capsys):
         else:
             assert r["ratio_fps_ours_over_eccv16"] is None and "torch" in result["network"]["baseline"]
 
+    per_camera = result["per_camera_models"]["rows"]
+    assert [r["cameras"] for r in per_camera] == [4, 8]
+    assert all(positive(r["shared_ms"]) and r["cost"] == pytest.approx(r["own_ms"] / r["shared_ms"]) for r in per_camera)
+
     printed = capsys.readouterr().out
     assert "streamd / pass-through" in printed and "ours / ECCV16 (fps)" in printed
 
