@@ -245,22 +245,27 @@ def eccv16_colorizer(work: Path, temperature: float) -> tuple[Colorizer | None, 
     return Colorizer(path), "ECCV16 architecture, random weights, same decoding and ONNX Runtime settings"
 
 
-def network_section(colorizer: Colorizer, work: Path, sizes: list[tuple[int, int]], repeats: int) -> dict:
-    """Ours against ECCV16 at the same input sizes and batches: ms per frame, fps and the fps ratio."""
+def network_section(colorizer: Colorizer, work: Path, sizes: list[tuple[int, int]], repeats: int,
+                    int8: Colorizer | None = None) -> dict:
+    """Ours against ECCV16 at the same input sizes and batches: ms per frame, fps and the fps ratio; also
+    ours in int8 (what the daemon runs on a CPU) where the model has an int8 copy."""
     baseline, note = eccv16_colorizer(work, colorizer.info.temperature)
     print(f"network: {note}", flush=True)
     rows = []
     for size in sizes:
         # Untimed, once per size: thread pool and memory arena set-up. ONNX Runtime's CPU kernels are not
         # specialised per batch size, so one frame warms every batch.
-        for session in filter(None, (colorizer, baseline)):
+        for session in filter(None, (colorizer, baseline, int8)):
             session(lightness_batch(size, 1))
         for batch in NETWORK_BATCHES:
             lightness = lightness_batch(size, batch)
             ours = time_network(colorizer, lightness, repeats)
             eccv16 = time_network(baseline, lightness, repeats) if baseline else None
+            ours_int8 = time_network(int8, lightness, repeats) if int8 else None
             rows.append({"input": f"{size[1]}x{size[0]}", "batch": batch, "ours": ours, "eccv16": eccv16,
-                         "ratio_fps_ours_over_eccv16": ours["fps"] / eccv16["fps"] if eccv16 else None})
+                         "ratio_fps_ours_over_eccv16": ours["fps"] / eccv16["fps"] if eccv16 else None,
+                         "ours_int8": ours_int8,
+                         "ratio_fps_int8_over_eccv16": ours_int8["fps"] / eccv16["fps"] if eccv16 and int8 else None})
             print(f"network {rows[-1]['input']} batch {batch}: ours {ours['ms_per_frame']:.1f} ms/frame"
                   + (f", ECCV16 {eccv16['ms_per_frame']:.1f} ms/frame" if eccv16 else ""), flush=True)
     return {"baseline": note, "ort_intra_op_threads": 0, "rows": rows}
@@ -415,10 +420,12 @@ def report(result: dict) -> str:
              for t in result["streamd"]["throughput"]]))
     if "network" in result:
         parts.append(f"network alone ({result['network']['baseline']}):\n" + table(
-            ["input", "batch", "ours ms/frame", "ours fps", "ECCV16 ms/frame", "ECCV16 fps", "ours / ECCV16 (fps)"],
+            ["input", "batch", "ours ms/frame", "ours fps", "ECCV16 ms/frame", "ECCV16 fps", "ours / ECCV16 (fps)",
+             "int8 ms/frame", "int8 / ECCV16 (fps)"],
             [[r["input"], r["batch"], r["ours"]["ms_per_frame"], r["ours"]["fps"],
               r["eccv16"] and r["eccv16"]["ms_per_frame"], r["eccv16"] and r["eccv16"]["fps"],
-              r["ratio_fps_ours_over_eccv16"]] for r in result["network"]["rows"]]))
+              r["ratio_fps_ours_over_eccv16"], r["ours_int8"] and r["ours_int8"]["ms_per_frame"],
+              r["ratio_fps_int8_over_eccv16"]] for r in result["network"]["rows"]]))
     if "per_camera_models" in result:
         per = result["per_camera_models"]
         parts.append(f"per-camera models (network at {per['input']}; ms per round of one frame per camera):\n" + table(
@@ -452,14 +459,16 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
         return result
     plan = SHORT if args.short else FULL
     repeats = args.repeats or plan["repeats"]
-    colorizer = Colorizer()
+    colorizer = Colorizer(int8="auto")  # what the daemon runs by default
+    fp32 = Colorizer()
     result["machine"] = machine_info(colorizer.provider)
     result["settings"] = {"short": args.short, "repeats": repeats, "clip_seconds": plan["clip_s"],
                           "camera_fps": CLIP_FPS, "model": colorizer.info.model_id,
                           "network_input": f"{colorizer.info.input_width}x{colorizer.info.input_height}",
                           "stage_frames": plan["stage_frames"]}
     result["passthrough"], result["streamd"] = video_sections(colorizer, plan, repeats, work)
-    result["network"] = network_section(colorizer, work, plan["network_sizes"], repeats)
+    result["network"] = network_section(fp32, work, plan["network_sizes"], repeats,
+                                        colorizer if colorizer.path != fp32.path else None)
     result["per_camera_models"] = per_camera_models_section(colorizer, plan["network_sizes"][-1], repeats)
     result["peak_rss_mib"] = peak_rss_mib()
     return result

@@ -173,7 +173,7 @@ def cmd_colorize(args: argparse.Namespace) -> int:
     if missing:
         print(f"streamd colorize: no such file: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
-    colorizer = Colorizer(args.model, temperature=args.temperature)
+    colorizer = Colorizer(args.model, temperature=args.temperature, int8=args.int8)
     try:
         written = colorize_paths(colorizer, args.inputs, args.output, temporal=not args.no_temporal)
     except ValueError as e:
@@ -209,8 +209,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from streamd.model.quantize import quantize
 
-    meta = quantize(args.model, args.output, args.calibration, args.images)
-    print(f"wrote {args.output} ({meta['model_id']}), calibrated on "
+    from streamd.infer import int8_copy
+
+    out = args.output or int8_copy(args.model)
+    meta = quantize(args.model, out, args.calibration, args.images)
+    print(f"wrote {out} ({meta['model_id']}), calibrated on "
           f"{meta['quantization']['calibration_images']} images from {args.calibration}")
     return 0
 
@@ -277,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--model", type=Path, default=None)
     z.add_argument("--temperature", type=float, default=None)
     z.add_argument("--no-temporal", action="store_true", help="colorize each video frame on its own")
+    z.add_argument("--int8", choices=["auto", "on", "off"], default="auto",
+                   help="auto (as the daemon): on the CPU, the model's int8 copy <name>-int8.onnx if it has one")
     z.set_defaults(func=cmd_colorize)
 
     t = sub.add_parser("train", help="train the network (needs the train extra: torch)")
@@ -309,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quantize", help="ONNX model -> int8 for faster CPU inference (needs the train extra: onnx)")
     q.add_argument("model", type=Path, help="an exported model, e.g. models/streamd-base.onnx")
-    q.add_argument("-o", "--output", type=Path, required=True)
+    q.add_argument("-o", "--output", type=Path,
+                   help="default: <model>-int8.onnx beside it, which the daemon runs on CPUs ([model] int8 = auto)")
     q.add_argument("--calibration", type=Path, required=True, help="folder of colour or gray images like the cameras'")
     q.add_argument("--images", type=int, default=64, help="calibrate on this many of them, spread over the folder")
     q.set_defaults(func=cmd_quantize)

@@ -27,6 +27,7 @@ class ModelConfig:
     input_width: int = 0  # 0 = the model's own input size
     input_height: int = 0
     cache_dir: str = ""  # TensorRT engine cache; "" = $CACHE_DIRECTORY or ~/.cache/streamd
+    int8: str = "auto"  # auto: on the CPU, the model's int8 copy (<name>-int8.onnx) if it has one; on | off
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ def validate(cfg: Config) -> Config:
     _check(m.provider in ("auto", "tensorrt", "cuda", "cpu"), "model.provider", "must be auto, tensorrt, cuda or cpu")
     _check(m.temperature >= 0, "model.temperature", "must be positive (0 keeps the model's own)")
     _check(m.threads >= 0, "model.threads", "must be 0 (all cores) or more")
+    _check(m.int8 in ("auto", "on", "off"), "model.int8", "must be auto, on or off")
     for key in ("input_width", "input_height"):
         v = getattr(m, key)
         _check(v >= 0 and v % 16 == 0, f"model.{key}", "must be a multiple of 16 (0 = the model's own)")

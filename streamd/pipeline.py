@@ -107,7 +107,7 @@ class Pipeline:
     def _load_model(self, path: str) -> Colorizer:
         m = self.config.model
         return Colorizer(Path(path) if path else None, m.provider, m.temperature or None, m.threads,
-                         Path(m.cache_dir) if m.cache_dir else None)
+                         Path(m.cache_dir) if m.cache_dir else None, m.int8)
 
     def model_for(self, c: CameraConfig) -> Colorizer:
         """The camera's model: the one its config names, else the one adapted to it, else the generic one.

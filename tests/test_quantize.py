@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from skimage import data
 
 from streamd.cli import main
@@ -49,3 +50,21 @@ def test_quantized_model_loads_in_colorizer_and_stays_close(tmp_path):
     for path, default in ((MODEL, expected), (out, got)):
         sharper = Colorizer(path, provider="cpu", threads=1, temperature=0.2)
         assert np.abs(sharper(lightness)).mean() > np.abs(default).mean() + 1.0
+
+
+def test_daemon_runs_a_models_int8_copy_on_the_cpu_and_export_removes_a_stale_one(tmp_path):
+    model = tmp_path / "yard.onnx"
+    assert main(["export", str(MODEL.with_suffix(".pt")), "-o", str(model)]) == 0
+    assert Colorizer(model, int8="auto").path == model  # no copy yet: the model itself
+    with pytest.raises(FileNotFoundError, match="yard-int8.onnx"):
+        Colorizer(model, int8="on")
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    cv2.imwrite(str(calibration / "coffee.png"), cv2.cvtColor(data.coffee(), cv2.COLOR_RGB2BGR))
+    assert main(["quantize", str(model), "--calibration", str(calibration)]) == 0  # -o defaults to the copy
+    copy = tmp_path / "yard-int8.onnx"
+    auto = Colorizer(model, provider="cpu", int8="auto")
+    assert auto.path == copy and auto.info.model_id.endswith("-int8")
+    assert Colorizer(model, int8="off").path == model
+    assert main(["export", str(MODEL.with_suffix(".pt")), "-o", str(model), "--temperature", "0.6"]) == 0
+    assert not copy.exists()  # it belonged to the weights just replaced

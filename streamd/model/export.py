@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import torch
 
+from streamd.infer import int8_copy
 from streamd.lab import rgb_to_lab
 from streamd.model.network import AnnealedMean
 from streamd.model.train import build_net, load_weights
@@ -49,6 +50,10 @@ def export(weights_path: Path, out: Path, temperature: float = 0.38, input_size:
     onnx.save(model, str(out))
     meta["max_ab_difference"] = check_against_torch(decoder, out)
     write_card(out.with_suffix(".md"), meta, weights, sum(p.numel() for p in net.parameters()))
+    stale = int8_copy(out)
+    if stale.exists():  # an int8 copy of the weights this export replaced: the daemon would prefer it
+        stale.unlink()
+        log.warning("removed %s, an int8 copy of the previous model (streamd quantize makes a new one)", stale)
     log.info("exported %s (%s): max |ab| difference to PyTorch %.4f", out, model_id, meta["max_ab_difference"])
     return meta
 
