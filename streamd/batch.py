@@ -1,4 +1,5 @@
-"""Batch stage: the newest frame of each camera, gathered into one inference batch.
+"""Batch stage: the newest frame of each camera, gathered into one inference batch; frames of a still
+scene skip it (StillScene).
 
 Each camera owns a one-frame mailbox: a new frame replaces one not yet taken (counted as dropped), so a
 camera that outpaces inference loses frames, never gains latency. A batch leaves when it is full or when
@@ -9,6 +10,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
 
 from streamd.frame import Frame
 
@@ -82,3 +87,55 @@ class Batcher:
             self._in_flight = len(batch)
             self._first_wait = time.monotonic() if self._waiting else None
             return batch
+
+
+@dataclass(frozen=True)
+class _Prediction:
+    cells: np.ndarray  # the L input, area-averaged onto the ab grid
+    ab: np.ndarray
+    model_id: str | None
+    arrival: float
+
+
+class StillScene:
+    """Decides, per camera, whether a gray frame needs the network or can reuse the last prediction.
+
+    A fixed camera at night mostly films a scene that does not change: running the network again there
+    buys nothing (Temporal would keep 95 % of the old colour anyway). A frame reuses the camera's last
+    prediction when no cell of the ab grid changed by more than CHANGE_L since the frame that was
+    predicted, so anything that moves, appears or lights up - even one cell - is predicted afresh, and
+    the reused ab is still fitted to the frame's own luma by the guided upsampling. A prediction is
+    reused for at most `max_age_s`.
+
+    Used by the inference thread only, on the frames of each batch in order, so a frame that skips the
+    network never overtakes one that does not.
+    """
+
+    CHANGE_L = 6.0  # L units, the same scale of change that makes Temporal take the new prediction
+
+    def __init__(self, max_age_s: float) -> None:
+        self.max_age_s = max_age_s
+        self._last: _Prediction | None = None
+        self.reused = 0
+
+    def reuse(self, frame: Frame) -> bool:
+        """If the frame can reuse the last prediction, give it that prediction and return True."""
+        last = self._last
+        if last is None or frame.lightness is None:
+            return False
+        cells = cv2.resize(frame.lightness, last.cells.shape[::-1], interpolation=cv2.INTER_AREA)
+        if frame.arrival - last.arrival > self.max_age_s or np.abs(cells - last.cells).max() > self.CHANGE_L:
+            return False
+        frame.prediction, frame.model_id = (frame.lightness, last.ab), last.model_id
+        self.reused += 1
+        return True
+
+    def remember(self, frame: Frame) -> None:
+        """A frame came back from the network with its prediction."""
+        lightness, ab = frame.prediction
+        cells = cv2.resize(lightness, (ab.shape[2], ab.shape[1]), interpolation=cv2.INTER_AREA)
+        self._last = _Prediction(cells, ab, frame.model_id, frame.arrival)
+
+    def forget(self) -> None:
+        """Predict the next frame afresh (the model changed)."""
+        self._last = None

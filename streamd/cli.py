@@ -33,7 +33,8 @@ def status_lines(pipeline, elapsed: float, previous: dict[str, int]) -> list[str
         lat = list(out.latencies_ms)[-200:]
         fps = (out.published - previous.get(name, 0)) / max(elapsed, 1e-6)
         previous[name] = out.published
-        lines.append(f"{name}: {r.source.stats.state.value}, {fps:.1f} fps out, colorized {r.colorized}, "
+        reused = f" ({r.still.reused} reusing a still scene's prediction)" if r.still and r.still.reused else ""
+        lines.append(f"{name}: {r.source.stats.state.value}, {fps:.1f} fps out, colorized {r.colorized}{reused}, "
                      f"passed {r.passed_through}, dropped {pipeline.dropped(name)}, "
                      f"latency p50 {_percentile(lat, 50):.0f} ms p99 {_percentile(lat, 99):.0f} ms")
     return lines

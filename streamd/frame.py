@@ -30,6 +30,7 @@ class Frame:
     model_id: str | None = None  # the model that colorized the frame
     prediction: tuple[np.ndarray, np.ndarray] | None = None  # (network input L, predicted ab), until recombined
     luma_half: np.ndarray | None = None  # Y' at chroma size, computed once (streamd.colour)
+    lightness: np.ndarray | None = None  # L at the network's input size, computed once (streamd.pipeline)
 
     @property
     def width(self) -> int:

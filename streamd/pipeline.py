@@ -23,7 +23,7 @@ import numpy as np
 import zmq
 import zmq.auth
 
-from streamd.batch import Batcher
+from streamd.batch import Batcher, StillScene
 from streamd.collect import FrameStore, default_state_dir
 from streamd.colour import DayNight, Temporal, luma_to_lightness, recombine
 from streamd.config import CameraConfig, Config
@@ -44,9 +44,16 @@ def source_settings(c: CameraConfig) -> SourceSettings:
                           duration=c.duration_s or None)
 
 
+def lightness_of(frame: Frame, input_size: tuple[int, int]) -> np.ndarray:
+    """The frame's L at the network's input size, computed once per frame."""
+    if frame.lightness is None or frame.lightness.shape != input_size:
+        frame.lightness = luma_to_lightness(frame, input_size)
+    return frame.lightness
+
+
 def predict(colorizer: Colorizer, frames: list[Frame], input_size: tuple[int, int]) -> None:
     """Run the network on a batch of gray frames; each frame keeps (its L input, predicted ab)."""
-    lightness = np.stack([luma_to_lightness(f, input_size) for f in frames])
+    lightness = np.stack([lightness_of(f, input_size) for f in frames])
     for frame, l_in, ab in zip(frames, lightness, colorizer(lightness[:, None])):
         frame.prediction = (l_in, ab)
         frame.model_id = colorizer.info.model_id
@@ -74,6 +81,7 @@ class CameraRuntime:
     outputs: OutputWorker
     temporal: Temporal | None
     store: FrameStore | None  # None: the camera does not collect
+    still: StillScene | None  # None: every gray frame goes to the network
     colorizer: Colorizer  # swapped in place when the camera's model changes
     passed_through: int = 0
     colorized: int = 0
@@ -133,6 +141,8 @@ class Pipeline:
             return
         old = runtime.colorizer
         runtime.colorizer = self.model_for(runtime.config)  # loaded on the caller's thread, then swapped
+        if runtime.still:
+            runtime.still.forget()  # the next frame shows the new model at once
         log.info("camera %s now uses its adapted model %s", camera, runtime.colorizer.info.model_id)
         in_use = {id(r.colorizer) for r in self.cameras.values()}
         for key, colorizer in list(self._models.items()):  # free the replaced model once nobody uses it
@@ -161,7 +171,8 @@ class Pipeline:
         outputs = OutputWorker(c.name, targets, prepare=lambda frame: finish(frame, temporal, store),
                                observe_latency=self.instruments.latency.labels(c.name).observe)
         runtime = CameraRuntime(c, None, DayNight(self.config.daynight.to_night_s, self.config.daynight.to_day_s),
-                                outputs, temporal, store, self.model_for(c))
+                                outputs, temporal, store, StillScene(c.reuse_still_s) if c.reuse_still_s else None,
+                                self.model_for(c))
         runtime.source = Camera(source_settings(c), lambda frame, r=runtime: self._on_frame(r, frame))
         self.cameras[c.name] = runtime
         self._update_batching()
@@ -198,6 +209,8 @@ class Pipeline:
             if name in old and old[name] != c and dataclasses.replace(old[name], model=c.model) == c:
                 runtime = self.cameras[name]  # only the model changed: swap it, the camera keeps streaming
                 runtime.colorizer, runtime.config = self.model_for(c), c
+                if runtime.still:
+                    runtime.still.forget()
                 changes.append(f"model of {name} is now {runtime.colorizer.info.model_id}")
             elif name in old and old[name] != c:
                 self.remove_camera(name)
@@ -246,8 +259,10 @@ class Pipeline:
         if runtime.daynight.update(frame, frame.arrival):
             runtime.passed_through += 1
             runtime.outputs.put(frame)
-        else:
-            self.batcher.put(frame)
+            return
+        if runtime.still is not None:  # StillScene compares it; computed here, in parallel across cameras
+            lightness_of(frame, self.input_size(runtime.colorizer))
+        self.batcher.put(frame)
 
     def _update_batching(self) -> None:
         """A batch never waits for more frames than there are cameras, nor longer than one frame interval
@@ -271,11 +286,14 @@ class Pipeline:
             self._update_batching()
 
     def _colorize(self, batch: list[Frame]) -> None:
-        """One network run per model in the batch: cameras sharing a model share the batch."""
+        """One network run per model in the batch: cameras sharing a model share the batch. Frames of a
+        still scene reuse their camera's last prediction instead."""
         by_model: dict[int, list[Frame]] = {}
         colorizers: dict[int, Colorizer] = {}
         for frame in batch:
             runtime = self.cameras.get(frame.camera)
+            if runtime and runtime.still and runtime.still.reuse(frame):
+                continue
             colorizer = runtime.colorizer if runtime else self.colorizer
             by_model.setdefault(id(colorizer), []).append(frame)
             colorizers[id(colorizer)] = colorizer
@@ -283,12 +301,16 @@ class Pipeline:
         for key, frames in by_model.items():
             predict(colorizers[key], frames, self.input_size(colorizers[key]))
         seconds = time.perf_counter() - t0
-        self.instruments.batch_seconds.observe(seconds)
-        self.instruments.batch_size.observe(len(batch))
+        predicted = sum(len(frames) for frames in by_model.values())
+        if predicted:
+            self.instruments.batch_seconds.observe(seconds)
+            self.instruments.batch_size.observe(predicted)
         for frame in batch:
             runtime = self.cameras.get(frame.camera)
             if runtime is None:  # removed while its frame was in flight
                 continue
+            if runtime.still and any(frame in frames for frames in by_model.values()):
+                runtime.still.remember(frame)
             runtime.colorized += 1
             runtime.outputs.put(frame)
 

@@ -1,13 +1,16 @@
-"""The batcher: newest frame per camera, full batches leave at once, partial ones at the deadline."""
+"""The batcher: newest frame per camera, full batches leave at once, partial ones at the deadline; still
+scenes reuse the last prediction."""
 from __future__ import annotations
 
 import threading
 import time
 
+import cv2
 import numpy as np
 
-from streamd.batch import Batcher
+from streamd.batch import Batcher, StillScene
 from streamd.frame import Frame
+from streamd.pipeline import lightness_of
 
 
 def frame(camera: str, seq: int) -> Frame:
@@ -52,3 +55,49 @@ def test_empty_batcher_times_out_and_close_wakes_waiters():
     start = time.monotonic()
     assert b.next_batch(timeout=5) == []
     assert time.monotonic() - start < 2
+
+
+def scene(seq: int, arrival: float, square_at: int | None = None) -> Frame:
+    """A 320x192 gray night frame of a still textured scene, optionally with a bright square at x = square_at."""
+    rng = np.random.default_rng(0)
+    y = cv2.GaussianBlur(rng.integers(40, 200, (192, 320), dtype=np.uint8), (0, 0), 3)
+    if square_at is not None:
+        y[80:112, square_at:square_at + 32] = 235
+    chroma = np.full((96, 160), 128, np.uint8)
+    return Frame("cam", seq, y, chroma, chroma.copy(), arrival=arrival)
+
+
+def predicted(f: Frame) -> Frame:
+    """What inference hands back: the frame with (L, ab) - here a constant ab."""
+    f.prediction, f.model_id = (lightness_of(f, (192, 320)), np.full((2, 48, 80), 7.0, np.float32)), "m"
+    return f
+
+
+def test_still_scene_reuses_the_last_prediction_and_anything_that_moves_is_predicted():
+    still = StillScene(max_age_s=1.0)
+    first = scene(0, arrival=0.0)
+    lightness_of(first, (192, 320))
+    assert not still.reuse(first)  # nothing predicted yet
+    still.remember(predicted(first))
+
+    same = scene(1, arrival=0.04)
+    lightness_of(same, (192, 320))
+    assert still.reuse(same)
+    assert same.model_id == "m" and np.array_equal(same.prediction[1], first.prediction[1])
+    assert same.prediction[0] is same.lightness  # the reused ab is fitted to this frame's own L
+
+    moving = scene(2, arrival=0.08, square_at=100)  # one small object appears: 32x32 of 320x192 pixels
+    lightness_of(moving, (192, 320))
+    assert not still.reuse(moving)
+
+    late = scene(3, arrival=1.5)  # the same still scene, but the prediction is too old
+    lightness_of(late, (192, 320))
+    assert not still.reuse(late)
+
+    still.remember(predicted(moving))
+    again = scene(4, arrival=0.12, square_at=100)
+    lightness_of(again, (192, 320))
+    assert still.reuse(again)  # compared with the last prediction's frame, which had the square
+    still.forget()
+    assert not still.reuse(again)  # forgotten (e.g. a new model): predicted afresh
+    assert still.reused == 2

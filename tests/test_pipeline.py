@@ -214,3 +214,36 @@ def test_resolution_change_mid_stream_is_followed(tmp_path):
     sizes = {(h["width"], h["height"]) for h, _ in got}
     assert sizes == {(320, 240), (480, 272)}, sizes
     assert pipeline.cameras["cam"].source.stats.state.value == "finished"
+
+
+def write_still_clip(path, frames: int = 50) -> None:
+    """A fixed night camera filming a still scene: one gray photo, real H.264 (its noise included)."""
+    from skimage import data
+
+    gray = np.ascontiguousarray(np.repeat(data.camera()[::2, ::2][:240, :320, None], 3, axis=2))
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(gray, format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+@pytest.mark.parametrize("reuse_s", [1.0, 0.0])
+def test_still_scene_reuses_predictions_in_order(tmp_path, reuse_s):
+    clip = tmp_path / "still.mp4"
+    write_still_clip(clip)
+    pipeline, got = run_pipeline([{"name": "yard", "url": str(clip), "reuse_still_s": reuse_s}], seconds=30)
+    runtime = pipeline.cameras["yard"]
+    seqs = [h["seq"] for h, _ in got]
+    assert seqs == sorted(seqs)  # in order, reused or not
+    assert len(got) + pipeline.dropped("yard") == 50  # every frame published or counted as dropped
+    assert all(h["colorized"] and h["model"] for h, _ in got)
+    if reuse_s:
+        assert runtime.still.reused >= 30  # the network ran for a few frames (one per second at least)
+    else:
+        assert runtime.still is None
