@@ -43,17 +43,20 @@ from streamd import config as cfgmod
 from streamd.colour import luma_to_lightness
 from streamd.frame import Frame
 from streamd.infer import Colorizer, shipped_model
-from streamd.pipeline import Pipeline, finish, predict
+from streamd.batch import StillScene
+from streamd.config import CameraConfig
+from streamd.pipeline import Pipeline, finish, lightness_of, predict
 from streamd.sink import H264Writer
 from streamd.source import SourceSettings, SyntheticCamera, decode_av
 
 CLIP_FPS = 25.0
 # stage_frames: frames per unpaced streamd measurement, all cameras together (at least 3 per camera).
 FULL = {"sizes": [(640, 360), (1280, 720), (1920, 1080)], "cameras": [1, 2, 4, 8], "clip_s": 2.5,
-        "repeats": 3, "stage_frames": 16, "network_sizes": [(224, 224), (192, 320)]}
+        "repeats": 3, "stage_frames": 16, "network_sizes": [(224, 224), (192, 320)], "still_sizes": [(1280, 720)],
+        "still_cameras": [1, 4, 8]}
 # --short keeps every kind of measurement, on fewer configurations: it has to run inside the test suite.
 SHORT = {"sizes": [(640, 360), (1280, 720)], "cameras": [1, 2], "clip_s": 2.0, "repeats": 2, "stage_frames": 6,
-         "network_sizes": [(192, 320)]}
+         "network_sizes": [(192, 320)], "still_sizes": [(1280, 720)], "still_cameras": [1]}
 NETWORK_BATCHES = (1, 8)
 PER_CAMERA_MODEL_CAMERAS = (4, 8)
 GPU_CAMERAS = (8, 32, 64)  # 1080p cameras, one batch each, for --device cuda
@@ -66,14 +69,20 @@ class BenchUnavailable(Exception):
 
 
 # -- inputs ------------------------------------------------------------------------------------------
-def make_clip(path: Path, size: tuple[int, int], seconds: float) -> int:
-    """Write a gray H.264 clip as an infrared camera sends it (limited-range BT.709, chroma at 128), moving
-    so the encoder has real work; returns its frame count."""
+def make_clip(path: Path, size: tuple[int, int], seconds: float, still: bool = False) -> int:
+    """Write a gray H.264 clip as an infrared camera sends it (limited-range BT.709, chroma at 128); returns
+    its frame count. Moving (panning and zooming, so the encoder and the network have real work on every
+    frame), or `still`: a fixed camera's unchanging scene with sensor noise (Gaussian, sigma 2 code values)."""
     count = round(seconds * CLIP_FPS)
     writer = H264Writer(str(path), "mp4", fps=CLIP_FPS)
+    rng = np.random.default_rng(0)
     try:
         for frame in itertools.islice(SyntheticCamera(size, CLIP_FPS).frames("clip", 0), count):
             frame.arrival = frame.pts  # H264Writer stamps by arrival: the clip gets a steady 25 fps
+            if still:
+                if frame.seq == 0:
+                    scene = frame.y.copy()
+                frame.y = np.clip(scene + rng.normal(0, 2, scene.shape), 0, 255).astype(np.uint8)
             writer.write(frame)
     finally:
         writer.close()
@@ -119,12 +128,20 @@ class Laps:
 
 
 def stage_batch(sources: list[Iterator[Frame]], writers: list[H264Writer], colorizer: Colorizer | None,
-                laps: Laps) -> None:
-    """One frame from every camera: decode -> [predict as one batch -> finish] -> encode."""
+                laps: Laps, stills: list[StillScene]) -> None:
+    """One frame from every camera: decode -> [predict as one batch, the frames of a still scene reusing
+    their camera's last prediction, as the pipeline does -> finish] -> encode."""
     batch = [next(source) for source in sources]
     laps.lap("decode")
     if colorizer is not None:
-        predict(colorizer, batch, (colorizer.info.input_height, colorizer.info.input_width))
+        size = (colorizer.info.input_height, colorizer.info.input_width)
+        for frame in batch:
+            lightness_of(frame, size)
+        fresh = [(f, still) for f, still in zip(batch, stills) if not still.reuse(f)]
+        if fresh:
+            predict(colorizer, [f for f, _ in fresh], size)
+        for frame, still in fresh:
+            still.remember(frame)
         laps.lap("predict")
         for frame in batch:
             finish(frame)
@@ -140,11 +157,12 @@ def run_stages(clip: Path, cameras: int, frames_per_camera: int, out_dir: Path,
     than what a scheduler lets through. Without a colorizer it is pass-through."""
     sources = [clip_frames(clip, f"cam{i}") for i in range(cameras)]
     writers = [H264Writer(str(out_dir / f"stages-{i}.mp4"), "mp4", fps=CLIP_FPS) for i in range(cameras)]
+    stills = [StillScene(CameraConfig("bench", "").reuse_still_s) for _ in range(cameras)]  # the default
     try:
-        stage_batch(sources, writers, colorizer, Laps())  # untimed: opens the decoders and encoders
+        stage_batch(sources, writers, colorizer, Laps(), stills)  # untimed: opens the decoders and encoders
         laps, cpu_start = Laps(), time.process_time()
         for _ in range(frames_per_camera - 1):
-            stage_batch(sources, writers, colorizer, laps)
+            stage_batch(sources, writers, colorizer, laps, stills)
         cpu = time.process_time() - cpu_start
     finally:
         for writer in writers:
@@ -152,7 +170,7 @@ def run_stages(clip: Path, cameras: int, frames_per_camera: int, out_dir: Path,
         for source in sources:
             source.close()
     frames, wall = cameras * (frames_per_camera - 1), sum(laps.seconds.values())
-    return {"fps": frames / wall, "cpu_cores": cpu / wall,
+    return {"fps": frames / wall, "cpu_cores": cpu / wall, "reused": sum(still.reused for still in stills),
             **{f"{stage}_ms_per_frame": s * 1000.0 / frames for stage, s in laps.seconds.items()}}
 
 
@@ -173,7 +191,8 @@ def run_paced(clip: Path, cameras: int, colorizer: Colorizer, out_dir: Path) -> 
     """The real Pipeline, each camera the clip played at its own 25 fps and written to an MP4: what a
     deployment would see, frame drops and latency included."""
     cfg = cfgmod.parse({"camera": [{"name": f"cam{i}", "url": str(clip), "file_out": str(out_dir / f"paced-{i}.mp4")}
-                                   for i in range(cameras)], "zmq": {"endpoint": ""}})
+                                   for i in range(cameras)], "zmq": {"endpoint": ""},
+                        "adapt": {"state_dir": str(out_dir / "state")}})  # no adapted model of the user's
     pipeline = Pipeline(cfg, colorizer)
     cpu_start, start = time.process_time(), time.perf_counter()
     pipeline.start()
@@ -191,6 +210,7 @@ def run_paced(clip: Path, cameras: int, colorizer: Colorizer, out_dir: Path) -> 
             "sent": sum(r.source.stats.frames for r in runtimes),
             "published": sum(r.outputs.published for r in runtimes),
             "dropped": sum(pipeline.dropped(name) for name in pipeline.cameras),
+            "reused": sum(r.still.reused for r in runtimes if r.still),
             "latency_p50_ms": float(np.percentile(latencies, 50)),
             "latency_p99_ms": float(np.percentile(latencies, 99)),
             "cpu_cores": cpu / wall, "peak_rss_mib": peak_rss_mib()}
@@ -289,24 +309,28 @@ def per_camera_models_section(colorizer: Colorizer, size: tuple[int, int], repea
     return {"input": f"{size[1]}x{size[0]}", "rows": rows}
 
 
-def video_sections(colorizer: Colorizer, plan: dict, repeats: int, work: Path) -> tuple[list, dict]:
-    """Pass-through and streamd (unpaced and paced) at every resolution and camera count of the plan."""
+def video_sections(colorizer: Colorizer, plan: dict, repeats: int, work: Path, still: bool = False) -> tuple[list, dict]:
+    """Pass-through and streamd (unpaced and paced) at every resolution and camera count of the plan, on
+    moving clips, or (`still`) on a still scene's, where frames reuse predictions as the pipeline does."""
     passthrough, throughput, paced = [], [], []
-    for size in plan["sizes"]:
+    kind = "still" if still else "gray"
+    for size in plan["still_sizes" if still else "sizes"]:
         resolution = f"{size[0]}x{size[1]}"
-        clip = work / f"gray-{resolution}.mp4"
-        frames = make_clip(clip, size, plan["clip_s"])
+        clip = work / f"{kind}-{resolution}.mp4"
+        frames = make_clip(clip, size, plan["clip_s"], still)
         limit = repeated(lambda: run_stages(clip, 1, frames, work), repeats)
         passthrough.append({"resolution": resolution, **limit})
-        print(f"pass-through {resolution}: {limit['fps']:.1f} fps", flush=True)
-        for cameras in plan["cameras"]:
-            per_camera = min(frames, max(3, plan["stage_frames"] // cameras))
+        print(f"pass-through {kind} {resolution}: {limit['fps']:.1f} fps", flush=True)
+        for cameras in plan["still_cameras" if still else "cameras"]:
+            # A still scene is timed over the whole clip: a prediction is reused for up to a second, so a
+            # short stretch would hide the network runs that renew it.
+            per_camera = frames if still else min(frames, max(3, plan["stage_frames"] // cameras))
             stages = repeated(lambda: run_stages(clip, cameras, per_camera, work, colorizer), repeats)
             throughput.append({"resolution": resolution, "cameras": cameras, "frames_per_camera": per_camera,
                                "ratio_to_passthrough": stages["fps"] / limit["fps"], **stages})
             live = repeated(lambda: run_paced(clip, cameras, colorizer, work), repeats)
             paced.append({"resolution": resolution, "cameras": cameras, "camera_fps": CLIP_FPS, **live})
-            print(f"streamd {resolution} x{cameras}: {stages['fps']:.1f} fps unpaced "
+            print(f"streamd {kind} {resolution} x{cameras}: {stages['fps']:.1f} fps unpaced "
                   f"({stages['fps'] / limit['fps']:.3f} of pass-through); paced "
                   f"{live['delivered_fps_per_camera']:.1f} fps/camera, p50 {live['latency_p50_ms']:.0f} ms",
                   flush=True)
@@ -406,18 +430,24 @@ def _cell(value) -> str:
 def report(result: dict) -> str:
     """The detail tables, then the ratios: the lines worth reading last."""
     parts = []
-    if "passthrough" in result:
-        limit = {p["resolution"]: p["fps"] for p in result["passthrough"]}
-        parts.append("streamd, paced (the real pipeline, cameras at 25 fps, every number a median):\n" + table(
-            ["resolution", "cameras", "fps/camera", "dropped", "p50 ms", "p99 ms", "CPU cores", "peak RSS MiB"],
-            [[p["resolution"], p["cameras"], p["delivered_fps_per_camera"], p["dropped"], p["latency_p50_ms"],
-              p["latency_p99_ms"], p["cpu_cores"], p["peak_rss_mib"]] for p in result["streamd"]["paced"]]))
-        parts.append("unpaced, every frame (frames/s of all cameras together; ms per frame by stage):\n" + table(
-            ["resolution", "cameras", "fps", "decode", "predict", "finish", "encode", "pass-through fps",
-             "streamd / pass-through"],
-            [[t["resolution"], t["cameras"], t["fps"], t["decode_ms_per_frame"], t["predict_ms_per_frame"],
-              t["finish_ms_per_frame"], t["encode_ms_per_frame"], limit[t["resolution"]], t["ratio_to_passthrough"]]
-             for t in result["streamd"]["throughput"]]))
+    for key, scene in (("streamd", "moving clips"), ("still_scene", "a still scene: predictions reused")):
+        if key not in result:
+            continue
+        runs = result[key]
+        passthrough = result["passthrough"] if key == "streamd" else runs["passthrough"]
+        limit = {p["resolution"]: p["fps"] for p in passthrough}
+        parts.append(f"streamd, paced, {scene} (the real pipeline, cameras at 25 fps, every number a median):\n"
+                     + table(["resolution", "cameras", "fps/camera", "dropped", "reused", "p50 ms", "p99 ms",
+                              "CPU cores", "peak RSS MiB"],
+                             [[p["resolution"], p["cameras"], p["delivered_fps_per_camera"], p["dropped"], p["reused"],
+                               p["latency_p50_ms"], p["latency_p99_ms"], p["cpu_cores"], p["peak_rss_mib"]]
+                              for p in runs["paced"]]))
+        parts.append(f"unpaced, every frame, {scene} (frames/s of all cameras together; ms per frame by stage):\n"
+                     + table(["resolution", "cameras", "fps", "reused", "decode", "predict", "finish", "encode",
+                              "pass-through fps", "streamd / pass-through"],
+                             [[t["resolution"], t["cameras"], t["fps"], t["reused"], t["decode_ms_per_frame"],
+                               t["predict_ms_per_frame"], t["finish_ms_per_frame"], t["encode_ms_per_frame"],
+                               limit[t["resolution"]], t["ratio_to_passthrough"]] for t in runs["throughput"]]))
     if "network" in result:
         parts.append(f"network alone ({result['network']['baseline']}):\n" + table(
             ["input", "batch", "ours ms/frame", "ours fps", "ECCV16 ms/frame", "ECCV16 fps", "ours / ECCV16 (fps)",
@@ -467,6 +497,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
                           "network_input": f"{colorizer.info.input_width}x{colorizer.info.input_height}",
                           "stage_frames": plan["stage_frames"]}
     result["passthrough"], result["streamd"] = video_sections(colorizer, plan, repeats, work)
+    still_passthrough, still = video_sections(colorizer, plan, repeats, work, still=True)
+    result["still_scene"] = {"passthrough": still_passthrough, **still}
     result["network"] = network_section(fp32, work, plan["network_sizes"], repeats,
                                         colorizer if colorizer.path != fp32.path else None)
     result["per_camera_models"] = per_camera_models_section(colorizer, plan["network_sizes"][-1], repeats)

@@ -62,6 +62,12 @@ def test_short_bench_writes_every_section(tmp_path, capsys):
         assert p["latency_p50_ms"] <= p["latency_p99_ms"] and p["published"] <= p["sent"]
         assert p["delivered_fps_per_camera"] <= p["camera_fps"] + 1e-9
 
+    still = result["still_scene"]
+    assert [p["resolution"] for p in still["passthrough"]] == ["1280x720"]
+    assert [(t["cameras"], t["frames_per_camera"]) for t in still["throughput"]] == [(1, 50)]
+    assert still["throughput"][0]["reused"] > 0 and still["paced"][0]["reused"] > 0  # the scene is still
+    assert result["streamd"]["throughput"][0]["reused"] == 0  # the moving clips never are
+
     rows = result["network"]["rows"]
     assert {(r["input"], r["batch"]) for r in rows} == {("320x192", 1), ("320x192", 8)}
     for r in rows:
