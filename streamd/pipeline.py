@@ -183,7 +183,10 @@ class Pipeline:
             return None
         a = self.config.adapt
         try:
-            return FrameStore(self.state_dir / c.name, a.collect_every_s, a.min_change, a.max_frames)
+            store = FrameStore(self.state_dir / c.name, a.collect_every_s, a.min_change, a.max_frames)
+            log.info("camera %s: keeping up to %d day frames in %s for adaptation (collect = false opts out)",
+                     c.name, a.max_frames, store.folder)
+            return store
         except OSError as e:  # an unwritable state directory costs the camera its store, not its stream
             log.error("camera %s: cannot keep day frames in %s (%s); not collecting", c.name, self.state_dir, e)
             return None
