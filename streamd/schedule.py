@@ -10,6 +10,7 @@ model. The outcome of each run is kept in `<state>/<camera>/adapted.json`.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -135,9 +136,15 @@ class AdaptationScheduler:
                         self.settings.min_frames)
             self._record(camera, "skipped", f"{stored} frames stored, {self.settings.min_frames} needed")
             return
+        if importlib.util.find_spec("torch") is None:
+            log.error("adaptation of %s: training needs the train extra (pip install 'streamd[train]')", camera)
+            self.results["failed"] += 1
+            self._record(camera, "failed", "torch is not installed (pip install 'streamd[train]')")
+            return
         started = time.time()
         out = folder / f"{camera}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started))}.onnx"
         report = folder / "adapt-report.json"
+        report.unlink(missing_ok=True)  # the outcome is read from this run's report, not the exit status
         cmd = [sys.executable, "-m", "streamd", "adapt", str(folder), "-o", str(out),
                "--budget-minutes", str(self.settings.budget_minutes), "--json", str(report)]
         if self.init:
@@ -158,7 +165,8 @@ class AdaptationScheduler:
                 self.running, self._child = None, None
         if self._stop.is_set():
             return
-        if code == 0 and out.exists():
+        kept = json.loads(report.read_text()).get("kept") if report.exists() else None
+        if kept and out.exists():
             previous = [p for p in folder.glob("*.onnx") if p != out]
             self.results["kept"] += 1
             self._record(camera, "kept", str(out), started, report)
@@ -166,7 +174,7 @@ class AdaptationScheduler:
             for old in previous:  # the camera no longer uses them
                 for sibling in (old, old.with_suffix(".pt"), old.with_suffix(".md")):
                     sibling.unlink(missing_ok=True)
-        elif code == 1:
+        elif kept is False:
             self.results["rejected"] += 1
             self._record(camera, "rejected", "not better than the current model on held-back frames", started, report)
             log.info("adaptation of %s: the adapted model is not better; keeping the current one", camera)
