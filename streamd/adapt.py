@@ -73,7 +73,7 @@ def score(colorizer: Colorizer | None, frames: list[np.ndarray]) -> Scores:
 
 def adapt(sources: list[Path], out: Path, budget_minutes: float = 8.0, holdout: float = 0.4,
           init: Path | None = None, crop: int = 160, batch: int = 16, lr: float = 5e-4, seed: int = 0,
-          device: str = "auto") -> AdaptReport:
+          device: str = "auto", max_steps: int | None = None) -> AdaptReport:
     from streamd.model.export import export
     from streamd.model.train import TrainConfig, load_weights, train
 
@@ -87,7 +87,7 @@ def adapt(sources: list[Path], out: Path, budget_minutes: float = 8.0, holdout: 
     smallest = min(min(f.shape[:2]) for f in fit)
     crop = min(crop, smallest // 16 * 16)
     with tempfile.TemporaryDirectory() as work:
-        cfg = TrainConfig(data=[], out=work, steps=10 ** 9, batch=batch, crop=crop, lr=lr, warmup=20, seed=seed,
+        cfg = TrainConfig(data=[], out=work, steps=max_steps or 10 ** 9, batch=batch, crop=crop, lr=lr, warmup=20, seed=seed,
                           device=device, init=str(init), checkpoint_every=10 ** 9, max_seconds=budget_minutes * 60,
                           augment=True, widths=tuple(base["widths"]))
         weights_path = train(cfg, images=fit)
@@ -110,7 +110,7 @@ def adapt(sources: list[Path], out: Path, budget_minutes: float = 8.0, holdout: 
 
 def main(args) -> int:
     report = adapt(args.sources, args.output, args.budget_minutes, args.holdout, args.init, seed=args.seed,
-                   device=args.device)
+                   device=args.device, max_steps=args.max_steps)
     print(f"adapted on {report.train_frames} frames for {report.steps} steps ({report.seconds / 60:.1f} min); "
           f"scored on the {report.held_out_frames} frames held back:")
     print(f"{'':10} {'AuC rebal':>10} {'PSNR':>8}")

@@ -27,9 +27,10 @@ def test_adapt_beats_the_generic_model_on_its_own_scene(tmp_path):
     for i in range(30):
         cv2.imwrite(str(store / f"{i:04d}.png"), camera.render(i))
     out, report = tmp_path / "cam.onnx", tmp_path / "report.json"
-    code = main(["adapt", str(store), "-o", str(out), "--budget-minutes", "0.3", "--json", str(report)])
+    code = main(["adapt", str(store), "-o", str(out), "--budget-minutes", "5", "--max-steps", "30",
+                 "--json", str(report)])  # steps, not time, so the outcome does not depend on the machine
     r = json.loads(report.read_text())
-    assert r["train_frames"] == 18 and r["held_out_frames"] == 12 and r["steps"] > 0
+    assert r["train_frames"] == 18 and r["held_out_frames"] == 12 and r["steps"] == 30
     assert r["kept"] == (code == 0) == out.exists()
     assert r["kept"] == (r["adapted"]["auc_rebalanced"] > r["generic"]["auc_rebalanced"]
                          and r["adapted"]["psnr"] > r["generic"]["psnr"])
