@@ -107,8 +107,11 @@ class Pipeline:
                                           curve_secret_key=keys[1], curve_public_key=keys[0])
         self.cameras: dict[str, CameraRuntime] = {}
         self.state_dir = Path(config.adapt.state_dir) if config.adapt.state_dir else default_state_dir()
+        # Adaptation fine-tunes the generic model's training weights (beside it as .pt; the shipped ones
+        # when the configured model has none).
+        weights = Path(m.path).with_suffix(".pt") if m.path else None
         self.adaptation = AdaptationScheduler(self.state_dir, config.adapt, self.adaptable, self.use_adapted,
-                                              init=Path(m.path).with_suffix(".pt") if m.path else None)
+                                              init=weights if weights and weights.exists() else None)
         self._stop = threading.Event()
         self._infer_thread = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
 
@@ -140,7 +143,9 @@ class Pipeline:
         if runtime is None:
             return
         old = runtime.colorizer
-        runtime.colorizer = self.model_for(runtime.config)  # loaded on the caller's thread, then swapped
+        if str(path) not in self._models:  # loaded on the caller's thread, then swapped in
+            self._models[str(path)] = self._load_model(str(path))
+        runtime.colorizer = self._models[str(path)]
         if runtime.still:
             runtime.still.forget()  # the next frame shows the new model at once
         log.info("camera %s now uses its adapted model %s", camera, runtime.colorizer.info.model_id)
