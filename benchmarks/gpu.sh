@@ -1,15 +1,59 @@
 #!/usr/bin/env bash
-# The GPU benchmark, to run on a machine with an NVIDIA GPU: streamd's network and Zhang et al.'s ECCV16
-# through PyTorch CUDA (fp16 autocast), one batch per 8, 32 and 64 synthetic 1080p cameras, at the
-# production input (320x192). Frames/s and latency per batch go to the terminal and to $OUT/gpu.json.
+# The GPU benchmark (BENCHMARKS.md, "GPU"), made to run the first time on the lent GPU machine: Python 3.12,
+# PyTorch CUDA, no PyAV, no pyzmq, no onnxruntime-gpu, no network (/work/shared/docs/GPU.md).
 #
-# Needs a CUDA build of torch (pip install -e '.[train]') and the training weights models/streamd-base.pt;
-# without either, `streamd bench --device cuda` says which is missing and exits 2.
+# A session runs it with the device tool in one call (its steps are limited to 480 s together; expect about
+# 2 minutes of work once the machine has started):
+#   run  command: bash benchmarks/gpu.sh    carry: ["benchmarks/wheels"]    timeout_s: 500
+# benchmarks/wheels/ (git-ignored, never committed) must first be filled here, on a machine with network:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 -d benchmarks/wheels av==18.1.0 pyzmq==27.3.0 tqdm==4.70.1
+# av 18.1.0 is the PyAV the test suite passes with (its cp311-abi3 wheel serves 3.11 and 3.12); tqdm is
+# imported by streamd.model.train, which loads the weights. The working tree plus the carried wheels must
+# stay under 64 MiB: about 11 MB of tree (two 5.3 MB model files) + 36.7 MB of wheels (av alone 35.8 MB).
 #
-#   OUT=/some/folder benchmarks/gpu.sh        # OUT defaults to out/ (git ignores it)
-set -euo pipefail
+# Steps, each under its own time limit, so that one failing still leaves the others' results:
+#   1. nvidia-smi                                   -> $OUT/nvidia-smi.txt
+#   2. the wheels, where av, zmq or tqdm are missing, into a temporary folder (not $OUT: everything under
+#      $OUT is copied back) put on PYTHONPATH
+#   3. versions, CUDA, and whether PyAV's NVENC/NVDEC work   -> $OUT/probe.json
+#   4. streamd bench --device cuda: the network alone (ours and ECCV16, batches of 8, 32, 64 1080p cameras)
+#      and the real Pipeline with 8, 32 and 64 1080p cameras at 25 fps -> $OUT/gpu.json and $OUT/gpu.txt
+#
+#   OUT=out DEVICE=torch-cpu bash benchmarks/gpu.sh   # the same steps on a CPU, small (about 30 s)
+set -uo pipefail  # no -e: a failed step is reported and the next one still runs
 cd "$(dirname "$0")/.."
 OUT="${OUT:-out}"
+DEVICE="${DEVICE:-cuda}"
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-timeout 300 python3 -m streamd bench --device cuda --json "$OUT/gpu.json"
+status=0
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, say how it ended, remember a failure
+    local name=$1 limit=$2 rc
+    shift 2
+    echo "== $name (limit ${limit} s)"
+    timeout "$limit" "$@"
+    rc=$?
+    [ "$rc" -eq 0 ] || { echo "== $name FAILED: exit $rc (124: over the time limit)"; status=1; }
+    return 0
+}
+
+install_wheels() {  # into $1; a wheel is a zip archive, so unpacking one is the fallback where pip is missing
+    python3 -m pip install --quiet --no-index --no-deps --target "$1" benchmarks/wheels/*.whl && return 0
+    echo "pip failed or is missing: unpacking the wheels instead"
+    for wheel in benchmarks/wheels/*.whl; do python3 -m zipfile -e "$wheel" "$1" || return 1; done
+}
+
+[ "$DEVICE" = cuda ] && step nvidia-smi 30 bash -o pipefail -c "nvidia-smi | tee '$OUT/nvidia-smi.txt'"
+
+if ! python3 -c "import av, zmq, tqdm" 2>/dev/null; then
+    SITE=$(mktemp -d)
+    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+    export -f install_wheels
+    step wheels 90 bash -c "install_wheels '$SITE'"
+fi
+
+step probe 60 python3 benchmarks/gpu_probe.py "$OUT/probe.json"
+step bench 300 bash -o pipefail -c "python3 -m streamd bench --device '$DEVICE' --json '$OUT/gpu.json' 2>&1 \
+                                    | tee '$OUT/gpu.txt'"
+exit $status

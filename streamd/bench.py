@@ -8,8 +8,12 @@ Everything is measured in one run, on the same machine and the same inputs, so t
 * streamd, paced: the real Pipeline fed by files played at 25 fps, as cameras send them: delivered fps,
   dropped frames, capture-to-publish latency, CPU cores and peak memory;
 * the network alone: the shipped model against Zhang et al.'s ECCV16 architecture in identical ONNX
-  Runtime sessions (`--device cuda`: both through PyTorch CUDA in fp16, at the batch sizes of 8 to 64
-  1080p cameras).
+  Runtime sessions.
+
+`--device cuda` measures through PyTorch instead (streamd.infer_torch; fp16 on the GPU): the network alone,
+ours against ECCV16, one batch for each of 8, 32 and 64 1080p cameras, then the real Pipeline with that many
+cameras at 25 fps and no outputs. `--device torch-cpu` is the same run on the CPU with 1 and 2 cameras at
+360p: small enough for the test suite, which is how the GPU path is tested without a GPU.
 
 Every number is the median over `--repeats` runs. The inputs are gray H.264 clips made here from the
 synthetic camera (real photos, panned and zoomed), so no file has to be shipped or downloaded.
@@ -30,10 +34,12 @@ import shlex
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
@@ -42,12 +48,17 @@ import onnxruntime as ort
 from streamd import config as cfgmod
 from streamd.colour import luma_to_lightness
 from streamd.frame import Frame
-from streamd.infer import Colorizer, shipped_model
+from streamd.infer import Colorizer
 from streamd.batch import StillScene
 from streamd.config import CameraConfig
 from streamd.pipeline import Pipeline, finish, lightness_of, predict
 from streamd.sink import H264Writer
 from streamd.source import SourceSettings, SyntheticCamera, decode_av
+
+if TYPE_CHECKING:
+    from streamd.infer_torch import TorchColorizer
+
+log = logging.getLogger(__name__)
 
 CLIP_FPS = 25.0
 # stage_frames: frames per unpaced streamd measurement, all cameras together (at least 3 per camera).
@@ -59,8 +70,17 @@ SHORT = {"sizes": [(640, 360), (1280, 720)], "cameras": [1, 2], "clip_s": 2.0, "
          "network_sizes": [(192, 320)], "still_sizes": [(1280, 720)], "still_cameras": [1]}
 NETWORK_BATCHES = (1, 8)
 PER_CAMERA_MODEL_CAMERAS = (4, 8)
-GPU_CAMERAS = (8, 32, 64)  # 1080p cameras, one batch each, for --device cuda
-GPU_ITERATIONS = 20
+# The PyTorch runs: the network alone, one batch per camera count (`iterations` timed calls each), then the
+# paced Pipeline with that many cameras, every camera the same clip (`clip_s` long) played once. The GPU run
+# is sized for a 15-minute machine loan (about a minute of measuring); torch-cpu for the test suite.
+TORCH_PLANS = {
+    "cuda": {"device": "cuda", "camera_size": (1920, 1080), "cameras": (8, 32, 64), "iterations": 20, "clip_s": 6.0},
+    "torch-cpu": {"device": "cpu", "camera_size": (640, 360), "cameras": (1, 2), "iterations": 2, "clip_s": 2.0},
+}
+NETWORK_INPUT = (192, 320)  # the production input size, (height, width)
+KEEPS_UP = 0.95  # of the camera's frame rate delivered: the pipeline keeps up, nothing limits it
+SATURATED = 0.8  # of the inference thread's time, or of the usable cores: that stage is the limit
+EXIT_FAILED = 1  # a section failed; the others' results are reported
 EXIT_UNAVAILABLE = 2
 
 
@@ -174,6 +194,49 @@ def run_stages(clip: Path, cameras: int, frames_per_camera: int, out_dir: Path,
             **{f"{stage}_ms_per_frame": s * 1000.0 / frames for stage, s in laps.seconds.items()}}
 
 
+class StageClock:
+    """Seconds spent in one stage and how many calls and frames it took, summed over the threads that run
+    it (each camera's output thread finishes its own frames)."""
+
+    def __init__(self) -> None:
+        self.seconds, self.calls, self.frames = 0.0, 0, 0
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float, frames: int) -> None:
+        with self._lock:
+            self.seconds += seconds
+            self.calls += 1
+            self.frames += frames
+
+    def ms_per(self, count: int) -> float:
+        return self.seconds * 1000.0 / count if count else 0.0
+
+
+class TimedColorizer:
+    """A colorizer that charges each network call (host/device copies included) to a clock; the Pipeline
+    sees the interface it expects."""
+
+    def __init__(self, colorizer: Colorizer | TorchColorizer, clock: StageClock) -> None:
+        self.colorizer, self.clock = colorizer, clock
+        self.info, self.provider, self.path = colorizer.info, colorizer.provider, colorizer.path
+
+    def __call__(self, lightness: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        ab = self.colorizer(lightness)
+        self.clock.add(time.perf_counter() - start, len(lightness))
+        return ab
+
+
+def timed_prepare(prepare: Callable[[Frame], Frame], clock: StageClock) -> Callable[[Frame], Frame]:
+    """An output worker's colour step (finish: recombination and temporal stabilisation), timed."""
+    def run(frame: Frame) -> Frame:
+        start = time.perf_counter()
+        frame = prepare(frame)
+        clock.add(time.perf_counter() - start, 1)
+        return frame
+    return run
+
+
 def _settle(pipeline: Pipeline, quiet_s: float = 0.3, limit_s: float = 10.0) -> None:
     """Wait until the frames in flight are out: nothing waiting to be batched, no output for quiet_s."""
     end = time.monotonic() + limit_s
@@ -187,15 +250,29 @@ def _settle(pipeline: Pipeline, quiet_s: float = 0.3, limit_s: float = 10.0) -> 
         time.sleep(0.05)
 
 
-def run_paced(clip: Path, cameras: int, colorizer: Colorizer, out_dir: Path) -> dict:
-    """The real Pipeline, each camera the clip played at its own 25 fps and written to an MP4: what a
-    deployment would see, frame drops and latency included."""
-    cfg = cfgmod.parse({"camera": [{"name": f"cam{i}", "url": str(clip), "file_out": str(out_dir / f"paced-{i}.mp4")}
-                                   for i in range(cameras)], "zmq": {"endpoint": ""},
-                        "adapt": {"state_dir": str(out_dir / "state")}})  # no adapted model of the user's
-    pipeline = Pipeline(cfg, colorizer)
+def paced_config(clip: Path, cameras: int, out_dir: Path, encode: bool, batch_max: int | None) -> cfgmod.Config:
+    """Every camera the clip; written to an MP4 each when `encode`, else no output at all (the frames are
+    still finished and counted as published: OutputWorker does that before its targets); no ZeroMQ."""
+    raw = {"camera": [{"name": f"cam{i}", "url": str(clip), **({"file_out": str(out_dir / f"paced-{i}.mp4")}
+                                                               if encode else {})} for i in range(cameras)],
+           "zmq": {"endpoint": ""}, "adapt": {"state_dir": str(out_dir / "state")}}  # no adapted model of the user's
+    if batch_max:
+        raw["batch"] = {"max_size": batch_max}
+    return cfgmod.parse(raw)
+
+
+def run_paced(clip: Path, cameras: int, colorizer: Colorizer | TorchColorizer, out_dir: Path, encode: bool = True,
+              batch_max: int | None = None) -> dict:
+    """The real Pipeline, each camera the clip played at its own 25 fps: what a deployment would see, frame
+    drops and latency included, with the time the inference thread and the colour step took."""
+    inference, colour = StageClock(), StageClock()
+    pipeline = Pipeline(paced_config(clip, cameras, out_dir, encode, batch_max), TimedColorizer(colorizer, inference))
     cpu_start, start = time.process_time(), time.perf_counter()
     pipeline.start()
+    # Wrapped once the cameras exist: a camera's first frames may pass untimed, so the colour step is
+    # averaged over the frames it timed, not over all published ones.
+    for runtime in pipeline.cameras.values():
+        runtime.outputs.prepare = timed_prepare(runtime.outputs.prepare, colour)
     try:
         while not pipeline.finished():
             time.sleep(0.05)
@@ -213,7 +290,11 @@ def run_paced(clip: Path, cameras: int, colorizer: Colorizer, out_dir: Path) -> 
             "reused": sum(r.still.reused for r in runtimes if r.still),
             "latency_p50_ms": float(np.percentile(latencies, 50)),
             "latency_p99_ms": float(np.percentile(latencies, 99)),
-            "cpu_cores": cpu / wall, "peak_rss_mib": peak_rss_mib()}
+            "cpu_cores": cpu / wall, "peak_rss_mib": peak_rss_mib(),
+            "inference_ms_per_batch": inference.ms_per(inference.calls),
+            "frames_per_batch": inference.frames / inference.calls if inference.calls else 0.0,
+            "inference_busy": inference.seconds / wall,
+            "finish_ms_per_frame": colour.ms_per(colour.frames), "finish_cores": colour.seconds / wall}
 
 
 def peak_rss_mib() -> float:
@@ -337,56 +418,125 @@ def video_sections(colorizer: Colorizer, plan: dict, repeats: int, work: Path, s
     return passthrough, {"throughput": throughput, "paced": paced}
 
 
-# -- the GPU network benchmark -------------------------------------------------------------------------
-def cuda_network_section() -> dict:
-    """Ours (the training weights) and ECCV16 through PyTorch CUDA under fp16 autocast, one batch per
-    GPU_CAMERAS 1080p cameras at the production input size: per batch, the CPU preprocessing and the
-    network with its host/device copies, timed apart."""
+# -- the PyTorch benchmark (--device cuda, torch-cpu) ------------------------------------------------------
+def torch_colorizer(device: str) -> TorchColorizer:
+    """The shipped model's training weights through PyTorch on `device`, or BenchUnavailable saying why not."""
     try:
-        import torch
+        from streamd.infer_torch import load_torch_colorizer
     except ImportError as e:
-        raise BenchUnavailable("--device cuda needs torch (pip install '.[train]')") from e
-    if not torch.cuda.is_available():
-        raise BenchUnavailable("--device cuda: CUDA is not available here (torch.cuda.is_available() is False)")
-    weights_path = shipped_model().with_suffix(".pt")
-    if not weights_path.exists():
-        raise BenchUnavailable(f"--device cuda: no training weights at {weights_path} (streamd train writes them)")
-    from streamd.model.network import ECCV16, AnnealedMean
-    from streamd.model.train import build_net, load_weights
+        raise BenchUnavailable(f"--device {device}: {e.name} is not importable (pip install '.[train]')") from e
+    try:
+        return load_torch_colorizer(device=device)
+    except (RuntimeError, FileNotFoundError) as e:
+        raise BenchUnavailable(f"--device {device}: {e}") from e
 
-    weights = load_weights(weights_path)
-    bins = torch.from_numpy(np.asarray(weights["bins"]))
-    temperature = 0.38  # `streamd export`'s default; speed does not depend on it
-    models = {"ours": AnnealedMean(build_net(weights), bins, temperature).eval().cuda(),
-              "eccv16": AnnealedMean(ECCV16(len(bins)), bins, temperature).eval().cuda()}
-    input_size = (192, 320)
+
+def torch_network_section(colorizer: TorchColorizer, plan: dict) -> dict:
+    """Ours and ECCV16 through the same TorchColorizer code (same device and precision), one batch per
+    camera count at the production input: per batch, the CPU preprocessing (camera-size luma to L) and
+    the network with its host/device copies, timed apart."""
+    import torch
+
+    from streamd.infer_torch import TorchColorizer
+    from streamd.lab import ab_bins
+    from streamd.model.network import ECCV16, AnnealedMean
+
+    eccv16 = TorchColorizer(AnnealedMean(ECCV16(len(ab_bins())), torch.from_numpy(ab_bins()),
+                                         colorizer.info.temperature), colorizer.info, None, plan["device"])
+    size = plan["camera_size"]
 
     def preprocess(cameras: int) -> np.ndarray:
-        frames = [_fresh_gray_frame((1920, 1080)) for _ in range(cameras)]
-        return np.stack([luma_to_lightness(f, input_size) for f in frames])[:, None]
-
-    def network(model, lightness: np.ndarray) -> np.ndarray:
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
-            return model(torch.from_numpy(lightness).cuda()).float().cpu().numpy()
+        frames = [_fresh_gray_frame(size) for _ in range(cameras)]
+        return np.stack([luma_to_lightness(f, NETWORK_INPUT) for f in frames])[:, None]
 
     rows = []
-    for cameras in GPU_CAMERAS:
+    for cameras in plan["cameras"]:
         lightness = preprocess(cameras)
         preprocess_ms = statistics.median(_seconds(lambda: preprocess(cameras)) for _ in range(5)) * 1000.0
-        row = {"cameras": cameras, "camera_size": "1920x1080", "input": "320x192", "batch": cameras,
+        row = {"cameras": cameras, "camera_size": f"{size[0]}x{size[1]}", "batch": cameras,
                "preprocess_ms_per_batch": preprocess_ms}
-        for name, model in models.items():
-            for _ in range(3):
-                network(model, lightness)
-            batch_ms = statistics.median(_seconds(lambda: network(model, lightness))
-                                         for _ in range(GPU_ITERATIONS)) * 1000.0
+        for name, network in (("ours", colorizer), ("eccv16", eccv16)):
+            for _ in range(3):  # untimed: memory allocation and kernel selection for this batch size
+                network(lightness)
+            batch_ms = statistics.median(_seconds(lambda: network(lightness))
+                                         for _ in range(plan["iterations"])) * 1000.0
             row[name] = {"ms_per_batch": batch_ms, "fps": cameras / batch_ms * 1000.0}
         row["ratio_fps_ours_over_eccv16"] = row["ours"]["fps"] / row["eccv16"]["fps"]
         rows.append(row)
-        print(f"cuda x{cameras}: ours {row['ours']['ms_per_batch']:.2f} ms/batch, "
+        print(f"network x{cameras}: ours {row['ours']['ms_per_batch']:.2f} ms/batch, "
               f"ECCV16 {row['eccv16']['ms_per_batch']:.2f} ms/batch, preprocess {preprocess_ms:.1f} ms", flush=True)
-    return {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "precision": "fp16 autocast",
-            "weights": str(weights_path), "rows": rows}
+    return {"device": colorizer.device_name, "torch": torch.__version__, "precision": colorizer.precision,
+            "input": f"{NETWORK_INPUT[1]}x{NETWORK_INPUT[0]}", "weights": str(colorizer.path), "rows": rows}
+
+
+def decode_cpu_ms_per_frame(clip: Path) -> float:
+    """CPU time (all the decoder's threads) per frame to decode the clip into Frames as a camera does: the
+    paced pipeline decodes inside each camera's thread, where it cannot be timed apart."""
+    cpu_start = time.process_time()
+    count = sum(1 for _ in clip_frames(clip, "decode"))
+    return (time.process_time() - cpu_start) * 1000.0 / count
+
+
+def warm_up(colorizer: TorchColorizer, cameras: int) -> None:
+    """One call per batch size the batcher can make (1 to the camera count): the first call of a shape pays
+    for memory allocation and kernel selection, which a deployment pays once, not during measurement."""
+    for batch in range(1, cameras + 1):
+        colorizer(lightness_batch(NETWORK_INPUT, batch))
+
+
+def limiting_stage(row: dict, usable_cores: int) -> str:
+    """What holds the pipeline back: nothing while the cameras get (nearly) every frame through; else the
+    inference thread when it is busy most of the time; else the CPU (decode and colour) when the process
+    uses most of the cores; else neither is saturated, and the threads themselves (GIL, scheduling) are."""
+    if row["delivered_fps_per_camera"] >= KEEPS_UP * CLIP_FPS:
+        return "none (keeps up)"
+    if row["inference_busy"] >= SATURATED and row["inference_busy"] >= row["cpu_cores"] / usable_cores:
+        return "inference"
+    if row["cpu_cores"] >= SATURATED * usable_cores:
+        return "CPU (decode + colour)"
+    return "neither saturated (threads)"
+
+
+def torch_pipeline_section(colorizer: TorchColorizer, plan: dict, work: Path) -> dict:
+    """The real Pipeline on the PyTorch backend with each camera count of the plan, cameras at 25 fps,
+    one batch holding up to a frame of every camera, no outputs: delivered fps, latency, and each stage's
+    share of the time, to say which one limits."""
+    size = plan["camera_size"]
+    resolution = f"{size[0]}x{size[1]}"
+    clip = work / f"gray-{resolution}.mp4"
+    make_clip(clip, size, plan["clip_s"])
+    decode_ms = decode_cpu_ms_per_frame(clip)
+    warm_up(colorizer, max(plan["cameras"]))
+    usable = len(os.sched_getaffinity(0))
+    rows = []
+    for cameras in plan["cameras"]:
+        run = run_paced(clip, cameras, colorizer, work, encode=False, batch_max=cameras)
+        row = {"resolution": resolution, "cameras": cameras, "camera_fps": CLIP_FPS, "batch_max": cameras,
+               "total_fps": run["delivered_fps_per_camera"] * cameras, **run,
+               "decode_cores": decode_ms * cameras * CLIP_FPS / 1000.0}
+        row["limit"] = limiting_stage(row, usable)
+        rows.append(row)
+        print(f"pipeline {resolution} x{cameras}: {row['total_fps']:.1f} fps ({row['delivered_fps_per_camera']:.1f}"
+              f"/camera), p99 {row['latency_p99_ms']:.0f} ms, limit: {row['limit']}", flush=True)
+    return {"outputs": "none: frames are finished (colour recombination) and counted as published, not encoded",
+            "decode_cpu_ms_per_frame": decode_ms, "usable_cores": usable, "rows": rows}
+
+
+def measure_torch(plan: dict, result: dict, work: Path) -> dict:
+    colorizer = torch_colorizer(plan["device"])
+    result["machine"] = machine_info(colorizer.provider)
+    result["settings"] = {"device": plan["device"], "camera_size": "x".join(map(str, plan["camera_size"])),
+                          "cameras": list(plan["cameras"]), "camera_fps": CLIP_FPS, "clip_seconds": plan["clip_s"],
+                          "model": colorizer.info.model_id, "precision": colorizer.precision,
+                          "network_input": f"{colorizer.info.input_width}x{colorizer.info.input_height}"}
+    result["torch_network"] = torch_network_section(colorizer, plan)
+    try:
+        result["torch_pipeline"] = torch_pipeline_section(colorizer, plan, work)
+    except Exception as e:  # a GPU loan allows one run: keep the network's numbers, report the failure
+        log.exception("the pipeline section failed")
+        result["torch_pipeline"] = {"error": f"{type(e).__name__}: {e}"}
+    result["peak_rss_mib"] = peak_rss_mib()
+    return result
 
 
 def _seconds(call: Callable[[], object]) -> float:
@@ -461,14 +611,30 @@ def report(result: dict) -> str:
         parts.append(f"per-camera models (network at {per['input']}; ms per round of one frame per camera):\n" + table(
             ["cameras", "one shared model", "a model per camera", "cost (x)"],
             [[r["cameras"], r["shared_ms"], r["own_ms"], r["cost"]] for r in per["rows"]]))
-    if "network_cuda" in result:
-        cuda = result["network_cuda"]
-        parts.append(f"network alone on {cuda['gpu']} ({cuda['precision']}), 1080p cameras, one batch each:\n" + table(
-            ["cameras", "preprocess ms", "ours ms/batch", "ours fps", "ECCV16 ms/batch", "ECCV16 fps",
-             "ours / ECCV16 (fps)"],
-            [[r["cameras"], r["preprocess_ms_per_batch"], r["ours"]["ms_per_batch"], r["ours"]["fps"],
-              r["eccv16"]["ms_per_batch"], r["eccv16"]["fps"], r["ratio_fps_ours_over_eccv16"]]
-             for r in cuda["rows"]]))
+    size = result.get("settings", {}).get("camera_size")
+    if "torch_network" in result:
+        net = result["torch_network"]
+        parts.append(f"network alone on {net['device']} ({net['precision']}), input {net['input']}, "
+                     f"{size} cameras, one batch each:\n" + table(
+                         ["cameras", "preprocess ms", "ours ms/batch", "ours fps", "ECCV16 ms/batch", "ECCV16 fps",
+                          "ours / ECCV16 (fps)"],
+                         [[r["cameras"], r["preprocess_ms_per_batch"], r["ours"]["ms_per_batch"], r["ours"]["fps"],
+                           r["eccv16"]["ms_per_batch"], r["eccv16"]["fps"], r["ratio_fps_ours_over_eccv16"]]
+                          for r in net["rows"]]))
+    if "error" in result.get("torch_pipeline", {}):
+        parts.append(f"the real pipeline: FAILED, {result['torch_pipeline']['error']}")
+    elif "torch_pipeline" in result:
+        pipe = result["torch_pipeline"]
+        parts.append(f"the real pipeline, {size} cameras at 25 fps, no outputs; decode "
+                     f"{pipe['decode_cpu_ms_per_frame']:.2f} CPU ms/frame measured apart, "
+                     f"{pipe['usable_cores']} usable cores:\n" + table(
+                         ["cameras", "total fps", "fps/camera", "dropped", "p50 ms", "p99 ms", "CPU cores",
+                          "infer ms/batch", "frames/batch", "infer busy", "finish ms/frame", "finish cores",
+                          "decode cores", "limit"],
+                         [[r["cameras"], r["total_fps"], r["delivered_fps_per_camera"], r["dropped"],
+                           r["latency_p50_ms"], r["latency_p99_ms"], r["cpu_cores"], r["inference_ms_per_batch"],
+                           r["frames_per_batch"], r["inference_busy"], r["finish_ms_per_frame"], r["finish_cores"],
+                           r["decode_cores"], r["limit"]] for r in pipe["rows"]]))
     return "\n\n".join(parts)
 
 
@@ -483,10 +649,8 @@ def command_line(args: argparse.Namespace) -> str:
 
 def measure(args: argparse.Namespace, work: Path) -> dict:
     result = {"command": command_line(args), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
-    if args.device == "cuda":
-        result["machine"] = machine_info(None)
-        result["network_cuda"] = cuda_network_section()
-        return result
+    if args.device in TORCH_PLANS:
+        return measure_torch(TORCH_PLANS[args.device], result, work)
     plan = SHORT if args.short else FULL
     repeats = args.repeats or plan["repeats"]
     colorizer = Colorizer(int8="auto")  # what the daemon runs by default
@@ -526,8 +690,8 @@ def main(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     m = result["machine"]
-    engine = f"onnxruntime {m['onnxruntime']} on {m['provider']}" if m["provider"] else \
-        f"PyTorch {result['network_cuda']['torch']} on {result['network_cuda']['gpu']}"
+    engine = f"PyTorch {result['torch_network']['torch']} on {result['torch_network']['device']}" \
+        if "torch_network" in result else f"onnxruntime {m['onnxruntime']} on {m['provider']}"
     print(f"\nstreamd bench, {result['date']}: {m['cpu']}, {m['cores']} cores, {engine}\n")
     print(report(result))
-    return 0
+    return EXIT_FAILED if "error" in result.get("torch_pipeline", {}) else 0

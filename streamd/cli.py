@@ -348,8 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure pass-through, pipeline and network speed on this machine")
     b.add_argument("--json", type=Path, help="write every measurement here")
     b.add_argument("--short", action="store_true", help="quick: 360p and 720p, 1 and 2 cameras, 2 s clips")
-    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                   help="cuda: only the network, through PyTorch CUDA (needs models/streamd-base.pt)")
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda", "torch-cpu"],
+                   help="cuda: through PyTorch CUDA, the network alone and the pipeline with 8, 32 and 64 1080p "
+                        "cameras (needs models/streamd-base.pt); torch-cpu: the same on the CPU, small")
     b.add_argument("--repeats", type=int, default=0, help="runs per measurement, medians reported (0: 3, --short 2)")
     b.set_defaults(func=cmd_bench)
     return p

@@ -55,6 +55,19 @@ class ModelInfo:
     temperature: float
 
 
+def session_info(session: ort.InferenceSession, path: Path, temperature: float | None = None) -> ModelInfo:
+    """What `streamd export` wrote into the model's metadata; `temperature` overrides the model's own."""
+    meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
+    return ModelInfo(meta.get("model_id", path.stem), int(meta.get("input_height", 192)),
+                     int(meta.get("input_width", 320)),
+                     temperature if temperature is not None else float(meta.get("temperature", 0.38)))
+
+
+def read_info(path: Path, temperature: float | None = None) -> ModelInfo:
+    """A model's metadata, for runtimes other than ONNX Runtime (read through a plain CPU session)."""
+    return session_info(ort.InferenceSession(str(path), providers=[PROVIDERS["cpu"]]), path, temperature)
+
+
 class Colorizer:
     """Runs the network on batches of L (N, 1, H, W) float32 and returns ab (N, 2, H/4, W/4)."""
 
@@ -98,10 +111,7 @@ class Colorizer:
             providers.append((PROVIDERS["cpu"], {}))
         self.session = ort.InferenceSession(str(path), options, providers=providers,
                                             disabled_optimizers=disabled_optimizers)
-        meta = {k: json.loads(v) for k, v in self.session.get_modelmeta().custom_metadata_map.items()}
-        self.info = ModelInfo(meta.get("model_id", path.stem), int(meta.get("input_height", 192)),
-                              int(meta.get("input_width", 320)),
-                              temperature if temperature is not None else float(meta.get("temperature", 0.38)))
+        self.info = session_info(self.session, path, temperature)
         log.info("model %s on %s (%s), input %dx%d, T=%.2f", self.info.model_id, self.provider, why,
                  self.info.input_width, self.info.input_height, self.info.temperature)
 

@@ -7,6 +7,7 @@ import json
 import math
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 
 from streamd.cli import main
@@ -30,14 +31,18 @@ def positive(value) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
-def test_short_bench_writes_every_section(tmp_path, capsys):
-    out = tmp_path / "b.json"
-    assert main(["bench", "--short", "--json", str(out)]) == 0
-
+def strict_json(path) -> dict:
+    """The report, refusing NaN and Infinity (Python writes them, JSON has neither)."""
     def no_nan(token: str):
         raise AssertionError(f"{token} in the report: not JSON")
 
-    result = json.loads(out.read_text(), parse_constant=no_nan)
+    return json.loads(path.read_text(), parse_constant=no_nan)
+
+
+def test_short_bench_writes_every_section(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["bench", "--short", "--json", str(out)]) == 0
+    result = strict_json(out)
     assert all(math.isfinite(v) and v >= 0 for v in numbers(result))
     assert result["command"] == f"streamd bench --device cpu --short --json {out}"
     assert result["date"] and result["machine"]["cpu"] and positive(result["machine"]["cores"])
@@ -93,3 +98,63 @@ def test_cuda_bench_without_cuda_says_so_and_exits_2(capsys):
             pytest.skip("this machine has CUDA: the GPU benchmark would run (benchmarks/gpu.sh)")
     assert main(["bench", "--device", "cuda"]) == 2
     assert "--device cuda" in capsys.readouterr().err
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch's CPU thread pool spins, and on a loaded 2-core machine that made the network 10x slower
+    (0.86 s instead of 0.08 s a frame): one thread keeps this test well under a minute."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="the PyTorch backend needs torch (the train extra)")
+def test_torch_cpu_bench_runs_network_and_pipeline(tmp_path, capsys, one_torch_thread):
+    """The GPU run's code path (benchmarks/gpu.sh), on the CPU with 1 and 2 small cameras."""
+    out = tmp_path / "t.json"
+    assert main(["bench", "--device", "torch-cpu", "--json", str(out)]) == 0
+    result = strict_json(out)
+    assert all(math.isfinite(v) and v >= 0 for v in numbers(result))
+    assert result["command"] == f"streamd bench --device torch-cpu --json {out}"
+    assert result["machine"]["provider"] == "torch-cpu" and result["settings"]["precision"] == "fp32"
+
+    network = result["torch_network"]
+    assert [r["cameras"] for r in network["rows"]] == [1, 2] and network["input"] == "320x192"
+    for r in network["rows"]:
+        assert positive(r["ours"]["fps"]) and positive(r["eccv16"]["fps"]) and positive(r["preprocess_ms_per_batch"])
+        assert r["ratio_fps_ours_over_eccv16"] == pytest.approx(r["ours"]["fps"] / r["eccv16"]["fps"])
+
+    pipeline = result["torch_pipeline"]
+    assert positive(pipeline["decode_cpu_ms_per_frame"]) and positive(pipeline["usable_cores"])
+    assert [(r["resolution"], r["cameras"]) for r in pipeline["rows"]] == [("640x360", 1), ("640x360", 2)]
+    for r in pipeline["rows"]:
+        assert all(positive(r[k]) for k in ("total_fps", "delivered_fps_per_camera", "published", "latency_p50_ms",
+                                            "cpu_cores", "inference_ms_per_batch", "inference_busy",
+                                            "finish_ms_per_frame", "finish_cores", "decode_cores"))
+        assert r["published"] <= r["sent"] and r["latency_p50_ms"] <= r["latency_p99_ms"]
+        assert r["total_fps"] == pytest.approx(r["delivered_fps_per_camera"] * r["cameras"])
+        assert 1 <= r["frames_per_batch"] <= r["batch_max"] == r["cameras"]
+        assert r["limit"] in {"none (keeps up)", "inference", "CPU (decode + colour)", "neither saturated (threads)"}
+
+    printed = capsys.readouterr().out
+    assert "PyTorch" in printed and "the real pipeline" in printed and "infer ms/batch" in printed
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="the PyTorch backend needs torch (the train extra)")
+def test_torch_backend_computes_what_the_onnx_model_computes(one_torch_thread):
+    """The GPU numbers are only streamd's if the PyTorch backend is the shipped model: same weights, same
+    decoding, same temperature (fp32 on the CPU, so any difference is the runtimes' rounding)."""
+    from streamd.bench import lightness_batch
+    from streamd.infer import Colorizer
+    from streamd.infer_torch import load_torch_colorizer
+
+    onnx, torch_backend = Colorizer(), load_torch_colorizer(device="cpu")
+    lightness = lightness_batch((192, 320), 2)
+    assert torch_backend.info == onnx.info and torch_backend.provider == "torch-cpu"
+    ab = torch_backend(lightness)
+    assert ab.shape == (2, 2, 48, 80) and ab.dtype == np.float32
+    assert np.abs(ab - onnx(lightness)).max() < 0.01  # ab units span about -110..110
