@@ -23,6 +23,10 @@ from streamd.model.data import VIDEO_SUFFIXES, load_images, load_video_frames
 
 log = logging.getLogger(__name__)
 
+# The network's last stage (docs/adaptation.md, "Cost of per-camera models"): adapting only this leaves the
+# rest identical to the generic model, so a GPU could run that shared trunk once for all cameras.
+HEAD = ("up_quarter", "classify")
+
 
 @dataclass
 class Scores:
@@ -73,7 +77,7 @@ def score(colorizer: Colorizer | None, frames: list[np.ndarray]) -> Scores:
 
 def adapt(sources: list[Path], out: Path, budget_minutes: float = 8.0, holdout: float = 0.4,
           init: Path | None = None, crop: int = 160, batch: int = 16, lr: float = 5e-4, seed: int = 0,
-          device: str = "auto", max_steps: int | None = None) -> AdaptReport:
+          device: str = "auto", max_steps: int | None = None, head_only: bool = False) -> AdaptReport:
     from streamd.model.export import export
     from streamd.model.train import TrainConfig, load_weights, train
 
@@ -89,7 +93,7 @@ def adapt(sources: list[Path], out: Path, budget_minutes: float = 8.0, holdout: 
     with tempfile.TemporaryDirectory() as work:
         cfg = TrainConfig(data=[], out=work, steps=max_steps or 10 ** 9, batch=batch, crop=crop, lr=lr, warmup=20, seed=seed,
                           device=device, init=str(init), checkpoint_every=10 ** 9, max_seconds=budget_minutes * 60,
-                          augment=True, widths=tuple(base["widths"]))
+                          augment=True, widths=tuple(base["widths"]), train_only=HEAD if head_only else ())
         weights_path = train(cfg, images=fit)
         weights = load_weights(weights_path)
         candidate = Path(work) / "adapted.onnx"
@@ -110,7 +114,7 @@ def adapt(sources: list[Path], out: Path, budget_minutes: float = 8.0, holdout: 
 
 def main(args) -> int:
     report = adapt(args.sources, args.output, args.budget_minutes, args.holdout, args.init, seed=args.seed,
-                   device=args.device, max_steps=args.max_steps)
+                   device=args.device, max_steps=args.max_steps, head_only=args.head_only)
     print(f"adapted on {report.train_frames} frames for {report.steps} steps ({report.seconds / 60:.1f} min); "
           f"scored on the {report.held_out_frames} frames held back:")
     print(f"{'':10} {'AuC rebal':>10} {'PSNR':>8}")

@@ -324,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("adapt", help="fine-tune the model on one camera's own colour frames")
     a.add_argument("sources", nargs="+", type=Path, help="folders of the camera's images (in time order) or videos")
     a.add_argument("-o", "--output", type=Path, required=True, help="the adapted ONNX model")
+    a.add_argument("--head-only", action="store_true",
+                   help="adapt only the network's last stage (up_quarter, classify); the rest stays generic")
     a.add_argument("--max-steps", type=int, help="stop after this many steps if the budget lasts that long "
                    "(the schedule is laid out over whichever ends first)")
     a.add_argument("--budget-minutes", type=float, default=8.0)

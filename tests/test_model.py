@@ -129,3 +129,19 @@ def test_training_is_reproducible(tmp_path):
               "--widths", "8", "16", "32", "64", "--seed", "7"])
         runs.append(torch.load(out / "weights.pt", weights_only=False)["model"])
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_training_only_the_head_leaves_the_rest_exactly_as_it_was(tmp_path):
+    """What per-camera heads on a shared trunk need: adapting the last stage changes nothing else, not even
+    BatchNorm statistics."""
+    from streamd.model.train import TrainConfig, load_weights, train
+
+    generic = train(TrainConfig(data=[], out=str(tmp_path / "generic"), steps=2, batch=2, crop=64,
+                                widths=(8, 16, 32, 64)), images=[data.coffee()])
+    adapted = train(TrainConfig(data=[], out=str(tmp_path / "adapted"), steps=3, batch=2, crop=64,
+                                widths=(8, 16, 32, 64), init=str(generic), train_only=("up_quarter", "classify")),
+                    images=[data.astronaut()])
+    before, after = load_weights(generic)["model"], load_weights(adapted)["model"]
+    head = [k for k in before if k.startswith(("up_quarter.", "classify."))]
+    assert head and all(torch.equal(before[k], after[k]) for k in before if k not in head)
+    assert any(not torch.equal(before[k], after[k]) for k in head if before[k].is_floating_point())

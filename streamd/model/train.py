@@ -47,6 +47,8 @@ class TrainConfig:
     video_every: int = 8
     max_seconds: float | None = None  # a time budget: training ends, and its schedule is laid out, by it
     augment: bool = False  # random gamma, contrast and noise on L (night frames differ from day ones)
+    train_only: tuple[str, ...] = ()  # names of the network's children to train; () = all. The rest stays as
+    # initialised, BatchNorm statistics included, so models adapted this way share it exactly
     extra: dict = field(default_factory=dict)
 
 
@@ -125,8 +127,12 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
 
     net = ColorNet(len(bins), cfg.widths) if init is None else build_net(init)
     net = net.to(device).to(memory_format=torch.channels_last)
+    frozen = [m for name, m in net.named_children() if cfg.train_only and name not in cfg.train_only]
+    for module in frozen:
+        module.requires_grad_(False)
     criterion = WeightedCrossEntropy(bins, priors, cfg.rebalance, cfg.gradient_prior, cfg.gradient_mix)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
     step, seconds, samples = 0, 0.0, 0
     if resume.exists():
         net.load_state_dict(ckpt["model"])
@@ -141,6 +147,8 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
     bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, dynamic_ncols=True, unit="step")
     ema_loss = None
     model.train()
+    for module in frozen:
+        module.eval()  # frozen BatchNorm keeps its running statistics too
     while progress(step, seconds, cfg) < 1.0:
         t0 = time.perf_counter()
         lightness, ab = (torch.from_numpy(x) for x in sampler.batch(cfg.batch))
