@@ -1,6 +1,6 @@
 """What reusing predictions on still scenes (streamd.batch.StillScene, `reuse_still_s`) costs in quality and
-saves in network runs: each video is colorized twice through the live pipeline's own steps (lightness_of,
-predict, StillScene, finish with Temporal), once with the network on every frame and once with reuse, and
+saves in network runs: each video is colorized twice through the live pipeline's own steps (predict_changed
+with StillScene, finish with Temporal), once with the network on every frame and once with reuse, and
 both are scored against the truth (docs/temporal.md, "Still scenes").
 
     python scripts/measure_reuse.py ../shared/data/val/videos --max-frames 300
@@ -24,7 +24,7 @@ from streamd.batch import StillScene
 from streamd.colour import Temporal
 from streamd.infer import Colorizer
 from streamd.offline import gray_frame
-from streamd.pipeline import finish, lightness_of, predict
+from streamd.pipeline import finish, predict_changed
 
 
 def colorize(colorizer: Colorizer, frames: list[np.ndarray], fps: float, reuse_s: float) -> tuple[list, int, float]:
@@ -36,12 +36,7 @@ def colorize(colorizer: Colorizer, frames: list[np.ndarray], fps: float, reuse_s
         frame, (h, w) = gray_frame(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         frame.arrival = i / fps
         start = time.perf_counter()
-        lightness_of(frame, size)
-        if still is None or not still.reuse(frame):
-            predict(colorizer, [frame], size)
-            runs += 1
-            if still:
-                still.remember(frame)
+        runs += predict_changed(colorizer, [frame], [still], size)
         finish(frame, temporal)
         times.append(time.perf_counter() - start)
         out.append(cv2.cvtColor(frame.to_bgr()[:h, :w], cv2.COLOR_BGR2RGB))

@@ -51,7 +51,7 @@ from streamd.frame import Frame
 from streamd.infer import Colorizer
 from streamd.batch import StillScene
 from streamd.config import CameraConfig
-from streamd.pipeline import Pipeline, finish, lightness_of, predict
+from streamd.pipeline import Pipeline, finish, predict_changed
 from streamd.sink import H264Writer
 from streamd.source import SourceSettings, SyntheticCamera, decode_av
 
@@ -154,14 +154,7 @@ def stage_batch(sources: list[Iterator[Frame]], writers: list[H264Writer], color
     batch = [next(source) for source in sources]
     laps.lap("decode")
     if colorizer is not None:
-        size = (colorizer.info.input_height, colorizer.info.input_width)
-        for frame in batch:
-            lightness_of(frame, size)
-        fresh = [(f, still) for f, still in zip(batch, stills) if not still.reuse(f)]
-        if fresh:
-            predict(colorizer, [f for f, _ in fresh], size)
-        for frame, still in fresh:
-            still.remember(frame)
+        predict_changed(colorizer, batch, stills, (colorizer.info.input_height, colorizer.info.input_width))
         laps.lap("predict")
         for frame in batch:
             finish(frame)

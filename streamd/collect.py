@@ -65,6 +65,10 @@ class FrameStore:
         self._last_offer = -float("inf")
         self.stored = self.skipped = 0
 
+    def __len__(self) -> int:
+        """How many frames the store holds (without listing the folder)."""
+        return len(self._files)
+
     def frames(self) -> list[Path]:
         """The stored frames, oldest first."""
         return sorted(self.folder.glob("*.jpg"))

@@ -70,7 +70,7 @@ class PipelineCollector:
         stored = GaugeMetricFamily("streamd_store_frames", "Day frames kept for adaptation", labels=["camera"])
         for name, r in list(p.cameras.items()):
             if r.store is not None:
-                stored.add_metric([name], len(r.store.frames()))
+                stored.add_metric([name], len(r.store))
         adaptations = CounterMetricFamily("streamd_adaptations", "Adaptation runs by outcome", labels=["outcome"])
         for outcome, n in p.adaptation.results.items():
             adaptations.add_metric([outcome], n)

@@ -59,12 +59,32 @@ def predict(colorizer: Colorizer, frames: list[Frame], input_size: tuple[int, in
         frame.model_id = colorizer.info.model_id
 
 
+def predict_changed(colorizer: Colorizer, frames: list[Frame], stills: list[StillScene | None],
+                    input_size: tuple[int, int]) -> int:
+    """`predict` for the frames whose camera's StillScene (stills[i]; None: always predict) cannot reuse its
+    last prediction; the others get that one. Returns how many frames ran the network."""
+    fresh = []
+    for frame, still in zip(frames, stills):
+        if still is not None:
+            lightness_of(frame, input_size)  # what StillScene compares; usually done on the decode thread
+            if still.reuse(frame):
+                continue
+        fresh.append((frame, still))
+    if fresh:
+        predict(colorizer, [f for f, _ in fresh], input_size)
+    for frame, still in fresh:
+        if still is not None:
+            still.remember(frame)
+    return len(fresh)
+
+
 def finish(frame: Frame, temporal: Temporal | None = None, store: FrameStore | None = None) -> Frame:
     """Turn a frame's prediction into its chroma planes (luma untouched), stabilised by `temporal`; a day
     frame (no prediction) is offered to the camera's store instead."""
-    if frame.prediction is None and store is not None:
-        store.offer(frame)
-    elif frame.prediction is not None:
+    if frame.prediction is None:
+        if store is not None:
+            store.offer(frame)
+    else:
         l_in, ab = frame.prediction
         frame.prediction = None
         recombine(frame, ab, l_in, temporal)
@@ -296,29 +316,23 @@ class Pipeline:
     def _colorize(self, batch: list[Frame]) -> None:
         """One network run per model in the batch: cameras sharing a model share the batch. Frames of a
         still scene reuse their camera's last prediction instead."""
-        by_model: dict[int, list[Frame]] = {}
-        colorizers: dict[int, Colorizer] = {}
+        by_model: dict[int, tuple[Colorizer, list[Frame], list[StillScene | None]]] = {}
         for frame in batch:
             runtime = self.cameras.get(frame.camera)
-            if runtime and runtime.still and runtime.still.reuse(frame):
-                continue
             colorizer = runtime.colorizer if runtime else self.colorizer
-            by_model.setdefault(id(colorizer), []).append(frame)
-            colorizers[id(colorizer)] = colorizer
+            _, frames, stills = by_model.setdefault(id(colorizer), (colorizer, [], []))
+            frames.append(frame)
+            stills.append(runtime.still if runtime else None)
         t0 = time.perf_counter()
-        for key, frames in by_model.items():
-            predict(colorizers[key], frames, self.input_size(colorizers[key]))
-        seconds = time.perf_counter() - t0
-        predicted = sum(len(frames) for frames in by_model.values())
+        predicted = sum(predict_changed(colorizer, frames, stills, self.input_size(colorizer))
+                        for colorizer, frames, stills in by_model.values())
         if predicted:
-            self.instruments.batch_seconds.observe(seconds)
+            self.instruments.batch_seconds.observe(time.perf_counter() - t0)
             self.instruments.batch_size.observe(predicted)
         for frame in batch:
             runtime = self.cameras.get(frame.camera)
             if runtime is None:  # removed while its frame was in flight
                 continue
-            if runtime.still and any(frame in frames for frames in by_model.values()):
-                runtime.still.remember(frame)
             runtime.colorized += 1
             runtime.outputs.put(frame)
 

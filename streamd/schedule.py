@@ -104,10 +104,13 @@ class AdaptationScheduler:
         due = []
         for camera in self.cameras():
             last = self.state(camera).get("finished", 0.0)
-            stored = len(list((self.state_dir / camera).glob("*.jpg")))
-            if time.time() - last >= self.settings.every_h * 3600 and stored >= self.settings.min_frames:
+            if time.time() - last >= self.settings.every_h * 3600 and self._stored(camera) >= self.settings.min_frames:
                 due.append((last, camera))
         return min(due)[1] if due else None
+
+    def _stored(self, camera: str) -> int:
+        """Frames in the camera's store (streamd.collect), counted on disk: the store lives in the pipeline."""
+        return len(list((self.state_dir / camera).glob("*.jpg")))
 
     def _next(self) -> str | None:
         with self._lock:
@@ -130,7 +133,7 @@ class AdaptationScheduler:
 
     def _adapt(self, camera: str) -> None:
         folder = self.state_dir / camera
-        stored = len(list(folder.glob("*.jpg")))
+        stored = self._stored(camera)
         if stored < self.settings.min_frames:
             log.warning("adaptation of %s skipped: %d frames stored, %d needed", camera, stored,
                         self.settings.min_frames)
