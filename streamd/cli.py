@@ -190,7 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(data=[str(d) for d in args.data], out=str(args.out), steps=args.steps, batch=args.batch,
                       crop=args.crop, lr=args.lr, seed=args.seed, device=args.device,
                       rebalance=not args.no_rebalance, gradient_prior=not args.no_gradient_prior,
-                      gradient_mix=args.gradient_mix, init=str(args.init) if args.init else None, checkpoint_every=args.checkpoint_every,
+                      gradient_mix=args.gradient_mix, class_mix=args.class_mix, init=str(args.init) if args.init else None, checkpoint_every=args.checkpoint_every,
                       widths=tuple(args.widths), max_seconds=args.max_minutes * 60 if args.max_minutes else None,
                       augment=args.augment)
     weights = train(cfg)
@@ -201,7 +201,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from streamd.model.export import export
 
-    meta = export(args.weights, args.output, args.temperature, (args.height, args.width))
+    meta = export(args.weights, args.output, args.temperature, (args.height, args.width),
+                  prior_correction=args.prior_correction)
     print(f"wrote {args.output} ({meta['model_id']}); max |ab| difference to PyTorch: "
           f"{meta['max_ab_difference']:.5f}")
     return 0
@@ -303,12 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-gradient-prior", action="store_true", help="ablation: no gradient prior")
     t.add_argument("--gradient-mix", type=float, default=0.5,
                    help="lambda of the gradient prior's mix with uniform (0.5 as for class rebalancing; 1 = off)")
+    t.add_argument("--class-mix", type=float, default=0.5,
+                   help="lambda of the class prior's mix with uniform (Zhang's 0.5; lower weighs rare colours more)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("export", help="weights -> ONNX with the decoding inside")
     e.add_argument("weights", type=Path)
     e.add_argument("-o", "--output", type=Path, required=True)
     e.add_argument("--temperature", type=float, default=0.38)
+    e.add_argument("--prior-correction", type=float, default=0.0, metavar="ALPHA",
+                   help="divide the class-rebalancing weights back out of the distribution to this power before "
+                        "decoding: 0 is the seed's decoding, higher trades colour for PSNR (models/streamd-base.md)")
     e.add_argument("--width", type=int, default=320)
     e.add_argument("--height", type=int, default=192)
     e.set_defaults(func=cmd_export)

@@ -53,6 +53,7 @@ class ModelInfo:
     input_height: int
     input_width: int
     temperature: float
+    prior_correction: float = 0.0  # baked into the graph by export; the Torch runtime rebuilds it from this
 
 
 def session_info(session: ort.InferenceSession, path: Path, temperature: float | None = None) -> ModelInfo:
@@ -60,7 +61,8 @@ def session_info(session: ort.InferenceSession, path: Path, temperature: float |
     meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
     return ModelInfo(meta.get("model_id", path.stem), int(meta.get("input_height", 192)),
                      int(meta.get("input_width", 320)),
-                     temperature if temperature is not None else float(meta.get("temperature", 0.38)))
+                     temperature if temperature is not None else float(meta.get("temperature", 0.38)),
+                     float(meta.get("prior_correction", 0.0)))
 
 
 def read_info(path: Path, temperature: float | None = None) -> ModelInfo:

@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from streamd.infer import ModelInfo, read_info, shipped_model
-from streamd.model.network import AnnealedMean
-from streamd.model.train import build_net, load_weights
+from streamd.model.train import build_decoder, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +60,8 @@ def load_torch_colorizer(path: Path | None = None, device: str = "cuda",
         raise FileNotFoundError(f"no training weights at {weights_path} (streamd train writes them)")
     info = read_info(onnx_path, temperature)
     weights = load_weights(weights_path)
-    bins = torch.from_numpy(np.asarray(weights["bins"]))
-    colorizer = TorchColorizer(AnnealedMean(build_net(weights), bins, info.temperature), info, weights_path, device)
+    colorizer = TorchColorizer(build_decoder(weights, info.temperature, info.prior_correction), info, weights_path,
+                               device)
     log.info("model %s through PyTorch on %s (%s), input %dx%d, T=%.2f", info.model_id, colorizer.device,
              colorizer.precision, info.input_width, info.input_height, info.temperature)
     return colorizer

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,9 +12,12 @@ import torch
 from skimage import data
 
 from streamd.cli import main
+from streamd.infer import Colorizer
+from streamd.infer_torch import load_torch_colorizer
 from streamd.lab import ab_bins, rgb_to_lab
 from streamd.model.loss import BinGrid, Priors, WeightedCrossEntropy, gradient_magnitude
 from streamd.model.network import ECCV16, AnnealedMean, ColorNet
+from streamd.model.train import build_decoder, load_weights
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +51,8 @@ def test_priors_and_weights(bins):
     grid = BinGrid(bins)
     neutral, red = grid.nearest(torch.zeros(1, 2, 1, 1), 1)[0].item(), grid.nearest(torch.tensor([60.0, 0]).reshape(1, 2, 1, 1), 1)[0].item()
     assert w[red] > w[neutral]  # rare colours weigh more
+    stronger = priors.class_weights(bins.numpy(), 0.25)
+    assert stronger[red] / stronger[neutral] > w[red] / w[neutral]  # a smaller lambda weighs them more still
     assert np.isfinite(w).all()  # bins no training pixel came near get weight 0, not infinity
     gw = priors.gradient_weights()
     assert gw[-1] >= gw[0]  # rare (high) gradients weigh at least as much as flat areas
@@ -145,3 +152,32 @@ def test_training_only_the_head_leaves_the_rest_exactly_as_it_was(tmp_path):
     head = [k for k in before if k.startswith(("up_quarter.", "classify."))]
     assert head and all(torch.equal(before[k], after[k]) for k in before if k not in head)
     assert any(not torch.equal(before[k], after[k]) for k in head if before[k].is_floating_point())
+
+
+def test_prior_correction_divides_the_rebalancing_weights_back_out(tmp_path):
+    """On the shipped (rebalanced) model: the corrected decoding is softmax((logits - alpha log w) / T) @ bins,
+    it is less colourful than the seed's, and export bakes it into ONNX so that both runtimes agree."""
+    shipped = Path(__file__).parents[1] / "models" / "streamd-base.pt"
+    weights = load_weights(shipped)
+    rgb = cv2.resize(data.astronaut(), (320, 192), interpolation=cv2.INTER_AREA)
+    lightness = torch.from_numpy(rgb_to_lab(rgb)[None, None, ..., 0].astype(np.float32))
+    plain, corrected = build_decoder(weights, 2.0).eval(), build_decoder(weights, 2.0, 0.5).eval()
+    bins = torch.from_numpy(np.asarray(weights["bins"])).float()
+    w = Priors(weights["bin_prior"], weights["gradient_prior"]).class_weights(bins.numpy())
+    with torch.no_grad():
+        logits = plain.net(lightness)
+        expected = torch.einsum("nqhw,qc->nchw", torch.softmax((logits - 0.5 * torch.from_numpy(
+            np.log(np.where(w > 0, w, 1.0)))[:, None, None]) / 2.0, 1), bins)
+        ab_plain, ab_corrected = plain(lightness), corrected(lightness)
+    assert torch.allclose(ab_corrected, expected, atol=1e-3)
+    chroma = lambda ab: float(ab.norm(dim=1).mean())  # noqa: E731
+    assert chroma(ab_corrected) < 0.95 * chroma(ab_plain)
+
+    model = tmp_path / "corrected.onnx"
+    assert main(["export", str(shipped), "-o", str(model), "--temperature", "2", "--prior-correction", "0.5"]) == 0
+    colorizer = Colorizer(model)
+    assert colorizer.info.prior_correction == 0.5 and colorizer.info.temperature == 2.0
+    assert np.abs(colorizer(lightness.numpy()) - ab_corrected.numpy()).max() < 0.05
+    shutil.copy(shipped, model.with_suffix(".pt"))  # the Torch runtime reads the weights beside the model
+    torch_runtime = load_torch_colorizer(model, device="cpu")
+    assert np.abs(torch_runtime(lightness.numpy()) - ab_corrected.numpy()).max() < 0.05

@@ -2,7 +2,8 @@
 
 The graph takes L (N, 1, H, W; 0..100; H and W multiples of 16) and returns ab (N, 2, H/4, W/4), so the
 runtime needs neither torch nor Python-side post-processing. The temperature is an initializer named
-`temperature`: baked at export, overridable when a session is created (streamd.infer does this).
+`temperature`: baked at export, overridable when a session is created (streamd.infer does this). The prior
+correction (how much of the class-rebalancing weights is divided back out before decoding) is baked.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 from streamd.infer import int8_copy
 from streamd.lab import rgb_to_lab
 from streamd.model.network import AnnealedMean
-from streamd.model.train import build_net, load_weights
+from streamd.model.train import build_decoder, load_weights
 
 log = logging.getLogger(__name__)
 OPSET = 17
@@ -32,24 +33,24 @@ def reference_images() -> list[np.ndarray]:
 
 
 def export(weights_path: Path, out: Path, temperature: float = 0.38, input_size: tuple[int, int] = (192, 320),
-           model_id: str | None = None) -> dict:
+           model_id: str | None = None, prior_correction: float = 0.0) -> dict:
     weights = load_weights(weights_path)
-    net = build_net(weights).eval()
-    decoder = AnnealedMean(net, torch.from_numpy(np.asarray(weights["bins"])), temperature).eval()
+    decoder = build_decoder(weights, temperature, prior_correction).eval()
     dummy = torch.zeros(1, 1, *input_size)
     torch.onnx.export(decoder, dummy, str(out), input_names=["L"], output_names=["ab"], opset_version=OPSET,
                       dynamic_axes={"L": {0: "batch", 2: "height", 3: "width"},
                                     "ab": {0: "batch", 2: "height_4", 3: "width_4"}}, dynamo=False)
     digest = hashlib.sha256(out.read_bytes()).hexdigest()[:12]
     model_id = model_id or f"{out.stem}-{digest}"
-    meta = {"model_id": model_id, "temperature": temperature, "input_height": input_size[0],
+    meta = {"model_id": model_id, "temperature": temperature, "prior_correction": prior_correction,
+            "input_height": input_size[0],
             "input_width": input_size[1], "steps": int(weights["steps"]), "widths": list(weights["widths"]),
             "bins": len(weights["bins"])}
     model = store_weights_fp16(onnx.load(str(out)))
     onnx.helper.set_model_props(model, {k: json.dumps(v) for k, v in meta.items()})
     onnx.save(model, str(out))
     meta["max_ab_difference"] = check_against_torch(decoder, out)
-    write_card(out.with_suffix(".md"), meta, weights, sum(p.numel() for p in net.parameters()))
+    write_card(out.with_suffix(".md"), meta, weights, sum(p.numel() for p in decoder.net.parameters()))
     stale = int8_copy(out)
     if stale.exists():  # an int8 copy of the weights this export replaced: the daemon would prefer it
         stale.unlink()
@@ -67,9 +68,9 @@ def write_card(path: Path, meta: dict, weights: dict, n_params: int) -> None:
 | | |
 | --- | --- |
 | architecture | streamd ColorNet: VGG-style conv + ReLU + BatchNorm blocks, no pooling, strided-conv downsampling to 1/16, dilated context, transposed-conv upsampling to 1/4 with encoder skips; widths {meta['widths']}; {n_params / 1e6:.2f}M parameters |
-| output | distribution over {meta['bins']} in-gamut ab bins (10-unit grid), decoded inside the graph by the annealed mean, T = {meta['temperature']} (overridable at run time) |
+| output | distribution over {meta['bins']} in-gamut ab bins (10-unit grid), decoded inside the graph by the annealed mean, T = {meta['temperature']} (overridable at run time), after dividing the class-rebalancing weights out to the power {meta['prior_correction']} |
 | input | L (0..100), N x 1 x H x W, H and W multiples of 16; streamd feeds {meta['input_width']}x{meta['input_height']} |
-| loss | cross-entropy on soft-encoded targets (5 nearest bins, sigma 5), weighted by class rebalancing ({'on' if cfg.get('rebalance', True) else 'off'}) x gradient prior ({f"on, lambda {cfg.get('gradient_mix', 0.5)}" if cfg.get('gradient_prior', True) else 'off'}) |
+| loss | cross-entropy on soft-encoded targets (5 nearest bins, sigma 5), weighted by class rebalancing ({f"on, lambda {cfg.get('class_mix', 0.5)}" if cfg.get('rebalance', True) else 'off'}) x gradient prior ({f"on, lambda {cfg.get('gradient_mix', 0.5)}" if cfg.get('gradient_prior', True) else 'off'}) |
 | training | {meta['steps']} steps, {weights.get('samples', 0)} samples ({cfg.get('crop', '?')} px crops, batch {cfg.get('batch', '?')}), {hours:.2f} h of compute, data: {', '.join(cfg.get('data', []))} |
 | export check | max abs ab difference between ONNX Runtime and PyTorch on scikit-image photos: {meta['max_ab_difference']:.4f} (weights stored as fp16) |
 """)

@@ -56,9 +56,10 @@ class Priors:
             gcounts += torch.bincount(g.flatten(), minlength=GRADIENT_BINS).double()
         return cls((counts / counts.sum()).numpy(), (gcounts / gcounts.sum()).numpy())
 
-    def class_weights(self, bins: np.ndarray) -> np.ndarray:
+    def class_weights(self, bins: np.ndarray, mix_weight: float = PRIOR_MIX) -> np.ndarray:
+        """A smaller mix_weight weighs rare colours more: 1 turns class rebalancing off."""
         d2 = ((bins[:, None, :] - bins[None, :, :]) ** 2).sum(-1)
-        return _rebalance(self.bin_prior, np.exp(-d2 / (2 * PRIOR_SIGMA ** 2)), PRIOR_MIX)
+        return _rebalance(self.bin_prior, np.exp(-d2 / (2 * PRIOR_SIGMA ** 2)), mix_weight)
 
     def gradient_weights(self, mix_weight: float = PRIOR_MIX) -> np.ndarray:
         """A larger mix_weight flattens the weights: 1 turns the gradient prior off."""
@@ -107,11 +108,11 @@ class WeightedCrossEntropy(torch.nn.Module):
     """Cross-entropy with soft targets (Gaussian weights on the nearest bins), weighted per pixel by W."""
 
     def __init__(self, bins: torch.Tensor, priors: Priors, rebalance: bool = True, gradient_prior: bool = True,
-                 gradient_mix: float = PRIOR_MIX) -> None:
+                 gradient_mix: float = PRIOR_MIX, class_mix: float = PRIOR_MIX) -> None:
         super().__init__()
         self.grid = BinGrid(bins)
         q = len(bins)
-        self.class_w = torch.from_numpy(priors.class_weights(bins.numpy())) if rebalance else torch.ones(q)
+        self.class_w = torch.from_numpy(priors.class_weights(bins.numpy(), class_mix)) if rebalance else torch.ones(q)
         self.grad_w = torch.from_numpy(priors.gradient_weights(gradient_mix)) if gradient_prior else torch.ones(GRADIENT_BINS)
 
     def forward(self, logits: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:

@@ -64,16 +64,24 @@ class ColorNet(nn.Module):
 
 
 class AnnealedMean(nn.Module):
-    """Seed eq. 2: ab = sum_q softmax(log p / T)_q * centre_q, which equals softmax(logits / T) @ centres."""
+    """Seed eq. 2: ab = sum_q softmax(log p / T)_q * centre_q, which equals softmax(logits / T) @ centres.
 
-    def __init__(self, net: ColorNet, bins: torch.Tensor, temperature: float) -> None:
+    `log_correction` (Q,) is added to the logits first. Zero is the seed's decoding. Minus alpha times the
+    log class-rebalancing weights divides the weights the loss multiplied in back out of the distribution
+    (a rebalanced cross-entropy's optimum is w(q) p(q|x), renormalised), by the power alpha.
+    """
+
+    def __init__(self, net: nn.Module, bins: torch.Tensor, temperature: float,
+                 log_correction: torch.Tensor | None = None) -> None:
         super().__init__()
         self.net = net
         self.register_buffer("bins", bins.float())  # (Q, 2)
         self.register_buffer("temperature", torch.tensor([temperature], dtype=torch.float32))
+        correction = torch.zeros(len(bins)) if log_correction is None else log_correction.float()
+        self.register_buffer("log_correction", correction[:, None, None])  # (Q, 1, 1): broadcasts over pixels
 
     def forward(self, lightness: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(self.net(lightness).float() / self.temperature, dim=1)
+        probs = torch.softmax((self.net(lightness).float() + self.log_correction) / self.temperature, dim=1)
         return torch.einsum("nqhw,qc->nchw", probs, self.bins)
 
 

@@ -36,7 +36,7 @@ from streamd.offline import gray_frame
 
 log = logging.getLogger(__name__)
 
-DECODING_OPS = {"Cast", "Div", "Softmax", "Einsum"}  # what follows the classifier's logits
+DECODING_OPS = {"Cast", "Add", "Div", "Softmax", "Einsum"}  # what follows the classifier's logits
 
 
 def calibration_inputs(images: list[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:

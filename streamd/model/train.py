@@ -21,7 +21,7 @@ from tqdm import tqdm
 from streamd.lab import ab_bins
 from streamd.model.data import CropSampler, load_folder
 from streamd.model.loss import Priors, WeightedCrossEntropy
-from streamd.model.network import ColorNet
+from streamd.model.network import AnnealedMean, ColorNet
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class TrainConfig:
     rebalance: bool = True
     gradient_prior: bool = True
     gradient_mix: float = 0.5  # lambda of the gradient prior's mix with uniform: higher is flatter
+    class_mix: float = 0.5  # lambda of the class prior's mix with uniform: lower weighs rare colours more
     seed: int = 0
     device: str = "auto"
     init: str | None = None  # weights to start from (a shipped .pt); ignored when a checkpoint resumes
@@ -75,6 +76,19 @@ def build_net(weights: dict) -> ColorNet:
     net = ColorNet(len(weights["bins"]), tuple(weights["widths"]))
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights["model"].items()})
     return net
+
+
+def build_decoder(weights: dict, temperature: float, prior_correction: float = 0.0) -> AnnealedMean:
+    """The network behind the annealed mean, with the class-rebalancing weights it was trained with divided
+    out of its distribution to the power `prior_correction` (0: the seed's decoding, 1: all of them)."""
+    bins = np.asarray(weights["bins"])
+    correction = None
+    if prior_correction and weights.get("config", {}).get("rebalance", True):
+        priors = Priors(weights["bin_prior"], weights["gradient_prior"])
+        class_w = priors.class_weights(bins, weights.get("config", {}).get("class_mix", 0.5))
+        # A bin no training pixel came near has weight 0 and is never predicted: leave its logit alone.
+        correction = torch.from_numpy(-prior_correction * np.log(np.where(class_w > 0, class_w, 1.0)))
+    return AnnealedMean(build_net(weights), torch.from_numpy(bins), temperature, correction)
 
 
 def progress(step: int, seconds: float, cfg: TrainConfig) -> float:
@@ -130,7 +144,8 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
     frozen = [m for name, m in net.named_children() if cfg.train_only and name not in cfg.train_only]
     for module in frozen:
         module.requires_grad_(False)
-    criterion = WeightedCrossEntropy(bins, priors, cfg.rebalance, cfg.gradient_prior, cfg.gradient_mix)
+    criterion = WeightedCrossEntropy(bins, priors, cfg.rebalance, cfg.gradient_prior, cfg.gradient_mix,
+                                     cfg.class_mix)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     step, seconds, samples = 0, 0.0, 0

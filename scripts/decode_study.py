@@ -1,0 +1,93 @@
+"""How far decoding alone moves the scores: the network runs once per image, then each decoding of its
+distribution is scored on the same images (PSNR, rebalanced AuC, colourfulness against the gray baseline).
+
+Decodings: the annealed mean at temperature T, optionally after dividing out the class-rebalancing weights
+the loss multiplied in (p_true(q|x) ~ p_trained(q|x) / w(q)^alpha: the weighted cross-entropy's optimum is
+w(q) p(q|x), renormalised).
+
+    python scripts/decode_study.py WEIGHTS.pt ../shared/data/val/images --limit 70 \
+        --decode 1:0 1:0.5 0.6:0.5 ...        # T:alpha pairs
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streamd.evaluate import GRAY, Evaluation, colorize_rgb, evenly_spaced, image_files, read_rgb
+from streamd.infer import Colorizer
+from streamd.model.train import build_decoder, build_net, load_weights
+
+
+class CachedNetwork:
+    """The network's logits per distinct input, computed once (the study decodes them many times)."""
+
+    def __init__(self, weights: dict) -> None:
+        self.net = build_net(weights).eval()
+        self.cache: dict[bytes, torch.Tensor] = {}
+
+    def logits(self, lightness: np.ndarray) -> torch.Tensor:
+        key = hashlib.blake2b(lightness.tobytes(), digest_size=16).digest() + bytes(str(lightness.shape), "ascii")
+        if key not in self.cache:
+            with torch.no_grad():
+                self.cache[key] = self.net(torch.from_numpy(lightness)).float()
+        return self.cache[key]
+
+
+class Decoding:
+    """Quacks like a Colorizer: L in, ab out, through the cached network and one decoding."""
+
+    def __init__(self, network: CachedNetwork, info, weights: dict, temperature: float, alpha: float) -> None:
+        decoder = build_decoder(weights, temperature, alpha)  # the decoding export bakes, on cached logits
+        self.network, self.info, self.bins = network, info, decoder.bins
+        self.log_correction, self.temperature = decoder.log_correction, temperature
+
+    def __call__(self, lightness: np.ndarray) -> np.ndarray:
+        probs = torch.softmax((self.network.logits(lightness) + self.log_correction) / self.temperature, dim=1)
+        return torch.einsum("nqhw,qc->nchw", probs, self.bins).numpy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("weights", type=Path)
+    parser.add_argument("images", type=Path)
+    parser.add_argument("--limit", type=int, default=0)
+    parser.add_argument("--half", choices=["even", "odd"], help="only every other image: choose on one half, "
+                        "report on the other")
+    parser.add_argument("--decode", nargs="+", default=["1:0"], help="T:alpha pairs")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    weights = load_weights(args.weights)
+    info = Colorizer().info  # only its input size is used
+    network = CachedNetwork(weights)
+    decodings = {}
+    for spec in args.decode:
+        t, a = (float(x) for x in spec.split(":"))
+        decodings[f"T={t:g} a={a:g}"] = Decoding(network, info, weights, t, a)
+
+    evaluation = Evaluation(list(decodings))
+    paths = image_files(args.images)
+    if args.half:
+        paths = paths[args.half == "odd"::2]
+    for path in evenly_spaced(paths, args.limit):
+        truth = read_rgb(path)
+        if truth is not None:
+            evaluation.add(truth, {k: v[0] for k, v in colorize_rgb(decodings, [truth]).items()})
+    rows = evaluation.rows()
+    print(f"{evaluation.count} images; gray PSNR {rows[GRAY]['psnr']:.2f}, rebalanced AuC {rows[GRAY]['auc_rebalanced']:.2f}")
+    print("| decoding | PSNR vs gray | rebalanced AuC vs gray | AuC | colourfulness / truth |")
+    print("| --- | --- | --- | --- | --- |")
+    for label in decodings:
+        r = rows[label]
+        print(f"| {label} | {r['delta_psnr']:+.2f} | {r['delta_auc_rebalanced']:+.2f} | {r['auc']:.2f} | {r['colorfulness_ratio']:.2f} |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
