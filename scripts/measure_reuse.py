@@ -1,7 +1,8 @@
-"""What reusing predictions on still scenes (streamd.batch.StillScene, `reuse_still_s`) costs in quality and
-saves in network runs: each video is colorized twice through the live pipeline's own steps (predict_changed
-with StillScene, finish with Temporal), once with the network on every frame and once with reuse, and
-both are scored against the truth (docs/temporal.md, "Still scenes").
+"""What reusing predictions (streamd.batch.Reuse: still scenes, `reuse_still_s`, and moving ones carried along
+the flow, `carry_frames`) costs in quality and saves in network runs: each video is colorized twice through
+the live pipeline's own steps (predict_changed with Reuse, finish with Temporal), once with the network on
+every frame and once with reuse, and both are scored against the truth (docs/temporal.md, "Still scenes"
+and "Moving scenes").
 
     python scripts/measure_reuse.py ../shared/data/val/videos --max-frames 300
     python scripts/measure_reuse.py ../shared/data/val/davis --max-frames 40
@@ -20,23 +21,24 @@ import cv2
 import numpy as np
 
 from streamd import evaluate as ev
-from streamd.batch import StillScene
+from streamd.batch import Reuse
 from streamd.colour import Temporal
 from streamd.infer import Colorizer
 from streamd.offline import gray_frame
 from streamd.pipeline import finish, predict_changed
 
 
-def colorize(colorizer: Colorizer, frames: list[np.ndarray], fps: float, reuse_s: float) -> tuple[list, int, float]:
+def colorize(colorizer: Colorizer, frames: list[np.ndarray], fps: float,
+             reuse: Reuse | None) -> tuple[list, int, float]:
     """RGB frames -> (colorized RGB frames, network runs, median ms per frame of network + reuse + colour)."""
     size = (colorizer.info.input_height, colorizer.info.input_width)
-    temporal, still = Temporal(), StillScene(reuse_s) if reuse_s else None
+    temporal = Temporal()
     out, runs, times = [], 0, []
     for i, rgb in enumerate(frames):
         frame, (h, w) = gray_frame(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         frame.arrival = i / fps
         start = time.perf_counter()
-        runs += predict_changed(colorizer, [frame], [still], size)
+        runs += predict_changed(colorizer, [frame], [reuse], size)
         finish(frame, temporal)
         times.append(time.perf_counter() - start)
         out.append(cv2.cvtColor(frame.to_bgr()[:h, :w], cv2.COLOR_BGR2RGB))
@@ -57,10 +59,11 @@ def main() -> None:
     p.add_argument("folder", type=Path)
     p.add_argument("--max-frames", type=int, default=300)
     p.add_argument("--reuse-s", type=float, default=1.0)
+    p.add_argument("--carry-frames", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     colorizer = Colorizer(threads=args.threads)
-    print(f"model {colorizer.info.model_id}; reuse_still_s {args.reuse_s}")
+    print(f"model {colorizer.info.model_id}; reuse_still_s {args.reuse_s}, carry_frames {args.carry_frames}")
     print(f"{'video':24} {'frames':>6} {'runs':>5} {'PSNR':>13} {'AuC rebal':>13} {'CF ratio':>13} "
           f"{'warp error':>21} {'ms/frame':>13}")
     for source in ev.video_sources(args.folder):
@@ -69,8 +72,8 @@ def main() -> None:
         if source.is_file():
             with av.open(str(source)) as container:
                 fps = float(container.streams.video[0].average_rate or fps)
-        every, _, every_ms = colorize(colorizer, truth, fps, 0.0)
-        reused, runs, reused_ms = colorize(colorizer, truth, fps, args.reuse_s)
+        every, _, every_ms = colorize(colorizer, truth, fps, None)
+        reused, runs, reused_ms = colorize(colorizer, truth, fps, Reuse(args.reuse_s, args.carry_frames))
         flows = ev.flow_pairs(truth)  # from the gray input: the truth's luma
         a, b = scores(every, truth, flows), scores(reused, truth, flows)
         print(f"{source.name[:24]:24} {len(truth):6d} {runs:5d} {a['psnr']:6.2f}>{b['psnr']:6.2f} "

@@ -49,9 +49,9 @@ from streamd import config as cfgmod
 from streamd.colour import luma_to_lightness
 from streamd.frame import Frame
 from streamd.infer import Colorizer
-from streamd.batch import StillScene
+from streamd.batch import Reuse
 from streamd.config import CameraConfig
-from streamd.pipeline import Pipeline, finish, predict_changed
+from streamd.pipeline import Pipeline, finish, predict_changed, reuse_for
 from streamd.sink import H264Writer
 from streamd.source import SourceSettings, SyntheticCamera, decode_av
 
@@ -148,13 +148,13 @@ class Laps:
 
 
 def stage_batch(sources: list[Iterator[Frame]], writers: list[H264Writer], colorizer: Colorizer | None,
-                laps: Laps, stills: list[StillScene]) -> None:
+                laps: Laps, reuses: list[Reuse]) -> None:
     """One frame from every camera: decode -> [predict as one batch, the frames of a still scene reusing
     their camera's last prediction, as the pipeline does -> finish] -> encode."""
     batch = [next(source) for source in sources]
     laps.lap("decode")
     if colorizer is not None:
-        predict_changed(colorizer, batch, stills, (colorizer.info.input_height, colorizer.info.input_width))
+        predict_changed(colorizer, batch, reuses, (colorizer.info.input_height, colorizer.info.input_width))
         laps.lap("predict")
         for frame in batch:
             finish(frame)
@@ -170,12 +170,12 @@ def run_stages(clip: Path, cameras: int, frames_per_camera: int, out_dir: Path,
     than what a scheduler lets through. Without a colorizer it is pass-through."""
     sources = [clip_frames(clip, f"cam{i}") for i in range(cameras)]
     writers = [H264Writer(str(out_dir / f"stages-{i}.mp4"), "mp4", fps=CLIP_FPS) for i in range(cameras)]
-    stills = [StillScene(CameraConfig("bench", "").reuse_still_s) for _ in range(cameras)]  # the default
+    reuses = [reuse_for(CameraConfig("bench", "")) for _ in range(cameras)]  # the default
     try:
-        stage_batch(sources, writers, colorizer, Laps(), stills)  # untimed: opens the decoders and encoders
+        stage_batch(sources, writers, colorizer, Laps(), reuses)  # untimed: opens the decoders and encoders
         laps, cpu_start = Laps(), time.process_time()
         for _ in range(frames_per_camera - 1):
-            stage_batch(sources, writers, colorizer, laps, stills)
+            stage_batch(sources, writers, colorizer, laps, reuses)
         cpu = time.process_time() - cpu_start
     finally:
         for writer in writers:
@@ -183,7 +183,7 @@ def run_stages(clip: Path, cameras: int, frames_per_camera: int, out_dir: Path,
         for source in sources:
             source.close()
     frames, wall = cameras * (frames_per_camera - 1), sum(laps.seconds.values())
-    return {"fps": frames / wall, "cpu_cores": cpu / wall, "reused": sum(still.reused for still in stills),
+    return {"fps": frames / wall, "cpu_cores": cpu / wall, "reused": sum(r.reused for r in reuses), "carried": sum(r.carried for r in reuses),
             **{f"{stage}_ms_per_frame": s * 1000.0 / frames for stage, s in laps.seconds.items()}}
 
 
@@ -280,7 +280,8 @@ def run_paced(clip: Path, cameras: int, colorizer: Colorizer | TorchColorizer, o
             "sent": sum(r.source.stats.frames for r in runtimes),
             "published": sum(r.outputs.published for r in runtimes),
             "dropped": sum(pipeline.dropped(name) for name in pipeline.cameras),
-            "reused": sum(r.still.reused for r in runtimes if r.still),
+            "reused": sum(r.reuse.reused for r in runtimes if r.reuse),
+            "carried": sum(r.reuse.carried for r in runtimes if r.reuse),
             "latency_p50_ms": float(np.percentile(latencies, 50)),
             "latency_p99_ms": float(np.percentile(latencies, 99)),
             "cpu_cores": cpu / wall, "peak_rss_mib": peak_rss_mib(),
@@ -573,22 +574,24 @@ def _cell(value) -> str:
 def report(result: dict) -> str:
     """The detail tables, then the ratios: the lines worth reading last."""
     parts = []
-    for key, scene in (("streamd", "moving clips"), ("still_scene", "a still scene: predictions reused")):
+    for key, scene in (("streamd", "moving clips: predictions carried along the flow"),
+                       ("still_scene", "a still scene: predictions reused")):
         if key not in result:
             continue
         runs = result[key]
         passthrough = result["passthrough"] if key == "streamd" else runs["passthrough"]
         limit = {p["resolution"]: p["fps"] for p in passthrough}
         parts.append(f"streamd, paced, {scene} (the real pipeline, cameras at 25 fps, every number a median):\n"
-                     + table(["resolution", "cameras", "fps/camera", "dropped", "reused", "p50 ms", "p99 ms",
-                              "CPU cores", "peak RSS MiB"],
+                     + table(["resolution", "cameras", "fps/camera", "dropped", "reused", "carried", "p50 ms",
+                              "p99 ms", "CPU cores", "peak RSS MiB"],
                              [[p["resolution"], p["cameras"], p["delivered_fps_per_camera"], p["dropped"], p["reused"],
-                               p["latency_p50_ms"], p["latency_p99_ms"], p["cpu_cores"], p["peak_rss_mib"]]
+                               p.get("carried", 0), p["latency_p50_ms"], p["latency_p99_ms"], p["cpu_cores"], p["peak_rss_mib"]]
                               for p in runs["paced"]]))
         parts.append(f"unpaced, every frame, {scene} (frames/s of all cameras together; ms per frame by stage):\n"
-                     + table(["resolution", "cameras", "fps", "reused", "decode", "predict", "finish", "encode",
-                              "pass-through fps", "streamd / pass-through"],
-                             [[t["resolution"], t["cameras"], t["fps"], t["reused"], t["decode_ms_per_frame"],
+                     + table(["resolution", "cameras", "fps", "reused", "carried", "decode", "predict", "finish",
+                              "encode", "pass-through fps", "streamd / pass-through"],
+                             [[t["resolution"], t["cameras"], t["fps"], t["reused"], t.get("carried", 0),
+                               t["decode_ms_per_frame"],
                                t["predict_ms_per_frame"], t["finish_ms_per_frame"], t["encode_ms_per_frame"],
                                limit[t["resolution"]], t["ratio_to_passthrough"]] for t in runs["throughput"]]))
     if "network" in result:

@@ -33,7 +33,9 @@ def status_lines(pipeline, elapsed: float, previous: dict[str, int]) -> list[str
         lat = list(out.latencies_ms)[-200:]
         fps = (out.published - previous.get(name, 0)) / max(elapsed, 1e-6)
         previous[name] = out.published
-        reused = f" ({r.still.reused} reusing a still scene's prediction)" if r.still and r.still.reused else ""
+        skipped = r.reuse.reused + r.reuse.carried if r.reuse else 0
+        reused = (f" ({r.reuse.reused} reusing a still scene's prediction, {r.reuse.carried} carrying it along the "
+                  f"flow)") if skipped else ""
         lines.append(f"{name}: {r.source.stats.state.value}, {fps:.1f} fps out, colorized {r.colorized}{reused}, "
                      f"passed {r.passed_through}, dropped {pipeline.dropped(name)}, "
                      f"latency p50 {_percentile(lat, 50):.0f} ms p99 {_percentile(lat, 99):.0f} ms")
@@ -351,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--sheet", type=Path, help="contact sheet PNG (gray | ours | truth)")
     v.add_argument("--limit", type=int, default=0, help="at most this many images (0 = all)")
     v.add_argument("--max-frames", type=int, default=120, help="at most the first N frames of each video")
+    v.add_argument("--carry-frames", type=int, help="temporal mode: a camera's carry_frames (default: the "
+                   "daemon's); 0 runs the network on every moving frame")
     v.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="measure pass-through, pipeline and network speed on this machine")

@@ -88,6 +88,8 @@ class CameraConfig:
     duration_s: float = 0.0  # synthetic cameras: 0 = endless
     temporal: bool = True  # hold colour still where the scene is still (off: each frame on its own)
     reuse_still_s: float = 1.0  # a still scene reuses the last prediction up to this long; 0 = network every frame
+    carry_frames: int = 2  # a moving scene: up to this many frames in a row carry the last prediction along the
+    # optical flow instead of running the network; 0 = off (docs/temporal.md)
     model: str = ""  # this camera's own ONNX model (`streamd adapt`); "" = its adapted one if any, else [model].path
     collect: bool = True  # keep day frames in the state directory for adaptation (false: nothing is stored)
 
@@ -175,6 +177,7 @@ def validate(cfg: Config) -> Config:
         _check(not c.model or Path(c.model).is_file(), f"{where}.model", f"no model file at {c.model}")
         _check(c.zmq_format in ("", *FORMATS), f"{where}.zmq_format", f"must be one of {', '.join(FORMATS)}")
         _check(c.reuse_still_s >= 0, f"{where}.reuse_still_s", "must be 0 (network on every frame) or more")
+        _check(c.carry_frames >= 0, f"{where}.carry_frames", "must be 0 (network on every moving frame) or more")
         for key in ("open_timeout_s", "read_timeout_s", "stall_timeout_s", "fps"):
             _check(getattr(c, key) > 0, f"{where}.{key}", "must be positive")
         _check(c.width > 0 and c.height > 0 and c.width % 2 == 0 and c.height % 2 == 0, f"{where}.width",

@@ -24,6 +24,7 @@ per-image values; per-image PSNR is capped at 100 dB so that an exactly reproduc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import logging
@@ -40,10 +41,12 @@ from skimage.color import deltaE_ciede2000
 from skimage.metrics import structural_similarity
 from tqdm import tqdm
 
+from streamd.config import CameraConfig
 from streamd.infer import Colorizer
 from streamd.lab import AB_GRID, AB_LIMIT, lab_to_rgb, rgb_to_lab
 from streamd.model.data import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from streamd.offline import colorize_images, colorize_sequence
+from streamd.pipeline import reuse_for
 
 log = logging.getLogger(__name__)
 
@@ -332,14 +335,16 @@ def colorize_rgb(colorizers: dict[str, Colorizer], frames: list[np.ndarray]) -> 
     return outputs
 
 
-def colorize_video_rgb(colorizers: dict[str, Colorizer], frames: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
-    """Gray baseline and, per model, its per-frame output and its temporal-mode output for the consecutive
-    RGB frames of one video (labels: LABEL and LABEL + TEMPORAL), both through `colorize_sequence`."""
+def colorize_video_rgb(colorizers: dict[str, Colorizer], frames: list[np.ndarray],
+                       camera: CameraConfig = CameraConfig("eval", "")) -> dict[str, list[np.ndarray]]:
+    """Gray baseline and, per model, its per-frame output (the network on every frame) and its temporal-mode
+    output, which is what the daemon's `camera` makes of the video: stabilised, and the network skipped
+    where its last prediction still holds (labels: LABEL and LABEL + TEMPORAL), through `colorize_sequence`."""
     bgr = [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in frames]
     outputs = {GRAY: [gray_baseline(f) for f in frames]}
     for label, colorizer in colorizers.items():
         for suffix, temporal in (("", False), (TEMPORAL, True)):
-            outs = colorize_sequence(colorizer, bgr, temporal=temporal)
+            outs = colorize_sequence(colorizer, bgr, temporal=temporal, reuse=reuse_for(camera) if temporal else None)
             outputs[label + suffix] = [cv2.cvtColor(o, cv2.COLOR_BGR2RGB) for o in outs]
     return outputs
 
@@ -411,7 +416,7 @@ def evaluate_images(colorizers: dict[str, Colorizer], paths: list[Path], samples
 
 
 def evaluate_videos(colorizers: dict[str, Colorizer], sources: list[Path], samples: list,
-                    max_frames: int = VIDEO_MAX_FRAMES) -> dict:
+                    max_frames: int = VIDEO_MAX_FRAMES, camera: CameraConfig = CameraConfig("eval", "")) -> dict:
     """Per video (its first `max_frames` frames): the image metrics over its frames, CDC and warp error, for
     the gray baseline, each model per frame and in temporal mode, and the truth (CDC and warp error of the
     ground truth itself); with the comparison of temporal and per-frame modes. Overall: the image metrics
@@ -425,7 +430,7 @@ def evaluate_videos(colorizers: dict[str, Colorizer], sources: list[Path], sampl
         if not truth:
             log.warning("skipping %s: no frames could be read", source)
             continue
-        outputs = colorize_video_rgb(colorizers, truth)
+        outputs = colorize_video_rgb(colorizers, truth, camera)
         flows = flow_pairs(truth)  # from the gray input: the truth's luma
         evaluation = Evaluation(labels)
         for i, frame in enumerate(truth):
@@ -527,7 +532,10 @@ def main(args: argparse.Namespace) -> int:
 
     if args.videos:
         max_frames = getattr(args, "max_frames", None) or VIDEO_MAX_FRAMES
-        videos = evaluate_videos(colorizers, video_sources(args.videos), samples, max_frames)
+        camera = CameraConfig("eval", "")
+        carry = getattr(args, "carry_frames", None)
+        camera = camera if carry is None else dataclasses.replace(camera, carry_frames=carry)
+        videos = evaluate_videos(colorizers, video_sources(args.videos), samples, max_frames, camera)
         if not videos:
             print(f"streamd eval: no readable videos in {args.videos}", file=sys.stderr)
             return 1

@@ -44,6 +44,9 @@ class PipelineCollector:
         passed = CounterMetricFamily("streamd_frames_passed_through", "Colour frames passed through", labels=["camera"])
         reused = CounterMetricFamily("streamd_frames_reused", "Gray frames of a still scene that reused the last "
                                      "prediction instead of running the network", labels=["camera"])
+        carried = CounterMetricFamily("streamd_frames_carried", "Gray frames of a moving scene that got the last "
+                                      "prediction carried along the optical flow instead of running the network",
+                                      labels=["camera"])
         dropped = CounterMetricFamily("streamd_frames_dropped", "Frames dropped (pipeline behind)", labels=["camera"])
         published = CounterMetricFamily("streamd_frames_published", "Frames sent to the outputs", labels=["camera"])
         reconnects = CounterMetricFamily("streamd_reconnects", "Source reconnects", labels=["camera"])
@@ -54,7 +57,8 @@ class PipelineCollector:
             frames.add_metric([name], stats.frames)
             colorized.add_metric([name], r.colorized)
             passed.add_metric([name], r.passed_through)
-            reused.add_metric([name], r.still.reused if r.still else 0)
+            reused.add_metric([name], r.reuse.reused if r.reuse else 0)
+            carried.add_metric([name], r.reuse.carried if r.reuse else 0)
             dropped.add_metric([name], p.dropped(name))
             published.add_metric([name], r.outputs.published)
             reconnects.add_metric([name], stats.reconnects)
@@ -74,7 +78,7 @@ class PipelineCollector:
         adaptations = CounterMetricFamily("streamd_adaptations", "Adaptation runs by outcome", labels=["outcome"])
         for outcome, n in p.adaptation.results.items():
             adaptations.add_metric([outcome], n)
-        yield from (frames, colorized, passed, reused, dropped, published, reconnects, out_reconnects, state, queue, provider,
+        yield from (frames, colorized, passed, reused, carried, dropped, published, reconnects, out_reconnects, state, queue, provider,
                     stored, adaptations)
 
 

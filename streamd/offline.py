@@ -10,11 +10,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from streamd.batch import Reuse
 from streamd.colour import Temporal
 from streamd.frame import Frame
 from streamd.infer import Colorizer
 from streamd.model.data import IMAGE_SUFFIXES, VIDEO_SUFFIXES
-from streamd.pipeline import finish, predict
+from streamd.pipeline import finish, predict, predict_changed
 from streamd.sink import H264Writer
 
 log = logging.getLogger(__name__)
@@ -48,15 +49,16 @@ def colorize_images(colorizer: Colorizer, images: list[np.ndarray]) -> list[np.n
 
 
 def colorize_sequence(colorizer: Colorizer, frames: list[np.ndarray], temporal: bool = True,
-                      fps: float = 25.0) -> list[np.ndarray]:
-    """Consecutive BGR frames of one video -> colorized BGR frames, with or without temporal stabilisation."""
+                      reuse: Reuse | None = None, fps: float = 25.0) -> list[np.ndarray]:
+    """Consecutive BGR frames of one video -> colorized BGR frames, with or without temporal stabilisation,
+    running the network only where `reuse` cannot stand in for it (as a camera of the daemon does)."""
     area = colorizer.info.input_height * colorizer.info.input_width
     state = Temporal() if temporal else None
     out = []
     for i, bgr in enumerate(frames):
         frame, (h, w) = gray_frame(bgr)
         frame.arrival = i / fps
-        predict(colorizer, [frame], input_size_for(frame.width, frame.height, area))
+        predict_changed(colorizer, [frame], [reuse], input_size_for(frame.width, frame.height, area))
         out.append(finish(frame, state).to_bgr()[:h, :w])
     return out
 

@@ -23,7 +23,7 @@ import numpy as np
 import zmq
 import zmq.auth
 
-from streamd.batch import Batcher, StillScene
+from streamd.batch import Batcher, Reuse
 from streamd.collect import FrameStore, default_state_dir
 from streamd.colour import DayNight, Temporal, luma_to_lightness, recombine
 from streamd.config import CameraConfig, Config
@@ -59,22 +59,29 @@ def predict(colorizer: Colorizer, frames: list[Frame], input_size: tuple[int, in
         frame.model_id = colorizer.info.model_id
 
 
-def predict_changed(colorizer: Colorizer, frames: list[Frame], stills: list[StillScene | None],
+def reuse_for(camera: CameraConfig) -> Reuse | None:
+    """The camera's policy for skipping the network; None when it runs on every gray frame."""
+    if camera.reuse_still_s or camera.carry_frames:
+        return Reuse(camera.reuse_still_s, camera.carry_frames)
+    return None
+
+
+def predict_changed(colorizer: Colorizer, frames: list[Frame], reuses: list[Reuse | None],
                     input_size: tuple[int, int]) -> int:
-    """`predict` for the frames whose camera's StillScene (stills[i]; None: always predict) cannot reuse its
+    """`predict` for the frames whose camera's Reuse (reuses[i]; None: always predict) cannot reuse its
     last prediction; the others get that one. Returns how many frames ran the network."""
     fresh = []
-    for frame, still in zip(frames, stills):
-        if still is not None:
-            lightness_of(frame, input_size)  # what StillScene compares; usually done on the decode thread
-            if still.reuse(frame):
+    for frame, reuse in zip(frames, reuses):
+        if reuse is not None:
+            lightness_of(frame, input_size)  # what Reuse compares; usually done on the decode thread
+            if reuse.reuse(frame):
                 continue
-        fresh.append((frame, still))
+        fresh.append((frame, reuse))
     if fresh:
         predict(colorizer, [f for f, _ in fresh], input_size)
-    for frame, still in fresh:
-        if still is not None:
-            still.remember(frame)
+    for frame, reuse in fresh:
+        if reuse is not None:
+            reuse.remember(frame)
     return len(fresh)
 
 
@@ -101,7 +108,7 @@ class CameraRuntime:
     outputs: OutputWorker
     temporal: Temporal | None
     store: FrameStore | None  # None: the camera does not collect
-    still: StillScene | None  # None: every gray frame goes to the network
+    reuse: Reuse | None  # None: every gray frame goes to the network
     colorizer: Colorizer  # swapped in place when the camera's model changes
     passed_through: int = 0
     colorized: int = 0
@@ -166,8 +173,8 @@ class Pipeline:
         if str(path) not in self._models:  # loaded on the caller's thread, then swapped in
             self._models[str(path)] = self._load_model(str(path))
         runtime.colorizer = self._models[str(path)]
-        if runtime.still:
-            runtime.still.forget()  # the next frame shows the new model at once
+        if runtime.reuse:
+            runtime.reuse.forget()  # the next frame shows the new model at once
         log.info("camera %s now uses its adapted model %s", camera, runtime.colorizer.info.model_id)
         in_use = {id(r.colorizer) for r in self.cameras.values()}
         for key, colorizer in list(self._models.items()):  # free the replaced model once nobody uses it
@@ -196,7 +203,7 @@ class Pipeline:
         outputs = OutputWorker(c.name, targets, prepare=lambda frame: finish(frame, temporal, store),
                                observe_latency=self.instruments.latency.labels(c.name).observe)
         runtime = CameraRuntime(c, None, DayNight(self.config.daynight.to_night_s, self.config.daynight.to_day_s),
-                                outputs, temporal, store, StillScene(c.reuse_still_s) if c.reuse_still_s else None,
+                                outputs, temporal, store, reuse_for(c),
                                 self.model_for(c))
         runtime.source = Camera(source_settings(c), lambda frame, r=runtime: self._on_frame(r, frame))
         self.cameras[c.name] = runtime
@@ -237,8 +244,8 @@ class Pipeline:
             if name in old and old[name] != c and dataclasses.replace(old[name], model=c.model) == c:
                 runtime = self.cameras[name]  # only the model changed: swap it, the camera keeps streaming
                 runtime.colorizer, runtime.config = self.model_for(c), c
-                if runtime.still:
-                    runtime.still.forget()
+                if runtime.reuse:
+                    runtime.reuse.forget()
                 changes.append(f"model of {name} is now {runtime.colorizer.info.model_id}")
             elif name in old and old[name] != c:
                 self.remove_camera(name)
@@ -288,7 +295,7 @@ class Pipeline:
             runtime.passed_through += 1
             runtime.outputs.put(frame)
             return
-        if runtime.still is not None:  # StillScene compares it; computed here, in parallel across cameras
+        if runtime.reuse is not None:  # Reuse compares it; computed here, in parallel across cameras
             lightness_of(frame, self.input_size(runtime.colorizer))
         self.batcher.put(frame)
 
@@ -316,16 +323,16 @@ class Pipeline:
     def _colorize(self, batch: list[Frame]) -> None:
         """One network run per model in the batch: cameras sharing a model share the batch. Frames of a
         still scene reuse their camera's last prediction instead."""
-        by_model: dict[int, tuple[Colorizer, list[Frame], list[StillScene | None]]] = {}
+        by_model: dict[int, tuple[Colorizer, list[Frame], list[Reuse | None]]] = {}
         for frame in batch:
             runtime = self.cameras.get(frame.camera)
             colorizer = runtime.colorizer if runtime else self.colorizer
-            _, frames, stills = by_model.setdefault(id(colorizer), (colorizer, [], []))
+            _, frames, reuses = by_model.setdefault(id(colorizer), (colorizer, [], []))
             frames.append(frame)
-            stills.append(runtime.still if runtime else None)
+            reuses.append(runtime.reuse if runtime else None)
         t0 = time.perf_counter()
-        predicted = sum(predict_changed(colorizer, frames, stills, self.input_size(colorizer))
-                        for colorizer, frames, stills in by_model.values())
+        predicted = sum(predict_changed(colorizer, frames, reuses, self.input_size(colorizer))
+                        for colorizer, frames, reuses in by_model.values())
         if predicted:
             self.instruments.batch_seconds.observe(time.perf_counter() - t0)
             self.instruments.batch_size.observe(predicted)

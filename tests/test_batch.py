@@ -8,7 +8,7 @@ import time
 import cv2
 import numpy as np
 
-from streamd.batch import Batcher, StillScene
+from streamd.batch import Batcher, Reuse
 from streamd.frame import Frame
 from streamd.pipeline import lightness_of
 
@@ -57,10 +57,11 @@ def test_empty_batcher_times_out_and_close_wakes_waiters():
     assert time.monotonic() - start < 2
 
 
-def scene(seq: int, arrival: float, square_at: int | None = None) -> Frame:
-    """A 320x192 gray night frame of a still textured scene, optionally with a bright square at x = square_at."""
-    rng = np.random.default_rng(0)
-    y = cv2.GaussianBlur(rng.integers(40, 200, (192, 320), dtype=np.uint8), (0, 0), 3)
+def scene(seq: int, arrival: float, square_at: int | None = None, pan: int = 0, texture: int = 0) -> Frame:
+    """A 320x192 gray night frame of a textured scene, optionally with a bright square at x = square_at,
+    the camera panned `pan` pixels to the right."""
+    rng = np.random.default_rng(texture)
+    y = cv2.GaussianBlur(rng.integers(40, 200, (192, 400), dtype=np.uint8), (0, 0), 3)[:, 40 + pan:360 + pan].copy()
     if square_at is not None:
         y[80:112, square_at:square_at + 32] = 235
     chroma = np.full((96, 160), 128, np.uint8)
@@ -74,7 +75,7 @@ def predicted(f: Frame) -> Frame:
 
 
 def test_still_scene_reuses_the_last_prediction_and_anything_that_moves_is_predicted():
-    still = StillScene(max_age_s=1.0)
+    still = Reuse(still_s=1.0)
     first = scene(0, arrival=0.0)
     lightness_of(first, (192, 320))
     assert not still.reuse(first)  # nothing predicted yet
@@ -101,3 +102,30 @@ def test_still_scene_reuses_the_last_prediction_and_anything_that_moves_is_predi
     still.forget()
     assert not still.reuse(again)  # forgotten (e.g. a new model): predicted afresh
     assert still.reused == 2
+
+
+def test_a_moving_scene_carries_the_prediction_along_the_flow_for_a_few_frames():
+    reuse = Reuse(still_s=1.0, carry_frames=2)
+    first = scene(0, arrival=0.0)
+    lightness_of(first, (192, 320))
+    predicted(first)
+    first.prediction[1][:, :, 40:] = -20.0  # a colour edge on the ab grid, at x = 40 cells
+    reuse.remember(first)
+
+    for seq in (1, 2):  # the camera pans 8 pixels a frame: 2 cells of the ab grid
+        panned = scene(seq, arrival=0.04 * seq, pan=8 * seq)
+        lightness_of(panned, (192, 320))
+        assert reuse.reuse(panned)
+        ab = panned.prediction[1]
+        edge = 40 - 2 * seq  # the content moved left: so did its colour
+        assert np.abs(ab[:, 10:38, edge - 3] - 7.0).max() < 1.0 and np.abs(ab[:, 10:38, edge + 2] + 20.0).max() < 1.0
+    third = scene(3, arrival=0.12, pan=24)
+    lightness_of(third, (192, 320))
+    assert not reuse.reuse(third)  # carried twice in a row: the network sees the camera again
+    reuse.remember(predicted(third))
+
+    cut = scene(4, arrival=0.16, texture=1)  # another scene altogether: nothing to carry
+    cut.y[:96] = 235 - cut.y[:96] // 2  # (at the ab grid's scale, blurred noise looks alike: add structure)
+    lightness_of(cut, (192, 320))
+    assert not reuse.reuse(cut)
+    assert reuse.carried == 2 and reuse.reused == 0
