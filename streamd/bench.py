@@ -61,7 +61,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CLIP_FPS = 25.0
-# stage_frames: frames per unpaced streamd measurement, all cameras together (at least 3 per camera).
+# stage_frames: frames per unpaced streamd measurement, all cameras together (at least two network runs and
+# what is carried after them, per camera).
 FULL = {"sizes": [(640, 360), (1280, 720), (1920, 1080)], "cameras": [1, 2, 4, 8], "clip_s": 2.5,
         "repeats": 3, "stage_frames": 16, "network_sizes": [(224, 224), (192, 320)], "still_sizes": [(1280, 720)],
         "still_cameras": [1, 4, 8]}
@@ -399,7 +400,11 @@ def video_sections(colorizer: Colorizer, plan: dict, repeats: int, work: Path, s
         for cameras in plan["still_cameras" if still else "cameras"]:
             # A still scene is timed over the whole clip: a prediction is reused for up to a second, so a
             # short stretch would hide the network runs that renew it.
-            per_camera = frames if still else min(frames, max(3, plan["stage_frames"] // cameras))
+            # Moving clips: the first frame (untimed) runs the network; then whole cycles of one network run
+            # and the carried frames after it, so the mix timed is the one a long run would see.
+            cycle = CameraConfig("bench", "").carry_frames + 1
+            cycles = max(2, plan["stage_frames"] // (cameras * cycle))
+            per_camera = frames if still else min(frames, 1 + cycles * cycle)
             stages = repeated(lambda: run_stages(clip, cameras, per_camera, work, colorizer), repeats)
             throughput.append({"resolution": resolution, "cameras": cameras, "frames_per_camera": per_camera,
                                "ratio_to_passthrough": stages["fps"] / limit["fps"], **stages})
