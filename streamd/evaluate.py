@@ -10,8 +10,10 @@ for videos also CDC, the colour distribution consistency between frames (Jensen-
 and the warp error (Lai et al. 2018): how much the colours of frame t + 1, carried back along the optical
 flow of the gray input, differ from those of frame t.
 
-Videos are colorized twice per model: frame by frame (label "ours T=..."), and in order with the live
-pipeline's temporal stabilisation (streamd.colour.Temporal; label "ours T=... temporal"). The ground truth's
+Videos are colorized twice per model: frame by frame (label "ours T=...", with "alpha=..." for a model
+exported with a prior correction), and as a daemon camera does by default: in order, with the live
+pipeline's temporal stabilisation (streamd.colour.Temporal) and its reuse of predictions (streamd.batch.Reuse;
+label "ours T=... temporal"). The ground truth's
 own CDC and warp error are reported too (row "truth"): a real video is not perfectly steady either, so
 those are the floor to compare with. A line per model then compares temporal with per-frame: the change
 of warp error, CDC relative to the truth's, and what it costs in rebalanced AuC and colourfulness.
@@ -513,7 +515,8 @@ def main(args: argparse.Namespace) -> int:
     colorizers: dict[str, Colorizer] = {}
     for t in dict.fromkeys(args.temperature or [None]):
         c = Colorizer(args.model, temperature=t)
-        colorizers[f"ours T={c.info.temperature:g}"] = c
+        correction = f" alpha={c.info.prior_correction:g}" if c.info.prior_correction else ""
+        colorizers[f"ours T={c.info.temperature:g}{correction}"] = c
     model_id = next(iter(colorizers.values())).info.model_id
     result: dict = {"model_id": model_id, "temperatures": [c.info.temperature for c in colorizers.values()]}
     samples: list = []
