@@ -13,6 +13,7 @@ from skimage import data
 
 from streamd import evaluate as ev
 from streamd.cli import main as cli_main
+from streamd.infer import read_info
 from streamd.lab import lab_to_rgb, rgb_to_lab
 
 SHIPPED = Path(__file__).resolve().parent.parent / "models" / "streamd-base.onnx"
@@ -214,6 +215,12 @@ def finite_rows(rows: dict) -> list[str]:
     return labels
 
 
+def alpha(model_args: list[str]) -> str:
+    """The label's part that names the model's prior correction, if it has one."""
+    correction = read_info(Path(model_args[-1]) if model_args else SHIPPED).prior_correction
+    return f" alpha={correction:g}" if correction else ""
+
+
 def test_eval_end_to_end(tmp_path, model_args):
     images = tmp_path / "images"
     images.mkdir()
@@ -225,7 +232,7 @@ def test_eval_end_to_end(tmp_path, model_args):
     assert result["images"]["count"] == 3 and result["model_id"]
     rows = result["images"]["rows"]
     (label,) = finite_rows(rows)
-    assert len(result["temperatures"]) == 1 and label == f"ours T={result['temperatures'][0]:g}"
+    assert len(result["temperatures"]) == 1 and label == f"ours T={result['temperatures'][0]:g}{alpha(model_args)}"
     assert rows["gray"]["colorfulness_ratio"] < 0.01 and rows["truth"]["colorfulness"] > 10
     assert rows[label]["delta_psnr"] == pytest.approx(rows[label]["psnr"] - rows["gray"]["psnr"])
     tiles = cv2.imread(str(sheet))
@@ -252,7 +259,7 @@ def test_eval_odd_inputs_videos_and_temperatures(tmp_path, model_args, capsys):
     assert code == 0
     result = json.loads(out.read_text())
     assert result["images"]["count"] == 3 and result["temperatures"] == [0.2, 1.0]
-    assert finite_rows(result["images"]["rows"]) == ["ours T=0.2", "ours T=1"]
+    assert finite_rows(result["images"]["rows"]) == [f"ours T=0.2{alpha(model_args)}", f"ours T=1{alpha(model_args)}"]
     videos_result = result["videos"]
     assert videos_result["count"] == 2 and videos_result["frames"] == 11
     finite_rows(videos_result["rows"])
