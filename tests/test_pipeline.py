@@ -216,15 +216,18 @@ def test_resolution_change_mid_stream_is_followed(tmp_path):
     assert pipeline.cameras["cam"].source.stats.state.value == "finished"
 
 
-def write_still_clip(path, frames: int = 50) -> None:
-    """A fixed night camera filming a still scene: one gray photo, real H.264 (its noise included)."""
+def write_still_clip(path, frames: int = 50, pan_px: int = 0) -> None:
+    """A fixed night camera filming a still scene: one gray photo, real H.264 (its noise included); or,
+    with `pan_px`, a camera panning across it by that many pixels a frame."""
     from skimage import data
 
-    gray = np.ascontiguousarray(np.repeat(data.camera()[::2, ::2][:240, :320, None], 3, axis=2))
+    photo = data.camera()[:, :, None]  # 512x512
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
         for i in range(frames):
+            x = i * pan_px
+            gray = np.ascontiguousarray(np.repeat(photo[100:340, x:x + 320], 3, axis=2))
             frame = av.VideoFrame.from_ndarray(gray, format="rgb24")
             frame.pts = i
             for packet in stream.encode(frame):
@@ -248,3 +251,16 @@ def test_still_scene_reuses_predictions_in_order(tmp_path, reuse_s):
         assert runtime.reuse.reused >= 30  # the network ran for a few frames (one per second at least)
     else:
         assert runtime.reuse is None
+
+
+def test_a_panning_camera_carries_predictions_between_network_runs(tmp_path):
+    clip = tmp_path / "pan.mp4"
+    write_still_clip(clip, frames=50, pan_px=3)  # 3 pixels a frame: every frame changes, the flow explains it
+    pipeline, got = run_pipeline([{"name": "pan", "url": str(clip)}], seconds=30)
+    runtime = pipeline.cameras["pan"]
+    seqs = [h["seq"] for h, _ in got]
+    assert seqs == sorted(seqs) and len(got) + pipeline.dropped("pan") == 50
+    assert all(h["colorized"] and h["model"] for h, _ in got)
+    network_runs = runtime.colorized - runtime.reuse.reused - runtime.reuse.carried
+    assert runtime.reuse.carried >= 10  # most frames between network runs were carried...
+    assert 0 < runtime.reuse.carried <= 2 * network_runs  # ...never more than carry_frames = 2 in a row
