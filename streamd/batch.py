@@ -109,9 +109,10 @@ class Reuse:
 
     Moving scenes: up to `carry_frames` frames in a row get the last prediction carried along the optical
     flow (DIS on the ab grid, a fraction of a millisecond) instead of the network, when after that warp at
-    most CARRY_MISMATCH of the cells differ by more than CHANGE_L (3x3 mean, as in Temporal): much content
-    that entered or was uncovered since, a cut or a light switched on sends the frame to the network. Colour is smooth in time (Temporal
-    keeps most of it from frame to frame anyway), so most of what the network would say again is known.
+    most CARRY_MISMATCH of the cells differ by more than CHANGE_L (3x3 mean, as in Temporal) and the
+    prediction is under CARRY_MAX_AGE_S old: much content that entered or was uncovered since, a cut, a light
+    switched on or a stalled stream sends the frame to the network. Colour is smooth in time (Temporal keeps
+    most of it from frame to frame anyway), so most of what the network would say again is known.
 
     Either way the reused ab is fitted to the frame's own luma by the guided upsampling. Used by the
     inference thread only, on the frames of each batch in order, so a frame that skips the network never
@@ -123,6 +124,7 @@ class Reuse:
     # 3-18 % of DAVIS's hand-held cells (median per video) off by more than CHANGE_L: 5 % carried almost
     # nothing there, 10 % over half the frames; 15 % cost colourfulness (docs/temporal.md)
     CARRY_MISMATCH = 0.10
+    CARRY_MAX_AGE_S = 1.0  # as Temporal.MAX_GAP_S: after a longer gap the past is not carried over
 
     def __init__(self, still_s: float, carry_frames: int = 0) -> None:
         self.still_s, self.carry_frames = still_s, carry_frames
@@ -144,7 +146,7 @@ class Reuse:
             frame.prediction, frame.model_id = (frame.lightness, last.ab), last.model_id
             self.reused += 1
             return True
-        if self._carried < self.carry_frames:
+        if self._carried < self.carry_frames and frame.arrival - last.arrival <= self.CARRY_MAX_AGE_S:
             ab = self._carry(last, cells)
             if ab is not None:
                 frame.prediction, frame.model_id = (frame.lightness, ab), last.model_id

@@ -111,6 +111,9 @@ def test_a_moving_scene_carries_the_prediction_along_the_flow_for_a_few_frames()
     predicted(first)
     first.prediction[1][:, :, 40:] = -20.0  # a colour edge on the ab grid, at x = 40 cells
     reuse.remember(first)
+    stalled = scene(1, arrival=1.5, pan=8)  # the flow would explain it, but the stream stalled for 1.5 s
+    lightness_of(stalled, (192, 320))
+    assert not reuse.reuse(stalled)
 
     for seq in (1, 2):  # the camera pans 8 pixels a frame: 2 cells of the ab grid
         panned = scene(seq, arrival=0.04 * seq, pan=8 * seq)
