@@ -23,32 +23,32 @@ from streamd.infer import Colorizer
 from streamd.model.train import build_decoder, build_net, load_weights
 
 
-class CachedNetwork:
+class CachedNetwork(torch.nn.Module):
     """The network's logits per distinct input, computed once (the study decodes them many times)."""
 
     def __init__(self, weights: dict) -> None:
+        super().__init__()
         self.net = build_net(weights).eval()
         self.cache: dict[bytes, torch.Tensor] = {}
 
-    def logits(self, lightness: np.ndarray) -> torch.Tensor:
-        key = hashlib.blake2b(lightness.tobytes(), digest_size=16).digest() + bytes(str(lightness.shape), "ascii")
+    def forward(self, lightness: torch.Tensor) -> torch.Tensor:
+        key = hashlib.blake2b(lightness.numpy().tobytes(), digest_size=16).digest() + str(lightness.shape).encode()
         if key not in self.cache:
-            with torch.no_grad():
-                self.cache[key] = self.net(torch.from_numpy(lightness)).float()
+            self.cache[key] = self.net(lightness).float()
         return self.cache[key]
 
 
 class Decoding:
-    """Quacks like a Colorizer: L in, ab out, through the cached network and one decoding."""
+    """Quacks like a Colorizer: L in, ab out, through the decoding export bakes in front of the cached network."""
 
     def __init__(self, network: CachedNetwork, info, weights: dict, temperature: float, alpha: float) -> None:
-        decoder = build_decoder(weights, temperature, alpha)  # the decoding export bakes, on cached logits
-        self.network, self.info, self.bins = network, info, decoder.bins
-        self.log_correction, self.temperature = decoder.log_correction, temperature
+        self.info = info
+        self.decoder = build_decoder(weights, temperature, alpha).eval()
+        self.decoder.net = network
 
     def __call__(self, lightness: np.ndarray) -> np.ndarray:
-        probs = torch.softmax((self.network.logits(lightness) + self.log_correction) / self.temperature, dim=1)
-        return torch.einsum("nqhw,qc->nchw", probs, self.bins).numpy()
+        with torch.no_grad():
+            return self.decoder(torch.from_numpy(lightness)).numpy()
 
 
 def main() -> None:

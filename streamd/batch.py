@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from streamd.colour import grid_flow, lightness_to_gray, warp_along_flow
 from streamd.frame import Frame
 
 
@@ -130,9 +131,7 @@ class Reuse:
         self.still_s, self.carry_frames = still_s, carry_frames
         self._last: _Prediction | None = None
         self._carried = 0  # frames carried since the last prediction
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST) if carry_frames else None
-        if self._dis is not None:
-            self._dis.setFinestScale(0)  # the ab grid is coarse already (colour.Temporal does the same)
+        self._dis = grid_flow() if carry_frames else None
         self.reused = 0
         self.carried = 0
 
@@ -157,30 +156,21 @@ class Reuse:
 
     def _carry(self, last: _Prediction, cells: np.ndarray) -> np.ndarray | None:
         """The last prediction warped onto these cells, or None where the warp does not explain them."""
-        flow = self._dis.calc(_to_gray(cells), last.gray, None)  # current(x) ~ last(x + flow(x))
-        h, w = cells.shape
-        flow[..., 0] += np.arange(w, dtype=np.float32)
-        flow[..., 1] += np.arange(h, dtype=np.float32)[:, None]
-        warped = cv2.remap(np.dstack([last.cells, np.moveaxis(last.ab, 0, -1)]), flow, None, cv2.INTER_CUBIC,
-                           borderMode=cv2.BORDER_REPLICATE)
-        outside = (flow[..., 0] < 0) | (flow[..., 0] > w - 1) | (flow[..., 1] < 0) | (flow[..., 1] > h - 1)
-        unexplained = (cv2.blur(np.abs(warped[..., 0] - cells), (3, 3)) > self.CHANGE_L) | outside
+        warped_l, warped_ab, outside = warp_along_flow(self._dis, lightness_to_gray(cells), last.gray, last.cells,
+                                                       last.ab)
+        unexplained = (cv2.blur(np.abs(warped_l - cells), (3, 3)) > self.CHANGE_L) | outside
         if unexplained.mean() > self.CARRY_MISMATCH:
             return None
-        return np.ascontiguousarray(np.moveaxis(warped[..., 1:], -1, 0))
+        return np.ascontiguousarray(np.moveaxis(warped_ab, -1, 0))
 
     def remember(self, frame: Frame) -> None:
         """A frame came back from the network with its prediction."""
         lightness, ab = frame.prediction
         cells = cv2.resize(lightness, (ab.shape[2], ab.shape[1]), interpolation=cv2.INTER_AREA)
-        self._last = _Prediction(cells, _to_gray(cells), ab, frame.model_id, frame.arrival)
+        self._last = _Prediction(cells, lightness_to_gray(cells), ab, frame.model_id, frame.arrival)
         self._carried = 0
 
     def forget(self) -> None:
         """Predict the next frame afresh (the model changed)."""
         self._last = None
 
-
-def _to_gray(lightness: np.ndarray) -> np.ndarray:
-    """L 0..100 -> the 8 bits DIS takes."""
-    return np.clip(lightness * 2.55 + 0.5, 0, 255).astype(np.uint8)

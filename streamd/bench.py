@@ -184,7 +184,8 @@ def run_stages(clip: Path, cameras: int, frames_per_camera: int, out_dir: Path,
         for source in sources:
             source.close()
     frames, wall = cameras * (frames_per_camera - 1), sum(laps.seconds.values())
-    return {"fps": frames / wall, "cpu_cores": cpu / wall, "reused": sum(r.reused for r in reuses), "carried": sum(r.carried for r in reuses),
+    return {"fps": frames / wall, "cpu_cores": cpu / wall,
+            "reused": sum(r.reused for r in reuses), "carried": sum(r.carried for r in reuses),
             **{f"{stage}_ms_per_frame": s * 1000.0 / frames for stage, s in laps.seconds.items()}}
 
 

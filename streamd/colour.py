@@ -149,6 +149,37 @@ class DayNight:
         return self.is_colour
 
 
+def grid_flow() -> cv2.DISOpticalFlow:
+    """DIS optical flow for the ab grid. ULTRAFAST at full grid resolution: the grid is already the input
+    downscaled 4x, so the preset's own finest scale (a further 4x) would leave a flow vector per 4x4 cells,
+    coarser than objects."""
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+    dis.setFinestScale(0)
+    return dis
+
+
+def lightness_to_gray(lightness: np.ndarray) -> np.ndarray:
+    """L 0..100 -> the 8 bits DIS takes."""
+    return np.clip(lightness * 2.55 + 0.5, 0, 255).astype(np.uint8)
+
+
+def warp_along_flow(dis: cv2.DISOpticalFlow, gray: np.ndarray, prev_gray: np.ndarray, prev_lightness: np.ndarray,
+                    prev_ab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An earlier frame's L (h, w) and ab (2, h, w) carried onto the current one along the optical flow
+    between their 8-bit L (`gray`, `prev_gray`): the warped L, the warped ab as (h, w, 2), and where the flow
+    points outside the earlier frame (nothing to carry there)."""
+    flow = dis.calc(gray, prev_gray, None)  # current(x) ~ previous(x + flow(x))
+    h, w = gray.shape
+    flow[..., 0] += np.arange(w, dtype=np.float32)
+    flow[..., 1] += np.arange(h, dtype=np.float32)[:, None]
+    # bicubic: the held colour is resampled again every frame, and bilinear's blur, compounded over the
+    # ~20 frames it is held, washed it out (DAVIS colourfulness -5.3 % against -3.5 %, docs/temporal.md)
+    carried = cv2.remap(np.dstack([prev_lightness, np.moveaxis(prev_ab, 0, -1)]), flow, None, cv2.INTER_CUBIC,
+                        borderMode=cv2.BORDER_REPLICATE)
+    outside = (flow[..., 0] < 0) | (flow[..., 0] > w - 1) | (flow[..., 1] < 0) | (flow[..., 1] > h - 1)
+    return carried[..., 0], carried[..., 1:], outside
+
+
 class Temporal:
     """Keeps a camera's colour still where its scene is still, and lets it follow what moves.
 
@@ -172,10 +203,7 @@ class Temporal:
     MAX_GAP_S = 1.0
 
     def __init__(self) -> None:
-        # ULTRAFAST at full grid resolution: the grid is already the input downscaled 4x, so the preset's
-        # own finest scale (a further 4x) would leave a flow vector per 4x4 cells, coarser than objects.
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
-        self._dis.setFinestScale(0)
+        self._dis = grid_flow()
         self.reset()
 
     def reset(self) -> None:
@@ -184,27 +212,13 @@ class Temporal:
         self._ab: np.ndarray | None = None
         self._time = 0.0
 
-    def _warp_previous(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The previous L and ab (as (h, w, 2)) carried onto the current frame, and where the flow
-        points outside the previous frame (nothing to carry there)."""
-        flow = self._dis.calc(gray, self._gray, None)  # current(x) ~ previous(x + flow(x))
-        h, w = gray.shape
-        flow[..., 0] += np.arange(w, dtype=np.float32)
-        flow[..., 1] += np.arange(h, dtype=np.float32)[:, None]
-        # bicubic: the held colour is resampled again every frame, and bilinear's blur, compounded over the
-        # ~20 frames it is held, washed it out (DAVIS colourfulness -5.3 % against -3.5 %, docs/temporal.md)
-        carried = cv2.remap(np.dstack([self._lightness, np.moveaxis(self._ab, 0, -1)]), flow, None,
-                            cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-        outside = (flow[..., 0] < 0) | (flow[..., 0] > w - 1) | (flow[..., 1] < 0) | (flow[..., 1] > h - 1)
-        return carried[..., 0], carried[..., 1:], outside
-
     def __call__(self, lightness: np.ndarray, ab: np.ndarray, now: float) -> np.ndarray:
         """lightness (h, w) on the ab grid, ab (2, h, w) -> the stabilised ab (2, h, w)."""
-        gray = np.clip(lightness * 2.55 + 0.5, 0, 255).astype(np.uint8)  # L 0..100 -> the 8 bits DIS takes
+        gray = lightness_to_gray(lightness)
         fresh = self._ab is None or self._ab.shape != ab.shape or now - self._time > self.MAX_GAP_S
         out = ab
         if not fresh:
-            prev_l, previous, outside = self._warp_previous(gray)
+            prev_l, previous, outside = warp_along_flow(self._dis, gray, self._gray, self._lightness, self._ab)
             change = cv2.blur(np.abs(lightness - prev_l), (3, 3))
             change[outside] = np.inf  # entered the frame: nothing of it in the past
             if (change > self.CHANGE_L).mean() < self.CUT_FRACTION:
