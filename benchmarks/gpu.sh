@@ -18,7 +18,8 @@
 #      $OUT is copied back) put on PYTHONPATH
 #   3. versions, CUDA, and whether PyAV's NVENC/NVDEC work   -> $OUT/probe.json
 #   4. streamd bench --device cuda: the network alone (ours and ECCV16, batches of 8, 32, 64 1080p cameras)
-#      and the real Pipeline with 8, 32 and 64 1080p cameras at 25 fps -> $OUT/gpu.json and $OUT/gpu.txt
+#      and the real Pipeline with 8, 32 and 64 1080p cameras at 50 fps -> $OUT/gpu.json and $OUT/gpu.txt
+#   5. benchmarks/gpu_study.py: the pipeline under one threading change at a time -> $OUT/gpu_study.json, .txt
 #
 #   OUT=out DEVICE=torch-cpu bash benchmarks/gpu.sh   # the same steps on a CPU, small (about 30 s)
 set -uo pipefail  # no -e: a failed step is reported and the next one still runs
@@ -56,4 +57,6 @@ fi
 step probe 60 python3 benchmarks/gpu_probe.py "$OUT/probe.json"
 step bench 300 bash -o pipefail -c "python3 -m streamd bench --device '$DEVICE' --json '$OUT/gpu.json' 2>&1 \
                                     | tee '$OUT/gpu.txt'"
+step study 240 bash -o pipefail -c "PYTHONPATH=.\${PYTHONPATH:+:\$PYTHONPATH} python3 benchmarks/gpu_study.py '$OUT' --device '${DEVICE#torch-}' \
+                                    2>&1 | tee '$OUT/gpu_study.txt'"
 exit $status

@@ -12,7 +12,7 @@ Everything is measured in one run, on the same machine and the same inputs, so t
 
 `--device cuda` measures through PyTorch instead (streamd.infer_torch; fp16 on the GPU): the network alone,
 ours against ECCV16, one batch for each of 8, 32 and 64 1080p cameras, then the real Pipeline with that many
-cameras at 25 fps and no outputs. `--device torch-cpu` is the same run on the CPU with 1 and 2 cameras at
+cameras at 50 fps each (so that 32 cameras offer more than 1,000 frames/s) and no outputs. `--device torch-cpu` is the same run on the CPU with 1 and 2 cameras at
 360p: small enough for the test suite, which is how the GPU path is tested without a GPU.
 
 Every number is the median over `--repeats` runs. The inputs are gray H.264 clips made here from the
@@ -75,8 +75,10 @@ PER_CAMERA_MODEL_CAMERAS = (4, 8)
 # paced Pipeline with that many cameras, every camera the same clip (`clip_s` long) played once. The GPU run
 # is sized for a 15-minute machine loan (about a minute of measuring); torch-cpu for the test suite.
 TORCH_PLANS = {
-    "cuda": {"device": "cuda", "camera_size": (1920, 1080), "cameras": (8, 32, 64), "iterations": 20, "clip_s": 6.0},
-    "torch-cpu": {"device": "cpu", "camera_size": (640, 360), "cameras": (1, 2), "iterations": 2, "clip_s": 2.0},
+    "cuda": {"device": "cuda", "camera_size": (1920, 1080), "cameras": (8, 32, 64), "camera_fps": 50.0,
+             "iterations": 20, "clip_s": 6.0},
+    "torch-cpu": {"device": "cpu", "camera_size": (640, 360), "cameras": (1, 2), "camera_fps": CLIP_FPS,
+                  "iterations": 2, "clip_s": 2.0},
 }
 NETWORK_INPUT = (192, 320)  # the production input size, (height, width)
 KEEPS_UP = 0.95  # of the camera's frame rate delivered: the pipeline keeps up, nothing limits it
@@ -90,16 +92,16 @@ class BenchUnavailable(Exception):
 
 
 # -- inputs ------------------------------------------------------------------------------------------
-def make_clip(path: Path, size: tuple[int, int], seconds: float, still: bool = False) -> int:
+def make_clip(path: Path, size: tuple[int, int], seconds: float, still: bool = False, fps: float = CLIP_FPS) -> int:
     """Write a gray H.264 clip as an infrared camera sends it (limited-range BT.709, chroma at 128); returns
     its frame count. Moving (panning and zooming, so the encoder and the network have real work on every
     frame), or `still`: a fixed camera's unchanging scene with sensor noise (Gaussian, sigma 2 code values)."""
-    count = round(seconds * CLIP_FPS)
-    writer = H264Writer(str(path), "mp4", fps=CLIP_FPS)
+    count = round(seconds * fps)
+    writer = H264Writer(str(path), "mp4", fps=fps)
     rng = np.random.default_rng(0)
     try:
-        for frame in itertools.islice(SyntheticCamera(size, CLIP_FPS).frames("clip", 0), count):
-            frame.arrival = frame.pts  # H264Writer stamps by arrival: the clip gets a steady 25 fps
+        for frame in itertools.islice(SyntheticCamera(size, fps).frames("clip", 0), count):
+            frame.arrival = frame.pts  # H264Writer stamps by arrival: the clip gets a steady frame rate
             if still:
                 if frame.seq == 0:
                     scene = frame.y.copy()
@@ -245,11 +247,13 @@ def _settle(pipeline: Pipeline, quiet_s: float = 0.3, limit_s: float = 10.0) -> 
         time.sleep(0.05)
 
 
-def paced_config(clip: Path, cameras: int, out_dir: Path, encode: bool, batch_max: int | None) -> cfgmod.Config:
-    """Every camera the clip; written to an MP4 each when `encode`, else no output at all (the frames are
-    still finished and counted as published: OutputWorker does that before its targets); no ZeroMQ."""
-    raw = {"camera": [{"name": f"cam{i}", "url": str(clip), **({"file_out": str(out_dir / f"paced-{i}.mp4")}
-                                                               if encode else {})} for i in range(cameras)],
+def paced_config(clip: Path, cameras: int, out_dir: Path, encode: bool, batch_max: int | None,
+                 camera_options: dict | None = None) -> cfgmod.Config:
+    """Every camera the clip (with `camera_options`, keys of a [[camera]] table); written to an MP4 each
+    when `encode`, else no output at all (the frames are still finished and counted as published:
+    OutputWorker does that before its targets); no ZeroMQ."""
+    raw = {"camera": [{"name": f"cam{i}", "url": str(clip), **(camera_options or {}),
+                       **({"file_out": str(out_dir / f"paced-{i}.mp4")} if encode else {})} for i in range(cameras)],
            "zmq": {"endpoint": ""}, "adapt": {"state_dir": str(out_dir / "state")}}  # no adapted model of the user's
     if batch_max:
         raw["batch"] = {"max_size": batch_max}
@@ -257,11 +261,12 @@ def paced_config(clip: Path, cameras: int, out_dir: Path, encode: bool, batch_ma
 
 
 def run_paced(clip: Path, cameras: int, colorizer: Colorizer | TorchColorizer, out_dir: Path, encode: bool = True,
-              batch_max: int | None = None) -> dict:
-    """The real Pipeline, each camera the clip played at its own 25 fps: what a deployment would see, frame
+              batch_max: int | None = None, fps: float = CLIP_FPS, camera_options: dict | None = None) -> dict:
+    """The real Pipeline, each camera the clip played at its own frame rate (`fps`, the clip's): what a deployment would see, frame
     drops and latency included, with the time the inference thread and the colour step took."""
     inference, colour = StageClock(), StageClock()
-    pipeline = Pipeline(paced_config(clip, cameras, out_dir, encode, batch_max), TimedColorizer(colorizer, inference))
+    pipeline = Pipeline(paced_config(clip, cameras, out_dir, encode, batch_max, camera_options),
+                        TimedColorizer(colorizer, inference))
     cpu_start, start = time.process_time(), time.perf_counter()
     pipeline.start()
     # Wrapped once the cameras exist: a camera's first frames may pass untimed, so the colour step is
@@ -276,7 +281,7 @@ def run_paced(clip: Path, cameras: int, colorizer: Colorizer | TorchColorizer, o
     finally:
         pipeline.stop()
     runtimes = list(pipeline.cameras.values())
-    delivered = [r.outputs.published / (r.source.stats.frames / CLIP_FPS) for r in runtimes]
+    delivered = [r.outputs.published / (r.source.stats.frames / fps) for r in runtimes]
     latencies = [ms for r in runtimes for ms in r.outputs.latencies_ms]
     return {"delivered_fps_per_camera": statistics.fmean(delivered),
             "sent": sum(r.source.stats.frames for r in runtimes),
@@ -488,7 +493,7 @@ def limiting_stage(row: dict, usable_cores: int) -> str:
     """What holds the pipeline back: nothing while the cameras get (nearly) every frame through; else the
     inference thread when it is busy most of the time; else the CPU (decode and colour) when the process
     uses most of the cores; else neither is saturated, and the threads themselves (GIL, scheduling) are."""
-    if row["delivered_fps_per_camera"] >= KEEPS_UP * CLIP_FPS:
+    if row["delivered_fps_per_camera"] >= KEEPS_UP * row["camera_fps"]:
         return "none (keeps up)"
     if row["inference_busy"] >= SATURATED and row["inference_busy"] >= row["cpu_cores"] / usable_cores:
         return "inference"
@@ -498,22 +503,23 @@ def limiting_stage(row: dict, usable_cores: int) -> str:
 
 
 def torch_pipeline_section(colorizer: TorchColorizer, plan: dict, work: Path) -> dict:
-    """The real Pipeline on the PyTorch backend with each camera count of the plan, cameras at 25 fps,
+    """The real Pipeline on the PyTorch backend with each camera count of the plan, cameras at the plan's rate,
     one batch holding up to a frame of every camera, no outputs: delivered fps, latency, and each stage's
     share of the time, to say which one limits."""
     size = plan["camera_size"]
     resolution = f"{size[0]}x{size[1]}"
     clip = work / f"gray-{resolution}.mp4"
-    make_clip(clip, size, plan["clip_s"])
+    fps = plan["camera_fps"]
+    make_clip(clip, size, plan["clip_s"], fps=fps)
     decode_ms = decode_cpu_ms_per_frame(clip)
     warm_up(colorizer, max(plan["cameras"]))
     usable = len(os.sched_getaffinity(0))
     rows = []
     for cameras in plan["cameras"]:
-        run = run_paced(clip, cameras, colorizer, work, encode=False, batch_max=cameras)
-        row = {"resolution": resolution, "cameras": cameras, "camera_fps": CLIP_FPS, "batch_max": cameras,
+        run = run_paced(clip, cameras, colorizer, work, encode=False, batch_max=cameras, fps=fps)
+        row = {"resolution": resolution, "cameras": cameras, "camera_fps": fps, "batch_max": cameras,
                "total_fps": run["delivered_fps_per_camera"] * cameras, **run,
-               "decode_cores": decode_ms * cameras * CLIP_FPS / 1000.0}
+               "decode_cores": decode_ms * cameras * fps / 1000.0}
         row["limit"] = limiting_stage(row, usable)
         rows.append(row)
         print(f"pipeline {resolution} x{cameras}: {row['total_fps']:.1f} fps ({row['delivered_fps_per_camera']:.1f}"
@@ -526,7 +532,7 @@ def measure_torch(plan: dict, result: dict, work: Path) -> dict:
     colorizer = torch_colorizer(plan["device"])
     result["machine"] = machine_info(colorizer.provider)
     result["settings"] = {"device": plan["device"], "camera_size": "x".join(map(str, plan["camera_size"])),
-                          "cameras": list(plan["cameras"]), "camera_fps": CLIP_FPS, "clip_seconds": plan["clip_s"],
+                          "cameras": list(plan["cameras"]), "camera_fps": plan["camera_fps"], "clip_seconds": plan["clip_s"],
                           "model": colorizer.info.model_id, "precision": colorizer.precision,
                           "network_input": f"{colorizer.info.input_width}x{colorizer.info.input_height}"}
     result["torch_network"] = torch_network_section(colorizer, plan)
@@ -627,7 +633,7 @@ def report(result: dict) -> str:
         parts.append(f"the real pipeline: FAILED, {result['torch_pipeline']['error']}")
     elif "torch_pipeline" in result:
         pipe = result["torch_pipeline"]
-        parts.append(f"the real pipeline, {size} cameras at 25 fps, no outputs; decode "
+        parts.append(f"the real pipeline, {size} cameras at {result['settings']['camera_fps']:g} fps, no outputs; decode "
                      f"{pipe['decode_cpu_ms_per_frame']:.2f} CPU ms/frame measured apart, "
                      f"{pipe['usable_cores']} usable cores:\n" + table(
                          ["cameras", "total fps", "fps/camera", "dropped", "p50 ms", "p99 ms", "CPU cores",

@@ -6,6 +6,7 @@ mark instead of blocking, so a slow subscriber costs only itself.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -85,14 +86,19 @@ class ZmqPublisher:
             self.socket.close()
 
 
+@functools.cache
 def _h264_codec() -> tuple[str, dict]:
-    """NVENC where an NVIDIA device is present, else libx264 tuned for latency."""
+    """NVENC where it opens, else libx264 tuned for latency. Opening is the test: an FFmpeg with NVENC
+    compiled in, on a host with an NVIDIA GPU, can still lack the driver's encode library (the lent GPU
+    machines do). Asked once per process: the answer is a fact about the host."""
     if os.path.exists("/dev/nvidia0"):
         try:
-            av.codec.Codec("h264_nvenc", "w")
+            probe = av.CodecContext.create("h264_nvenc", "w")
+            probe.width, probe.height, probe.pix_fmt, probe.time_base = 256, 256, "yuv420p", Fraction(1, 25)
+            probe.open()
             return "h264_nvenc", {"preset": "p1", "tune": "ll", "zerolatency": "1"}
-        except av.error.FFmpegError:
-            pass
+        except av.error.FFmpegError as e:
+            log.info("NVENC is compiled in but does not open here (%s): encoding with libx264", e)
     return "libx264", {"preset": "ultrafast", "tune": "zerolatency"}
 
 
