@@ -3,7 +3,7 @@
 # PyTorch CUDA, no PyAV, no pyzmq, no onnxruntime-gpu, no network (/work/shared/docs/GPU.md).
 #
 # A session runs it with the device tool in one call (its steps are limited to 480 s together; expect about
-# 2 minutes of work once the machine has started):
+# 3 minutes of work once the machine has started):
 #   run  command: bash benchmarks/gpu.sh    carry: ["benchmarks/wheels"]    timeout_s: 500
 # benchmarks/wheels/ (git-ignored, never committed) must first be filled here, on a machine with network:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -19,7 +19,8 @@
 #   3. versions, CUDA, and whether PyAV's NVENC/NVDEC work   -> $OUT/probe.json
 #   4. streamd bench --device cuda: the network alone (ours and ECCV16, batches of 8, 32, 64 1080p cameras)
 #      and the real Pipeline with 8, 32 and 64 1080p cameras at 50 fps -> $OUT/gpu.json and $OUT/gpu.txt
-#   5. benchmarks/gpu_study.py: the pipeline under one threading change at a time -> $OUT/gpu_study.json, .txt
+#   5. benchmarks/gpu_study.py: 32 cameras without CUDA graphs, with them, and with the colour work on the GPU,
+#      in one process -> $OUT/gpu_study.json, .txt (the bench above has the other camera counts)
 #
 #   OUT=out DEVICE=torch-cpu bash benchmarks/gpu.sh   # the same steps on a CPU, small (about 30 s)
 set -uo pipefail  # no -e: a failed step is reported and the next one still runs
@@ -57,6 +58,6 @@ fi
 step probe 60 python3 benchmarks/gpu_probe.py "$OUT/probe.json"
 step bench 300 bash -o pipefail -c "python3 -m streamd bench --device '$DEVICE' --json '$OUT/gpu.json' 2>&1 \
                                     | tee '$OUT/gpu.txt'"
-step study 240 bash -o pipefail -c "PYTHONPATH=.\${PYTHONPATH:+:\$PYTHONPATH} python3 benchmarks/gpu_study.py '$OUT' --device '${DEVICE#torch-}' \
+step study 240 bash -o pipefail -c "PYTHONPATH=.\${PYTHONPATH:+:\$PYTHONPATH} python3 benchmarks/gpu_study.py '$OUT' --device '${DEVICE#torch-}' --final-cameras \
                                     2>&1 | tee '$OUT/gpu_study.txt'"
 exit $status

@@ -10,10 +10,12 @@ Everything is measured in one run, on the same machine and the same inputs, so t
 * the network alone: the shipped model against Zhang et al.'s ECCV16 architecture in identical ONNX
   Runtime sessions.
 
-`--device cuda` measures through PyTorch instead (streamd.infer_torch; fp16 on the GPU): the network alone,
-ours against ECCV16, one batch for each of 8, 32 and 64 1080p cameras, then the real Pipeline with that many
-cameras at 50 fps each (so that 32 cameras offer more than 1,000 frames/s) and no outputs. `--device torch-cpu` is the same run on the CPU with 1 and 2 cameras at
-360p: small enough for the test suite, which is how the GPU path is tested without a GPU.
+`--device cuda` measures through PyTorch instead (streamd.infer_torch; fp16 and CUDA graphs on the GPU): the
+network alone, ours against ECCV16, one batch for each of 8, 32 and 64 1080p cameras, then the real Pipeline
+with that many cameras at 50 fps each (so that 32 cameras offer more than 1,000 frames/s), the full-resolution
+colour work batched on the GPU ([colour] device = "cuda"), and no outputs. `--device torch-cpu` is the same
+run on the CPU with 1 and 2 cameras at 360p and colour on the CPU: small enough for the test suite, which is
+how the GPU path is tested without a GPU.
 
 Every number is the median over `--repeats` runs. The inputs are gray H.264 clips made here from the
 synthetic camera (real photos, panned and zoomed), so no file has to be shipped or downloaded.
@@ -76,9 +78,9 @@ PER_CAMERA_MODEL_CAMERAS = (4, 8)
 # is sized for a 15-minute machine loan (about a minute of measuring); torch-cpu for the test suite.
 TORCH_PLANS = {
     "cuda": {"device": "cuda", "camera_size": (1920, 1080), "cameras": (8, 32, 64), "camera_fps": 50.0,
-             "iterations": 20, "clip_s": 6.0},
+             "colour_device": "cuda", "iterations": 20, "clip_s": 6.0},
     "torch-cpu": {"device": "cpu", "camera_size": (640, 360), "cameras": (1, 2), "camera_fps": CLIP_FPS,
-                  "iterations": 2, "clip_s": 2.0},
+                  "colour_device": "cpu", "iterations": 2, "clip_s": 2.0},
 }
 NETWORK_INPUT = (192, 320)  # the production input size, (height, width)
 KEEPS_UP = 0.95  # of the camera's frame rate delivered: the pipeline keeps up, nothing limits it
@@ -248,12 +250,12 @@ def _settle(pipeline: Pipeline, quiet_s: float = 0.3, limit_s: float = 10.0) -> 
 
 
 def paced_config(clip: Path, cameras: int, out_dir: Path, encode: bool, batch_max: int | None,
-                 camera_options: dict | None = None) -> cfgmod.Config:
-    """Every camera the clip (with `camera_options`, keys of a [[camera]] table); written to an MP4 each
-    when `encode`, else no output at all (the frames are still finished and counted as published:
-    OutputWorker does that before its targets); no ZeroMQ."""
-    raw = {"camera": [{"name": f"cam{i}", "url": str(clip), **(camera_options or {}),
-                       **({"file_out": str(out_dir / f"paced-{i}.mp4")} if encode else {})} for i in range(cameras)],
+                 colour_device: str = "cpu") -> cfgmod.Config:
+    """Every camera the clip; written to an MP4 each when `encode`, else no output at all (the frames are
+    still finished and counted as published: OutputWorker does that before its targets); no ZeroMQ."""
+    raw = {"camera": [{"name": f"cam{i}", "url": str(clip), **({"file_out": str(out_dir / f"paced-{i}.mp4")}
+                                                               if encode else {})} for i in range(cameras)],
+           "colour": {"device": colour_device},
            "zmq": {"endpoint": ""}, "adapt": {"state_dir": str(out_dir / "state")}}  # no adapted model of the user's
     if batch_max:
         raw["batch"] = {"max_size": batch_max}
@@ -261,11 +263,11 @@ def paced_config(clip: Path, cameras: int, out_dir: Path, encode: bool, batch_ma
 
 
 def run_paced(clip: Path, cameras: int, colorizer: Colorizer | TorchColorizer, out_dir: Path, encode: bool = True,
-              batch_max: int | None = None, fps: float = CLIP_FPS, camera_options: dict | None = None) -> dict:
+              batch_max: int | None = None, fps: float = CLIP_FPS, colour_device: str = "cpu") -> dict:
     """The real Pipeline, each camera the clip played at its own frame rate (`fps`, the clip's): what a deployment would see, frame
     drops and latency included, with the time the inference thread and the colour step took."""
     inference, colour = StageClock(), StageClock()
-    pipeline = Pipeline(paced_config(clip, cameras, out_dir, encode, batch_max, camera_options),
+    pipeline = Pipeline(paced_config(clip, cameras, out_dir, encode, batch_max, colour_device),
                         TimedColorizer(colorizer, inference))
     cpu_start, start = time.process_time(), time.perf_counter()
     pipeline.start()
@@ -516,7 +518,8 @@ def torch_pipeline_section(colorizer: TorchColorizer, plan: dict, work: Path) ->
     usable = len(os.sched_getaffinity(0))
     rows = []
     for cameras in plan["cameras"]:
-        run = run_paced(clip, cameras, colorizer, work, encode=False, batch_max=cameras, fps=fps)
+        run = run_paced(clip, cameras, colorizer, work, encode=False, batch_max=cameras, fps=fps,
+                        colour_device=plan["colour_device"])
         row = {"resolution": resolution, "cameras": cameras, "camera_fps": fps, "batch_max": cameras,
                "total_fps": run["delivered_fps_per_camera"] * cameras, **run,
                "decode_cores": decode_ms * cameras * fps / 1000.0}
@@ -525,6 +528,7 @@ def torch_pipeline_section(colorizer: TorchColorizer, plan: dict, work: Path) ->
         print(f"pipeline {resolution} x{cameras}: {row['total_fps']:.1f} fps ({row['delivered_fps_per_camera']:.1f}"
               f"/camera), p99 {row['latency_p99_ms']:.0f} ms, limit: {row['limit']}", flush=True)
     return {"outputs": "none: frames are finished (colour recombination) and counted as published, not encoded",
+            "colour_device": plan["colour_device"],
             "decode_cpu_ms_per_frame": decode_ms, "usable_cores": usable, "rows": rows}
 
 
@@ -633,7 +637,8 @@ def report(result: dict) -> str:
         parts.append(f"the real pipeline: FAILED, {result['torch_pipeline']['error']}")
     elif "torch_pipeline" in result:
         pipe = result["torch_pipeline"]
-        parts.append(f"the real pipeline, {size} cameras at {result['settings']['camera_fps']:g} fps, no outputs; decode "
+        parts.append(f"the real pipeline, {size} cameras at {result['settings']['camera_fps']:g} fps, no outputs, "
+                     f"full-resolution colour on {pipe['colour_device']}; decode "
                      f"{pipe['decode_cpu_ms_per_frame']:.2f} CPU ms/frame measured apart, "
                      f"{pipe['usable_cores']} usable cores:\n" + table(
                          ["cameras", "total fps", "fps/camera", "dropped", "p50 ms", "p99 ms", "CPU cores",

@@ -3,6 +3,7 @@ day/night decision of whether a frame needs colorizing at all."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -15,7 +16,7 @@ GUIDE_EPS = 4.0  # L units squared: below this local variance the prediction is 
 
 
 @functools.cache
-def _l_table(full_range: bool) -> np.ndarray:
+def lightness_table(full_range: bool) -> np.ndarray:
     return y_to_l_table(full_range)
 
 
@@ -29,21 +30,18 @@ def luma_at_chroma_size(frame: Frame) -> np.ndarray:
 def luma_to_lightness(frame: Frame, size: tuple[int, int]) -> np.ndarray:
     """The frame's Y' -> L (height, width) float32 at the network's input size (size = (height, width))."""
     small = cv2.resize(luma_at_chroma_size(frame), (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    return cv2.LUT(small, _l_table(frame.full_range))
+    return cv2.LUT(small, lightness_table(frame.full_range))
 
 
 def _box(x: np.ndarray) -> np.ndarray:
     return cv2.boxFilter(x, -1, (2 * GUIDE_RADIUS + 1, 2 * GUIDE_RADIUS + 1), borderType=cv2.BORDER_REFLECT)
 
 
-def guided_upsample(ab: np.ndarray, guide_low: np.ndarray, guide_high: np.ndarray) -> np.ndarray:
-    """Edge-aware upsampling (fast guided filter, He and Sun 2015): fit ab = A * L + B locally on the
-    low-resolution grid, upsample A and B, and apply them to the full-resolution L, so chroma edges
-    snap to luma edges instead of bleeding across them.
-
-    ab: (2, h, w), guide_low: (h, w), guide_high: (H, W) -> (H, W, 2) float32.
-    """
-    size = (guide_high.shape[1], guide_high.shape[0])
+def guide_coefficients(ab: np.ndarray, guide_low: np.ndarray) -> np.ndarray:
+    """The low-resolution half of edge-aware upsampling (fast guided filter, He and Sun 2015): fit
+    ab = A * L + B locally on the network's grid. ab: (2, h, w), guide_low: L (h, w) -> (h, w, 4) float32,
+    A_a, B_a, A_b, B_b; `apply_guide` evaluates them on the full-resolution L, so chroma edges snap to
+    luma edges instead of bleeding across them."""
     mean_i = _box(guide_low)
     var_i = _box(guide_low * guide_low) - mean_i * mean_i
     coeffs = []
@@ -51,8 +49,18 @@ def guided_upsample(ab: np.ndarray, guide_low: np.ndarray, guide_high: np.ndarra
         mean_p = _box(p)
         a = (_box(guide_low * p) - mean_i * mean_p) / (var_i + GUIDE_EPS)
         coeffs += [_box(a), _box(mean_p - a * mean_i)]
-    up = cv2.resize(np.dstack(coeffs), size, interpolation=cv2.INTER_LINEAR)  # (H, W, 4): A_a, B_a, A_b, B_b
+    return np.dstack(coeffs)
+
+
+def apply_guide(coeffs: np.ndarray, guide_high: np.ndarray) -> np.ndarray:
+    """`guide_coefficients` (h, w, 4) upsampled bilinearly and applied to L (H, W) -> ab (H, W, 2) float32."""
+    up = cv2.resize(coeffs, (guide_high.shape[1], guide_high.shape[0]), interpolation=cv2.INTER_LINEAR)
     return np.dstack([up[..., 0] * guide_high + up[..., 1], up[..., 2] * guide_high + up[..., 3]])
+
+
+def guided_upsample(ab: np.ndarray, guide_low: np.ndarray, guide_high: np.ndarray) -> np.ndarray:
+    """ab (2, h, w) -> (H, W, 2) float32 following the edges of guide_high (H, W) (L at full resolution)."""
+    return apply_guide(guide_coefficients(ab, guide_low), guide_high)
 
 
 def lab_to_chroma(lightness: np.ndarray, ab: np.ndarray, matrix: str, full_range: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -80,10 +88,11 @@ class ChromaTable:
     def __init__(self, matrix: str, full_range: bool) -> None:
         y = (np.arange(256 >> self.Y_SHIFT) << self.Y_SHIFT) + (1 << self.Y_SHIFT) // 2
         ab = (np.arange(self.AB_LEVELS) - self.AB_LEVELS // 2) * self.AB_STEP
-        yy, aa, bb = np.meshgrid(_l_table(full_range)[y], ab, ab, indexing="ij")
+        yy, aa, bb = np.meshgrid(lightness_table(full_range)[y], ab, ab, indexing="ij")
         u, v = lab_to_chroma(yy.reshape(-1, 1), np.stack([aa, bb], -1).reshape(-1, 1, 2), matrix, full_range)
+        self.entries = np.ascontiguousarray(np.stack([u.ravel(), v.ravel()], axis=-1))  # (entries, 2): U, V
         # U and V side by side in one uint16 per entry: a single np.take fetches both (a 2-D gather is 20x slower)
-        self.uv = np.ascontiguousarray(np.stack([u.ravel(), v.ravel()], axis=-1)).view(np.uint16).ravel()
+        self.uv = self.entries.view(np.uint16).ravel()
 
     def __call__(self, luma: np.ndarray, ab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """luma (H, W) uint8 and ab (H, W, 2) float -> U, V (H, W) uint8."""
@@ -99,16 +108,27 @@ def chroma_table(matrix: str, full_range: bool) -> ChromaTable:
     return ChromaTable(matrix, full_range)
 
 
-def recombine(frame: Frame, ab: np.ndarray, lightness_in: np.ndarray, temporal: "Temporal | None" = None) -> Frame:
+def chroma_planes(luma: np.ndarray, coeffs: np.ndarray, matrix: str, full_range: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The full-resolution half of recombination, on the CPU: Y' at chroma size (H, W) uint8 and the
+    grid's guide coefficients (h, w, 4) -> U, V (H, W) uint8. streamd.colour_torch does the same on a GPU."""
+    guide_high = cv2.LUT(luma, lightness_table(full_range))  # 7x faster than numpy's gather (0.08 ms at 720p)
+    return chroma_table(matrix, full_range)(luma, apply_guide(coeffs, guide_high))
+
+
+# Y' at chroma size, guide coefficients, matrix, full range -> U, V: chroma_planes or a GPU equivalent
+ChromaPlanes = Callable[[np.ndarray, np.ndarray, str, bool], tuple[np.ndarray, np.ndarray]]
+
+
+def recombine(frame: Frame, ab: np.ndarray, lightness_in: np.ndarray, temporal: "Temporal | None" = None,
+              planes: ChromaPlanes = chroma_planes) -> Frame:
     """A gray frame plus the network's ab (2, h, w) for its L input -> the colour frame, luma untouched.
-    With a camera's Temporal, the prediction is first stabilised against that camera's previous frames."""
-    luma = luma_at_chroma_size(frame)
-    guide_high = cv2.LUT(luma, _l_table(frame.full_range))  # 7x faster than numpy's gather (0.08 ms at 720p)
+    With a camera's Temporal, the prediction is first stabilised against that camera's previous frames.
+    The work on the network's grid happens here; the full-resolution work in `planes`."""
     guide_low = cv2.resize(lightness_in, (ab.shape[2], ab.shape[1]), interpolation=cv2.INTER_AREA)
     if temporal is not None:
         ab = temporal(guide_low, ab, frame.arrival)
-    ab_full = guided_upsample(ab, guide_low, guide_high)
-    frame.u, frame.v = chroma_table(frame.matrix, frame.full_range)(luma, ab_full)
+    frame.u, frame.v = planes(luma_at_chroma_size(frame), guide_coefficients(ab, guide_low), frame.matrix,
+                              frame.full_range)
     frame.colorized = True
     return frame
 

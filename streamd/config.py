@@ -31,6 +31,14 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class ColourConfig:
+    # Where each frame's full-resolution chroma is made: "cpu" (the cameras' output threads) or "cuda" (one
+    # batch for all cameras on the GPU; needs torch, the `train` extra). cuda is for many cameras per GPU
+    # host (BENCHMARKS.md, GPU); the grid work and the temporal state stay on the CPU either way.
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
 class BatchConfig:
     max_size: int = 8
     deadline_ms: float = 0.0  # 0 = one frame interval of the fastest camera
@@ -98,6 +106,7 @@ class CameraConfig:
 class Config:
     cameras: tuple[CameraConfig, ...]
     model: ModelConfig = field(default_factory=ModelConfig)
+    colour: ColourConfig = field(default_factory=ColourConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     zmq: ZmqConfig = field(default_factory=ZmqConfig)
     daynight: DayNightConfig = field(default_factory=DayNightConfig)
@@ -145,6 +154,7 @@ def validate(cfg: Config) -> Config:
         v = getattr(m, key)
         _check(v >= 0 and v % 16 == 0, f"model.{key}", "must be a multiple of 16 (0 = the model's own)")
     _check(not m.path or Path(m.path).is_file(), "model.path", f"no model file at {m.path}")
+    _check(cfg.colour.device in ("cpu", "cuda"), "colour.device", "must be cpu or cuda")
     _check(1 <= cfg.batch.max_size <= 256, "batch.max_size", "must be between 1 and 256")
     _check(cfg.batch.deadline_ms >= 0, "batch.deadline_ms", "must be 0 (automatic) or more")
     _check(cfg.zmq.format in FORMATS, "zmq.format", f"must be one of {', '.join(FORMATS)}")
@@ -186,7 +196,7 @@ def validate(cfg: Config) -> Config:
 
 
 def parse(raw: dict) -> Config:
-    known = {"model", "batch", "zmq", "daynight", "http", "adapt", "camera"}
+    known = {"model", "colour", "batch", "zmq", "daynight", "http", "adapt", "camera"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(sorted(known))})")
@@ -196,6 +206,7 @@ def parse(raw: dict) -> Config:
     return validate(Config(
         cameras=tuple(_section(CameraConfig, c, f"camera[{i}]") for i, c in enumerate(cameras)),
         model=_section(ModelConfig, raw.get("model", {}), "model"),
+        colour=_section(ColourConfig, raw.get("colour", {}), "colour"),
         batch=_section(BatchConfig, raw.get("batch", {}), "batch"),
         zmq=_section(ZmqConfig, raw.get("zmq", {}), "zmq"),
         daynight=_section(DayNightConfig, raw.get("daynight", {}), "daynight"),

@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zmq
@@ -25,7 +26,7 @@ import zmq.auth
 
 from streamd.batch import Batcher, Reuse
 from streamd.collect import FrameStore, default_state_dir
-from streamd.colour import DayNight, Temporal, luma_to_lightness, recombine
+from streamd.colour import ChromaPlanes, DayNight, Temporal, chroma_planes, luma_to_lightness, recombine
 from streamd.config import CameraConfig, Config
 from streamd.frame import Frame
 from streamd.health import Instruments
@@ -33,6 +34,9 @@ from streamd.infer import Colorizer
 from streamd.schedule import AdaptationScheduler, adapted_model
 from streamd.sink import OutputTargets, OutputWorker, ZmqPublisher
 from streamd.source import Camera, SourceSettings, State
+
+if TYPE_CHECKING:
+    from streamd.colour_torch import ChromaBatcher
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +89,27 @@ def predict_changed(colorizer: Colorizer, frames: list[Frame], reuses: list[Reus
     return len(fresh)
 
 
-def finish(frame: Frame, temporal: Temporal | None = None, store: FrameStore | None = None) -> Frame:
-    """Turn a frame's prediction into its chroma planes (luma untouched), stabilised by `temporal`; a day
-    frame (no prediction) is offered to the camera's store instead."""
+def finish(frame: Frame, temporal: Temporal | None = None, store: FrameStore | None = None,
+           planes: ChromaPlanes = chroma_planes) -> Frame:
+    """Turn a frame's prediction into its chroma planes (luma untouched; the full-resolution work in
+    `planes`), stabilised by `temporal`; a day frame (no prediction) is offered to the camera's store."""
     if frame.prediction is None:
         if store is not None:
             store.offer(frame)
     else:
         l_in, ab = frame.prediction
         frame.prediction = None
-        recombine(frame, ab, l_in, temporal)
+        recombine(frame, ab, l_in, temporal, planes)
     return frame
+
+
+def gpu_colour_stage(device: str) -> ChromaBatcher:
+    """The full-resolution colour work batched on the GPU (streamd.colour_torch, which needs torch)."""
+    try:
+        from streamd.colour_torch import ChromaBatcher, TorchChromaPlanes
+    except ImportError as e:
+        raise RuntimeError(f"[colour] device = {device!r} needs torch: pip install 'streamd[train]'") from e
+    return ChromaBatcher(TorchChromaPlanes(device))
 
 
 @dataclass
@@ -117,11 +131,18 @@ class CameraRuntime:
 
 
 class Pipeline:
-    def __init__(self, config: Config, colorizer: Colorizer | None = None) -> None:
+    def __init__(self, config: Config, colorizer: Colorizer | None = None,
+                 colour_stage: ChromaBatcher | None = None) -> None:
+        """`colorizer` and `colour_stage` replace what the config names (the bench times them, the tests
+        run the GPU colour stage on the CPU); the pipeline starts and closes either way."""
         self.config = config
         m = config.model
         self.colorizer = colorizer or self._load_model(m.path)
         self._models: dict[str, Colorizer] = {"": self.colorizer}  # per-camera models, by path
+        # Full-resolution chroma: on the cameras' output threads, or one GPU batch for all of them
+        self.colour_stage = colour_stage
+        if colour_stage is None and config.colour.device != "cpu":
+            self.colour_stage = gpu_colour_stage(config.colour.device)
         self.batcher = Batcher(config.batch.max_size, (config.batch.deadline_ms or 40.0) / 1000.0)
         self.instruments = Instruments()
         self._zmq_context = zmq.Context()
@@ -187,6 +208,8 @@ class Pipeline:
 
     # -- life cycle ----------------------------------------------------------------------------------
     def start(self) -> None:
+        if self.colour_stage:
+            self.colour_stage.start()
         for c in self.config.cameras:
             self.add_camera(c)
         self._infer_thread.start()
@@ -200,7 +223,8 @@ class Pipeline:
         store = self._store_for(c)
         # Colour work happens in `prepare`, on the camera's output thread: full-resolution chroma is made in
         # parallel across cameras, and the temporal state and the store are touched by one thread only.
-        outputs = OutputWorker(c.name, targets, prepare=lambda frame: finish(frame, temporal, store),
+        planes = self.colour_stage or chroma_planes
+        outputs = OutputWorker(c.name, targets, prepare=lambda frame: finish(frame, temporal, store, planes),
                                observe_latency=self.instruments.latency.labels(c.name).observe)
         runtime = CameraRuntime(c, None, DayNight(self.config.daynight.to_night_s, self.config.daynight.to_day_s),
                                 outputs, temporal, store, reuse_for(c),
@@ -254,12 +278,10 @@ class Pipeline:
             elif name not in old:
                 self.add_camera(c)
                 changes.append(f"added {name}")
-        for section in ("model", "batch", "zmq", "http", "adapt"):
+        for section in ("model", "colour", "batch", "zmq", "http", "adapt"):
             if getattr(new, section) != getattr(self.config, section):
                 log.warning("reload: [%s] changed; that takes effect at the next restart", section)
-        self.config = Config(cameras=new.cameras, model=self.config.model, batch=self.config.batch,
-                             zmq=self.config.zmq, daynight=new.daynight, http=self.config.http,
-                             adapt=self.config.adapt)
+        self.config = dataclasses.replace(self.config, cameras=new.cameras, daynight=new.daynight)
         return changes
 
     def stop(self) -> None:
@@ -273,6 +295,8 @@ class Pipeline:
             self._infer_thread.join(5.0)
         for runtime in self.cameras.values():
             runtime.outputs.close()
+        if self.colour_stage:  # after the outputs: they may be waiting on it
+            self.colour_stage.close()
         if self.publisher:
             self.publisher.close()
         self._zmq_context.term()

@@ -71,12 +71,13 @@ def test_rtsp_in_zeromq_and_rtsp_out(rtsp_server, publishers, model_path):
     assert "gate: running" in out
 
 
-def run_pipeline(cameras: list[dict], seconds: float, fmt: str = "yuv420p", until=None, **sections):
+def run_pipeline(cameras: list[dict], seconds: float, fmt: str = "yuv420p", until=None, colour_stage=None,
+                 **sections):
     """Run a pipeline, collecting every message, until every source ended, `until(pipeline)` holds, or
     `seconds` passed."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     cfg = cfgmod.parse({"camera": cameras, "zmq": {"endpoint": endpoint, "format": fmt, "hwm": 1000}, **sections})
-    pipeline = Pipeline(cfg)
+    pipeline = Pipeline(cfg, colour_stage=colour_stage)
     sub = Subscriber(endpoint, hwm=1000)
     time.sleep(0.3)
     pipeline.start()

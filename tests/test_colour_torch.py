@@ -1,0 +1,89 @@
+"""The GPU colour stage (streamd.colour_torch), run on PyTorch's CPU device: the same planes as the CPU
+path, from many camera threads at once, and through the real pipeline."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from skimage import data
+
+pytest.importorskip("torch")
+
+from streamd.colour import chroma_planes, guide_coefficients, luma_at_chroma_size, luma_to_lightness  # noqa: E402
+from streamd.colour_torch import ChromaBatcher, TorchChromaPlanes  # noqa: E402
+from streamd.frame import Frame  # noqa: E402
+
+
+def photo_frame(image: np.ndarray, matrix: str = "bt709", full_range: bool = False) -> tuple[Frame, np.ndarray]:
+    """A real photo as a YUV frame, and guide coefficients made from its true colours' blurred ab."""
+    frame = Frame.from_bgr("test", 0, image[..., ::-1], matrix=matrix, full_range=full_range)
+    lightness = luma_to_lightness(frame, (48, 80))
+    rng = np.random.default_rng(0)
+    ab = np.stack([np.full((48, 80), 20.0), np.linspace(-60, 60, 80)[None].repeat(48, 0)]).astype(np.float32)
+    ab += rng.normal(0, 5, ab.shape).astype(np.float32)
+    return frame, guide_coefficients(ab, lightness)
+
+
+@pytest.mark.parametrize("matrix,full_range", [("bt709", False), ("bt601", True)])
+def test_torch_planes_match_the_cpu_path(matrix, full_range):
+    frame, coeffs = photo_frame(data.astronaut(), matrix, full_range)
+    luma = luma_at_chroma_size(frame)
+    u_cpu, v_cpu = chroma_planes(luma, coeffs, matrix, full_range)
+    [(u, v)] = TorchChromaPlanes("cpu")([luma], [coeffs], matrix, full_range)
+    for ours, theirs in ((u, u_cpu), (v, v_cpu)):
+        assert ours.shape == theirs.shape and ours.dtype == np.uint8
+        diff = np.abs(ours.astype(int) - theirs)
+        # float rounding can move a value across a table step (2 ab units): a code value or two, rarely
+        assert diff.max() <= 2 and (diff == 0).mean() > 0.999
+    assert np.abs(u.astype(int) - 128).mean() > 3  # and there is colour in it
+
+
+def test_batcher_serves_many_threads_with_their_own_frames():
+    images = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+    inputs = [photo_frame(image) for image in images]
+    expected = [chroma_planes(luma_at_chroma_size(f), c, f.matrix, f.full_range) for f, c in inputs]
+    stage = ChromaBatcher(TorchChromaPlanes("cpu"))
+    stage.start()
+    results: dict[int, list] = {}
+
+    def camera(i: int) -> None:
+        frame, coeffs = inputs[i % len(inputs)]
+        results[i] = [stage(luma_at_chroma_size(frame), coeffs, frame.matrix, frame.full_range) for _ in range(3)]
+
+    threads = [threading.Thread(target=camera, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    stage.close()
+    assert stage.frames == 24 and stage.batches <= 24
+    for i, planes in results.items():
+        for u, v in planes:  # each thread got its own frame's planes back, whatever it was batched with
+            u_cpu, v_cpu = expected[i % len(inputs)]
+            assert np.abs(u.astype(int) - u_cpu).max() <= 2 and np.abs(v.astype(int) - v_cpu).max() <= 2
+    with pytest.raises(RuntimeError, match="closed"):
+        stage(*[luma_at_chroma_size(inputs[0][0]), inputs[0][1], "bt709", False])
+
+
+def test_pipeline_with_the_batched_colour_stage(tmp_path):
+    """Two gray cameras through the real pipeline, their chroma made by the batched stage: every frame
+    colorized by it, luma bit-exact."""
+    import av
+
+    from tests.conftest import write_video
+    from tests.test_pipeline import run_pipeline
+
+    videos = [write_video(tmp_path / f"gray{i}.mp4", "gray", seconds=2) for i in range(2)]
+    stage = ChromaBatcher(TorchChromaPlanes("cpu"))
+    pipeline, got = run_pipeline([{"name": f"cam{i}", "url": str(v)} for i, v in enumerate(videos)], seconds=30,
+                                 colour_stage=stage)
+    assert {h["camera"] for h, _ in got} == {"cam0", "cam1"}
+    assert all(h["colorized"] for h, _ in got)
+    assert stage.frames == len(got) == sum(r.outputs.published for r in pipeline.cameras.values())
+    with av.open(str(videos[0])) as c:
+        source = [f.to_ndarray(format="yuv420p") for f in c.decode(video=0)]
+    for header, planes in got[:10]:
+        if header["camera"] == "cam0":
+            assert np.array_equal(planes[:240], source[header["seq"]][:240])
+            assert planes[240:].std() > source[header["seq"]][240:].std() + 1
