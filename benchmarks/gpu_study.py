@@ -41,8 +41,8 @@ def main() -> None:
     eager = load_torch_colorizer(device=args.device)
     graphs = load_torch_colorizer(device=args.device)
     eager.cuda_graphs = False
-    bench.warm_up(eager, max(args.cameras, *args.final_cameras))
-    bench.warm_up(graphs, max(args.cameras, *args.final_cameras))
+    bench.warm_up(eager, max([args.cameras, *args.final_cameras]))
+    bench.warm_up(graphs, max([args.cameras, *args.final_cameras]))
     gpu_colour = args.device  # on a CPU-only host (trying the script out), the same stage on torch's CPU
 
     rows = []
