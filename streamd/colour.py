@@ -3,6 +3,7 @@ day/night decision of whether a frame needs colorizing at all."""
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 
 import cv2
@@ -104,8 +105,19 @@ class ChromaTable:
 
 
 @functools.cache
-def chroma_table(matrix: str, full_range: bool) -> ChromaTable:
+def _cached_chroma_table(matrix: str, full_range: bool) -> ChromaTable:
     return ChromaTable(matrix, full_range)
+
+
+_CHROMA_TABLE_BUILD = threading.Lock()
+
+
+def chroma_table(matrix: str, full_range: bool) -> ChromaTable:
+    """The table for a stream's matrix and range, built once per process (0.2 s). Under the lock, because
+    every camera's first frame asks at the same moment at start-up: without it each thread built its own
+    (16 cameras on 2 cores: seconds of start-up and 1.4 GB)."""
+    with _CHROMA_TABLE_BUILD:
+        return _cached_chroma_table(matrix, full_range)
 
 
 def chroma_planes(luma: np.ndarray, coeffs: np.ndarray, matrix: str, full_range: bool) -> tuple[np.ndarray, np.ndarray]:

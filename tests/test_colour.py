@@ -159,3 +159,16 @@ def test_temporal_stabilises_a_pan_and_resets_on_a_cut():
     photo = cv2.resize(rgb_to_lab(data.coffee())[..., 0], (width, 48), interpolation=cv2.INTER_AREA)
     predicted = np.stack([photo - 50, 50 - photo]).astype(np.float32)
     assert np.array_equal(temporal(photo.astype(np.float32), predicted, 20 / 25), predicted)
+
+
+def test_chroma_table_is_built_once_for_cameras_starting_together():
+    """Every camera's first frame asks for the table at the same moment: one build, one shared table."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streamd import colour
+
+    colour._cached_chroma_table.cache_clear()
+    with ThreadPoolExecutor(8) as pool:
+        tables = list(pool.map(lambda _: colour.chroma_table("bt601", False), range(8)))
+    assert all(t is tables[0] for t in tables)
+    assert colour._cached_chroma_table.cache_info().misses == 1

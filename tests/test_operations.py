@@ -321,11 +321,13 @@ def test_systemd_unit_verifies(tmp_path):
     if analyze is None:
         pytest.fail("systemd-analyze is missing (apt-get install systemd; .ci/run does)")
     streamd = shutil.which("streamd") or "/bin/true"
-    unit = (ROOT / "systemd" / "streamd.service").read_text().replace("/usr/local/bin/streamd", streamd)
-    for key in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "ExecReload=", "CacheDirectory=", "User="):
+    unit = (ROOT / "systemd" / "streamd@.service").read_text().replace("/usr/local/bin/streamd", streamd)
+    for key in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "ExecReload=", "CacheDirectory=", "User=",
+                "-c /etc/streamd/%i.toml", "StateDirectory=streamd/%i"):
         assert key in unit
-    (tmp_path / "streamd.service").write_text(unit)
-    proc = subprocess.run([analyze, "verify", str(tmp_path / "streamd.service")], capture_output=True, text=True)
+    (tmp_path / "streamd@.service").write_text(unit)
+    # a template is verified as one of its instances
+    proc = subprocess.run([analyze, "verify", str(tmp_path / "streamd@main.service")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
 
