@@ -171,9 +171,9 @@ class AdaptationScheduler:
         kept = json.loads(report.read_text()).get("kept") if report.exists() else None
         if kept and out.exists():
             previous = [p for p in folder.glob("*.onnx") if p != out]
+            self.on_adapted(camera, out)  # in use before the outcome says so: readers of either agree
             self.results["kept"] += 1
             self._record(camera, "kept", str(out), started, report)
-            self.on_adapted(camera, out)
             for old in previous:  # the camera no longer uses them
                 for sibling in (old, old.with_suffix(".pt"), old.with_suffix(".md")):
                     sibling.unlink(missing_ok=True)

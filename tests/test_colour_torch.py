@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 from skimage import data
 
-pytest.importorskip("torch")
-
-from streamd.colour import chroma_planes, guide_coefficients, luma_at_chroma_size, luma_to_lightness  # noqa: E402
-from streamd.colour_torch import ChromaBatcher, TorchChromaPlanes  # noqa: E402
-from streamd.frame import Frame  # noqa: E402
+from streamd.colour import chroma_planes, guide_coefficients, luma_at_chroma_size, luma_to_lightness
+from streamd.colour_torch import ChromaBatcher, TorchChromaPlanes
+from streamd.frame import Frame
 
 
 def photo_frame(image: np.ndarray, matrix: str = "bt709", full_range: bool = False) -> tuple[Frame, np.ndarray]:
