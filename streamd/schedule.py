@@ -171,7 +171,12 @@ class AdaptationScheduler:
         kept = json.loads(report.read_text()).get("kept") if report.exists() else None
         if kept and out.exists():
             previous = [p for p in folder.glob("*.onnx") if p != out]
-            self.on_adapted(camera, out)  # in use before the outcome says so: readers of either agree
+            try:
+                self.on_adapted(camera, out)  # in use before the outcome says so: readers of either agree
+            except Exception as e:  # the camera keeps its current model
+                self.results["failed"] += 1
+                self._record(camera, "failed", f"the adapted model cannot be used: {e}", started, report)
+                raise
             self.results["kept"] += 1
             self._record(camera, "kept", str(out), started, report)
             for old in previous:  # the camera no longer uses them
