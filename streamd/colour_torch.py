@@ -32,7 +32,7 @@ class TorchChromaPlanes:
     def __init__(self, device: str = "cuda") -> None:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("[colour] device is cuda, but CUDA is not available here")
+            raise RuntimeError(f"{device!r}, but CUDA is not available here (torch.cuda.is_available() is False)")
         self._tables: dict[tuple[str, bool], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _table(self, matrix: str, full_range: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,7 @@ import zmq.auth
 from streamd.batch import Batcher, Reuse
 from streamd.collect import FrameStore, default_state_dir
 from streamd.colour import ChromaPlanes, DayNight, Temporal, chroma_planes, luma_to_lightness, recombine
-from streamd.config import CameraConfig, Config
+from streamd.config import CameraConfig, Config, ConfigError
 from streamd.frame import Frame
 from streamd.health import Instruments
 from streamd.infer import Colorizer
@@ -104,12 +104,16 @@ def finish(frame: Frame, temporal: Temporal | None = None, store: FrameStore | N
 
 
 def gpu_colour_stage(device: str) -> ChromaBatcher:
-    """The full-resolution colour work batched on the GPU (streamd.colour_torch, which needs torch)."""
+    """The full-resolution colour work batched on the GPU (streamd.colour_torch, which needs torch); a
+    ConfigError naming colour.device where this host cannot run it."""
     try:
         from streamd.colour_torch import ChromaBatcher, TorchChromaPlanes
     except ImportError as e:
-        raise RuntimeError(f"[colour] device = {device!r} needs torch: pip install 'streamd[train]'") from e
-    return ChromaBatcher(TorchChromaPlanes(device))
+        raise ConfigError(f"colour.device: {device!r} needs torch: pip install 'streamd[train]'") from e
+    try:
+        return ChromaBatcher(TorchChromaPlanes(device))
+    except RuntimeError as e:
+        raise ConfigError(f"colour.device: {e}") from e
 
 
 @dataclass
