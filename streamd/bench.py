@@ -72,6 +72,7 @@ FULL = {"sizes": [(640, 360), (1280, 720), (1920, 1080)], "cameras": [1, 2, 4, 8
 SHORT = {"sizes": [(640, 360), (1280, 720)], "cameras": [1, 2], "clip_s": 2.0, "repeats": 2, "stage_frames": 6,
          "network_sizes": [(192, 320)], "still_sizes": [(1280, 720)], "still_cameras": [1]}
 NETWORK_BATCHES = (1, 8)
+NETWORK_ROUNDS = 7  # at least, in full mode: the network comparison is cheap, and the noisiest on a shared host
 PER_CAMERA_MODEL_CAMERAS = (4, 8)
 # The PyTorch runs: the network alone, one batch per camera count (`iterations` timed calls each), then the
 # paced Pipeline with that many cameras, every camera the same clip (`clip_s` long) played once. The GPU run
@@ -314,9 +315,29 @@ def repeated(measure: Callable[[], dict], repeats: int) -> dict:
 
 def time_network(run: Callable[[np.ndarray], object], lightness: np.ndarray, repeats: int) -> dict:
     """Median seconds per call over `repeats` calls (the caller has warmed the session up)."""
-    batch_s = statistics.median(_seconds(lambda: run(lightness)) for _ in range(repeats))
-    return {"ms_per_batch": batch_s * 1000.0, "ms_per_frame": batch_s * 1000.0 / len(lightness),
-            "fps": len(lightness) / batch_s}
+    return network_timing([_seconds(lambda: run(lightness)) for _ in range(repeats)], len(lightness))
+
+
+def network_timing(seconds: list[float], batch: int) -> dict:
+    batch_s = statistics.median(seconds)
+    return {"ms_per_batch": batch_s * 1000.0, "ms_per_frame": batch_s * 1000.0 / batch, "fps": batch / batch_s,
+            "calls_ms": [s * 1000.0 for s in seconds]}
+
+
+def time_interleaved(networks: dict[str, Callable[[np.ndarray], object]], lightness: np.ndarray,
+                     rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each network, `rounds` rounds in which each is called once in turn: a slow
+    moment of a shared machine falls on all of them alike instead of on whichever ran then."""
+    seconds: dict[str, list[float]] = {name: [] for name in networks}
+    for _ in range(rounds):
+        for name, run in networks.items():
+            seconds[name].append(_seconds(lambda: run(lightness)))
+    return seconds
+
+
+def median_ratio(numerator_s: list[float], denominator_s: list[float]) -> float:
+    """The fps ratio numerator / denominator as the median of the rounds' own ratios."""
+    return statistics.median(d / n for n, d in zip(numerator_s, denominator_s))
 
 
 def export_eccv16(path: Path, temperature: float) -> None:
@@ -363,16 +384,18 @@ def network_section(colorizer: Colorizer, work: Path, sizes: list[tuple[int, int
             session(lightness_batch(size, 1))
         for batch in NETWORK_BATCHES:
             lightness = lightness_batch(size, batch)
-            ours = time_network(colorizer, lightness, repeats)
-            eccv16 = time_network(baseline, lightness, repeats) if baseline else None
-            ours_int8 = time_network(int8, lightness, repeats) if int8 else None
+            networks = {"ours": colorizer, "eccv16": baseline, "ours_int8": int8}
+            seconds = time_interleaved({k: v for k, v in networks.items() if v}, lightness, repeats)
+            ours, eccv16, ours_int8 = (network_timing(seconds[k], batch) if k in seconds else None for k in networks)
             rows.append({"input": f"{size[1]}x{size[0]}", "batch": batch, "ours": ours, "eccv16": eccv16,
-                         "ratio_fps_ours_over_eccv16": ours["fps"] / eccv16["fps"] if eccv16 else None,
+                         "ratio_fps_ours_over_eccv16": median_ratio(seconds["ours"], seconds["eccv16"])
+                         if eccv16 else None,
                          "ours_int8": ours_int8,
-                         "ratio_fps_int8_over_eccv16": ours_int8["fps"] / eccv16["fps"] if eccv16 and int8 else None})
+                         "ratio_fps_int8_over_eccv16": median_ratio(seconds["ours_int8"], seconds["eccv16"])
+                         if eccv16 and int8 else None})
             print(f"network {rows[-1]['input']} batch {batch}: ours {ours['ms_per_frame']:.1f} ms/frame"
                   + (f", ECCV16 {eccv16['ms_per_frame']:.1f} ms/frame" if eccv16 else ""), flush=True)
-    return {"baseline": note, "ort_intra_op_threads": 0, "rows": rows}
+    return {"baseline": note, "ort_intra_op_threads": 0, "rounds": repeats, "rows": rows}
 
 
 def per_camera_models_section(colorizer: Colorizer, size: tuple[int, int], repeats: int) -> dict:
@@ -611,7 +634,8 @@ def report(result: dict) -> str:
                                t["predict_ms_per_frame"], t["finish_ms_per_frame"], t["encode_ms_per_frame"],
                                limit[t["resolution"]], t["ratio_to_passthrough"]] for t in runs["throughput"]]))
     if "network" in result:
-        parts.append(f"network alone ({result['network']['baseline']}):\n" + table(
+        parts.append(f"network alone ({result['network']['baseline']}; {result['network']['rounds']} rounds, each "
+                     "network once per round in turn; ratios are medians of the rounds' ratios):\n" + table(
             ["input", "batch", "ours ms/frame", "ours fps", "ECCV16 ms/frame", "ECCV16 fps", "ours / ECCV16 (fps)",
              "int8 ms/frame", "int8 / ECCV16 (fps)"],
             [[r["input"], r["batch"], r["ours"]["ms_per_frame"], r["ours"]["fps"],
@@ -676,7 +700,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
     result["passthrough"], result["streamd"] = video_sections(colorizer, plan, repeats, work)
     still_passthrough, still = video_sections(colorizer, plan, repeats, work, still=True)
     result["still_scene"] = {"passthrough": still_passthrough, **still}
-    result["network"] = network_section(fp32, work, plan["network_sizes"], repeats,
+    rounds = repeats if args.short else max(repeats, NETWORK_ROUNDS)
+    result["network"] = network_section(fp32, work, plan["network_sizes"], rounds,
                                         colorizer if colorizer.path != fp32.path else None)
     result["per_camera_models"] = per_camera_models_section(colorizer, plan["network_sizes"][-1], repeats)
     result["peak_rss_mib"] = peak_rss_mib()

@@ -97,8 +97,8 @@ def _h264_codec() -> tuple[str, dict]:
             probe.width, probe.height, probe.pix_fmt, probe.time_base = 256, 256, "yuv420p", Fraction(1, 25)
             probe.open()
             return "h264_nvenc", {"preset": "p1", "tune": "ll", "zerolatency": "1"}
-        except av.error.FFmpegError as e:
-            log.info("NVENC is compiled in but does not open here (%s): encoding with libx264", e)
+        except (av.error.FFmpegError, ValueError) as e:  # ValueError: an FFmpeg built without NVENC
+            log.info("NVENC does not open here (%s): encoding with libx264", e)
     return "libx264", {"preset": "ultrafast", "tune": "zerolatency"}
 
 
