@@ -51,6 +51,31 @@ class Decoding:
             return self.decoder(torch.from_numpy(lightness)).numpy()
 
 
+class ConfidenceDecoding(Decoding):
+    """Two annealed means of one distribution, mixed per pixel by how sure the network is there:
+    ab = s^k * mean(T_sure) + (1 - s^k) * mean(T_unsure), with s = 1 - entropy / log Q of the corrected
+    distribution at T = 1. Where the network is sure (sky, foliage) the colour is saturated; where it is
+    not, it stays near the mean, which protects PSNR."""
+
+    def __init__(self, network: CachedNetwork, info, weights: dict, sure: float, unsure: float, alpha: float,
+                 power: float) -> None:
+        super().__init__(network, info, weights, 1.0, alpha)
+        self.sure, self.unsure, self.power = sure, unsure, power
+
+    def __call__(self, lightness: np.ndarray) -> np.ndarray:
+        d = self.decoder
+        with torch.no_grad():
+            logits = d.net(torch.from_numpy(lightness)) + d.log_correction
+            p = torch.softmax(logits, dim=1)
+            sureness = 1.0 - (-(p * torch.log(p.clamp_min(1e-12))).sum(1, keepdim=True)) / np.log(p.shape[1])
+            weight = sureness ** self.power
+
+            def mean(t: float) -> torch.Tensor:
+                return torch.einsum("nqhw,qc->nchw", torch.softmax(logits / t, dim=1), d.bins)
+
+            return (weight * mean(self.sure) + (1 - weight) * mean(self.unsure)).numpy()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("weights", type=Path)
@@ -59,6 +84,7 @@ def main() -> None:
     parser.add_argument("--half", choices=["even", "odd"], help="only every other image: choose on one half, "
                         "report on the other")
     parser.add_argument("--decode", nargs="+", default=["1:0"], help="T:alpha pairs")
+    parser.add_argument("--confidence", nargs="*", default=[], help="T_sure:T_unsure:alpha:power (ConfidenceDecoding)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -69,6 +95,10 @@ def main() -> None:
     for spec in args.decode:
         t, a = (float(x) for x in spec.split(":"))
         decodings[f"T={t:g} a={a:g}"] = Decoding(network, info, weights, t, a)
+    for spec in args.confidence:
+        sure, unsure, a, k = (float(x) for x in spec.split(":"))
+        decodings[f"sure T={sure:g} unsure T={unsure:g} a={a:g} k={k:g}"] = ConfidenceDecoding(
+            network, info, weights, sure, unsure, a, k)
 
     evaluation = Evaluation(list(decodings))
     paths = image_files(args.images)
