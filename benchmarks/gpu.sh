@@ -2,9 +2,9 @@
 # The GPU benchmark (BENCHMARKS.md, "GPU"), made to run the first time on the lent GPU machine: Python 3.12,
 # PyTorch CUDA, no PyAV, no pyzmq, no onnxruntime-gpu, no network (/work/shared/docs/GPU.md).
 #
-# A session runs it with the device tool in one call (its steps are limited to 480 s together; expect about
-# 3 minutes of work once the machine has started):
-#   run  command: bash benchmarks/gpu.sh    carry: ["benchmarks/wheels"]    timeout_s: 500
+# A session runs it with the device tool in one call (each step has its own time limit; on the H200 the
+# steps took about 5 minutes together once the machine had started):
+#   run  command: bash benchmarks/gpu.sh    carry: ["benchmarks/wheels"]    timeout_s: 600
 # benchmarks/wheels/ (git-ignored, never committed) must first be filled here, on a machine with network:
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 -d benchmarks/wheels av==18.1.0 pyzmq==27.3.0 tqdm==4.70.1
@@ -21,6 +21,7 @@
 #      and the real Pipeline with 8, 32 and 64 1080p cameras at 50 fps -> $OUT/gpu.json and $OUT/gpu.txt
 #   5. benchmarks/gpu_study.py: 32 cameras without CUDA graphs, with them, and with the colour work on the GPU,
 #      in one process -> $OUT/gpu_study.json, .txt (the bench above has the other camera counts)
+#   6. benchmarks/gpu_shards.py (cuda only): the cameras over 1, 4 and 8 processes -> $OUT/gpu_shards.json, .txt
 #
 #   OUT=out DEVICE=torch-cpu bash benchmarks/gpu.sh   # the same steps on a CPU, small (about 30 s)
 set -uo pipefail  # no -e: a failed step is reported and the next one still runs
@@ -60,4 +61,6 @@ step bench 300 bash -o pipefail -c "python3 -m streamd bench --device '$DEVICE' 
                                     | tee '$OUT/gpu.txt'"
 step study 240 bash -o pipefail -c "PYTHONPATH=.\${PYTHONPATH:+:\$PYTHONPATH} python3 benchmarks/gpu_study.py '$OUT' --device '${DEVICE#torch-}' --final-cameras \
                                     2>&1 | tee '$OUT/gpu_study.txt'"
+[ "$DEVICE" = cuda ] && step shards 240 bash -o pipefail -c "PYTHONPATH=.\${PYTHONPATH:+:\$PYTHONPATH} WARM_UP_S=25 \
+                                    python3 benchmarks/gpu_shards.py '$OUT' 2>&1 | tee '$OUT/gpu_shards.txt'"
 exit $status
