@@ -39,9 +39,10 @@ def shard(args: argparse.Namespace) -> None:
                                            "ended": time.time()}))
 
 
-def layout(out: Path, clip: Path, processes: int, cameras: int, args: argparse.Namespace) -> dict:
+def layout(clip: Path, processes: int, cameras: int, args: argparse.Namespace) -> dict:
     start_at = time.time() + WARM_UP_S
-    paths = [out / f"shard-{processes}x{cameras}-{i}.json" for i in range(processes)]
+    # beside the clip, not in the output folder, whose every file is copied back from a lent machine
+    paths = [clip.parent / f"shard-{processes}x{cameras}-{i}.json" for i in range(processes)]
     procs = [subprocess.Popen([sys.executable, __file__, "--shard", "--clip", str(clip), "--cameras", str(cameras),
                                "--start-at", str(start_at), "--json", str(path), "--device", args.device,
                                "--fps", str(args.fps), "--colour-device", args.colour_device])
@@ -94,7 +95,7 @@ def main() -> None:
     rows = []
     for spec in args.layouts:
         processes, cameras = map(int, spec.split("x"))
-        rows.append(layout(args.out, clip, processes, cameras, args))
+        rows.append(layout(clip, processes, cameras, args))
     result = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "size": args.size, "camera_fps": args.fps,
               "clip_seconds": args.seconds, "colour_device": args.colour_device, "layouts": rows}
     (args.out / "gpu_shards.json").write_text(json.dumps(result, indent=2))
