@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class ModelConfig:
     path: str = ""  # "" = the shipped model
-    provider: str = "auto"  # auto | tensorrt | cuda | cpu
+    provider: str = "auto"  # auto | tensorrt | cuda | cpu | torch-cuda (PyTorch, needs the train extra)
     temperature: float = 0.0  # 0 = the model's own (0.38 unless exported otherwise)
     threads: int = 0  # ONNX Runtime intra-op threads; 0 = one per core
     input_width: int = 0  # 0 = the model's own input size
@@ -146,7 +146,8 @@ def _check(ok: bool, key: str, message: str) -> None:
 
 def validate(cfg: Config) -> Config:
     m = cfg.model
-    _check(m.provider in ("auto", "tensorrt", "cuda", "cpu"), "model.provider", "must be auto, tensorrt, cuda or cpu")
+    _check(m.provider in ("auto", "tensorrt", "cuda", "cpu", "torch-cuda"), "model.provider",
+           "must be auto, tensorrt, cuda, cpu or torch-cuda")
     _check(m.temperature >= 0, "model.temperature", "must be positive (0 keeps the model's own)")
     _check(m.threads >= 0, "model.threads", "must be 0 (all cores) or more")
     _check(m.int8 in ("auto", "on", "off"), "model.int8", "must be auto, on or off")

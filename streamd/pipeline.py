@@ -37,6 +37,7 @@ from streamd.source import Camera, SourceSettings, State
 
 if TYPE_CHECKING:
     from streamd.colour_torch import ChromaBatcher
+    from streamd.infer_torch import TorchColorizer
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,19 @@ def finish(frame: Frame, temporal: Temporal | None = None, store: FrameStore | N
         frame.prediction = None
         recombine(frame, ab, l_in, temporal, planes)
     return frame
+
+
+def torch_model(path: str, temperature: float | None) -> TorchColorizer:
+    """[model] provider = "torch-cuda": the model's training weights through PyTorch on the GPU, with CUDA
+    graphs (streamd.infer_torch), for GPU hosts without onnxruntime-gpu; the path the GPU benchmarks measure."""
+    try:
+        from streamd.infer_torch import load_torch_colorizer
+    except ImportError as e:
+        raise ConfigError("model.provider: 'torch-cuda' needs torch: pip install 'streamd[train]'") from e
+    try:
+        return load_torch_colorizer(Path(path) if path else None, "cuda", temperature)
+    except RuntimeError as e:
+        raise ConfigError(f"model.provider: 'torch-cuda', but {e}") from e
 
 
 def gpu_colour_stage(device: str) -> ChromaBatcher:
@@ -169,6 +183,8 @@ class Pipeline:
 
     def _load_model(self, path: str) -> Colorizer:
         m = self.config.model
+        if m.provider == "torch-cuda":
+            return torch_model(path, m.temperature or None)
         return Colorizer(Path(path) if path else None, m.provider, m.temperature or None, m.threads,
                          Path(m.cache_dir) if m.cache_dir else None, m.int8)
 

@@ -188,9 +188,12 @@ def test_bad_sources_fail_alone_while_others_run(tmp_path):
     (["run", "--source", "{tmp}/nope.mp4", "--zmq", ""], 1, "no such file"),
     (["colorize", "{tmp}/nope.png", "-o", "{tmp}/out"], 2, "no such file"),
     (["run", "-c", "{tmp}/gpu.toml"], 2, "colour.device: 'cuda', but CUDA is not available"),  # no GPU in CI
+    (["run", "-c", "{tmp}/torch.toml"], 2, "model.provider: 'torch-cuda', but CUDA is not available"),
 ])
 def test_cli_errors_and_exit_codes(tmp_path, argv, code, message):
     (tmp_path / "bad.toml").write_text('[[camera]]\nname = "a"\nurl = "x.mp4"\ntransport = "sctp"\n')
+    (tmp_path / "torch.toml").write_text('[model]\nprovider = "torch-cuda"\n[zmq]\nendpoint = ""\n'
+                                         '[[camera]]\nname = "a"\nurl = "synthetic://"\n')
     (tmp_path / "gpu.toml").write_text('[colour]\ndevice = "cuda"\n[zmq]\nendpoint = ""\n'
                                        '[[camera]]\nname = "a"\nurl = "synthetic://"\n')
     proc = subprocess.run([sys.executable, "-m", "streamd", *[a.format(tmp=tmp_path) for a in argv]], cwd=ROOT,
