@@ -178,7 +178,8 @@ def cmd_colorize(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     colorizer = Colorizer(args.model, temperature=args.temperature, int8=args.int8)
     try:
-        written = colorize_paths(colorizer, args.inputs, args.output, temporal=not args.no_temporal)
+        written = colorize_paths(colorizer, args.inputs, args.output, temporal=not args.no_temporal,
+                                 every_frame=args.every_frame)
     except ValueError as e:
         print(f"streamd colorize: {e}", file=sys.stderr)
         return EXIT_FAILED
@@ -284,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--model", type=Path, default=None)
     z.add_argument("--temperature", type=float, default=None)
     z.add_argument("--no-temporal", action="store_true", help="colorize each video frame on its own")
+    z.add_argument("--every-frame", action="store_true", help="run the network on every video frame (by default "
+                   "still and moving scenes reuse or carry the last prediction, as the daemon's cameras do)")
     z.add_argument("--int8", choices=["auto", "on", "off"], default="auto",
                    help="auto (as the daemon): on the CPU, the model's int8 copy <name>-int8.onnx if it has one")
     z.set_defaults(func=cmd_colorize)

@@ -15,7 +15,8 @@ from streamd.colour import Temporal
 from streamd.frame import Frame
 from streamd.infer import Colorizer
 from streamd.model.data import IMAGE_SUFFIXES, VIDEO_SUFFIXES
-from streamd.pipeline import finish, predict, predict_changed
+from streamd.config import CameraConfig
+from streamd.pipeline import finish, predict, predict_changed, reuse_for
 from streamd.sink import H264Writer
 
 log = logging.getLogger(__name__)
@@ -71,37 +72,32 @@ def _decode(path: Path) -> Iterator[Frame]:
             yield Frame.from_av(path.stem, i, av_frame)
 
 
-def colorize_video(colorizer: Colorizer, src: Path, dst: Path, batch: int = 4, temporal: bool = True) -> int:
+def colorize_video(colorizer: Colorizer, src: Path, dst: Path, temporal: bool = True,
+                   reuse: Reuse | None = None) -> tuple[int, int]:
+    """A video file -> a colorized H.264 MP4, frame by frame as a camera of the daemon: the network runs only
+    where `reuse` cannot stand in for it (None: on every frame). Returns (frames, network runs)."""
     with av.open(str(src)) as probe:
         stream = probe.streams.video[0]
         total, rate = stream.frames or None, float(stream.average_rate or 25)
     writer = H264Writer(str(dst), "mp4", fps=rate)
     size = (colorizer.info.input_height, colorizer.info.input_width)
-    pending: list[Frame] = []
-    count = 0
     state = Temporal() if temporal else None
-
-    def flush() -> None:
-        predict(colorizer, pending, size)
-        for frame in pending:
-            frame.arrival = frame.pts if frame.pts is not None else count / rate  # keep the source's timing
-            writer.write(finish(frame, state))
-        pending.clear()
-
+    count = runs = 0
     try:
         for frame in tqdm(_decode(src), total=total, unit="frame", desc=src.name, leave=False):
-            pending.append(frame)
+            frame.arrival = frame.pts if frame.pts is not None else count / rate  # the source's timing
+            runs += predict_changed(colorizer, [frame], [reuse], size)
+            writer.write(finish(frame, state))
             count += 1
-            if len(pending) == batch:
-                flush()
-        flush()
     finally:
         writer.close()
-    return count
+    return count, runs
 
 
-def colorize_paths(colorizer: Colorizer, inputs: list[Path], out_dir: Path, temporal: bool = True) -> list[Path]:
-    """Images keep their names and sizes; videos become .mp4 files of the same stem."""
+def colorize_paths(colorizer: Colorizer, inputs: list[Path], out_dir: Path, temporal: bool = True,
+                   every_frame: bool = False) -> list[Path]:
+    """Images keep their names and sizes; videos become .mp4 files of the same stem, the network skipped
+    on frames where a camera of the daemon would skip it (`every_frame`: never)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [p for i in inputs for p in (sorted(i.iterdir()) if i.is_dir() else [i])]
     written = []
@@ -115,7 +111,9 @@ def colorize_paths(colorizer: Colorizer, inputs: list[Path], out_dir: Path, temp
             cv2.imwrite(str(dst), colorize_images(colorizer, [bgr])[0])
         elif suffix in VIDEO_SUFFIXES:
             dst = out_dir / f"{path.stem}.mp4"
-            colorize_video(colorizer, path, dst, temporal=temporal)
+            reuse = None if every_frame else reuse_for(CameraConfig(path.stem, str(path)))
+            frames, runs = colorize_video(colorizer, path, dst, temporal=temporal, reuse=reuse)
+            log.info("%s: %d frames, the network ran on %d", path.name, frames, runs)
         else:
             raise ValueError(f"{path}: neither an image ({', '.join(sorted(IMAGE_SUFFIXES))}) "
                              f"nor a video ({', '.join(sorted(VIDEO_SUFFIXES))})")

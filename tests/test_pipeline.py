@@ -271,3 +271,27 @@ def test_a_panning_camera_carries_predictions_between_network_runs(tmp_path):
     network_runs = runtime.colorized - runtime.reuse.reused - runtime.reuse.carried
     assert runtime.reuse.carried >= 10  # most frames between network runs were carried...
     assert 0 < runtime.reuse.carried <= 2 * network_runs  # ...never more than carry_frames = 2 in a row
+
+
+def test_colorize_a_video_file_as_a_camera_would(tmp_path):
+    """`streamd colorize` on a gray H.264 file: every frame comes out in colour, and the network runs only on
+    the frames a camera of the daemon would run it on (--every-frame: on all)."""
+    from streamd.cli import main
+    from streamd.config import CameraConfig
+    from streamd.infer import Colorizer
+    from streamd.offline import colorize_video
+    from streamd.pipeline import reuse_for
+
+    video = write_video(tmp_path / "gray.mp4", "gray", seconds=2)
+    assert main(["colorize", str(video), "-o", str(tmp_path / "out")]) == 0
+    with av.open(str(video)) as c:
+        source = [f.to_ndarray(format="yuv420p") for f in c.decode(video=0)]
+    with av.open(str(tmp_path / "out" / "gray.mp4")) as c:
+        colour = [f.to_ndarray(format="yuv420p") for f in c.decode(video=0)]
+    assert len(colour) == len(source) == 50
+    assert all(planes[240:].std() > src[240:].std() + 1 for planes, src in zip(colour, source))
+
+    colorizer = Colorizer()
+    frames, runs = colorize_video(colorizer, video, tmp_path / "reuse.mp4", reuse=reuse_for(CameraConfig("t", "")))
+    assert frames == 50 and 0 < runs < frames
+    assert colorize_video(colorizer, video, tmp_path / "every.mp4", reuse=None) == (50, 50)
