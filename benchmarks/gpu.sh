@@ -21,7 +21,8 @@
 #      and the real Pipeline with 8, 32 and 64 1080p cameras at 50 fps -> $OUT/gpu.json and $OUT/gpu.txt
 #   5. benchmarks/gpu_study.py: 32 cameras without CUDA graphs, with them, and with the colour work on the GPU,
 #      in one process -> $OUT/gpu_study.json, .txt (the bench above has the other camera counts)
-#   6. benchmarks/gpu_shards.py (cuda only): the cameras over 1, 4 and 8 processes -> $OUT/gpu_shards.json, .txt
+#   6. benchmarks/gpu_shards.py (cuda only): the cameras over 1, 4 and 8 processes, and 8 x 8 with OpenCV's pool
+#      at one thread -> $OUT/gpu_shards.json, .txt
 #
 #   OUT=out DEVICE=torch-cpu bash benchmarks/gpu.sh   # the same steps on a CPU, small (about 30 s)
 set -uo pipefail  # no -e: a failed step is reported and the next one still runs
