@@ -499,6 +499,36 @@ def torch_network_section(colorizer: TorchColorizer, plan: dict) -> dict:
             "input": f"{NETWORK_INPUT[1]}x{NETWORK_INPUT[0]}", "weights": str(colorizer.path), "rows": rows}
 
 
+def ort_network_section(plan: dict, work: Path, temperature: float) -> dict:
+    """Ours against ECCV16 through ONNX Runtime's GPU providers where installed (onnxruntime-gpu; TensorRT
+    builds an engine per batch shape on first use, which the untimed calls absorb), at the batches of the
+    PyTorch rows, interleaved as the CPU comparison is. The torch-cpu smoke run does the same through the
+    CPU provider, so this code is tested without a GPU."""
+    from streamd.infer import PROVIDERS
+
+    wanted = ("tensorrt", "cuda") if plan["device"] == "cuda" else ("cpu",)
+    installed = [name for name in wanted if PROVIDERS[name] in ort.get_available_providers()]
+    eccv16_path = work / "eccv16.onnx"
+    if installed and not eccv16_path.exists():
+        export_eccv16(eccv16_path, temperature)
+    rows = []
+    for name in installed:
+        networks = {"ours": Colorizer(provider=name, int8="off"), "eccv16": Colorizer(eccv16_path, provider=name)}
+        for cameras in plan["cameras"]:
+            lightness = lightness_batch(NETWORK_INPUT, cameras)
+            for network in networks.values():
+                for _ in range(3):
+                    network(lightness)
+            seconds = time_interleaved(networks, lightness, plan["iterations"])
+            rows.append({"provider": name, "batch": cameras, "ours": network_timing(seconds["ours"], cameras),
+                         "eccv16": network_timing(seconds["eccv16"], cameras),
+                         "ratio_fps_ours_over_eccv16": median_ratio(seconds["ours"], seconds["eccv16"])})
+            print(f"ONNX Runtime {name} x{cameras}: ours {rows[-1]['ours']['ms_per_batch']:.2f} ms/batch, "
+                  f"ECCV16 {rows[-1]['eccv16']['ms_per_batch']:.2f} ms/batch", flush=True)
+    return {"providers_measured": installed, "not_installed": [n for n in wanted if n not in installed],
+            "onnxruntime": ort.__version__, "rows": rows}
+
+
 def decode_cpu_ms_per_frame(clip: Path) -> float:
     """CPU time (all the decoder's threads) per frame to decode the clip into Frames as a camera does: the
     paced pipeline decodes inside each camera's thread, where it cannot be timed apart."""
@@ -563,6 +593,11 @@ def measure_torch(plan: dict, result: dict, work: Path) -> dict:
                           "model": colorizer.info.model_id, "precision": colorizer.precision,
                           "network_input": f"{colorizer.info.input_width}x{colorizer.info.input_height}"}
     result["torch_network"] = torch_network_section(colorizer, plan)
+    try:
+        result["ort_network"] = ort_network_section(plan, work, colorizer.info.temperature)
+    except Exception as e:  # as the pipeline below: a provider that fails must not cost the other numbers
+        log.exception("the ONNX Runtime section failed")
+        result["ort_network"] = {"error": f"{type(e).__name__}: {e}"}
     try:
         result["torch_pipeline"] = torch_pipeline_section(colorizer, plan, work)
     except Exception as e:  # a GPU loan allows one run: keep the network's numbers, report the failure
@@ -657,6 +692,18 @@ def report(result: dict) -> str:
                          [[r["cameras"], r["preprocess_ms_per_batch"], r["ours"]["ms_per_batch"], r["ours"]["fps"],
                            r["eccv16"]["ms_per_batch"], r["eccv16"]["fps"], r["ratio_fps_ours_over_eccv16"]]
                           for r in net["rows"]]))
+    ort_net = result.get("ort_network")
+    if ort_net and "error" in ort_net:
+        parts.append(f"network alone through ONNX Runtime: FAILED, {ort_net['error']}")
+    elif ort_net:
+        missing = ", ".join(ort_net["not_installed"])
+        parts.append(f"network alone through ONNX Runtime {ort_net['onnxruntime']}, same batches"
+                     + (f" (not installed: {missing}; onnxruntime-gpu provides them)" if missing else "") + ":\n"
+                     + table(["provider", "batch", "ours ms/batch", "ours fps", "ECCV16 ms/batch", "ECCV16 fps",
+                              "ours / ECCV16 (fps)"],
+                             [[r["provider"], r["batch"], r["ours"]["ms_per_batch"], r["ours"]["fps"],
+                               r["eccv16"]["ms_per_batch"], r["eccv16"]["fps"], r["ratio_fps_ours_over_eccv16"]]
+                              for r in ort_net["rows"]]))
     if "error" in result.get("torch_pipeline", {}):
         parts.append(f"the real pipeline: FAILED, {result['torch_pipeline']['error']}")
     elif "torch_pipeline" in result:

@@ -128,6 +128,13 @@ def test_torch_cpu_bench_runs_network_and_pipeline(tmp_path, capsys, one_torch_t
         assert positive(r["ours"]["fps"]) and positive(r["eccv16"]["fps"]) and positive(r["preprocess_ms_per_batch"])
         assert r["ratio_fps_ours_over_eccv16"] == pytest.approx(r["ours"]["fps"] / r["eccv16"]["fps"])
 
+    ort_net = result["ort_network"]  # on a GPU host: the TensorRT and CUDA providers; here the CPU one
+    assert ort_net["providers_measured"] == ["cpu"] and ort_net["not_installed"] == []
+    assert [(r["provider"], r["batch"]) for r in ort_net["rows"]] == [("cpu", 1), ("cpu", 2)]
+    for r in ort_net["rows"]:
+        assert positive(r["ours"]["ms_per_batch"]) and r["eccv16"]["ms_per_batch"] > r["ours"]["ms_per_batch"]
+        assert positive(r["ratio_fps_ours_over_eccv16"])
+
     pipeline = result["torch_pipeline"]
     assert positive(pipeline["decode_cpu_ms_per_frame"]) and positive(pipeline["usable_cores"])
     assert [(r["resolution"], r["cameras"]) for r in pipeline["rows"]] == [("640x360", 1), ("640x360", 2)]
@@ -142,6 +149,7 @@ def test_torch_cpu_bench_runs_network_and_pipeline(tmp_path, capsys, one_torch_t
 
     printed = capsys.readouterr().out
     assert "PyTorch" in printed and "the real pipeline" in printed and "infer ms/batch" in printed
+    assert "network alone through ONNX Runtime" in printed
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="the PyTorch backend needs torch (the train extra)")
