@@ -71,29 +71,27 @@ def reuse_for(camera: CameraConfig) -> Reuse | None:
     return None
 
 
-def predict_unpredicted(colorizer: Colorizer, frames: list[Frame], reuses: list[Reuse | None],
-                        input_size: tuple[int, int]) -> int:
-    """`predict` for the frames that have no prediction yet (their camera's Reuse, reuses[i], already
-    declined them), each camera's Reuse then told of its new prediction. Returns how many ran the network."""
-    fresh = [(frame, reuse) for frame, reuse in zip(frames, reuses) if frame.prediction is None]
+def predict_changed(colorizer: Colorizer, frames: list[Frame], reuses: list[Reuse | None],
+                    input_size: tuple[int, int], decided: bool = False) -> int:
+    """`predict` for the frames whose camera's Reuse (reuses[i]; None: always predict) cannot reuse its
+    last prediction; the others get that one. `decided`: Reuse already ran on each frame (the daemon does
+    it on the camera's thread), so a frame with a prediction has it and one without goes to the network.
+    Returns how many frames ran the network."""
+    fresh = []
+    for frame, reuse in zip(frames, reuses):
+        if decided and frame.prediction is not None:
+            continue
+        if reuse is not None and not decided:
+            lightness_of(frame, input_size)
+            if reuse.reuse(frame):
+                continue
+        fresh.append((frame, reuse))
     if fresh:
         predict(colorizer, [f for f, _ in fresh], input_size)
     for frame, reuse in fresh:
         if reuse is not None:
             reuse.remember(frame)
     return len(fresh)
-
-
-def predict_changed(colorizer: Colorizer, frames: list[Frame], reuses: list[Reuse | None],
-                    input_size: tuple[int, int]) -> int:
-    """`predict` for the frames whose camera's Reuse (reuses[i]; None: always predict) cannot reuse its
-    last prediction; the others get that one. All on the caller's thread (the daemon decides reuse on each
-    camera's own thread instead, then calls predict_unpredicted). Returns how many ran the network."""
-    for frame, reuse in zip(frames, reuses):
-        if reuse is not None:
-            lightness_of(frame, input_size)
-            reuse.reuse(frame)
-    return predict_unpredicted(colorizer, frames, reuses, input_size)
 
 
 def finish(frame: Frame, temporal: Temporal | None = None, store: FrameStore | None = None,
@@ -382,8 +380,7 @@ class Pipeline:
             frames.append(frame)
             reuses.append(runtime.reuse if runtime else None)
         t0 = time.perf_counter()
-        # Reuse has decided each frame on its camera's thread (_on_frame): those without a prediction need one
-        predicted = sum(predict_unpredicted(colorizer, frames, reuses, self.input_size(colorizer))
+        predicted = sum(predict_changed(colorizer, frames, reuses, self.input_size(colorizer), decided=True)
                         for colorizer, frames, reuses in by_model.values())
         if predicted:
             self.instruments.batch_seconds.observe(time.perf_counter() - t0)
