@@ -115,12 +115,9 @@ class Reuse:
     switched on or a stalled stream sends the frame to the network. Colour is smooth in time (Temporal keeps
     most of it from frame to frame anyway), so most of what the network would say again is known.
 
-    Either way the reused ab is fitted to the frame's own luma by the guided upsampling. In the daemon
-    `reuse` runs on the camera's decode thread (the optical flow in parallel across cameras, not serially
-    on the inference thread, where it held up every camera's batch) and `remember` on the inference
-    thread; the state between them is handed over under a lock. The frames still pass through the batcher
-    and the inference thread in order, so a frame that skips the network never overtakes one that does not;
-    a frame decided while the one before it is still at the network carries from the prediction before.
+    Either way the reused ab is fitted to the frame's own luma by the guided upsampling. Used by the
+    inference thread only, on the frames of each batch in order, so a frame that skips the network never
+    overtakes one that does not.
     """
 
     CHANGE_L = 6.0  # L units, the same scale of change that makes Temporal take the new prediction
@@ -134,32 +131,26 @@ class Reuse:
         self.still_s, self.carry_frames = still_s, carry_frames
         self._last: _Prediction | None = None
         self._carried = 0  # frames carried since the last prediction
-        self._lock = threading.Lock()  # _last and the counts: `reuse` and `remember` run on different threads
-        self._dis = grid_flow() if carry_frames else None  # used by `reuse` alone, on one thread
+        self._dis = grid_flow() if carry_frames else None
         self.reused = 0
         self.carried = 0
 
     def reuse(self, frame: Frame) -> bool:
-        """If the frame can reuse the last prediction, give it that prediction and return True. One thread
-        at a time (the camera's); `remember` may run meanwhile on another."""
-        with self._lock:
-            last, carried = self._last, self._carried
+        """If the frame can reuse the last prediction, give it that prediction and return True."""
+        last = self._last
         if last is None or frame.lightness is None:
             return False
         cells = cv2.resize(frame.lightness, last.cells.shape[::-1], interpolation=cv2.INTER_AREA)
         if frame.arrival - last.arrival <= self.still_s and np.abs(cells - last.cells).max() <= self.CHANGE_L:
             frame.prediction, frame.model_id = (frame.lightness, last.ab), last.model_id
-            with self._lock:
-                self.reused += 1
+            self.reused += 1
             return True
-        if carried < self.carry_frames and frame.arrival - last.arrival <= self.CARRY_MAX_AGE_S:
+        if self._carried < self.carry_frames and frame.arrival - last.arrival <= self.CARRY_MAX_AGE_S:
             ab = self._carry(last, cells)
             if ab is not None:
                 frame.prediction, frame.model_id = (frame.lightness, ab), last.model_id
-                with self._lock:
-                    if self._last is last:  # else a newer prediction came meanwhile, and counts from zero
-                        self._carried += 1
-                    self.carried += 1
+                self._carried += 1
+                self.carried += 1
                 return True
         return False
 
@@ -176,12 +167,10 @@ class Reuse:
         """A frame came back from the network with its prediction."""
         lightness, ab = frame.prediction
         cells = cv2.resize(lightness, (ab.shape[2], ab.shape[1]), interpolation=cv2.INTER_AREA)
-        last = _Prediction(cells, lightness_to_gray(cells), ab, frame.model_id, frame.arrival)
-        with self._lock:
-            self._last, self._carried = last, 0
+        self._last = _Prediction(cells, lightness_to_gray(cells), ab, frame.model_id, frame.arrival)
+        self._carried = 0
 
     def forget(self) -> None:
         """Predict the next frame afresh (the model changed)."""
-        with self._lock:
-            self._last = None
+        self._last = None
 

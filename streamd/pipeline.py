@@ -72,17 +72,13 @@ def reuse_for(camera: CameraConfig) -> Reuse | None:
 
 
 def predict_changed(colorizer: Colorizer, frames: list[Frame], reuses: list[Reuse | None],
-                    input_size: tuple[int, int], decided: bool = False) -> int:
+                    input_size: tuple[int, int]) -> int:
     """`predict` for the frames whose camera's Reuse (reuses[i]; None: always predict) cannot reuse its
-    last prediction; the others get that one. `decided`: Reuse already ran on each frame (the daemon does
-    it on the camera's thread), so a frame with a prediction has it and one without goes to the network.
-    Returns how many frames ran the network."""
+    last prediction; the others get that one. Returns how many frames ran the network."""
     fresh = []
     for frame, reuse in zip(frames, reuses):
-        if decided and frame.prediction is not None:
-            continue
-        if reuse is not None and not decided:
-            lightness_of(frame, input_size)
+        if reuse is not None:
+            lightness_of(frame, input_size)  # what Reuse compares; usually done on the decode thread
             if reuse.reuse(frame):
                 continue
         fresh.append((frame, reuse))
@@ -343,9 +339,8 @@ class Pipeline:
             runtime.passed_through += 1
             runtime.outputs.put(frame)
             return
-        if runtime.reuse is not None:  # here, in parallel across cameras, not serially on the inference thread
+        if runtime.reuse is not None:  # Reuse compares it; computed here, in parallel across cameras
             lightness_of(frame, self.input_size(runtime.colorizer))
-            runtime.reuse.reuse(frame)
         self.batcher.put(frame)
 
     def _update_batching(self) -> None:
@@ -380,7 +375,7 @@ class Pipeline:
             frames.append(frame)
             reuses.append(runtime.reuse if runtime else None)
         t0 = time.perf_counter()
-        predicted = sum(predict_changed(colorizer, frames, reuses, self.input_size(colorizer), decided=True)
+        predicted = sum(predict_changed(colorizer, frames, reuses, self.input_size(colorizer))
                         for colorizer, frames, reuses in by_model.values())
         if predicted:
             self.instruments.batch_seconds.observe(time.perf_counter() - t0)
