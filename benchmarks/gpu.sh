@@ -24,7 +24,7 @@
 #   6. benchmarks/gpu_shards.py (cuda only): the cameras over 1, 4 and 8 processes, and 8 x 8 with OpenCV's pool
 #      at one thread -> $OUT/gpu_shards.json, .txt
 #
-#   OUT=out DEVICE=torch-cpu bash benchmarks/gpu.sh   # the same steps on a CPU, small (about 30 s)
+#   OUT=out DEVICE=torch-cpu bash benchmarks/gpu.sh   # the same steps on a CPU, small (about 45 s)
 set -uo pipefail  # no -e: a failed step is reported and the next one still runs
 cd "$(dirname "$0")/.."
 OUT="${OUT:-out}"
