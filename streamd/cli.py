@@ -79,6 +79,7 @@ class Daemon:
         self.notifier = Notifier()
         self.stop = threading.Event()
         self.reload = threading.Event()
+        self.failure: str | None = None  # why the loop gave up (a stalled pipeline); None: a normal stop
 
     def install_signals(self) -> None:
         signal.signal(signal.SIGINT, lambda *_: self.stop.set())
@@ -109,6 +110,11 @@ class Daemon:
         previous: dict[str, int] = {}
         try:
             while not self.stop.wait(0.2):
+                self.failure = self.pipeline.stalled()
+                if self.failure:  # no watchdog ping either: a restart is what helps
+                    log.error("%s; exiting for the supervisor (systemd: Restart=on-failure) to restart streamd",
+                              self.failure)
+                    break
                 self.notifier.watchdog()
                 if self.reload.is_set():
                     self._reload()
@@ -148,6 +154,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("streamd running %d camera(s)%s", len(cfg.cameras),
              f", ZeroMQ on {pipeline.publisher.endpoint}" if pipeline.publisher else "")
     daemon.run()
+    if daemon.failure:
+        print(f"streamd: {daemon.failure}", file=sys.stderr)
+        return EXIT_FAILED
     failed = [r for r in pipeline.cameras.values() if r.source.stats.state == State.FAILED]
     for r in failed:
         print(f"camera {r.config.name} failed: {r.source.stats.last_error}", file=sys.stderr)

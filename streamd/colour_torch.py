@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,6 +84,7 @@ class ChromaBatcher:
     def __init__(self, planes: TorchChromaPlanes, max_batch: int = 64) -> None:
         self.planes, self.max_batch = planes, max_batch
         self.batches = self.frames = 0
+        self.busy_since: float | None = None  # monotonic time the batch on the device now began
         self._waiting: list[_Request] = []
         self._cond = threading.Condition()
         self._closed = False
@@ -127,6 +129,7 @@ class ChromaBatcher:
                 self._answer(requests, matrix, full_range)
 
     def _answer(self, requests: list[_Request], matrix: str, full_range: bool) -> None:
+        self.busy_since = time.monotonic()
         try:
             planes = self.planes([r.luma for r in requests], [r.coeffs for r in requests], matrix, full_range)
             for request, result in zip(requests, planes):
@@ -136,5 +139,6 @@ class ChromaBatcher:
             log.exception("GPU colour stage failed for a batch of %d frames", len(requests))
             for request in requests:
                 request.error = e
+        self.busy_since = None
         for request in requests:
             request.done.set()

@@ -28,6 +28,9 @@ class ModelConfig:
     input_height: int = 0
     cache_dir: str = ""  # TensorRT engine cache; "" = $CACHE_DIRECTORY or ~/.cache/streamd
     int8: str = "auto"  # auto: on the CPU, the model's int8 copy (<name>-int8.onnx) if it has one; on | off
+    # A network call (or GPU colour batch) that has not returned after this long is a hung GPU or driver:
+    # /healthz says "stalled" and `streamd run` exits with an error, for systemd to restart it
+    stall_timeout_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ def validate(cfg: Config) -> Config:
     _check(m.temperature >= 0, "model.temperature", "must be positive (0 keeps the model's own)")
     _check(m.threads >= 0, "model.threads", "must be 0 (all cores) or more")
     _check(m.int8 in ("auto", "on", "off"), "model.int8", "must be auto, on or off")
+    _check(m.stall_timeout_s > 0, "model.stall_timeout_s", "must be positive")
     for key in ("input_width", "input_height"):
         v = getattr(m, key)
         _check(v >= 0 and v % 16 == 0, f"model.{key}", "must be a multiple of 16 (0 = the model's own)")

@@ -83,11 +83,16 @@ class PipelineCollector:
 
 
 def health(pipeline, phase: str) -> tuple[int, dict]:
-    """(HTTP status, body). starting/stopping: 503; running: 200; degraded (a camera is down): 503."""
+    """(HTTP status, body). starting/stopping: 503; running: 200; degraded (a camera is down): 503;
+    stalled (inference or the GPU colour stage hung): 503, with the reason."""
     cameras = {name: r.source.stats.state.value for name, r in list(pipeline.cameras.items())}
-    if phase == "running" and any(s != State.RUNNING.value for s in cameras.values()):
-        phase = "degraded"
-    return (200 if phase == "running" else 503), {"status": phase, "cameras": cameras}
+    body = {"status": phase, "cameras": cameras}
+    stalled = pipeline.stalled() if phase == "running" else None
+    if stalled:
+        body.update(status="stalled", reason=stalled)
+    elif phase == "running" and any(s != State.RUNNING.value for s in cameras.values()):
+        body["status"] = "degraded"
+    return (200 if body["status"] == "running" else 503), body
 
 
 def request_adaptation(pipeline, camera: str) -> tuple[int, dict]:

@@ -179,6 +179,7 @@ class Pipeline:
         self.adaptation = AdaptationScheduler(self.state_dir, config.adapt, self.adaptable, self.use_adapted,
                                               init=weights if weights and weights.exists() else None)
         self._stop = threading.Event()
+        self._batch_since: float | None = None  # monotonic time the inference thread took its current batch
         self._infer_thread = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
 
     def _load_model(self, path: str) -> Colorizer:
@@ -356,11 +357,13 @@ class Pipeline:
             batch = self.batcher.next_batch(timeout=0.5)
             if not batch:
                 continue
+            self._batch_since = time.monotonic()
             try:
                 self._colorize(batch)
             except Exception:  # keep serving: the next batch may well be fine
                 log.exception("inference failed for a batch of %d frames", len(batch))
             finally:
+                self._batch_since = None
                 self.batcher.done()
             self._update_batching()
 
@@ -388,5 +391,16 @@ class Pipeline:
             runtime.outputs.put(frame)
 
     # -- reporting -----------------------------------------------------------------------------------
+    def stalled(self) -> str | None:
+        """Why the pipeline is stuck, or None. A network call or GPU colour batch that has not returned
+        within [model] stall_timeout_s is a hung GPU or driver: no camera reconnect fixes that, a restart
+        of the process may."""
+        limit, now = self.config.model.stall_timeout_s, time.monotonic()
+        for stage, since in (("inference", self._batch_since),
+                             ("GPU colour", self.colour_stage.busy_since if self.colour_stage else None)):
+            if since is not None and now - since > limit:
+                return f"{stage}: one batch has not returned for {now - since:.0f} s (stall_timeout_s {limit:g})"
+        return None
+
     def dropped(self, name: str) -> int:
         return self.batcher.dropped.get(name, 0) + self.cameras[name].outputs.dropped

@@ -411,3 +411,41 @@ def test_reload_swaps_a_cameras_model_without_a_gap(tmp_path):
         rec.close()
         log = stop_streamd(proc)
     assert "model of yard is now yard-adapted" in log
+
+
+def test_a_hung_network_is_reported_and_ends_the_daemon():
+    """A GPU or driver that hangs inside a network call: /healthz says "stalled" with the reason, and the
+    main loop stops (no more watchdog pings) so that systemd restarts the process. The hang is injected by
+    a network whose call blocks until released, around the shipped model."""
+    from streamd.cli import Daemon
+    from streamd.health import health
+    from streamd.infer import Colorizer
+    from streamd.pipeline import Pipeline
+
+    class HangingNetwork:
+        def __init__(self) -> None:
+            self.model, self.release = Colorizer(), threading.Event()
+            self.info, self.provider, self.path = self.model.info, "hangs", self.model.path
+
+        def __call__(self, lightness: np.ndarray) -> np.ndarray:
+            self.release.wait(60)
+            return self.model(lightness)
+
+    network = HangingNetwork()
+    cfg = cfgmod.parse({"camera": [{"name": "gate", "url": "synthetic:", "width": 320, "height": 240}],
+                        "zmq": {"endpoint": ""}, "model": {"stall_timeout_s": 1.0}})
+    pipeline = Pipeline(cfg, network)
+    daemon = Daemon(pipeline, None, report_every=60.0)
+    loop = threading.Thread(target=daemon.run)
+    start = time.monotonic()
+    loop.start()
+    try:
+        while pipeline.stalled() is None and time.monotonic() - start < 20:
+            time.sleep(0.1)
+        code, body = health(pipeline, "running")
+        assert code == 503 and body["status"] == "stalled" and body["reason"].startswith("inference")
+        loop.join(20)
+        assert not loop.is_alive() and daemon.failure.startswith("inference: one batch has not returned")
+    finally:
+        network.release.set()
+        loop.join(20)
