@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -72,16 +74,21 @@ def reuse_for(camera: CameraConfig) -> Reuse | None:
 
 
 def predict_changed(colorizer: Colorizer, frames: list[Frame], reuses: list[Reuse | None],
-                    input_size: tuple[int, int]) -> int:
+                    input_size: tuple[int, int], pool: Executor | None = None) -> int:
     """`predict` for the frames whose camera's Reuse (reuses[i]; None: always predict) cannot reuse its
-    last prediction; the others get that one. Returns how many frames ran the network."""
-    fresh = []
-    for frame, reuse in zip(frames, reuses):
-        if reuse is not None:
-            lightness_of(frame, input_size)  # what Reuse compares; usually done on the decode thread
-            if reuse.reuse(frame):
-                continue
-        fresh.append((frame, reuse))
+    last prediction; the others get that one. Returns how many frames ran the network. With a `pool`,
+    the cameras' Reuse checks (an optical flow each) run in parallel instead of one after the other: a
+    batch holds one frame per camera, so each Reuse is still used by one thread at a time, in order."""
+    checks = [(frame, reuse) for frame, reuse in zip(frames, reuses) if reuse is not None]
+    for frame, _ in checks:
+        lightness_of(frame, input_size)  # what Reuse compares; usually done on the decode thread
+    one_per_camera = len({id(reuse) for _, reuse in checks}) == len(checks)
+    if pool is not None and len(checks) > 1 and one_per_camera:
+        list(pool.map(lambda check: check[1].reuse(check[0]), checks))
+    else:
+        for frame, reuse in checks:
+            reuse.reuse(frame)
+    fresh = [(frame, reuse) for frame, reuse in zip(frames, reuses) if frame.prediction is None]
     if fresh:
         predict(colorizer, [f for f, _ in fresh], input_size)
     for frame, reuse in fresh:
@@ -179,6 +186,9 @@ class Pipeline:
         self.adaptation = AdaptationScheduler(self.state_dir, config.adapt, self.adaptable, self.use_adapted,
                                               init=weights if weights and weights.exists() else None)
         self._stop = threading.Event()
+        # Reuse's checks of a batch in parallel (GIL released in OpenCV): on a host with many cameras, one
+        # after the other on the inference thread they held up every batch
+        self._reuse_pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="reuse")
         self._batch_since: float | None = None  # monotonic time the inference thread took its current batch
         self._infer_thread = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
 
@@ -314,6 +324,7 @@ class Pipeline:
         self.batcher.close()
         if self._infer_thread.is_alive():
             self._infer_thread.join(5.0)
+        self._reuse_pool.shutdown(wait=False, cancel_futures=True)
         for runtime in self.cameras.values():
             runtime.outputs.close()
         if self.colour_stage:  # after the outputs: they may be waiting on it
@@ -378,7 +389,7 @@ class Pipeline:
             frames.append(frame)
             reuses.append(runtime.reuse if runtime else None)
         t0 = time.perf_counter()
-        predicted = sum(predict_changed(colorizer, frames, reuses, self.input_size(colorizer))
+        predicted = sum(predict_changed(colorizer, frames, reuses, self.input_size(colorizer), self._reuse_pool)
                         for colorizer, frames, reuses in by_model.values())
         if predicted:
             self.instruments.batch_seconds.observe(time.perf_counter() - t0)
