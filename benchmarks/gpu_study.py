@@ -9,6 +9,7 @@ busy: threads waiting, not work. The steps:
   eager       the network launched op by op (as before CUDA graphs), colour on the cameras' threads
   graphs      the network replayed from a CUDA graph (one Python call instead of some hundred launches)
   gpu-colour  and the full-resolution colour batched on the GPU ([colour] device = "cuda")
+  nvdec       and the cameras decoded on NVDEC (hwaccel = "cuda", PyAV's HWAccel; frames back in system memory)
 then gpu-colour at the other camera counts. (Also tried, on 2026-11-27, and no help: a 1 ms or 0.2 ms
 GIL switch interval, 2 FFmpeg decoder threads per camera, OpenCV's thread pool off.)
 """
@@ -47,9 +48,9 @@ def main() -> None:
 
     rows = []
 
-    def measure(step: str, cameras: int, colorizer, colour_device: str) -> None:
+    def measure(step: str, cameras: int, colorizer, colour_device: str, hwaccel: str = "") -> None:
         run = bench.run_paced(clip, cameras, colorizer, work, encode=False, batch_max=cameras, fps=args.fps,
-                              colour_device=colour_device)
+                              colour_device=colour_device, hwaccel=hwaccel)
         row = {"step": step, "cameras": cameras, "total_fps": run["delivered_fps_per_camera"] * cameras, **run}
         rows.append(row)
         print(f"{step:10s} x{cameras}: {row['total_fps']:7.1f} fps, p50 {run['latency_p50_ms']:6.0f} ms, "
@@ -60,6 +61,7 @@ def main() -> None:
     measure("eager", args.cameras, eager, "cpu")
     measure("graphs", args.cameras, graphs, "cpu")
     measure("gpu-colour", args.cameras, graphs, gpu_colour)
+    measure("nvdec", args.cameras, graphs, gpu_colour, hwaccel="cuda")  # on a CPU host: falls back, warns
     for cameras in args.final_cameras:
         measure("gpu-colour", cameras, graphs, gpu_colour)
     result = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": graphs.device_name, "size": args.size,

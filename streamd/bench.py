@@ -251,11 +251,12 @@ def _settle(pipeline: Pipeline, quiet_s: float = 0.3, limit_s: float = 10.0) -> 
 
 
 def paced_config(clip: Path, cameras: int, out_dir: Path, encode: bool, batch_max: int | None,
-                 colour_device: str = "cpu") -> cfgmod.Config:
-    """Every camera the clip; written to an MP4 each when `encode`, else no output at all (the frames are
-    still finished and counted as published: OutputWorker does that before its targets); no ZeroMQ."""
-    raw = {"camera": [{"name": f"cam{i}", "url": str(clip), **({"file_out": str(out_dir / f"paced-{i}.mp4")}
-                                                               if encode else {})} for i in range(cameras)],
+                 colour_device: str = "cpu", hwaccel: str = "") -> cfgmod.Config:
+    """Every camera the clip, decoded on `hwaccel` ("": the CPU); written to an MP4 each when `encode`, else
+    no output at all (the frames are still finished and counted as published: OutputWorker does that
+    before its targets); no ZeroMQ."""
+    raw = {"camera": [{"name": f"cam{i}", "url": str(clip), "hwaccel": hwaccel,
+                       **({"file_out": str(out_dir / f"paced-{i}.mp4")} if encode else {})} for i in range(cameras)],
            "colour": {"device": colour_device},
            "zmq": {"endpoint": ""}, "adapt": {"state_dir": str(out_dir / "state")}}  # no adapted model of the user's
     if batch_max:
@@ -264,11 +265,12 @@ def paced_config(clip: Path, cameras: int, out_dir: Path, encode: bool, batch_ma
 
 
 def run_paced(clip: Path, cameras: int, colorizer: Colorizer | TorchColorizer, out_dir: Path, encode: bool = True,
-              batch_max: int | None = None, fps: float = CLIP_FPS, colour_device: str = "cpu") -> dict:
+              batch_max: int | None = None, fps: float = CLIP_FPS, colour_device: str = "cpu",
+              hwaccel: str = "") -> dict:
     """The real Pipeline, each camera the clip played at its own frame rate (`fps`, the clip's): what a deployment would see, frame
     drops and latency included, with the time the inference thread and the colour step took."""
     inference, colour = StageClock(), StageClock()
-    pipeline = Pipeline(paced_config(clip, cameras, out_dir, encode, batch_max, colour_device),
+    pipeline = Pipeline(paced_config(clip, cameras, out_dir, encode, batch_max, colour_device, hwaccel),
                         TimedColorizer(colorizer, inference))
     cpu_start, start = time.process_time(), time.perf_counter()
     pipeline.start()

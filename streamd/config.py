@@ -97,6 +97,7 @@ class CameraConfig:
     width: int = 1280  # synthetic cameras
     height: int = 720
     duration_s: float = 0.0  # synthetic cameras: 0 = endless
+    hwaccel: str = ""  # "cuda": decode on the GPU's NVDEC (falls back to the CPU where it cannot); "": the CPU
     temporal: bool = True  # hold colour still where the scene is still (off: each frame on its own)
     reuse_still_s: float = 1.0  # a still scene reuses the last prediction up to this long; 0 = network every frame
     carry_frames: int = 2  # a moving scene: up to this many frames in a row carry the last prediction along the
@@ -192,6 +193,7 @@ def validate(cfg: Config) -> Config:
         _check(not c.model or Path(c.model).is_file(), f"{where}.model", f"no model file at {c.model}")
         _check(c.zmq_format in ("", *FORMATS), f"{where}.zmq_format", f"must be one of {', '.join(FORMATS)}")
         _check(c.reuse_still_s >= 0, f"{where}.reuse_still_s", "must be 0 (network on every frame) or more")
+        _check(c.hwaccel in ("", "cuda"), f"{where}.hwaccel", 'must be "" (CPU decoding) or "cuda" (NVDEC)')
         _check(c.carry_frames >= 0, f"{where}.carry_frames", "must be 0 (network on every moving frame) or more")
         for key in ("open_timeout_s", "read_timeout_s", "stall_timeout_s", "fps"):
             _check(getattr(c, key) > 0, f"{where}.{key}", "must be positive")

@@ -48,7 +48,7 @@ def source_settings(c: CameraConfig) -> SourceSettings:
     return SourceSettings(name=c.name, url=c.url, transport=c.transport, loop=c.loop, realtime=c.realtime,
                           open_timeout=c.open_timeout_s, read_timeout=c.read_timeout_s,
                           stall_timeout=c.stall_timeout_s, synthetic_size=(c.width, c.height), fps=c.fps,
-                          duration=c.duration_s or None)
+                          duration=c.duration_s or None, hwaccel=c.hwaccel)
 
 
 def lightness_of(frame: Frame, input_size: tuple[int, int]) -> np.ndarray:

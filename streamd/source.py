@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import av
+from av.codec.hwaccel import HWAccel
 import cv2
 import numpy as np
 
@@ -72,6 +73,7 @@ class SourceSettings:
     backoff_max: float = 30.0
     synthetic_size: tuple[int, int] = (1280, 720)
     fps: float = 25.0  # synthetic cameras only
+    hwaccel: str = ""  # "cuda": decode on NVDEC (frames come back to system memory); "": FFmpeg's CPU decoder
     duration: float | None = None  # synthetic cameras only: seconds before the stream ends
     extra: dict = field(default_factory=dict)
 
@@ -84,6 +86,13 @@ def _open_av(s: SourceSettings) -> av.container.InputContainer:
     options = {"rtsp_transport": s.transport} if s.url.startswith(("rtsp://", "rtsps://")) else {}
     start = time.monotonic()
     try:
+        if s.hwaccel:
+            try:  # the decoder is opened with the container: that is where a missing device shows
+                return av.open(s.url, options=options, timeout=(s.open_timeout, s.read_timeout),
+                               hwaccel=HWAccel(s.hwaccel, allow_software_fallback=True))
+            except (av.error.PermissionError, av.error.ExternalError, ValueError) as e:
+                log.warning("camera %s: the %s decoder does not open here (%s); decoding on the CPU", s.name,
+                            s.hwaccel, redact(str(e)))
         return av.open(s.url, options=options, timeout=(s.open_timeout, s.read_timeout))
     except FileNotFoundError as e:
         raise PermanentSourceError(f"camera {s.name}: no such file {redact(s.url)}") from e

@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import av
 import numpy as np
@@ -295,3 +296,14 @@ def test_colorize_a_video_file_as_a_camera_would(tmp_path):
     frames, runs = colorize_video(colorizer, video, tmp_path / "reuse.mp4", reuse=reuse_for(CameraConfig("t", "")))
     assert frames == 50 and 0 < runs < frames
     assert colorize_video(colorizer, video, tmp_path / "every.mp4", reuse=None) == (50, 50)
+
+
+@pytest.mark.skipif(Path("/dev/nvidia0").exists(), reason="this host has an NVIDIA GPU: NVDEC may well open")
+def test_a_camera_asking_for_nvdec_on_a_host_without_it_decodes_on_the_cpu(tmp_path, caplog):
+    """hwaccel = "cuda" where no CUDA device can be opened (as in CI): a warning, and the camera runs."""
+    video = write_video(tmp_path / "gray.mp4", "gray", seconds=1)
+    with caplog.at_level("WARNING", logger="streamd.source"):
+        pipeline, got = run_pipeline([{"name": "nvdec", "url": str(video), "hwaccel": "cuda"}], seconds=30)
+    assert len(got) > 0 and all(h["colorized"] for h, _ in got)
+    assert pipeline.cameras["nvdec"].source.stats.frames == 25
+    assert any("the cuda decoder does not open here" in r.getMessage() for r in caplog.records)
