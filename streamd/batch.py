@@ -115,9 +115,10 @@ class Reuse:
     switched on or a stalled stream sends the frame to the network. Colour is smooth in time (Temporal keeps
     most of it from frame to frame anyway), so most of what the network would say again is known.
 
-    Either way the reused ab is fitted to the frame's own luma by the guided upsampling. Used by the
-    inference thread only, on the frames of each batch in order, so a frame that skips the network never
-    overtakes one that does not.
+    Either way the reused ab is fitted to the frame's own luma by the guided upsampling. Driven by the
+    inference thread, on the frames of each batch in order (a batch's checks may run on the pipeline's pool,
+    one thread per camera, before its `remember` calls), so a frame that skips the network never overtakes
+    one that does not.
     """
 
     CHANGE_L = 6.0  # L units, the same scale of change that makes Temporal take the new prediction
@@ -173,4 +174,3 @@ class Reuse:
     def forget(self) -> None:
         """Predict the next frame afresh (the model changed)."""
         self._last = None
-

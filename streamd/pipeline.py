@@ -379,8 +379,8 @@ class Pipeline:
             self._update_batching()
 
     def _colorize(self, batch: list[Frame]) -> None:
-        """One network run per model in the batch: cameras sharing a model share the batch. Frames of a
-        still scene reuse their camera's last prediction instead."""
+        """One network run per model in the batch: cameras sharing a model share the batch. Frames whose
+        camera's last prediction still holds (a still scene, or one carried along the flow) skip it."""
         by_model: dict[int, tuple[Colorizer, list[Frame], list[Reuse | None]]] = {}
         for frame in batch:
             runtime = self.cameras.get(frame.camera)
