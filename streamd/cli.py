@@ -204,7 +204,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       rebalance=not args.no_rebalance, gradient_prior=not args.no_gradient_prior,
                       gradient_mix=args.gradient_mix, class_mix=args.class_mix, init=str(args.init) if args.init else None, checkpoint_every=args.checkpoint_every,
                       widths=tuple(args.widths), max_seconds=args.max_minutes * 60 if args.max_minutes else None,
-                      augment=args.augment)
+                      augment=args.augment, context=args.context)
     weights = train(cfg)
     print(f"weights: {weights}")
     return 0
@@ -314,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=500)
     t.add_argument("--max-minutes", type=float, help="a time budget: the schedule ends with it")
     t.add_argument("--augment", action="store_true", help="random gamma, contrast and noise on L")
+    t.add_argument("--context", action="store_true",
+                   help="a global-context branch (the frame's mean deep features); added, starting at zero, to "
+                        "--init weights without one")
     t.add_argument("--no-rebalance", action="store_true", help="ablation: no class rebalancing")
     t.add_argument("--no-gradient-prior", action="store_true", help="ablation: no gradient prior")
     t.add_argument("--gradient-mix", type=float, default=0.5,

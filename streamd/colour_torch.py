@@ -50,17 +50,18 @@ class TorchChromaPlanes:
         """Y' at chroma size (H, W) uint8 and guide coefficients (h, w, 4) per frame -> U, V per frame."""
         l_table, entries = self._table(matrix, full_range)
         luma = torch.from_numpy(np.stack(lumas)).to(self.device).long()  # (N, H, W)
-        grid = torch.from_numpy(np.stack(coeffs)).to(self.device).permute(0, 3, 1, 2)  # (N, 4, h, w)
+        # the coefficients in table levels, as streamd.colour.chroma_planes uses them (the same rounding)
+        grid = torch.from_numpy(ChromaTable.levels(np.stack(coeffs))).to(self.device).permute(0, 3, 1, 2)
         # align_corners=False is OpenCV's INTER_LINEAR: pixel centres at half-integers, clamped at the edges
         up = F.interpolate(grid, size=luma.shape[1:], mode="bilinear", align_corners=False)
         lightness = l_table[luma]
         levels = ChromaTable.AB_LEVELS
 
-        def quantized(ab: torch.Tensor) -> torch.Tensor:  # ChromaTable's own rounding
-            return (ab * (1.0 / ChromaTable.AB_STEP) + (levels // 2 + 0.5)).clamp_(0, levels - 1).long()
+        def level(slope: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+            return (slope * lightness + offset).round_().clamp_(0, levels - 1).long()
 
-        index = ((luma >> ChromaTable.Y_SHIFT) * levels + quantized(up[:, 0] * lightness + up[:, 1])) * levels
-        index += quantized(up[:, 2] * lightness + up[:, 3])
+        index = ((luma >> ChromaTable.Y_SHIFT) * levels + level(up[:, 0], up[:, 1])) * levels
+        index += level(up[:, 2], up[:, 3])
         planes = entries[index].permute(0, 3, 1, 2).contiguous().cpu().numpy()  # (N, 2, H, W): U, V
         return [(frame[0], frame[1]) for frame in planes]
 

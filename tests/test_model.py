@@ -154,6 +154,35 @@ def test_training_only_the_head_leaves_the_rest_exactly_as_it_was(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in head if before[k].is_floating_point())
 
 
+def test_global_context_branch_starts_as_the_network_it_joins_and_exports(tmp_path):
+    """--context on weights without the branch: the network first computes exactly what they did, training
+    then moves the branch, and the exported ONNX model (dynamic batch and size) agrees with PyTorch."""
+    from streamd.model.train import TrainConfig, build_net, train
+
+    plain = train(TrainConfig(data=[], out=str(tmp_path / "plain"), steps=2, batch=2, crop=64,
+                              widths=(8, 16, 32, 64)), images=[data.coffee()])
+    weights = load_weights(plain)
+    lightness = torch.rand(2, 1, 64, 96) * 100
+    with torch.no_grad():
+        assert torch.equal(build_net(weights).eval()(lightness), build_net(weights, context=True).eval()(lightness))
+    grown = train(TrainConfig(data=[], out=str(tmp_path / "grown"), steps=3, batch=2, crop=64,
+                              widths=(8, 16, 32, 64), init=str(plain), context=True), images=[data.astronaut()])
+    with_context = load_weights(grown)
+    assert with_context["context"] and with_context["model"]["context.mlp.2.weight"].abs().max() > 0
+    with pytest.raises(ValueError, match="do not fit"):
+        build_net({**with_context, "context": False})
+
+    model = tmp_path / "context.onnx"
+    assert main(["export", str(grown), "-o", str(model), "--width", "96", "--height", "64"]) == 0
+    colorizer = Colorizer(model, provider="cpu")
+    for shape in ((1, 1, 64, 96), (3, 1, 128, 160)):
+        lightness = np.random.default_rng(0).uniform(0, 100, shape).astype(np.float32)
+        with torch.no_grad():
+            decoder = build_decoder(with_context, colorizer.info.temperature).eval()
+            expected = decoder(torch.from_numpy(lightness)).numpy()
+        assert np.abs(colorizer(lightness) - expected).max() < 0.5  # fp16-stored weights, as the export check
+
+
 def test_prior_correction_divides_the_rebalancing_weights_back_out(tmp_path):
     """On the shipped (rebalanced) model: the corrected decoding is softmax((logits - alpha log w) / T) @ bins,
     it is less colourful than the seed's, and export bakes it into ONNX so that both runtimes agree."""

@@ -67,7 +67,7 @@ def write_card(path: Path, meta: dict, weights: dict, n_params: int) -> None:
 
 | | |
 | --- | --- |
-| architecture | streamd ColorNet: VGG-style conv + ReLU + BatchNorm blocks, no pooling, strided-conv downsampling to 1/16, dilated context, transposed-conv upsampling to 1/4 with encoder skips; widths {meta['widths']}; {n_params / 1e6:.2f}M parameters |
+| architecture | streamd ColorNet: VGG-style conv + ReLU + BatchNorm blocks, no pooling, strided-conv downsampling to 1/16, dilated context, transposed-conv upsampling to 1/4 with encoder skips{'; a global-context branch (the frame mean of the 1/16 features, through a two-layer MLP, added back everywhere)' if weights.get('context') else ''}; widths {meta['widths']}; {n_params / 1e6:.2f}M parameters |
 | output | distribution over {meta['bins']} in-gamut ab bins (10-unit grid), decoded inside the graph by the annealed mean, T = {meta['temperature']} (overridable at run time), after dividing the class-rebalancing weights out to the power {meta['prior_correction']} |
 | input | L (0..100), N x 1 x H x W, H and W multiples of 16; streamd feeds {meta['input_width']}x{meta['input_height']} |
 | loss | cross-entropy on soft-encoded targets (5 nearest bins, sigma 5), weighted by class rebalancing ({f"on, lambda {cfg.get('class_mix', 0.5)}" if cfg.get('rebalance', True) else 'off'}) x gradient prior ({f"on, lambda {cfg.get('gradient_mix', 0.5)}" if cfg.get('gradient_prior', True) else 'off'}) |

@@ -3,7 +3,8 @@
 VGG-style blocks of conv + ReLU + BatchNorm with no pooling (the seed's design): resolution goes down by
 strided convolutions to 1/8, dilated blocks widen the receptive field there, and a transposed convolution
 brings it back to 1/4 of the input, where a skip from the 1/4 encoder block restores the edges that
-colour would otherwise bleed across.
+colour would otherwise bleed across. Optionally, a global-context branch adds what the whole frame looks like
+to every position of the deepest features.
 """
 from __future__ import annotations
 
@@ -34,13 +35,30 @@ class UpMerge(nn.Module):
         return self.merge(torch.cat([self.up(deep), skip], dim=1))
 
 
+class GlobalContext(nn.Module):
+    """Adds the frame's mean deep features, through a two-layer MLP, to every position (Iizuka et al. 2016's
+    global features, in miniature): a position's colour depends on the scene (indoors, dusk, a beach), which
+    a 3x3 stack sees only in part. The last layer starts at zero, so a network that gains the branch first
+    computes exactly what it did without it."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, width))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, deep: torch.Tensor) -> torch.Tensor:
+        return deep + self.mlp(deep.mean(dim=(2, 3)))[:, :, None, None]
+
+
 class ColorNet(nn.Module):
     """Logits over `n_bins` ab bins at 1/4 of the input resolution; input is L in 0..100.
 
     Input sides must be multiples of 16.
     """
 
-    def __init__(self, n_bins: int, widths: tuple[int, int, int, int] = (24, 48, 96, 192)) -> None:
+    def __init__(self, n_bins: int, widths: tuple[int, int, int, int] = (24, 48, 96, 192),
+                 context: bool = False) -> None:
         super().__init__()
         w1, w2, w3, w4 = widths
         self.widths = widths
@@ -52,6 +70,7 @@ class ColorNet(nn.Module):
             conv_block(w4, w4, 2, dilation=2),
             conv_block(w4, w4, 2),
         )
+        self.context = GlobalContext(w4) if context else None
         self.up_eighth = UpMerge(w4, w3)
         self.up_quarter = UpMerge(w3, w2)
         self.classify = nn.Conv2d(w2, n_bins, 1)
@@ -60,6 +79,8 @@ class ColorNet(nn.Module):
         quarter = self.enc_quarter(self.enc_half((lightness - 50.0) / 100.0))
         eighth = self.enc_eighth(quarter)
         deep = self.enc_sixteenth(eighth)
+        if self.context is not None:
+            deep = self.context(deep)
         return self.classify(self.up_quarter(self.up_eighth(deep, eighth), quarter))
 
 

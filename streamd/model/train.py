@@ -37,6 +37,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup: int = 300
     widths: tuple[int, int, int, int] = (24, 48, 96, 192)
+    context: bool = False  # the global-context branch; added (at zero) to `init` weights that lack it
     rebalance: bool = True
     gradient_prior: bool = True
     gradient_mix: float = 0.5  # lambda of the gradient prior's mix with uniform: higher is flatter
@@ -63,7 +64,8 @@ def save_weights(path: Path, net: ColorNet, priors: Priors, cfg: TrainConfig, st
                  samples: int) -> None:
     """The shippable weights: fp16 (half the size; training upcasts), with everything export needs."""
     state = {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
-    torch.save({"model": state, "widths": list(net.widths), "bins": ab_bins(), "bin_prior": priors.bin_prior,
+    torch.save({"model": state, "widths": list(net.widths),
+                "context": net.context is not None, "bins": ab_bins(), "bin_prior": priors.bin_prior,
                 "gradient_prior": priors.gradient_prior, "steps": step, "train_seconds": seconds,
                 "samples": samples, "config": asdict(cfg)}, path)
 
@@ -72,9 +74,15 @@ def load_weights(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def build_net(weights: dict) -> ColorNet:
-    net = ColorNet(len(weights["bins"]), tuple(weights["widths"]))
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights["model"].items()})
+def build_net(weights: dict, context: bool | None = None) -> ColorNet:
+    """The network of shipped weights; `context=True` gives weights without the global-context branch a
+    new one that starts at zero (so the network still computes what the weights did)."""
+    has_context = weights.get("context", False)
+    net = ColorNet(len(weights["bins"]), tuple(weights["widths"]), has_context if context is None else context)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in weights["model"].items()}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if unexpected or any(not (k.startswith("context.") and not has_context) for k in missing):
+        raise ValueError(f"weights do not fit the network: missing {missing}, unexpected {unexpected}")
     return net
 
 
@@ -139,7 +147,7 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
         same_on_every_rank = CropSampler(images, cfg.crop, np.random.default_rng(cfg.seed))
         priors = Priors.measure([torch.from_numpy(same_on_every_rank.batch(64)[1]) for _ in range(16)], bins)
 
-    net = ColorNet(len(bins), cfg.widths) if init is None else build_net(init)
+    net = ColorNet(len(bins), cfg.widths, cfg.context) if init is None else build_net(init, cfg.context or None)
     net = net.to(device).to(memory_format=torch.channels_last)
     frozen = [m for name, m in net.named_children() if cfg.train_only and name not in cfg.train_only]
     for module in frozen:
