@@ -7,6 +7,7 @@ w(q) p(q|x), renormalised).
 
     python scripts/decode_study.py WEIGHTS.pt ../shared/data/val/images --limit 70 \
         --decode 1:0 1:0.5 0.6:0.5 ...        # T:alpha pairs
+        --guide 2:0.5:1:4 2:0.5:2:1e6 ...     # T:alpha:radius:eps, the guided upsampling's settings
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+import streamd.colour
 
 from streamd.evaluate import GRAY, Evaluation, colorize_rgb, evenly_spaced, image_files, read_rgb
 from streamd.infer import Colorizer
@@ -49,6 +52,19 @@ class Decoding:
     def __call__(self, lightness: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return self.decoder(torch.from_numpy(lightness)).numpy()
+
+
+class Guided:
+    """Any decoding, its image recombined with the given guided-filter settings (streamd.colour.GUIDE_RADIUS
+    and GUIDE_EPS). The evaluation finishes each image right after predicting it, so setting the module's
+    constants here covers exactly this decoding's recombination."""
+
+    def __init__(self, decoding: Decoding, radius: int, eps: float) -> None:
+        self.decoding, self.info, self.radius, self.eps = decoding, decoding.info, radius, eps
+
+    def __call__(self, lightness: np.ndarray) -> np.ndarray:
+        streamd.colour.GUIDE_RADIUS, streamd.colour.GUIDE_EPS = self.radius, self.eps
+        return self.decoding(lightness)
 
 
 class ConfidenceDecoding(Decoding):
@@ -85,6 +101,7 @@ def main() -> None:
                         "report on the other")
     parser.add_argument("--decode", nargs="+", default=["1:0"], help="T:alpha pairs")
     parser.add_argument("--confidence", nargs="*", default=[], help="T_sure:T_unsure:alpha:power (ConfidenceDecoding)")
+    parser.add_argument("--guide", nargs="*", default=[], help="T:alpha:radius:eps (GuidedDecoding)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -100,6 +117,12 @@ def main() -> None:
         decodings[f"sure T={sure:g} unsure T={unsure:g} a={a:g} k={k:g}"] = ConfidenceDecoding(
             network, info, weights, sure, unsure, a, k)
 
+    if args.guide:  # the other decodings keep the shipped settings
+        decodings = {k: Guided(v, streamd.colour.GUIDE_RADIUS, streamd.colour.GUIDE_EPS) for k, v in decodings.items()}
+    for spec in args.guide:
+        t, a, radius, eps = (float(x) for x in spec.split(":"))
+        decodings[f"T={t:g} a={a:g} guide r={radius:g} eps={eps:g}"] = Guided(
+            Decoding(network, info, weights, t, a), int(radius), eps)
     evaluation = Evaluation(list(decodings))
     paths = image_files(args.images)
     if args.half:
