@@ -5,6 +5,7 @@ Every error names the offending key (`camera[2].url`), so `streamd check` can po
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -118,7 +119,8 @@ class Config:
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
 
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")  # a topic and a folder: not "." or ".."
+_ZMQ_ENDPOINT = re.compile(r"^(tcp|ipc|inproc)://\S+$")
 _TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool}
 
 
@@ -139,6 +141,8 @@ def _section(cls: type, raw: Any, where: str) -> Any:
         expected = _TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
         if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
             raise ConfigError(f"{where}.{name}: expected {f.type}, got {type(value).__name__} {value!r}")
+        if f.type == "float" and not math.isfinite(value):
+            raise ConfigError(f"{where}.{name}: must be a finite number, got {value!r}")
         values[name] = float(value) if f.type == "float" else value
     return cls(**values)
 
@@ -152,7 +156,7 @@ def validate(cfg: Config) -> Config:
     m = cfg.model
     _check(m.provider in ("auto", "tensorrt", "cuda", "cpu", "torch-cuda"), "model.provider",
            "must be auto, tensorrt, cuda, cpu or torch-cuda")
-    _check(m.temperature >= 0, "model.temperature", "must be positive (0 keeps the model's own)")
+    _check(m.temperature >= 0, "model.temperature", "must be 0 (the model's own) or more")
     _check(m.threads >= 0, "model.threads", "must be 0 (all cores) or more")
     _check(m.int8 in ("auto", "on", "off"), "model.int8", "must be auto, on or off")
     _check(m.stall_timeout_s > 0, "model.stall_timeout_s", "must be positive")
@@ -163,6 +167,8 @@ def validate(cfg: Config) -> Config:
     _check(cfg.colour.device in ("cpu", "cuda"), "colour.device", "must be cpu or cuda")
     _check(1 <= cfg.batch.max_size <= 256, "batch.max_size", "must be between 1 and 256")
     _check(cfg.batch.deadline_ms >= 0, "batch.deadline_ms", "must be 0 (automatic) or more")
+    _check(not cfg.zmq.endpoint or bool(_ZMQ_ENDPOINT.match(cfg.zmq.endpoint)), "zmq.endpoint",
+           'must be a ZeroMQ endpoint such as "tcp://127.0.0.1:5555", or "" for none')
     _check(cfg.zmq.format in FORMATS, "zmq.format", f"must be one of {', '.join(FORMATS)}")
     _check(cfg.zmq.hwm >= 1, "zmq.hwm", "must be at least 1")
     _check(not cfg.zmq.curve_secret_key_file or Path(cfg.zmq.curve_secret_key_file).is_file(),
@@ -170,6 +176,7 @@ def validate(cfg: Config) -> Config:
     if cfg.http.listen:
         host, _, port = cfg.http.listen.rpartition(":")
         _check(bool(host) and port.isdigit() and 0 <= int(port) < 65536, "http.listen", "must be HOST:PORT")
+        _check(":" not in host, "http.listen", "the host must be an IPv4 address or a name (the server is IPv4 only)")
     _check(cfg.daynight.to_night_s >= 0 and cfg.daynight.to_day_s >= 0, "daynight", "settle times must be >= 0")
     a = cfg.adapt
     _check(a.collect_every_s >= 0, "adapt.collect_every_s", "must be 0 or more")
@@ -182,7 +189,7 @@ def validate(cfg: Config) -> Config:
     seen = set()
     for i, c in enumerate(cfg.cameras):
         where = f"camera[{i}]"
-        _check(bool(_NAME.match(c.name)), f"{where}.name", "letters, digits, '_', '-' and '.' only (it is a topic)")
+        _check(bool(_NAME.match(c.name)), f"{where}.name", "letters, digits, '_', '-' and '.' only, not starting with '.' (it is a topic and a folder)")
         _check(c.name not in seen, f"{where}.name", f"camera name {c.name!r} is used twice")
         seen.add(c.name)
         _check(bool(c.url.strip()), f"{where}.url", "must not be empty")
@@ -191,6 +198,8 @@ def validate(cfg: Config) -> Config:
         _check(not c.rtsp_out or c.rtsp_out.startswith(("rtsp://", "rtsps://")), f"{where}.rtsp_out",
                "must be an rtsp:// URL")
         _check(not c.model or Path(c.model).is_file(), f"{where}.model", f"no model file at {c.model}")
+        _check(not c.file_out or Path(c.file_out).parent.is_dir(), f"{where}.file_out",
+               f"no folder {Path(c.file_out).parent} to write into")
         _check(c.zmq_format in ("", *FORMATS), f"{where}.zmq_format", f"must be one of {', '.join(FORMATS)}")
         _check(c.reuse_still_s >= 0, f"{where}.reuse_still_s", "must be 0 (network on every frame) or more")
         _check(c.hwaccel in ("", "cuda"), f"{where}.hwaccel", 'must be "" (CPU decoding) or "cuda" (NVDEC)')

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -47,11 +48,14 @@ class PipelineCollector:
         carried = CounterMetricFamily("streamd_frames_carried", "Gray frames of a moving scene that got the last "
                                       "prediction carried along the optical flow instead of running the network",
                                       labels=["camera"])
-        dropped = CounterMetricFamily("streamd_frames_dropped", "Frames dropped (pipeline behind)", labels=["camera"])
+        dropped = CounterMetricFamily("streamd_frames_dropped", "Frames dropped (pipeline behind, or the camera's model failed on them)", labels=["camera"])
         published = CounterMetricFamily("streamd_frames_published", "Frames sent to the outputs", labels=["camera"])
         reconnects = CounterMetricFamily("streamd_reconnects", "Source reconnects", labels=["camera"])
         out_reconnects = CounterMetricFamily("streamd_output_reconnects", "RTSP output reconnects", labels=["camera"])
         state = GaugeMetricFamily("streamd_camera_state", "1 for the camera's current state", labels=["camera", "state"])
+        age = GaugeMetricFamily("streamd_camera_last_frame_age_seconds", "Seconds since the camera's last decoded "
+                                "frame (absent before its first)", labels=["camera"])
+        now = time.monotonic()
         for name, r in list(p.cameras.items()):
             stats = r.source.stats
             frames.add_metric([name], stats.frames)
@@ -65,6 +69,8 @@ class PipelineCollector:
             out_reconnects.add_metric([name], r.outputs.rtsp.reconnects if r.outputs.rtsp else 0)
             for s in State:
                 state.add_metric([name, s.value], 1.0 if stats.state == s else 0.0)
+            if stats.last_frame_at:
+                age.add_metric([name], now - stats.last_frame_at)
         queue = GaugeMetricFamily("streamd_batch_queue_frames", "Frames waiting for inference")
         queue.add_metric([], p.batcher.waiting())
         provider = InfoMetricFamily("streamd_model", "Each camera's model and its execution provider",
@@ -78,8 +84,8 @@ class PipelineCollector:
         adaptations = CounterMetricFamily("streamd_adaptations", "Adaptation runs by outcome", labels=["outcome"])
         for outcome, n in p.adaptation.results.items():
             adaptations.add_metric([outcome], n)
-        yield from (frames, colorized, passed, reused, carried, dropped, published, reconnects, out_reconnects, state, queue, provider,
-                    stored, adaptations)
+        yield from (frames, colorized, passed, reused, carried, dropped, published, reconnects, out_reconnects, state, age,
+                    queue, provider, stored, adaptations)
 
 
 def health(pipeline, phase: str) -> tuple[int, dict]:

@@ -50,14 +50,6 @@ def ab_bins() -> np.ndarray:
     return (np.stack([a - half, b - half], axis=1) * AB_GRID).astype(np.float32)
 
 
-def nearest_bin(ab: np.ndarray) -> np.ndarray:
-    """Index of the nearest bin centre for each ab pair (..., 2)."""
-    bins = ab_bins()
-    flat = ab.reshape(-1, 2)
-    d = (flat[:, None, 0] - bins[None, :, 0]) ** 2 + (flat[:, None, 1] - bins[None, :, 1]) ** 2
-    return d.argmin(axis=1).reshape(ab.shape[:-1])
-
-
 def srgb_to_linear(v: np.ndarray) -> np.ndarray:
     return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
 

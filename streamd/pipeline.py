@@ -151,6 +151,7 @@ class CameraRuntime:
     colorizer: Colorizer  # swapped in place when the camera's model changes
     passed_through: int = 0
     colorized: int = 0
+    failed: int = 0  # frames lost because the camera's model failed on them (counted in `dropped`)
     interval_s: float = 0.04  # smoothed time between frames
     last_arrival: float | None = None
 
@@ -190,6 +191,7 @@ class Pipeline:
         # after the other on the inference thread they held up every batch
         self._reuse_pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="reuse")
         self._batch_since: float | None = None  # monotonic time the inference thread took its current batch
+        self._model_failures: dict[str, int] = {}  # failed batches by model id (inference thread only)
         self._infer_thread = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
 
     def _load_model(self, path: str) -> Colorizer:
@@ -228,9 +230,15 @@ class Pipeline:
         if runtime.reuse:
             runtime.reuse.forget()  # the next frame shows the new model at once
         log.info("camera %s now uses its adapted model %s", camera, runtime.colorizer.info.model_id)
-        in_use = {id(r.colorizer) for r in self.cameras.values()}
-        for key, colorizer in list(self._models.items()):  # free the replaced model once nobody uses it
-            if colorizer is old and key and id(old) not in in_use:
+        self._release_unused(old)
+
+    def _release_unused(self, old: Colorizer) -> None:
+        """Free a replaced model (its session, on a GPU its memory) once no camera uses it; never the
+        default model."""
+        if any(r.colorizer is old for r in list(self.cameras.values())):
+            return
+        for key, colorizer in list(self._models.items()):
+            if colorizer is old and key:
                 del self._models[key]
 
     def input_size(self, colorizer: Colorizer) -> tuple[int, int]:
@@ -284,6 +292,7 @@ class Pipeline:
         self.batcher.discard(name)
         runtime.outputs.close()
         self.instruments.latency.remove(name)
+        self._release_unused(runtime.colorizer)
         self._update_batching()
 
     def apply(self, new: Config) -> list[str]:
@@ -298,9 +307,11 @@ class Pipeline:
         for name, c in wanted.items():
             if name in old and old[name] != c and dataclasses.replace(old[name], model=c.model) == c:
                 runtime = self.cameras[name]  # only the model changed: swap it, the camera keeps streaming
+                old_model = runtime.colorizer
                 runtime.colorizer, runtime.config = self.model_for(c), c
                 if runtime.reuse:
                     runtime.reuse.forget()
+                self._release_unused(old_model)
                 changes.append(f"model of {name} is now {runtime.colorizer.info.model_id}")
             elif name in old and old[name] != c:
                 self.remove_camera(name)
@@ -312,15 +323,21 @@ class Pipeline:
         for section in ("model", "colour", "batch", "zmq", "http", "adapt"):
             if getattr(new, section) != getattr(self.config, section):
                 log.warning("reload: [%s] changed; that takes effect at the next restart", section)
+        if new.daynight != self.config.daynight:
+            for runtime in list(self.cameras.values()):  # the running cameras' settle times too
+                runtime.daynight.to_night_s, runtime.daynight.to_day_s = new.daynight.to_night_s, new.daynight.to_day_s
         self.config = dataclasses.replace(self.config, cameras=new.cameras, daynight=new.daynight)
         return changes
 
     def stop(self) -> None:
         self._stop.set()
+        runtimes = list(self.cameras.values())
+        for runtime in runtimes:  # all at once: a camera stuck opening a dead host must not hold up the rest
+            runtime.source.request_stop()
         self.adaptation.stop()
-        for name in list(self.cameras):
-            runtime = self.cameras[name]
-            runtime.source.stop()
+        deadline = time.monotonic() + 5.0
+        for runtime in runtimes:
+            runtime.source.stop(timeout=max(0.0, deadline - time.monotonic()))
         self.batcher.close()
         if self._infer_thread.is_alive():
             self._infer_thread.join(5.0)
@@ -359,24 +376,26 @@ class Pipeline:
         """A batch never waits for more frames than there are cameras, nor longer than one frame interval
         of the fastest camera (unless the config fixes the deadline)."""
         self.batcher.max_size = max(1, min(self.config.batch.max_size, len(self.cameras)))
-        if not self.config.batch.deadline_ms and self.cameras:
-            fastest = min(r.interval_s for r in self.cameras.values())
+        runtimes = list(self.cameras.values())  # a reload may add or remove cameras meanwhile
+        if not self.config.batch.deadline_ms and runtimes:
+            fastest = min(r.interval_s for r in runtimes)
             self.batcher.deadline_s = float(np.clip(fastest, 0.005, 0.1))
 
     def _infer_loop(self) -> None:
         while not self._stop.is_set():
-            batch = self.batcher.next_batch(timeout=0.5)
-            if not batch:
-                continue
-            self._batch_since = time.monotonic()
             try:
-                self._colorize(batch)
-            except Exception:  # keep serving: the next batch may well be fine
-                log.exception("inference failed for a batch of %d frames", len(batch))
-            finally:
-                self._batch_since = None
-                self.batcher.done()
-            self._update_batching()
+                batch = self.batcher.next_batch(timeout=0.5)
+                if not batch:
+                    continue
+                self._batch_since = time.monotonic()
+                try:
+                    self._colorize(batch)
+                finally:
+                    self._batch_since = None
+                    self.batcher.done()
+                self._update_batching()
+            except Exception:  # keep serving: the next batch may well be fine; `stalled` sees a dead thread
+                log.exception("inference thread: a batch failed")
 
     def _colorize(self, batch: list[Frame]) -> None:
         """One network run per model in the batch: cameras sharing a model share the batch. Frames whose
@@ -389,14 +408,27 @@ class Pipeline:
             frames.append(frame)
             reuses.append(runtime.reuse if runtime else None)
         t0 = time.perf_counter()
-        predicted = sum(predict_changed(colorizer, frames, reuses, self.input_size(colorizer), self._reuse_pool)
-                        for colorizer, frames, reuses in by_model.values())
+        predicted, failed = 0, set()
+        for colorizer, frames, reuses in by_model.values():
+            try:
+                predicted += predict_changed(colorizer, frames, reuses, self.input_size(colorizer), self._reuse_pool)
+            except Exception:  # one model failing (a camera's own, say) costs its frames, not the others'
+                count = self._model_failures[colorizer.info.model_id] = self._model_failures.get(
+                    colorizer.info.model_id, 0) + 1
+                if count == 1 or count % 100 == 0:  # a model that fails on every batch must not flood the log
+                    log.exception("model %s failed on a batch of %d frames (cameras %s; %d failed batches so far);"
+                                  " they are dropped", colorizer.info.model_id, len(frames),
+                                  ", ".join(sorted({f.camera for f in frames})), count)
+                failed.update(id(f) for f in frames)
         if predicted:
             self.instruments.batch_seconds.observe(time.perf_counter() - t0)
             self.instruments.batch_size.observe(predicted)
         for frame in batch:
             runtime = self.cameras.get(frame.camera)
             if runtime is None:  # removed while its frame was in flight
+                continue
+            if id(frame) in failed:
+                runtime.failed += 1
                 continue
             runtime.colorized += 1
             runtime.outputs.put(frame)
@@ -406,6 +438,8 @@ class Pipeline:
         """Why the pipeline is stuck, or None. A network call or GPU colour batch that has not returned
         within [model] stall_timeout_s is a hung GPU or driver: no camera reconnect fixes that, a restart
         of the process may."""
+        if self._infer_thread.ident is not None and not self._infer_thread.is_alive() and not self._stop.is_set():
+            return "inference: the thread has ended"
         limit, now = self.config.model.stall_timeout_s, time.monotonic()
         for stage, since in (("inference", self._batch_since),
                              ("GPU colour", self.colour_stage.busy_since if self.colour_stage else None)):
@@ -414,4 +448,5 @@ class Pipeline:
         return None
 
     def dropped(self, name: str) -> int:
-        return self.batcher.dropped.get(name, 0) + self.cameras[name].outputs.dropped
+        runtime = self.cameras[name]
+        return self.batcher.dropped.get(name, 0) + runtime.outputs.dropped + runtime.failed

@@ -173,10 +173,13 @@ class AdaptationScheduler:
             previous = [p for p in folder.glob("*.onnx") if p != out]
             try:
                 self.on_adapted(camera, out)  # in use before the outcome says so: readers of either agree
-            except Exception as e:  # the camera keeps its current model
+            except Exception as e:  # the camera keeps its current model, and a restart must not pick this one
+                log.exception("adaptation of %s: the adapted model cannot be used", camera)
+                for sibling in (out, out.with_suffix(".pt"), out.with_suffix(".md")):
+                    sibling.unlink(missing_ok=True)
                 self.results["failed"] += 1
                 self._record(camera, "failed", f"the adapted model cannot be used: {e}", started, report)
-                raise
+                return
             self.results["kept"] += 1
             self._record(camera, "kept", str(out), started, report)
             for old in previous:  # the camera no longer uses them

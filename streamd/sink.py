@@ -28,6 +28,7 @@ from streamd.source import redact
 
 log = logging.getLogger(__name__)
 FORMATS = ("bgr24", "yuv420p", "jpeg")
+JPEG_QUALITY = 90
 WIRE_VERSION = 1
 
 
@@ -44,12 +45,12 @@ def header(frame: Frame, fmt: str) -> dict:
             "latency_ms": round((time.monotonic() - frame.arrival) * 1000.0, 2)}
 
 
-def payload(frame: Frame, fmt: str, jpeg_quality: int = 90) -> bytes:
+def payload(frame: Frame, fmt: str) -> bytes:
     if fmt == "bgr24":
         return frame.to_bgr().tobytes()
     if fmt == "yuv420p":
         return frame.y.tobytes() + frame.u.tobytes() + frame.v.tobytes()
-    ok, data = cv2.imencode(".jpg", frame.to_bgr(), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    ok, data = cv2.imencode(".jpg", frame.to_bgr(), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return data.tobytes()
@@ -155,8 +156,8 @@ class H264Writer:
         finally:
             try:
                 self._container.close()
-            except (av.error.FFmpegError, OSError):
-                pass
+            except (av.error.FFmpegError, OSError) as e:  # an RTSP peer gone is expected; a file not finalized is not
+                log.warning("closing %s: %s", redact(self.target), e)
             self._container, self._stream, self._size = None, None, None
 
 
@@ -214,6 +215,7 @@ class OutputWorker:
         self.file = H264Writer(str(targets.file_path), "mp4") if targets.file_path else None
         self.published = 0
         self.dropped = 0
+        self.failures = 0  # frames whose output raised (logged the first time and every 250th)
         self.latencies_ms: deque[float] = deque(maxlen=1000)  # capture-to-publish, the most recent frames
         self._slot: Frame | None = None
         self._busy = False
@@ -273,4 +275,6 @@ class OutputWorker:
             if self.file:
                 self.file.write(frame)
         except Exception:  # one bad frame must not end this camera's outputs
-            log.exception("camera %s: output failed", self.camera)
+            self.failures += 1
+            if self.failures == 1 or self.failures % 250 == 0:  # a lasting fault (disk full) must not flood the log
+                log.exception("camera %s: output failed (%d times so far)", self.camera, self.failures)

@@ -13,7 +13,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 import av
@@ -25,7 +25,8 @@ from streamd.frame import Frame
 
 log = logging.getLogger(__name__)
 
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@")
+# user:password@ up to the last "@" before the host: a password may hold "@" (FFmpeg splits at the last one)
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s]*@")
 
 
 def redact(text: str) -> str:
@@ -75,7 +76,6 @@ class SourceSettings:
     fps: float = 25.0  # synthetic cameras only
     hwaccel: str = ""  # "cuda": decode on NVDEC (frames come back to system memory); "": FFmpeg's CPU decoder
     duration: float | None = None  # synthetic cameras only: seconds before the stream ends
-    extra: dict = field(default_factory=dict)
 
 
 def _is_stream_url(url: str) -> bool:
@@ -197,8 +197,12 @@ class Camera:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def request_stop(self) -> None:
+        """Ask the thread to end, without waiting (a pipeline asks every camera first, then waits)."""
         self._stop.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.request_stop()
         self._thread.join(timeout)
         if self.stats.state not in (State.FAILED, State.FINISHED):
             self.stats.state = State.STOPPED

@@ -17,10 +17,6 @@ class Notifier:
         self.watchdog_interval = usec / 2e6 if usec else None  # ping twice per period, as systemd advises
         self._last_ping = 0.0
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.address)
-
     def send(self, *fields: str) -> None:
         if not self.address:
             return

@@ -209,3 +209,43 @@ def test_schedule_picks_the_camera_that_waited_longest(tmp_path):
     assert on_request.due() is None  # no schedule: only requests start a run
     with pytest.raises(KeyError):
         on_request.request("a")  # not adaptable
+
+
+def test_an_adapted_model_that_cannot_be_used_is_recorded_once_and_removed(tmp_path, monkeypatch):
+    """The adaptation run says it kept a model, but the camera cannot load it: the camera keeps its model,
+    the run counts as failed once, and the file is gone, so that a restart does not pick it up."""
+    import subprocess
+    import sys
+
+    from streamd import schedule
+    from streamd.config import AdaptConfig
+
+    (tmp_path / "yard").mkdir()
+    for i in range(3):
+        (tmp_path / "yard" / f"{i}.jpg").write_bytes(b"")
+    popen = subprocess.Popen
+
+    def adapt_run(cmd, **kwargs):  # the child's part of the contract: the model file and the report
+        out, report = Path(cmd[cmd.index("-o") + 1]), Path(cmd[cmd.index("--json") + 1])
+        out.write_bytes(b"not an ONNX model")
+        report.write_text(json.dumps({"kept": True}))
+        return popen([sys.executable, "-c", "pass"], **kwargs)
+
+    def swap_in(camera: str, path: Path) -> None:
+        raise ValueError(f"{path.name} is not a model")
+
+    monkeypatch.setattr(schedule.subprocess, "Popen", adapt_run)
+    scheduler = schedule.AdaptationScheduler(tmp_path, AdaptConfig(every_h=0.0, min_frames=2), lambda: ["yard"],
+                                             swap_in)
+    scheduler.start()
+    try:
+        assert scheduler.request("yard") == "queued"
+        deadline = time.monotonic() + 60
+        while not scheduler.state("yard") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        scheduler.stop()
+    state = scheduler.state("yard")
+    assert state["outcome"] == "failed" and "is not a model" in state["detail"]
+    assert scheduler.results == {"kept": 0, "rejected": 0, "failed": 1}
+    assert not list((tmp_path / "yard").glob("*.onnx"))

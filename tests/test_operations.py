@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 
 from streamd import config as cfgmod
 from streamd.client import Subscriber, WireError, decode
+from streamd.source import redact
 from tests.conftest import ROOT, free_port, write_video
 
 
@@ -106,6 +108,13 @@ def write_config(path: Path, endpoint: str, http: int, cameras: str) -> Path:
     return path
 
 
+def metric_value(metrics: str, series: str) -> float:
+    """The value of one series (name and labels, as printed) in a Prometheus text exposition."""
+    values = [float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(series + " ")]
+    assert len(values) == 1, f"{series} not in the metrics"
+    return values[0]
+
+
 def test_camera_restart_reconnects_and_other_camera_keeps_flowing(rtsp_servers, publishers, tmp_path):
     """Each camera is an RTSP server of its own (as an IP camera is); one is killed and comes back."""
     flaky_server, steady_server = rtsp_servers(), rtsp_servers()
@@ -126,6 +135,10 @@ def test_camera_restart_reconnects_and_other_camera_keeps_flowing(rtsp_servers, 
         assert wait_state(http, "flaky", "reconnecting"), camera_states(http)
         assert http_get(f"http://127.0.0.1:{http}/healthz")[0] == 503  # degraded
         time.sleep(2)
+        _, metrics = http_get(f"http://127.0.0.1:{http}/metrics")
+        ages = {name: metric_value(metrics, f'streamd_camera_last_frame_age_seconds{{camera="{name}"}}')
+                for name in ("flaky", "steady")}
+        assert ages["flaky"] > 1.5 > ages["steady"], ages  # no frame from flaky since it died, 2 s ago or more
         back_server = rtsp_servers(client_port=flaky_server.client_port, source_port=flaky_server.source_port)
         publishers(back_server.publish_url("live"), seconds=120)  # the camera is back
         back = time.monotonic()
@@ -136,8 +149,7 @@ def test_camera_restart_reconnects_and_other_camera_keeps_flowing(rtsp_servers, 
         assert wait_state(http, "flaky", "running")
         assert http_get(f"http://127.0.0.1:{http}/healthz")[0] == 200
         _, metrics = http_get(f"http://127.0.0.1:{http}/metrics")
-        reconnects = [line for line in metrics.splitlines() if line.startswith('streamd_reconnects_total{camera="flaky"}')]
-        assert reconnects and float(reconnects[0].split()[-1]) >= 1
+        assert metric_value(metrics, 'streamd_reconnects_total{camera="flaky"}') >= 1
         print(f"reconnected {reconnect_s:.1f} s after the camera returned; steady camera's longest gap {gap:.2f} s")
     finally:
         rec.close()
@@ -316,6 +328,26 @@ def test_listeners_bind_to_localhost_by_default():
     assert cfg.http.listen == ""
 
 
+@pytest.mark.parametrize("raw,key", [
+    ({"batch": {"deadline_ms": float("inf")}}, "batch.deadline_ms"),
+    ({"model": {"temperature": float("nan")}}, "model.temperature"),
+    ({"zmq": {"endpoint": "127.0.0.1:5555"}}, "zmq.endpoint"),
+    ({"http": {"listen": "::1:9090"}}, "http.listen"),
+    ({"camera": [{"name": "..", "url": "x.mp4"}]}, "camera[0].name"),
+    ({"camera": [{"name": "a", "url": "x.mp4", "file_out": "/nonexistent/out.mp4"}]}, "camera[0].file_out"),
+])
+def test_config_rejects_at_load_what_would_fail_later(raw, key):
+    """Each of these once passed `streamd check` and failed at run time (or escaped the state folder)."""
+    with pytest.raises(cfgmod.ConfigError, match=re.escape(key)):
+        cfgmod.parse({"camera": [{"name": "a", "url": "x.mp4"}], **raw})
+
+
+def test_redaction_hides_passwords_that_hold_an_at_sign():
+    assert redact("open rtsp://admin:p@ss@10.0.0.1/s failed") == "open rtsp://***@10.0.0.1/s failed"
+    assert redact("rtsp://a:b@h1/x, rtsp://h2/y, mail admin@example.com") == \
+        "rtsp://***@h1/x, rtsp://h2/y, mail admin@example.com"
+
+
 def test_systemd_unit_verifies(tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
@@ -331,7 +363,7 @@ def test_systemd_unit_verifies(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
-toml_values = st.one_of(st.integers(), st.floats(allow_nan=False), st.text(max_size=20), st.booleans(),
+toml_values = st.one_of(st.integers(), st.floats(), st.text(max_size=20), st.booleans(),
                         st.lists(st.integers(), max_size=3))
 
 

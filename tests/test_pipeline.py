@@ -183,6 +183,72 @@ def test_bad_sources_fail_alone_while_others_run(tmp_path):
     assert cams["truncated"].source.stats.state.value in ("finished", "failed")
 
 
+def test_a_failing_model_costs_only_its_own_cameras_frames(tmp_path):
+    """One camera's own model fails on every batch (as a corrupt or mismatched one would): the other camera,
+    batched with it, is colorized throughout; the failed frames are counted as dropped; nothing stalls."""
+    import dataclasses
+
+    class Broken:
+        def __init__(self, real) -> None:
+            self.info = dataclasses.replace(real.info, model_id="broken-model")
+
+        def __call__(self, lightness: np.ndarray) -> np.ndarray:
+            raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : the model does not fit")
+
+    class OneBrokenModel(Pipeline):
+        def model_for(self, c):
+            model = super().model_for(c)
+            return Broken(model) if c.name == "broken" else model
+
+    videos = [write_video(tmp_path / f"gray{i}.mp4", "gray", seconds=2) for i in range(2)]
+    cfg = cfgmod.parse({"camera": [{"name": "good", "url": str(videos[0]), "reuse_still_s": 0.0, "carry_frames": 0},
+                                   {"name": "broken", "url": str(videos[1])}],
+                        "zmq": {"endpoint": ""}})
+    pipeline = OneBrokenModel(cfg)
+    pipeline.start()
+    deadline = time.monotonic() + 60
+    try:
+        while not pipeline.finished() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pipeline.stalled() is None
+    finally:
+        pipeline.stop()
+    good, broken = pipeline.cameras["good"], pipeline.cameras["broken"]
+    assert good.source.stats.frames == 50 and good.outputs.published + pipeline.dropped("good") == 50
+    assert good.outputs.published >= 10
+    assert broken.colorized == 0 and broken.outputs.published == 0
+    assert broken.failed > 0 and pipeline.dropped("broken") == broken.source.stats.frames == 50
+
+
+def test_reload_reaches_running_cameras_and_frees_replaced_models(tmp_path):
+    """A reload's [daynight] settle times reach the cameras already running, and a model no camera uses
+    any more is released (its session, on a GPU its memory), while the camera keeps running."""
+    import shutil
+
+    video = write_video(tmp_path / "gray.mp4", "gray", seconds=2)
+    own = tmp_path / "own.onnx"
+    shutil.copy(ROOT / "models" / "streamd-base.onnx", own)
+    camera = {"name": "cam", "url": str(video), "loop": True}
+    raw = {"zmq": {"endpoint": ""}, "adapt": {"state_dir": str(tmp_path / "state")}}
+    pipeline = Pipeline(cfgmod.parse({**raw, "camera": [{**camera, "model": str(own)}]}))
+    pipeline.start()
+    try:
+        assert pipeline.cameras["cam"].colorizer is pipeline._models[str(own)]
+        changes = pipeline.apply(cfgmod.parse({**raw, "camera": [camera],
+                                               "daynight": {"to_night_s": 0.5, "to_day_s": 9.0}}))
+        runtime = pipeline.cameras["cam"]
+        assert changes == ["model of cam is now " + pipeline.colorizer.info.model_id]
+        assert (runtime.daynight.to_night_s, runtime.daynight.to_day_s) == (0.5, 9.0)
+        assert runtime.colorizer is pipeline.colorizer and str(own) not in pipeline._models
+        before = runtime.colorized
+        deadline = time.monotonic() + 20
+        while runtime.colorized < before + 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert runtime.colorized >= before + 5
+    finally:
+        pipeline.stop()
+
+
 @pytest.mark.parametrize("argv,code,message", [
     (["check", "-c", "{tmp}/bad.toml"], 2, "camera[0].transport"),
     (["check", "-c", "{tmp}/missing.toml"], 2, "cannot read config"),
