@@ -154,6 +154,22 @@ def test_training_only_the_head_leaves_the_rest_exactly_as_it_was(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in head if before[k].is_floating_point())
 
 
+def test_training_sees_the_lightness_the_daemon_feeds():
+    """Training's L is that of the gray frame streamd makes of the same picture (L of a neutral gray at its
+    luma), not the colour pixels' own L*, which is off by up to 20 units on saturated colours."""
+    from streamd.colour import lightness_table
+    from streamd.frame import Frame
+    from streamd.model.data import CropSampler
+
+    rgb = np.ascontiguousarray(data.astronaut()[:128, :128])
+    sampler = CropSampler([rgb], 128, np.random.default_rng(0))
+    sampler.crop_one = lambda image: image  # the whole picture, unscaled and unflipped
+    lightness, _ = sampler.batch(1)
+    gray = Frame.from_bgr("t", 0, np.ascontiguousarray(rgb[..., ::-1]), matrix="bt601", full_range=True)
+    assert np.abs(lightness[0, 0] - lightness_table(True)[gray.y]).max() < 1.0  # Y' rounding apart
+    assert np.abs(lightness[0, 0] - rgb_to_lab(rgb)[..., 0]).max() > 5.0  # and it is not the colour L*
+
+
 def test_global_context_branch_starts_as_the_network_it_joins_and_exports(tmp_path):
     """--context on weights without the branch: the network first computes exactly what they did, training
     then moves the branch, and the exported ONNX model (dynamic batch and size) agrees with PyTorch."""
@@ -169,6 +185,9 @@ def test_global_context_branch_starts_as_the_network_it_joins_and_exports(tmp_pa
                               widths=(8, 16, 32, 64), init=str(plain), context=True), images=[data.astronaut()])
     with_context = load_weights(grown)
     assert with_context["context"] and with_context["model"]["context.mlp.2.weight"].abs().max() > 0
+    resumed = load_weights(train(TrainConfig(data=[], out=str(tmp_path / "grown"), steps=4, batch=2, crop=64),
+                                 images=[data.astronaut()]))  # resumes the network it trained, branch and all
+    assert resumed["steps"] == 4 and resumed["context"] and resumed["widths"] == [8, 16, 32, 64]
     with pytest.raises(ValueError, match="do not fit"):
         build_net({**with_context, "context": False})
 

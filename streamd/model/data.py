@@ -8,7 +8,7 @@ import av
 import cv2
 import numpy as np
 
-from streamd.lab import rgb_to_lab
+from streamd.lab import rgb_to_lab, y_to_l_table
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".ts", ".webm"}
@@ -54,7 +54,10 @@ def load_folder(folder: Path, max_side: int = 320, video_every: int = 8) -> list
 class CropSampler:
     """Random square Lab crops: random scale, position and horizontal flip.
 
-    Returns L (N, 1, S, S) and the ground-truth ab at the network's output scale (N, 2, S/4, S/4).
+    Returns L (N, 1, S, S) and the ground-truth ab at the network's output scale (N, 2, S/4, S/4). The L is
+    what streamd feeds the network at run time: that of a neutral gray of the crop's luma Y' (BT.601, full
+    range, as `streamd eval` and the daemon see a gray frame), not the colour pixel's own L*, which differs
+    where colours are saturated (pure red: 53 against 32).
     """
 
     def __init__(self, images: list[np.ndarray], crop: int, rng: np.random.Generator, augment: bool = False) -> None:
@@ -78,10 +81,12 @@ class CropSampler:
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         picks = self.rng.integers(0, len(self.images), size)
-        lab = np.stack([rgb_to_lab(self.crop_one(self.images[i])) for i in picks])
+        crops = [self.crop_one(self.images[i]) for i in picks]
         out = self.crop // 4
-        ab = np.stack([cv2.resize(x[..., 1:], (out, out), interpolation=cv2.INTER_AREA) for x in lab])
-        lightness = lab[..., :1].transpose(0, 3, 1, 2).copy()
+        ab = np.stack([cv2.resize(rgb_to_lab(c)[..., 1:], (out, out), interpolation=cv2.INTER_AREA) for c in crops])
+        gray_l = y_to_l_table(full_range=True)
+        lightness = np.stack([cv2.LUT(cv2.cvtColor(np.ascontiguousarray(c), cv2.COLOR_RGB2GRAY), gray_l)
+                              for c in crops])[:, None]
         if self.augment:
             lightness = self.vary_lightness(lightness)
         return lightness, ab.transpose(0, 3, 1, 2).copy()

@@ -147,7 +147,12 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
         same_on_every_rank = CropSampler(images, cfg.crop, np.random.default_rng(cfg.seed))
         priors = Priors.measure([torch.from_numpy(same_on_every_rank.batch(64)[1]) for _ in range(16)], bins)
 
-    net = ColorNet(len(bins), cfg.widths, cfg.context) if init is None else build_net(init, cfg.context or None)
+    if resume.exists():  # the network that was trained, whatever cfg or --init says now
+        net = ColorNet(len(bins), tuple(ckpt.get("widths", cfg.widths)), ckpt.get("context", cfg.context))
+    elif init is not None:
+        net = build_net(init, cfg.context or None)
+    else:
+        net = ColorNet(len(bins), cfg.widths, cfg.context)
     net = net.to(device).to(memory_format=torch.channels_last)
     frozen = [m for name, m in net.named_children() if cfg.train_only and name not in cfg.train_only]
     for module in frozen:
@@ -161,8 +166,12 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step, seconds, samples = ckpt["step"], ckpt["seconds"], ckpt["samples"]
-        rng.bit_generator.state = ckpt["rng"]
-        torch.set_rng_state(ckpt["torch_rng"])
+        if rank == 0:  # exactly where it left off
+            rng.bit_generator.state = ckpt["rng"]
+            torch.set_rng_state(ckpt["torch_rng"])
+        else:  # rank 0's state is the one saved: the others draw crops of their own from a fresh seed
+            rng = np.random.default_rng([cfg.seed, rank, step])
+            sampler.rng = rng
         log.info("resumed from %s at step %d", resume, step)
     model = torch.nn.parallel.DistributedDataParallel(net) if distributed else net
 
@@ -186,6 +195,10 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
         step += 1
         samples += cfg.batch * world
         dt = time.perf_counter() - t0
+        if distributed and cfg.max_seconds:  # one clock for all ranks: the same lr, and all stop at the same step
+            slowest = torch.tensor([dt], device=device)
+            dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+            dt = slowest.item()
         seconds += dt
         ema_loss = loss.item() if ema_loss is None else 0.98 * ema_loss + 0.02 * loss.item()
         bar.update(1)
@@ -195,6 +208,7 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
             torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                         "seconds": seconds, "samples": samples, "rng": rng.bit_generator.state,
                         "torch_rng": torch.get_rng_state(), "bin_prior": priors.bin_prior,
+                        "widths": list(net.widths), "context": net.context is not None,
                         "gradient_prior": priors.gradient_prior}, out / "last.ckpt.tmp")
             os.replace(out / "last.ckpt.tmp", resume)
             save_weights(out / "weights.pt", net, priors, cfg, step, seconds, samples)
