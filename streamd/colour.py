@@ -58,9 +58,11 @@ def apply_guide(coeffs: np.ndarray, guide_high: np.ndarray) -> tuple[np.ndarray,
     Linear in the coefficients: scaled and offset ones give a and b scaled and offset the same way."""
     size = (guide_high.shape[1], guide_high.shape[0])
 
+    def up(plane: np.ndarray) -> np.ndarray:
+        return cv2.resize(np.ascontiguousarray(plane), size, interpolation=cv2.INTER_LINEAR)
+
     def channel(slope: np.ndarray, offset: np.ndarray) -> np.ndarray:
-        up = functools.partial(cv2.resize, dsize=size, interpolation=cv2.INTER_LINEAR)
-        return cv2.add(cv2.multiply(up(np.ascontiguousarray(slope)), guide_high), up(np.ascontiguousarray(offset)))
+        return cv2.add(cv2.multiply(up(slope), guide_high), up(offset))
 
     return channel(coeffs[..., 0], coeffs[..., 1]), channel(coeffs[..., 2], coeffs[..., 3])
 
@@ -91,8 +93,8 @@ class ChromaTable:
     code value or two of U and V (tests/test_colour.py measures it)."""
 
     Y_SHIFT, AB_STEP, AB_LEVELS = 2, 2.0, 128
-    LEVEL_SCALE = np.float32([1 / AB_STEP] * 4)  # guide coefficients (a, b units) -> table levels:
-    LEVEL_OFFSET = np.float32([0, AB_LEVELS // 2, 0, AB_LEVELS // 2])  # slopes scale, offsets also shift
+    # guide coefficients (A_a, B_a, A_b, B_b) in ab units -> table levels: all scale, the offsets also shift
+    LEVEL_OFFSET = np.float32([0, AB_LEVELS // 2, 0, AB_LEVELS // 2])
 
     def __init__(self, matrix: str, full_range: bool) -> None:
         y = (np.arange(256 >> self.Y_SHIFT) << self.Y_SHIFT) + (1 << self.Y_SHIFT) // 2
@@ -110,7 +112,7 @@ class ChromaTable:
     def levels(cls, coeffs: np.ndarray) -> np.ndarray:
         """Guide coefficients (..., 4) in ab units -> the same fit in table levels (apply_guide then gives
         levels directly; done on the grid, where it is cheap)."""
-        return coeffs * cls.LEVEL_SCALE + cls.LEVEL_OFFSET
+        return coeffs * np.float32(1 / cls.AB_STEP) + cls.LEVEL_OFFSET
 
     def lookup(self, luma: np.ndarray, a_level: np.ndarray, b_level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """luma (H, W) uint8 and a, b (H, W) float32 in table levels (rounded to the nearest here; a is
@@ -124,8 +126,8 @@ class ChromaTable:
 
     def __call__(self, luma: np.ndarray, ab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """luma (H, W) uint8 and ab (H, W, 2) float -> U, V (H, W) uint8."""
-        a, b = (np.ascontiguousarray(ab[..., i] * self.LEVEL_SCALE[i] + self.LEVEL_OFFSET[2 * i + 1],
-                                     dtype=np.float32) for i in range(2))
+        a, b = (np.asarray(ab[..., i], np.float32) * np.float32(1 / self.AB_STEP) + np.float32(self.AB_LEVELS // 2)
+                for i in range(2))
         return self.lookup(luma, a, b)
 
 

@@ -413,8 +413,8 @@ class Pipeline:
             try:
                 predicted += predict_changed(colorizer, frames, reuses, self.input_size(colorizer), self._reuse_pool)
             except Exception:  # one model failing (a camera's own, say) costs its frames, not the others'
-                count = self._model_failures[colorizer.info.model_id] = self._model_failures.get(
-                    colorizer.info.model_id, 0) + 1
+                model_id = colorizer.info.model_id
+                count = self._model_failures[model_id] = self._model_failures.get(model_id, 0) + 1
                 if count == 1 or count % 100 == 0:  # a model that fails on every batch must not flood the log
                     log.exception("model %s failed on a batch of %d frames (cameras %s; %d failed batches so far);"
                                   " they are dropped", colorizer.info.model_id, len(frames),

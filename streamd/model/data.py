@@ -8,7 +8,8 @@ import av
 import cv2
 import numpy as np
 
-from streamd.lab import rgb_to_lab, y_to_l_table
+from streamd.colour import lightness_table
+from streamd.lab import rgb_to_lab
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".ts", ".webm"}
@@ -84,9 +85,8 @@ class CropSampler:
         crops = [self.crop_one(self.images[i]) for i in picks]
         out = self.crop // 4
         ab = np.stack([cv2.resize(rgb_to_lab(c)[..., 1:], (out, out), interpolation=cv2.INTER_AREA) for c in crops])
-        gray_l = y_to_l_table(full_range=True)
-        lightness = np.stack([cv2.LUT(cv2.cvtColor(np.ascontiguousarray(c), cv2.COLOR_RGB2GRAY), gray_l)
-                              for c in crops])[:, None]
+        lightness = np.stack([cv2.LUT(cv2.cvtColor(np.ascontiguousarray(c), cv2.COLOR_RGB2GRAY),
+                                      lightness_table(True)) for c in crops])[:, None]
         if self.augment:
             lightness = self.vary_lightness(lightness)
         return lightness, ab.transpose(0, 3, 1, 2).copy()
