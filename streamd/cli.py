@@ -200,7 +200,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from streamd.model.train import TrainConfig, train
 
     cfg = TrainConfig(data=[str(d) for d in args.data], out=str(args.out), steps=args.steps, batch=args.batch,
-                      crop=args.crop, lr=args.lr, seed=args.seed, device=args.device,
+                      crop=args.crop, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=args.device,
                       rebalance=not args.no_rebalance, gradient_prior=not args.no_gradient_prior,
                       gradient_mix=args.gradient_mix, class_mix=args.class_mix, init=str(args.init) if args.init else None, checkpoint_every=args.checkpoint_every,
                       widths=tuple(args.widths), max_seconds=args.max_minutes * 60 if args.max_minutes else None,
@@ -307,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--crop", type=int, default=176)
     t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW's decoupled weight decay")
     t.add_argument("--widths", type=int, nargs=4, default=[24, 48, 96, 192])
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto, cpu, cuda")
