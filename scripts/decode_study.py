@@ -8,6 +8,7 @@ w(q) p(q|x), renormalised).
     python scripts/decode_study.py WEIGHTS.pt ../shared/data/val/images --limit 70 \
         --decode 1:0 1:0.5 0.6:0.5 ...        # T:alpha pairs
         --guide 2:0.5:1:4 2:0.5:2:1e6 ...     # T:alpha:radius:eps, the guided upsampling's settings
+        --ensemble OTHER.pt ...               # decode several networks' mean log-probabilities
 """
 from __future__ import annotations
 
@@ -41,10 +42,22 @@ class CachedNetwork(torch.nn.Module):
         return self.cache[key]
 
 
+class Ensemble(torch.nn.Module):
+    """Several networks' log-probabilities averaged (a geometric mean of their distributions), decoded as one:
+    does a second or third run move the trade-off curve, or do they all learn the same?"""
+
+    def __init__(self, networks: list[CachedNetwork]) -> None:
+        super().__init__()
+        self.networks = torch.nn.ModuleList(networks)
+
+    def forward(self, lightness: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.log_softmax(n(lightness), dim=1) for n in self.networks]).mean(0)
+
+
 class Decoding:
     """Quacks like a Colorizer: L in, ab out, through the decoding export bakes in front of the cached network."""
 
-    def __init__(self, network: CachedNetwork, info, weights: dict, temperature: float, alpha: float) -> None:
+    def __init__(self, network: torch.nn.Module, info, weights: dict, temperature: float, alpha: float) -> None:
         self.info = info
         self.decoder = build_decoder(weights, temperature, alpha).eval()
         self.decoder.net = network
@@ -73,7 +86,7 @@ class ConfidenceDecoding(Decoding):
     distribution at T = 1. Where the network is sure (sky, foliage) the colour is saturated; where it is
     not, it stays near the mean, which protects PSNR."""
 
-    def __init__(self, network: CachedNetwork, info, weights: dict, sure: float, unsure: float, alpha: float,
+    def __init__(self, network: torch.nn.Module, info, weights: dict, sure: float, unsure: float, alpha: float,
                  power: float) -> None:
         super().__init__(network, info, weights, 1.0, alpha)
         self.sure, self.unsure, self.power = sure, unsure, power
@@ -102,12 +115,17 @@ def main() -> None:
     parser.add_argument("--decode", nargs="+", default=["1:0"], help="T:alpha pairs")
     parser.add_argument("--confidence", nargs="*", default=[], help="T_sure:T_unsure:alpha:power (ConfidenceDecoding)")
     parser.add_argument("--guide", nargs="*", default=[], help="T:alpha:radius:eps (GuidedDecoding)")
+    parser.add_argument("--ensemble", nargs="*", type=Path, default=[],
+                        help="more weights: decode the mean log-probabilities of WEIGHTS and these (class "
+                             "rebalancing weights from WEIGHTS)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     weights = load_weights(args.weights)
     info = Colorizer().info  # only its input size is used
     network = CachedNetwork(weights)
+    if args.ensemble:
+        network = Ensemble([network, *(CachedNetwork(load_weights(p)) for p in args.ensemble)])
     decodings = {}
     for spec in args.decode:
         t, a = (float(x) for x in spec.split(":"))
