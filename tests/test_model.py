@@ -104,10 +104,11 @@ def test_train_export_eval_from_the_command_line(tmp_path):
         cv2.imwrite(str(images / f"{name}.png"), cv2.cvtColor(getattr(data, name)(), cv2.COLOR_RGB2BGR))
     ckpt = tmp_path / "ckpt"
     args = ["train", str(images), "-o", str(ckpt), "--batch", "4", "--crop", "64", "--widths", "8", "16", "32", "64",
-            "--checkpoint-every", "3"]
+            "--checkpoint-every", "3", "--weight-decay", "0.05"]
     assert main([*args, "--steps", "3"]) == 0
     first = torch.load(ckpt / "last.ckpt", weights_only=False)
     assert first["step"] == 3
+    assert {g["weight_decay"] for g in first["optimizer"]["param_groups"]} == {0.05}
     assert main([*args, "--steps", "6"]) == 0  # resumes at step 3
     weights = torch.load(ckpt / "weights.pt", weights_only=False)
     assert weights["steps"] == 6 and weights["samples"] == 24
