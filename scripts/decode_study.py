@@ -13,6 +13,7 @@ w(q) p(q|x), renormalised).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -118,11 +119,15 @@ def main() -> None:
     parser.add_argument("--ensemble", nargs="*", type=Path, default=[],
                         help="more weights: decode the mean log-probabilities of WEIGHTS and these (class "
                              "rebalancing weights from WEIGHTS)")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("WIDTH", "HEIGHT"),
+                        help="the network input's area (aspect follows each image; default: the shipped model's)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     weights = load_weights(args.weights)
     info = Colorizer().info  # only its input size is used
+    if args.input_size:
+        info = dataclasses.replace(info, input_width=args.input_size[0], input_height=args.input_size[1])
     network = CachedNetwork(weights)
     if args.ensemble:
         network = Ensemble([network, *(CachedNetwork(load_weights(p)) for p in args.ensemble)])
