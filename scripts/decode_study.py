@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,34 @@ class ConfidenceDecoding(Decoding):
             return (weight * mean(self.sure) + (1 - weight) * mean(self.unsure)).numpy()
 
 
+def score(decodings: dict, images: Path, half: str | None = None, limit: int = 0,
+          on_image: Callable[[np.ndarray], None] | None = None) -> Evaluation:
+    """Every decoding (Colorizer-like, by label) scored on the images of `images` (one `half` of them,
+    `limit` evenly spaced); `on_image` sees each ground truth before it is colorized."""
+    evaluation = Evaluation(list(decodings))
+    paths = image_files(images)
+    if half:
+        paths = paths[half == "odd"::2]
+    for path in evenly_spaced(paths, limit):
+        truth = read_rgb(path)
+        if truth is None:
+            continue
+        if on_image:
+            on_image(truth)
+        evaluation.add(truth, {k: v[0] for k, v in colorize_rgb(decodings, [truth]).items()})
+    return evaluation
+
+
+def print_table(evaluation: Evaluation, labels: list[str]) -> None:
+    rows = evaluation.rows()
+    print(f"{evaluation.count} images; gray PSNR {rows[GRAY]['psnr']:.2f}, rebalanced AuC {rows[GRAY]['auc_rebalanced']:.2f}")
+    print("| decoding | PSNR vs gray | rebalanced AuC vs gray | AuC | colourfulness / truth |")
+    print("| --- | --- | --- | --- | --- |")
+    for label in labels:
+        r = rows[label]
+        print(f"| {label} | {r['delta_psnr']:+.2f} | {r['delta_auc_rebalanced']:+.2f} | {r['auc']:.2f} | {r['colorfulness_ratio']:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("weights", type=Path)
@@ -146,21 +175,9 @@ def main() -> None:
         t, a, radius, eps = (float(x) for x in spec.split(":"))
         decodings[f"T={t:g} a={a:g} guide r={radius:g} eps={eps:g}"] = Guided(
             Decoding(network, info, weights, t, a), int(radius), eps)
-    evaluation = Evaluation(list(decodings))
-    paths = image_files(args.images)
-    if args.half:
-        paths = paths[args.half == "odd"::2]
-    for path in evenly_spaced(paths, args.limit):
-        truth = read_rgb(path)
-        if truth is not None:
-            evaluation.add(truth, {k: v[0] for k, v in colorize_rgb(decodings, [truth]).items()})
+    evaluation = score(decodings, args.images, args.half, args.limit)
+    print_table(evaluation, list(decodings))
     rows = evaluation.rows()
-    print(f"{evaluation.count} images; gray PSNR {rows[GRAY]['psnr']:.2f}, rebalanced AuC {rows[GRAY]['auc_rebalanced']:.2f}")
-    print("| decoding | PSNR vs gray | rebalanced AuC vs gray | AuC | colourfulness / truth |")
-    print("| --- | --- | --- | --- | --- |")
-    for label in decodings:
-        r = rows[label]
-        print(f"| {label} | {r['delta_psnr']:+.2f} | {r['delta_auc_rebalanced']:+.2f} | {r['auc']:.2f} | {r['colorfulness_ratio']:.2f} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

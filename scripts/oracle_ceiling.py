@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamd.evaluate import Evaluation, colorize_rgb, image_files, read_rgb
+from decode_study import print_table, score  # scripts/ is on the path when run as a script
 from streamd.infer import Colorizer
 from streamd.lab import rgb_to_lab
 
@@ -41,23 +41,12 @@ def main() -> None:
 
     info = Colorizer().info  # the shipped model's input size
     oracles = {f"oracle x{s:g}": Oracle(info, s) for s in args.scale}
-    evaluation = Evaluation(list(oracles))
-    paths = image_files(args.images)
-    if args.half:
-        paths = paths[args.half == "odd"::2]
-    for path in paths:
-        truth = read_rgb(path)
-        if truth is None:
-            continue
+
+    def show(truth: np.ndarray) -> None:
         for oracle in oracles.values():
             oracle.truth = truth
-        evaluation.add(truth, {k: v[0] for k, v in colorize_rgb(oracles, [truth]).items()})
-    rows = evaluation.rows()
-    print("| oracle | PSNR vs gray | rebalanced AuC vs gray | colourfulness / truth |")
-    print("| --- | --- | --- | --- |")
-    for label in oracles:
-        r = rows[label]
-        print(f"| {label} | {r['delta_psnr']:+.2f} | {r['delta_auc_rebalanced']:+.2f} | {r['colorfulness_ratio']:.2f} |")
+
+    print_table(score(oracles, args.images, args.half, on_image=show), list(oracles))
 
 
 if __name__ == "__main__":
