@@ -1,6 +1,7 @@
 """Shared fixtures: real RTSP servers, test cameras publishing real H.264, free ports."""
 from __future__ import annotations
 
+import fcntl
 import shutil
 import socket
 import subprocess
@@ -42,10 +43,25 @@ def wait_listening(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listens on port {port}")
 
 
+RTP_COUNTER = Path("/tmp/streamd-tests-rtp-range")
+RTP_FIRST, RTP_BLOCK, RTP_BLOCKS = 22000, 200, 190
+
+
+def rtp_start_port() -> int:
+    """The first of RTP_BLOCK UDP ports for one server. Every instance needs its own range, also across test
+    runs that share the machine, so the next block is handed out from a counter file under a lock."""
+    with open(RTP_COUNTER, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        block = int(f.read().strip() or 0) % RTP_BLOCKS
+        f.seek(0)
+        f.truncate()
+        f.write(str(block + 1))
+    return RTP_FIRST + RTP_BLOCK * block
+
+
 class RtspServer:
     """Debian's rtsp-server-perl: publishers RECORD to source_port, readers PLAY from client_port (UDP only)."""
-
-    _next_rtp = 22000
 
     def __init__(self, client_port: int | None = None, source_port: int | None = None) -> None:
         """Fresh ports, or the ports of a server that went away (a camera that reboots)."""
@@ -53,9 +69,8 @@ class RtspServer:
         if binary is None:
             pytest.fail("rtsp-server-perl is not installed (apt-get install rtsp-server-perl; .ci/run does)")
         self.client_port, self.source_port = client_port or free_port(), source_port or free_port()
-        RtspServer._next_rtp += 200  # each instance needs its own UDP range
         self.proc = subprocess.Popen([binary, "-c", str(self.client_port), "-s", str(self.source_port),
-                                      "--rtp_start_port", str(RtspServer._next_rtp)],
+                                      "--rtp_start_port", str(rtp_start_port())],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_listening(self.client_port)
         wait_listening(self.source_port)
