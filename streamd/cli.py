@@ -196,15 +196,35 @@ def cmd_colorize(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_folder_weight(spec: str, data: list[str]) -> tuple[str, float]:
+    """`--weight FOLDER=FACTOR`, FOLDER one of the data folders as given."""
+    folder, _, factor = spec.rpartition("=")
+    try:
+        weight = float(factor)
+    except ValueError:
+        weight = -1.0
+    if folder not in data or not weight >= 0:
+        raise ValueError(f"--weight {spec!r}: expected FOLDER=FACTOR, FOLDER one of the data folders as given "
+                         "and FACTOR a number >= 0")
+    return folder, weight
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from streamd.model.train import TrainConfig, train
 
-    cfg = TrainConfig(data=[str(d) for d in args.data], out=str(args.out), steps=args.steps, batch=args.batch,
+    data = [str(d) for d in args.data]
+    try:
+        folder_weights = dict(parse_folder_weight(spec, data) for spec in args.weight)
+    except ValueError as e:
+        print(f"streamd train: {e}", file=sys.stderr)
+        return 2
+    cfg = TrainConfig(data=data, out=str(args.out), steps=args.steps, batch=args.batch,
                       crop=args.crop, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=args.device,
                       rebalance=not args.no_rebalance, gradient_prior=not args.no_gradient_prior,
                       gradient_mix=args.gradient_mix, class_mix=args.class_mix, init=str(args.init) if args.init else None, checkpoint_every=args.checkpoint_every,
                       widths=tuple(args.widths), max_seconds=args.max_minutes * 60 if args.max_minutes else None,
-                      augment=args.augment, context=args.context)
+                      augment=args.augment, context=args.context, luma_mix=args.luma_mix,
+                      folder_weights=folder_weights)
     weights = train(cfg)
     print(f"weights: {weights}")
     return 0
@@ -315,6 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=500)
     t.add_argument("--max-minutes", type=float, help="a time budget: the schedule ends with it")
     t.add_argument("--augment", action="store_true", help="random gamma, contrast and noise on L")
+    t.add_argument("--luma-mix", type=float, default=0.0, metavar="SHARE",
+                   help="this share of crops gets an L made of a random mix of R, G and B (robustness to "
+                        "near-infrared luma)")
+    t.add_argument("--weight", action="append", default=[], metavar="FOLDER=FACTOR",
+                   help="draw the images of one of the data folders FACTOR times as often (repeatable)")
     t.add_argument("--context", action="store_true",
                    help="a global-context branch (the frame's mean deep features); added, starting at zero, to "
                         "--init weights without one")

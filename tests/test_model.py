@@ -106,11 +106,11 @@ def test_train_export_eval_from_the_command_line(tmp_path):
     args = ["train", str(images), "-o", str(ckpt), "--batch", "4", "--crop", "64", "--widths", "8", "16", "32", "64",
             "--checkpoint-every", "3", "--weight-decay", "0.05"]
     assert main([*args, "--steps", "3"]) == 0
-    first = torch.load(ckpt / "last.ckpt", weights_only=False)
+    first = load_weights(ckpt / "last.ckpt")
     assert first["step"] == 3
     assert {g["weight_decay"] for g in first["optimizer"]["param_groups"]} == {0.05}
     assert main([*args, "--steps", "6"]) == 0  # resumes at step 3
-    weights = torch.load(ckpt / "weights.pt", weights_only=False)
+    weights = load_weights(ckpt / "weights.pt")
     assert weights["steps"] == 6 and weights["samples"] == 24
     assert all(v.dtype == torch.float16 for v in weights["model"].values() if v.is_floating_point())
 
@@ -135,7 +135,7 @@ def test_training_is_reproducible(tmp_path):
         out = tmp_path / run
         main(["train", str(images), "-o", str(out), "--batch", "2", "--crop", "64", "--steps", "2",
               "--widths", "8", "16", "32", "64", "--seed", "7"])
-        runs.append(torch.load(out / "weights.pt", weights_only=False)["model"])
+        runs.append(load_weights(out / "weights.pt")["model"])
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 
@@ -230,3 +230,49 @@ def test_prior_correction_divides_the_rebalancing_weights_back_out(tmp_path):
     shutil.copy(shipped, model.with_suffix(".pt"))  # the Torch runtime reads the weights beside the model
     torch_runtime = load_torch_colorizer(model, device="cpu")
     assert np.abs(torch_runtime(lightness.numpy()) - ab_corrected.numpy()).max() < 0.05
+
+
+def test_weights_load_without_running_pickled_code(tmp_path):
+    """A weights file is data: one whose pickle would call a function (here os.system) is refused, while the
+    shipped weights and a training checkpoint load."""
+    import os
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'ran'}",)
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {}, "payload": Payload()}, evil)
+    with pytest.raises(pickle.UnpicklingError):
+        load_weights(evil)
+    assert not (tmp_path / "ran").exists()
+    assert "bin_prior" in load_weights(Path(__file__).parents[1] / "models" / "streamd-base.pt")
+
+
+def test_folder_weights_and_luma_mix_shape_what_training_draws(tmp_path):
+    """--weight draws a folder's images as often as asked (0: never); --luma-mix gives a share of the crops
+    an L that is not the BT.601 luma's, while the colour targets stay those of the picture."""
+    from streamd.model.data import CropSampler
+    from streamd.model.train import TrainConfig, load_training_data
+
+    red, blue = np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64, 3), np.uint8)
+    red[..., 0], blue[..., 2] = 200, 200
+    for name, image in (("red", red), ("blue", blue)):
+        (tmp_path / name).mkdir()
+        cv2.imwrite(str(tmp_path / name / "a.png"), image[..., ::-1])
+    folders = [str(tmp_path / "red"), str(tmp_path / "blue")]
+    images, weights = load_training_data(TrainConfig(data=folders, folder_weights={folders[0]: 0.0}))
+    _, ab = CropSampler(images, 64, np.random.default_rng(0), weights=weights).batch(16)
+    assert (ab[:, 1] < -50).all()  # every crop is the blue one (b* far below 0)
+    with pytest.raises(ValueError, match="not trained on"):
+        load_training_data(TrainConfig(data=folders[:1], folder_weights={folders[1]: 2.0}))
+    assert main(["train", folders[0], "--weight", f"{folders[1]}=2", "-o", str(tmp_path / "x")]) == 2
+
+    luma = cv2.cvtColor(red, cv2.COLOR_RGB2GRAY)[0, 0]
+    mixed = CropSampler([red], 64, np.random.default_rng(0), luma_mix=0.5)
+    lightness = [mixed.batch(1)[0][0, 0, 0, 0] for _ in range(40)]
+    from streamd.colour import lightness_table
+    plain = lightness_table(True)[luma]
+    share = np.mean([abs(value - plain) > 1.0 for value in lightness])
+    assert 0.25 < share < 0.75

@@ -61,12 +61,19 @@ class CropSampler:
     where colours are saturated (pure red: 53 against 32).
     """
 
-    def __init__(self, images: list[np.ndarray], crop: int, rng: np.random.Generator, augment: bool = False) -> None:
+    def __init__(self, images: list[np.ndarray], crop: int, rng: np.random.Generator, augment: bool = False,
+                 weights: list[float] | None = None, luma_mix: float = 0.0) -> None:
+        """`weights`: how often each image is drawn relative to the others (None: all alike). `luma_mix`: the
+        share of crops whose L comes from a random mix of R, G and B instead of the BT.601 luma (see
+        `crop_luma`)."""
         if not images:
             raise ValueError("no training images found")
         if crop % 16:
             raise ValueError(f"crop size {crop} must be a multiple of 16")
-        self.images, self.crop, self.rng, self.augment = images, crop, rng, augment
+        if weights is not None and (len(weights) != len(images) or min(weights) < 0 or sum(weights) <= 0):
+            raise ValueError("image weights must be one non-negative number per image, not all zero")
+        self.images, self.crop, self.rng, self.augment, self.luma_mix = images, crop, rng, augment, luma_mix
+        self.p = None if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
 
     def crop_one(self, rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]
@@ -81,15 +88,25 @@ class CropSampler:
         return rgb[:, ::-1] if self.rng.random() < 0.5 else rgb
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
-        picks = self.rng.integers(0, len(self.images), size)
+        picks = self.rng.choice(len(self.images), size, p=self.p)
         crops = [self.crop_one(self.images[i]) for i in picks]
         out = self.crop // 4
         ab = np.stack([cv2.resize(rgb_to_lab(c)[..., 1:], (out, out), interpolation=cv2.INTER_AREA) for c in crops])
-        lightness = np.stack([cv2.LUT(cv2.cvtColor(np.ascontiguousarray(c), cv2.COLOR_RGB2GRAY),
-                                      lightness_table(True)) for c in crops])[:, None]
+        lightness = np.stack([cv2.LUT(self.crop_luma(c), lightness_table(True)) for c in crops])[:, None]
         if self.augment:
             lightness = self.vary_lightness(lightness)
         return lightness, ab.transpose(0, 3, 1, 2).copy()
+
+    def crop_luma(self, rgb: np.ndarray) -> np.ndarray:
+        """The crop's luma Y' (BT.601), or, for a `luma_mix` share of crops, a random convex mix of its R, G and
+        B. A camera at night sees near-infrared: foliage and many dyes come out bright and skies dark, so the
+        gray levels of materials are not those of the day luma. Training on other mixes keeps the network from
+        reading a colour off a gray level alone."""
+        rgb = np.ascontiguousarray(rgb)
+        if self.luma_mix and self.rng.random() < self.luma_mix:
+            weights = self.rng.dirichlet((1.0, 1.0, 1.0))
+            return np.clip(rgb.astype(np.float32) @ weights.astype(np.float32) + 0.5, 0, 255).astype(np.uint8)
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
 
     def vary_lightness(self, lightness: np.ndarray) -> np.ndarray:
         """Random gamma, contrast and sensor noise on L, per crop (the colour targets stay): an infrared

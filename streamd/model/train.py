@@ -49,6 +49,9 @@ class TrainConfig:
     video_every: int = 8
     max_seconds: float | None = None  # a time budget: training ends, and its schedule is laid out, by it
     augment: bool = False  # random gamma, contrast and noise on L (night frames differ from day ones)
+    luma_mix: float = 0.0  # share of crops whose L is a random mix of R, G and B (near-infrared luma differs)
+    folder_weights: dict[str, float] = field(default_factory=dict)  # a data folder's images drawn this many
+    # times as often as the others' (camera scenes are a minority of most photo collections)
     train_only: tuple[str, ...] = ()  # names of the network's children to train; () = all. The rest stays as
     # initialised, BatchNorm statistics included, so models adapted this way share it exactly
     extra: dict = field(default_factory=dict)
@@ -70,8 +73,29 @@ def save_weights(path: Path, net: ColorNet, priors: Priors, cfg: TrainConfig, st
                 "samples": samples, "config": asdict(cfg)}, path)
 
 
+# What weights and checkpoints hold besides tensors and plain containers: the priors and bins are numpy arrays.
+SAFE_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.Float32DType,
+                np.dtypes.Float64DType]
+
+
 def load_weights(path: str | Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Weights or a checkpoint, unpickling nothing but tensors, numpy arrays and plain containers: a file
+    beside a model or in the state directory can never run code."""
+    with torch.serialization.safe_globals(SAFE_GLOBALS):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_training_data(cfg: TrainConfig) -> tuple[list[np.ndarray], list[float]]:
+    """The images of cfg.data's folders, and how often each is drawn (cfg.folder_weights)."""
+    unknown = set(cfg.folder_weights) - set(cfg.data)
+    if unknown:
+        raise ValueError(f"folder weights for folders not trained on: {', '.join(sorted(unknown))}")
+    images, weights = [], []
+    for folder in cfg.data:
+        found = load_folder(Path(folder), video_every=cfg.video_every)
+        images += found
+        weights += [cfg.folder_weights.get(folder, 1.0)] * len(found)
+    return images, weights
 
 
 def build_net(weights: dict, context: bool | None = None) -> ColorNet:
@@ -130,9 +154,10 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    weights = None
     if images is None:
-        images = [img for folder in cfg.data for img in load_folder(Path(folder), video_every=cfg.video_every)]
-    sampler = CropSampler(images, cfg.crop, rng, augment=cfg.augment)
+        images, weights = load_training_data(cfg)
+    sampler = CropSampler(images, cfg.crop, rng, augment=cfg.augment, weights=weights, luma_mix=cfg.luma_mix)
     bins = torch.from_numpy(ab_bins())
     log.info("%d training images from %s; %d ab bins", len(images), ", ".join(cfg.data) or "the caller",
              len(bins))
@@ -140,7 +165,7 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
     resume = out / "last.ckpt"
     init = load_weights(cfg.init) if cfg.init and not resume.exists() else None
     if resume.exists():
-        ckpt = torch.load(resume, map_location="cpu", weights_only=False)
+        ckpt = load_weights(resume)
         priors = Priors(ckpt["bin_prior"], ckpt["gradient_prior"])
     elif init is not None:  # keep the priors of the model we start from: the loss stays the same
         priors = Priors(init["bin_prior"], init["gradient_prior"])
