@@ -385,14 +385,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", type=Path)
     a.set_defaults(func=cmd_adapt)
 
-    v = sub.add_parser("eval", help="score a model against ground truth, with the gray baseline")
-    v.add_argument("--images", type=Path)
-    v.add_argument("--videos", type=Path)
-    v.add_argument("--model", type=Path, default=None)
-    v.add_argument("--temperature", type=float, nargs="*", default=None, help="one or more T to compare")
+    v = sub.add_parser("eval", help="score a model against ground truth, each folder on its own, beside gray")
+    v.add_argument("folders", nargs="+", type=Path,
+                   help="subsets to score separately: folders of colour images; of NAME_nir / NAME_rgb pairs "
+                        "(gray input, colour truth: scored on colour only); or of videos and frame folders")
+    v.add_argument("--model", type=Path, default=None, help="an ONNX model (default: the shipped one), or "
+                   "weights (.pt) to decode in PyTorch as --decode says")
+    v.add_argument("--temperature", type=float, nargs="*", default=None, help="ONNX: one or more T to compare")
+    v.add_argument("--decode", nargs="*", default=None, metavar="T:ALPHA",
+                   help="weights: the decodings to compare, as streamd export would bake them (default 2:0.5)")
     v.add_argument("--json", type=Path)
-    v.add_argument("--sheet", type=Path, help="contact sheet PNG (gray | ours | truth)")
-    v.add_argument("--limit", type=int, default=0, help="at most this many images (0 = all)")
+    v.add_argument("--sheets", type=Path, help="write a contact sheet per subset here (gray | ours | truth)")
+    v.add_argument("--limit", type=int, default=0, help="at most this many images, pairs or videos per subset, "
+                   "spread over it (0 = all)")
     v.add_argument("--max-frames", type=int, default=120, help="at most the first N frames of each video")
     v.add_argument("--carry-frames", type=int, help="temporal mode: a camera's carry_frames (default: the "
                    "daemon's); 0 runs the network on every moving frame")

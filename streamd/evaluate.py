@@ -61,6 +61,7 @@ CDC_GAPS = (1, 2, 4)
 VIDEO_MAX_FRAMES = 120
 VIDEO_MAX_SIDE = 640
 SHEET_ROWS = 8
+PAIR_GRAY, PAIR_TRUTH = "_nir", "_rgb"  # a pair subset's file names: NAME_nir.jpg (the input) and NAME_rgb.jpg
 SHEET_HEIGHT = 256
 GRAY, TRUTH = "gray", "truth"
 TEMPORAL = " temporal"  # suffix of the label of a model's temporal mode
@@ -108,6 +109,14 @@ def ab_error(out_rgb: np.ndarray, truth_rgb: np.ndarray) -> np.ndarray:
     """Per-pixel Euclidean distance in Lab ab between two RGB images (H, W)."""
     diff = rgb_to_lab(out_rgb)[..., 1:] - rgb_to_lab(truth_rgb)[..., 1:]
     return np.hypot(diff[..., 0], diff[..., 1])
+
+
+def colour_cast(out_rgb: np.ndarray, truth_rgb: np.ndarray) -> float:
+    """The distance in Lab ab between the mean colour of the output and that of the truth. A tint over the
+    whole frame (a road painted orange) shows here even where the local errors are small; the gray
+    baseline's cast is the truth's own mean chroma."""
+    diff = rgb_to_lab(out_rgb)[..., 1:].reshape(-1, 2).mean(0) - rgb_to_lab(truth_rgb)[..., 1:].reshape(-1, 2).mean(0)
+    return float(np.hypot(*diff))
 
 
 def ab_cells(rgb: np.ndarray) -> np.ndarray:
@@ -223,7 +232,8 @@ class Scores:
     """One method's metrics over a set of images: per-image values and the set-wide `ab_histogram`."""
 
     def __init__(self) -> None:
-        self.values: dict[str, list[float]] = {"psnr": [], "ssim": [], "colorfulness": [], "ciede2000": []}
+        self.values: dict[str, list[float]] = {"psnr": [], "ssim": [], "colorfulness": [], "ciede2000": [],
+                                               "cast": []}
         self.hist = np.zeros((CELL_SIDE ** 2, AUC_MAX + 2), dtype=np.int64)
 
     def add(self, out_rgb: np.ndarray, truth_rgb: np.ndarray) -> None:
@@ -231,6 +241,7 @@ class Scores:
         self.values["ssim"].append(ssim(out_rgb, truth_rgb))
         self.values["colorfulness"].append(colorfulness(out_rgb))
         self.values["ciede2000"].append(ciede2000(out_rgb, truth_rgb))
+        self.values["cast"].append(colour_cast(out_rgb, truth_rgb))
         self.hist += ab_histogram(out_rgb, truth_rgb)
 
     def extend(self, other: Scores) -> None:
@@ -276,6 +287,7 @@ class Evaluation:
             if label != GRAY:
                 row["delta_psnr"] = row["psnr"] - rows[GRAY]["psnr"]
                 row["delta_auc_rebalanced"] = row["auc_rebalanced"] - rows[GRAY]["auc_rebalanced"]
+                row["cast_ratio"] = row["cast"] / rows[GRAY]["cast"] if rows[GRAY]["cast"] else math.nan
         rows[TRUTH] = {"colorfulness": truth_cf}
         return rows
 
@@ -403,17 +415,64 @@ def format_comparison(label: str, c: dict) -> str:
             f"(goal >= {GOAL_COLORFULNESS_PCT:+g}%)")
 
 
+def sheet_picks(count: int) -> set[int]:
+    """Which of `count` items go on a contact sheet: SHEET_ROWS of them, spread over the whole set (a set's
+    first images are often one scene)."""
+    return set(evenly_spaced(list(range(count)), SHEET_ROWS))
+
+
 def evaluate_images(colorizers: dict[str, Colorizer], paths: list[Path], samples: list) -> Evaluation:
-    """Score every readable image; keeps (outputs, truth) of the first SHEET_ROWS in `samples`."""
+    """Score every readable image; keeps (outputs, truth) of SHEET_ROWS of them, spread out, in `samples`."""
     evaluation = Evaluation(list(colorizers))
-    for path in tqdm(paths, unit="image", desc="images", disable=len(paths) < 2):
+    picks = sheet_picks(len(paths))
+    for i, path in enumerate(tqdm(paths, unit="image", desc="images", disable=len(paths) < 2)):
         truth = read_rgb(path)
         if truth is None:
             continue
         outputs = {label: outs[0] for label, outs in colorize_rgb(colorizers, [truth]).items()}
         evaluation.add(truth, outputs)
-        if len(samples) < SHEET_ROWS:
+        if i in picks:
             samples.append((outputs, truth))
+    return evaluation
+
+
+def pair_files(folder: Path) -> list[tuple[Path, Path]]:
+    """(gray input, colour truth) pairs of `folder`: files NAME_nir.EXT beside NAME_rgb.EXT, sorted."""
+    pairs = []
+    for gray in image_files(folder):
+        stem = gray.stem
+        if stem.endswith(PAIR_GRAY):
+            truth = [p for p in gray.parent.glob(stem[: -len(PAIR_GRAY)] + PAIR_TRUTH + ".*")
+                     if p.suffix.lower() in IMAGE_SUFFIXES]
+            if truth:
+                pairs.append((gray, truth[0]))
+    return pairs
+
+
+def with_lightness_of(colour_rgb: np.ndarray, lightness_rgb: np.ndarray) -> np.ndarray:
+    """The ab of `colour_rgb` beside the L of `lightness_rgb`."""
+    lab = rgb_to_lab(lightness_rgb)
+    lab[..., 1:] = rgb_to_lab(colour_rgb)[..., 1:]
+    return lab_to_rgb(lab)
+
+
+def evaluate_pairs(colorizers: dict[str, Colorizer], pairs: list[tuple[Path, Path]], samples: list) -> Evaluation:
+    """Each pair's gray image (near-infrared, say) is the input and its colour image the truth. The two lumas
+    differ, which no colorizer can change, so only colour is scored: every output's ab beside the truth's L,
+    and the gray baseline the truth's L alone. The sheet shows what a viewer gets: the output as it is."""
+    evaluation = Evaluation(list(colorizers))
+    picks = sheet_picks(len(pairs))
+    for i, (gray_path, truth_path) in enumerate(tqdm(pairs, unit="pair", desc="pairs", disable=len(pairs) < 2)):
+        gray, truth = read_rgb(gray_path), read_rgb(truth_path)
+        if gray is None or truth is None:
+            continue
+        if gray.shape != truth.shape:
+            gray = cv2.resize(gray, truth.shape[1::-1], interpolation=cv2.INTER_AREA)
+        outputs = colorize_rgb(colorizers, [gray])
+        scored = {label: with_lightness_of(outs[0], truth) for label, outs in outputs.items() if label != GRAY}
+        evaluation.add(truth, {GRAY: gray_baseline(truth), **scored})
+        if i in picks:
+            samples.append(({label: outs[0] for label, outs in outputs.items()}, truth))
     return evaluation
 
 
@@ -423,11 +482,12 @@ def evaluate_videos(colorizers: dict[str, Colorizer], sources: list[Path], sampl
     the gray baseline, each model per frame and in temporal mode, and the truth (CDC and warp error of the
     ground truth itself); with the comparison of temporal and per-frame modes. Overall: the image metrics
     over all frames, the mean CDC and mean warp error over videos, and their comparison. Empty when no
-    video could be read. Keeps the middle frames in `samples`."""
+    video could be read. Keeps the middle frames of SHEET_ROWS videos, spread out, in `samples`."""
     labels = video_labels(colorizers)
     overall = Evaluation(labels)
     per_video: dict[str, dict] = {}
-    for source in tqdm(sources, unit="video", desc="videos", disable=len(sources) < 2):
+    picks = sheet_picks(len(sources))
+    for index, source in enumerate(tqdm(sources, unit="video", desc="videos", disable=len(sources) < 2)):
         truth = read_video(source, max_frames)
         if not truth:
             log.warning("skipping %s: no frames could be read", source)
@@ -443,7 +503,7 @@ def evaluate_videos(colorizers: dict[str, Colorizer], sources: list[Path], sampl
             rows[label]["warp_error"] = warp_error(frames, None, flows)
         per_video[source.name] = {"frames": len(truth), "rows": rows, "comparison": temporal_comparison(rows)}
         overall.extend(evaluation)
-        if len(samples) < SHEET_ROWS:
+        if index in picks:
             mid = len(truth) // 2
             samples.append(({label: outs[mid] for label, outs in outputs.items()}, truth[mid]))
     if not per_video:
@@ -457,10 +517,10 @@ def evaluate_videos(colorizers: dict[str, Colorizer], sources: list[Path], sampl
 
 
 COLUMNS = [("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"), ("colorfulness", "CF", "{:.2f}"),
-           ("colorfulness_ratio", "CF ratio", "{:.3f}"), ("auc", "AuC", "{:.2f}"),
+           ("colorfulness_ratio", "CF ratio", "{:.3f}"), ("cast", "cast", "{:.2f}"), ("auc", "AuC", "{:.2f}"),
            ("auc_rebalanced", "AuC rebal", "{:.2f}"), ("ciede2000", "CIEDE2000", "{:.2f}"), ("cdc", "CDC", "{:.5f}"),
            ("delta_psnr", "dPSNR", "{:+.2f}"), ("delta_auc_rebalanced", "dAuC rebal", "{:+.2f}")]
-VIDEO_COLUMNS = [c for c in COLUMNS if c[0] in ("psnr", "ssim", "colorfulness_ratio", "auc_rebalanced", "cdc")] + [
+VIDEO_COLUMNS = [c for c in COLUMNS if c[0] in ("psnr", "ssim", "colorfulness_ratio", "cast", "auc_rebalanced", "cdc")] + [
     ("warp_error", "warp error", "{:.2e}")]
 
 
@@ -502,61 +562,140 @@ def _json_safe(value):
     return value
 
 
-def main(args: argparse.Namespace) -> int:
-    """`streamd eval`; returns the exit code."""
-    if not args.images and not args.videos:
-        print("streamd eval: give --images FOLDER and/or --videos FOLDER", file=sys.stderr)
-        return 2
-    missing = [str(p) for p in (args.images, args.videos) if p and not p.is_dir()]
-    if missing:
-        print(f"streamd eval: not a folder: {', '.join(missing)}", file=sys.stderr)
-        return 2
-    start = time.monotonic()
-    colorizers: dict[str, Colorizer] = {}
+@dataclasses.dataclass(frozen=True)
+class Subset:
+    """One folder of the evaluation, scored and reported on its own."""
+
+    name: str
+    kind: str  # "pairs": gray input beside colour truth; "videos": clips or frame folders; "images"
+    path: Path
+
+
+def find_subset(folder: Path) -> Subset:
+    """A folder's kind: pairs where it holds NAME_nir / NAME_rgb images, videos where it holds video files or
+    sub-folders of frames and no image of its own, images otherwise."""
+    if pair_files(folder):
+        kind = "pairs"
+    elif video_sources(folder) and not any(p.parent == folder for p in image_files(folder)):
+        kind = "videos"
+    else:
+        kind = "images"
+    return Subset(folder.name or str(folder), kind, folder)
+
+
+def model_colorizers(args: argparse.Namespace) -> dict[str, Colorizer]:
+    """The methods to score, by label: an ONNX model at each --temperature, or weights (.pt) decoded in
+    PyTorch at each --decode T:ALPHA (streamd.model.decoding)."""
+    if args.model is not None and args.model.suffix == ".pt":
+        from streamd.model.decoding import decodings
+        from streamd.model.train import load_weights
+
+        return decodings(load_weights(args.model), Colorizer().info, args.decode or ["2:0.5"])
+    if args.decode:
+        raise ValueError("--decode needs weights (--model WEIGHTS.pt); an ONNX model's decoding is set at export "
+                         "(its temperature can be overridden with --temperature)")
+    colorizers = {}
     for t in dict.fromkeys(args.temperature or [None]):
         c = Colorizer(args.model, temperature=t)
         correction = f" alpha={c.info.prior_correction:g}" if c.info.prior_correction else ""
         colorizers[f"ours T={c.info.temperature:g}{correction}"] = c
-    model_id = next(iter(colorizers.values())).info.model_id
-    result: dict = {"model_id": model_id, "temperatures": [c.info.temperature for c in colorizers.values()]}
-    samples: list = []
+    return colorizers
 
-    if args.images:
-        paths = evenly_spaced(image_files(args.images), args.limit)
-        evaluation = evaluate_images(colorizers, paths, samples)
-        if not evaluation.count:
-            print(f"streamd eval: no readable images in {args.images}", file=sys.stderr)
-            return 1
-        rows = evaluation.rows()
-        result["images"] = {"count": evaluation.count, "rows": rows}
-        print(f"\n{evaluation.count} image(s) from {args.images}, model {model_id}, "
-              f"ground-truth colourfulness {rows[TRUTH]['colorfulness']:.2f}")
-        print(format_table(rows))
 
-    if args.videos:
-        max_frames = getattr(args, "max_frames", None) or VIDEO_MAX_FRAMES
+def evaluate_subset(subset: Subset, colorizers: dict[str, Colorizer], args: argparse.Namespace,
+                    samples: list) -> dict | None:
+    """The subset's result (kind, count, rows per method; for videos also per video and the temporal
+    comparison), or None when nothing in it could be read."""
+    if subset.kind == "videos":
         camera = CameraConfig("eval", "")
-        carry = getattr(args, "carry_frames", None)
-        camera = camera if carry is None else dataclasses.replace(camera, carry_frames=carry)
-        videos = evaluate_videos(colorizers, video_sources(args.videos), samples, max_frames, camera)
-        if not videos:
-            print(f"streamd eval: no readable videos in {args.videos}", file=sys.stderr)
-            return 1
-        result["videos"] = videos
-        print(f"\n{videos['count']} video(s), {videos['frames']} frame(s) (at most {max_frames} each) from "
-              f"{args.videos}, model {model_id} (CDC: Jensen-Shannon divergence in bits; warp error: mean "
-              f"squared RGB difference in [0, 1] along the gray input's optical flow; both means over videos)")
-        print(format_table(videos["rows"], VIDEO_COLUMNS))
-        for label, comparison in videos["comparison"].items():
-            print(format_comparison(label, comparison))
-    print(f"\nevaluated in {time.monotonic() - start:.1f} s")
+        if args.carry_frames is not None:
+            camera = dataclasses.replace(camera, carry_frames=args.carry_frames)
+        videos = evaluate_videos(colorizers, evenly_spaced(video_sources(subset.path), args.limit), samples,
+                                 args.max_frames, camera)
+        return {"kind": subset.kind, **videos} if videos else None
+    if subset.kind == "pairs":
+        evaluation = evaluate_pairs(colorizers, evenly_spaced(pair_files(subset.path), args.limit), samples)
+    else:
+        evaluation = evaluate_images(colorizers, evenly_spaced(image_files(subset.path), args.limit), samples)
+    return {"kind": subset.kind, "count": evaluation.count, "rows": evaluation.rows()} if evaluation.count else None
 
+
+SUMMARY_COLUMNS = [("delta_psnr", "PSNR vs gray", "{:+.2f} dB"), ("cast", "cast", "{:.2f}"),
+                   ("gray_cast", "gray's cast", "{:.2f}"), ("cast_ratio", "cast / gray's", "{:.2f}x"),
+                   ("delta_auc_rebalanced", "AuC rebal vs gray", "{:+.2f}"),
+                   ("colorfulness_ratio", "CF / truth", "{:.2f}")]
+
+
+def summary(results: dict[str, dict], label: str) -> dict[str, dict[str, float]]:
+    """One model's headline numbers on every subset, beside the gray baseline's. On videos, the temporal
+    mode's: what a camera of the daemon shows."""
+    rows = {}
+    for name, result in results.items():
+        row = result["rows"].get(label + TEMPORAL if result["kind"] == "videos" else label)
+        if row is not None:
+            rows[name] = {**{key: row[key] for key, _, _ in SUMMARY_COLUMNS if key in row},
+                          "gray_cast": result["rows"][GRAY]["cast"]}
+    return rows
+
+
+def format_summary(rows: dict[str, dict[str, float]]) -> str:
+    """A markdown table: one line per subset."""
+    lines = ["| subset | " + " | ".join(title for _, title, _ in SUMMARY_COLUMNS) + " |",
+             "| --- |" + " --- |" * len(SUMMARY_COLUMNS)]
+    for name, row in rows.items():
+        cells = [fmt.format(row[key]) if key in row and math.isfinite(row[key]) else "-"
+                 for key, _, fmt in SUMMARY_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    """`streamd eval`; returns the exit code."""
+    missing = [str(p) for p in args.folders if not p.is_dir()]
+    if missing:
+        print(f"streamd eval: not a folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    subsets = [find_subset(folder) for folder in args.folders]
+    names = [s.name for s in subsets]
+    subsets = [s if names.count(s.name) == 1 else dataclasses.replace(s, name=str(s.path)) for s in subsets]
+    try:
+        colorizers = model_colorizers(args)
+    except ValueError as e:
+        print(f"streamd eval: {e}", file=sys.stderr)
+        return 2
+    start = time.monotonic()
+    model_id = next(iter(colorizers.values())).info.model_id
+    results: dict[str, dict] = {}
+    for subset in subsets:
+        samples: list = []
+        result = evaluate_subset(subset, colorizers, args, samples)
+        if result is None:
+            print(f"streamd eval: nothing readable in {subset.path}", file=sys.stderr)
+            return 1
+        results[subset.name] = result
+        rows = result["rows"]
+        counted = f"{result['count']} {subset.kind}"
+        if subset.kind == "videos":
+            counted += f", {result['frames']} frames (at most {args.max_frames} each)"
+        print(f"\n{subset.name}: {counted}, model {model_id}, ground-truth colourfulness "
+              f"{rows[TRUTH]['colorfulness']:.2f}")
+        print(format_table(rows, VIDEO_COLUMNS if subset.kind == "videos" else COLUMNS))
+        for label, comparison in result.get("comparison", {}).items():
+            print(format_comparison(label, comparison))
+        if args.sheets and samples:
+            args.sheets.mkdir(parents=True, exist_ok=True)
+            sheet = args.sheets / f"{subset.name.replace('/', '_')}.jpg"
+            cv2.imwrite(str(sheet), cv2.cvtColor(contact_sheet(samples), cv2.COLOR_RGB2BGR),
+                        [cv2.IMWRITE_JPEG_QUALITY, 85])
+            print(f"wrote {sheet}")
+    summaries = {label: summary(results, label) for label in colorizers}
+    for label, rows in summaries.items():
+        print(f"\n{label} ({model_id}) on every subset, beside the gray baseline (videos: temporal mode)")
+        print(format_summary(rows))
+    print(f"\nevaluated in {time.monotonic() - start:.1f} s")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
+        result = {"model_id": model_id, "methods": list(colorizers), "subsets": results, "summary": summaries}
         args.json.write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
         print(f"wrote {args.json}")
-    if args.sheet and samples:
-        args.sheet.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(args.sheet), cv2.cvtColor(contact_sheet(samples), cv2.COLOR_RGB2BGR))
-        print(f"wrote {args.sheet}")
     return 0

@@ -226,16 +226,17 @@ def test_eval_end_to_end(tmp_path, model_args):
     images.mkdir()
     for name in ("astronaut", "chelsea", "coffee"):
         write_png(images / f"{name}.png", getattr(data, name)())
-    out, sheet = tmp_path / "out" / "eval.json", tmp_path / "sheet.png"
-    assert cli_main(["eval", "--images", str(images), "--json", str(out), "--sheet", str(sheet), *model_args]) == 0
+    out, sheets = tmp_path / "out" / "eval.json", tmp_path / "sheets"
+    assert cli_main(["eval", str(images), "--json", str(out), "--sheets", str(sheets), *model_args]) == 0
     result = json.loads(out.read_text())
-    assert result["images"]["count"] == 3 and result["model_id"]
-    rows = result["images"]["rows"]
+    assert result["subsets"]["images"]["count"] == 3 and result["model_id"]
+    rows = result["subsets"]["images"]["rows"]
     (label,) = finite_rows(rows)
-    assert len(result["temperatures"]) == 1 and label == f"ours T={result['temperatures'][0]:g}{alpha(model_args)}"
+    assert result["methods"] == [label] and label.startswith("ours T=") and label.endswith(alpha(model_args) or "")
     assert rows["gray"]["colorfulness_ratio"] < 0.01 and rows["truth"]["colorfulness"] > 10
     assert rows[label]["delta_psnr"] == pytest.approx(rows[label]["psnr"] - rows["gray"]["psnr"])
-    tiles = cv2.imread(str(sheet))
+    assert result["summary"][label]["images"]["delta_psnr"] == rows[label]["delta_psnr"]
+    tiles = cv2.imread(str(sheets / "images.jpg"))
     assert tiles is not None and tiles.shape[0] == 3 * ev.SHEET_HEIGHT
 
 
@@ -254,13 +255,15 @@ def test_eval_odd_inputs_videos_and_temperatures(tmp_path, model_args, capsys):
         write_png(videos / "seq" / f"{i:05d}.jpg", np.roll(frame, 4 * i, axis=1))
     write_mp4(videos / "clip.mp4", [np.roll(frame, 3 * i, axis=0) for i in range(6)])
     out = tmp_path / "eval.json"
-    code = cli_main(["eval", "--images", str(images), "--videos", str(videos), "--temperature", "0.2", "1.0",
+    code = cli_main(["eval", str(images), str(videos), "--temperature", "0.2", "1.0",
                      "--json", str(out), *model_args])
     assert code == 0
     result = json.loads(out.read_text())
-    assert result["images"]["count"] == 3 and result["temperatures"] == [0.2, 1.0]
-    assert finite_rows(result["images"]["rows"]) == [f"ours T=0.2{alpha(model_args)}", f"ours T=1{alpha(model_args)}"]
-    videos_result = result["videos"]
+    assert result["subsets"]["images"]["count"] == 3
+    assert finite_rows(result["subsets"]["images"]["rows"]) == [f"ours T=0.2{alpha(model_args)}",
+                                                                f"ours T=1{alpha(model_args)}"]
+    videos_result = result["subsets"]["videos"]
+    assert videos_result["kind"] == "videos"
     assert videos_result["count"] == 2 and videos_result["frames"] == 11
     finite_rows(videos_result["rows"])
     assert all(math.isfinite(row["cdc"]) for row in videos_result["rows"].values())
@@ -270,8 +273,8 @@ def test_eval_odd_inputs_videos_and_temperatures(tmp_path, model_args, capsys):
     assert "gray" in table and "ours T=0.2" in table and "CDC" in table
 
     # --limit takes an evenly spaced subset of the sorted files: ODD.JPG, b.PNG, broken.png, c.png
-    assert cli_main(["eval", "--images", str(images), "--limit", "3", "--json", str(out), *model_args]) == 0
-    assert json.loads(out.read_text())["images"]["count"] == 2  # ODD.JPG, broken.png (skipped), c.png
+    assert cli_main(["eval", str(images), "--limit", "3", "--json", str(out), *model_args]) == 0
+    assert json.loads(out.read_text())["subsets"]["images"]["count"] == 2  # ODD.JPG, broken.png (skipped), c.png
 
 
 def shifted_clip(count: int = 6) -> list[np.ndarray]:
@@ -286,8 +289,8 @@ def test_eval_videos_reports_both_modes_and_truth(tmp_path, model_args, capsys):
     for i, frame in enumerate(shifted_clip()):
         write_png(seq / f"{i:05d}.jpg", frame)
     out = tmp_path / "eval.json"
-    assert cli_main(["eval", "--videos", str(seq.parent), "--json", str(out), *model_args]) == 0
-    videos = json.loads(out.read_text())["videos"]
+    assert cli_main(["eval", str(seq.parent), "--json", str(out), *model_args]) == 0
+    videos = json.loads(out.read_text())["subsets"]["videos"]
     assert videos["count"] == 1 and videos["frames"] == 6
     labels = finite_rows(videos["rows"])
     assert len(labels) == 2 and labels[1] == labels[0] + " temporal"
@@ -305,8 +308,8 @@ def test_eval_videos_reports_both_modes_and_truth(tmp_path, model_args, capsys):
     assert "warp error" in table and "temporal vs per-frame" in table
 
     # --max-frames: only the first frames of each video
-    assert cli_main(["eval", "--videos", str(seq.parent), "--max-frames", "3", "--json", str(out), *model_args]) == 0
-    assert json.loads(out.read_text())["videos"]["per_video"]["pan"]["frames"] == 3
+    assert cli_main(["eval", str(seq.parent), "--max-frames", "3", "--json", str(out), *model_args]) == 0
+    assert json.loads(out.read_text())["subsets"]["videos"]["per_video"]["pan"]["frames"] == 3
 
 
 def colorize_clip(colorizer, frames_rgb: list[np.ndarray], temporal: bool) -> list[np.ndarray]:
@@ -374,6 +377,95 @@ def test_temporal_mode_leaves_no_ghost(shipped_colorizer, monkeypatch):
     assert max(trail(blind, per_frame)) > 5.0
 
 
-def test_eval_needs_an_input(capsys):
-    assert cli_main(["eval"]) == 2
-    assert "--images" in capsys.readouterr().err
+def test_eval_needs_an_input(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["eval"])
+    assert exit_info.value.code == 2 and "folders" in capsys.readouterr().err
+    assert cli_main(["eval", str(tmp_path / "nowhere")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert cli_main(["eval", str(tmp_path), "--decode", "2:0.5"]) == 2  # an ONNX model's decoding is baked in
+    assert "--decode needs weights" in capsys.readouterr().err
+
+
+def test_colour_cast_is_the_distance_between_mean_colours():
+    """Hand-checkable: a uniform tint of (a, b) = (6, 8) over a gray truth is a cast of 10; a picture half red
+    and half green whose halves are swapped has no cast (its mean colour is right) but large local errors."""
+    lab = np.zeros((8, 8, 3))
+    lab[..., 0] = 50.0
+    truth = lab_to_rgb(lab)
+    lab[..., 1:] = (6.0, 8.0)
+    assert ev.colour_cast(lab_to_rgb(lab), truth) == pytest.approx(10.0, abs=0.5)  # 8-bit RGB rounding apart
+    assert ev.colour_cast(truth, lab_to_rgb(lab)) == pytest.approx(10.0, abs=0.5)
+    halves = np.zeros((8, 8, 3))
+    halves[..., 0] = 50.0
+    halves[:, :4, 1], halves[:, 4:, 1] = 40.0, -40.0
+    swapped = halves[:, ::-1].copy()
+    assert ev.colour_cast(lab_to_rgb(swapped), lab_to_rgb(halves)) < 1.0
+    assert ev.ab_error(lab_to_rgb(swapped), lab_to_rgb(halves)).mean() > 60
+
+
+def test_subsets_are_scored_apart_pairs_on_colour_only(tmp_path, model_args):
+    """Three folders, three kinds, each its own table: photos; NAME_nir / NAME_rgb pairs whose input luma
+    differs from the truth's (scored on colour alone, so a gray output ties the gray baseline exactly whatever
+    the input's luma); a folder of frame folders (videos)."""
+    photos, pairs, clips = tmp_path / "photos", tmp_path / "pairs", tmp_path / "clips"
+    for folder in (photos, pairs, clips / "pan"):
+        folder.mkdir(parents=True)
+    write_png(photos / "coffee.png", data.coffee()[:120, :160])
+    for i, name in enumerate(("astronaut", "chelsea")):
+        truth = cv2.resize(getattr(data, name)(), (160, 120), interpolation=cv2.INTER_AREA)
+        write_png(pairs / f"scene_{i}_rgb.png", truth)
+        nir = 255 - cv2.cvtColor(truth, cv2.COLOR_RGB2GRAY)  # a luma unlike the truth's
+        write_png(pairs / f"scene_{i}_nir.png", np.dstack([nir] * 3))
+    for i, frame in enumerate(shifted_clip(3)):
+        write_png(clips / "pan" / f"{i:05d}.jpg", frame)
+    assert [ev.find_subset(f).kind for f in (photos, pairs, clips)] == ["images", "pairs", "videos"]
+
+    out, sheets = tmp_path / "eval.json", tmp_path / "sheets"
+    assert cli_main(["eval", str(photos), str(pairs), str(clips), "--json", str(out), "--sheets", str(sheets),
+                     *model_args]) == 0
+    result = json.loads(out.read_text())
+    assert list(result["subsets"]) == ["photos", "pairs", "clips"]
+    assert result["subsets"]["pairs"]["count"] == 2 and result["subsets"]["photos"]["count"] == 1
+    (label,) = result["methods"]
+    gray = result["subsets"]["pairs"]["rows"]["gray"]
+    assert gray["cast"] > 1.0  # the truth's own mean chroma
+    ours = result["subsets"]["pairs"]["rows"][label]
+    assert ours["cast_ratio"] == pytest.approx(ours["cast"] / gray["cast"])
+    assert set(result["summary"][label]) == {"photos", "pairs", "clips"}
+    assert result["summary"][label]["clips"]["delta_psnr"] == pytest.approx(
+        result["subsets"]["clips"]["rows"][label + " temporal"]["delta_psnr"])
+    for name in ("photos", "pairs", "clips"):
+        assert cv2.imread(str(sheets / f"{name}.jpg")) is not None
+
+    # a colorizer that adds no colour scores exactly as gray on the pairs: only colour is compared
+    class NoColour:
+        info = read_info(Path(model_args[-1]) if model_args else SHIPPED)
+
+        def __call__(self, lightness):
+            n, _, h, w = lightness.shape
+            return np.zeros((n, 2, h // 4, w // 4), np.float32)
+
+    rows = ev.evaluate_pairs({"none": NoColour()}, ev.pair_files(pairs), []).rows()
+    assert rows["none"]["psnr"] == pytest.approx(rows["gray"]["psnr"], abs=0.05)
+    assert rows["none"]["cast"] == pytest.approx(rows["gray"]["cast"], abs=0.3)
+
+
+def test_eval_decodes_weights_as_export_would(tmp_path):
+    """--model WEIGHTS.pt --decode T:ALPHA scores the decodings of one network side by side, and each equals
+    the ONNX model streamd export makes at that T and ALPHA."""
+    pytest.importorskip("torch")
+    weights = SHIPPED.with_suffix(".pt")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_png(photos / "astronaut.png", cv2.resize(data.astronaut(), (160, 160), interpolation=cv2.INTER_AREA))
+    out = tmp_path / "eval.json"
+    assert cli_main(["eval", str(photos), "--model", str(weights), "--decode", "2:0.5", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["subsets"]["photos"]["rows"]
+    assert "ours T=2 alpha=0.5" in rows and "ours T=1" in rows
+    assert rows["ours T=1"]["colorfulness"] > rows["ours T=2 alpha=0.5"]["colorfulness"]
+    model = tmp_path / "m.onnx"
+    assert cli_main(["export", str(weights), "-o", str(model), "--temperature", "2", "--prior-correction", "0.5"]) == 0
+    assert cli_main(["eval", str(photos), "--model", str(model), "--json", str(out)]) == 0
+    onnx_row = json.loads(out.read_text())["subsets"]["photos"]["rows"]["ours T=2 alpha=0.5"]
+    assert onnx_row["psnr"] == pytest.approx(rows["ours T=2 alpha=0.5"]["psnr"], abs=0.05)

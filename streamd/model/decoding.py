@@ -1,0 +1,76 @@
+"""Decodings of trained weights, scored side by side by `streamd eval --model WEIGHTS.pt --decode T:ALPHA ...`.
+
+The network runs once per input; every decoding then reads the same logits. A decoding is what `streamd
+export` would bake into an ONNX model at that temperature and prior correction, so the decoding chosen here is
+the one that ships.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from streamd.infer import ModelInfo
+from streamd.model.train import build_decoder, build_net
+
+
+class CachedNetwork(torch.nn.Module):
+    """The network's logits per distinct input, computed once (the decodings read them many times). A video's
+    frames go through each decoding in turn, so the cache holds the most recent CACHE_INPUTS inputs."""
+
+    CACHE_INPUTS = 128  # a video's frames, as `streamd eval` reads them (about 4 MB of logits each)
+
+    def __init__(self, weights: dict) -> None:
+        super().__init__()
+        self.net = build_net(weights).eval()
+        self.cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+
+    def forward(self, lightness: torch.Tensor) -> torch.Tensor:
+        key = hashlib.blake2b(lightness.numpy().tobytes(), digest_size=16).digest() + str(lightness.shape).encode()
+        if key in self.cache:
+            self.cache.move_to_end(key)
+        else:
+            self.cache[key] = self.net(lightness).float()
+            if len(self.cache) > self.CACHE_INPUTS:
+                self.cache.popitem(last=False)
+        return self.cache[key]
+
+
+class Decoding:
+    """Quacks like a Colorizer (L in, ab out): the annealed mean at `temperature` after dividing the class
+    rebalancing out to the power `alpha`, in front of a shared CachedNetwork."""
+
+    def __init__(self, network: CachedNetwork, weights: dict, info: ModelInfo, temperature: float,
+                 alpha: float) -> None:
+        self.info = ModelInfo(f"{info.model_id}-T{temperature:g}-a{alpha:g}", info.input_height, info.input_width,
+                              temperature, alpha)
+        self.decoder = build_decoder(weights, temperature, alpha).eval()
+        self.decoder.net = network
+
+    def __call__(self, lightness: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.decoder(torch.from_numpy(lightness)).numpy()
+
+
+def parse_decode(spec: str) -> tuple[float, float]:
+    """'T' or 'T:ALPHA' -> (T, ALPHA); T > 0."""
+    parts = spec.split(":")
+    try:
+        t, alpha = float(parts[0]), float(parts[1]) if len(parts) > 1 else 0.0
+    except (ValueError, IndexError):
+        raise ValueError(f"--decode {spec!r}: expected T or T:ALPHA, e.g. 2:0.5") from None
+    if len(parts) > 2 or not t > 0:
+        raise ValueError(f"--decode {spec!r}: expected T or T:ALPHA with T > 0, e.g. 2:0.5")
+    return t, alpha
+
+
+def decodings(weights: dict, info: ModelInfo, specs: list[str]) -> dict[str, Decoding]:
+    """One Decoding per 'T:ALPHA' spec, by label, all reading one network."""
+    network = CachedNetwork(weights)
+    out = {}
+    for spec in specs:
+        t, alpha = parse_decode(spec)
+        out[f"ours T={t:g}" + (f" alpha={alpha:g}" if alpha else "")] = Decoding(network, weights, info, t, alpha)
+    return out
