@@ -438,14 +438,18 @@ class Pipeline:
                     continue
                 self._batch_since = time.monotonic()
                 try:
-                    with self._batch_lock:
-                        self._colorize(batch)
+                    self._run_batch(batch)
                 finally:
                     self._batch_since = None
                     self.batcher.done()
                 self._update_batching()
             except Exception:  # keep serving: the next batch may well be fine; `stalled` sees a dead thread
                 log.exception("inference thread: a batch failed")
+
+    def _run_batch(self, batch: list[Frame]) -> None:
+        """One batch, between two model swaps (see _swap_model)."""
+        with self._batch_lock:
+            self._colorize(batch)
 
     def _colorize(self, batch: list[Frame]) -> None:
         """One network run per model in the batch: cameras sharing a model share the batch. Frames whose
