@@ -189,20 +189,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_colorize(args: argparse.Namespace) -> int:
     from streamd.infer import Colorizer
-    from streamd.offline import colorize_paths
+    from streamd.offline import colorize_paths, plan
 
     missing = [str(p) for p in args.inputs if not p.exists()]
     if missing:
         print(f"streamd colorize: no such file: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        jobs = plan(args.inputs, args.output)
+    except ValueError as e:
+        print(f"streamd colorize: {e}", file=sys.stderr)
+        return EXIT_USAGE
     colorizer = Colorizer(args.model, temperature=args.temperature, int8=args.int8)
     try:
-        written = colorize_paths(colorizer, args.inputs, args.output, temporal=not args.no_temporal,
-                                 every_frame=args.every_frame)
+        written = colorize_paths(colorizer, jobs, temporal=not args.no_temporal, every_frame=args.every_frame)
     except ValueError as e:
         print(f"streamd colorize: {e}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"wrote {len(written)} file(s) to {args.output}")
+    print(f"wrote {len(written)} file(s) to {args.output}" if len(written) != 1 else f"wrote {written[0]}")
     return 0
 
 
@@ -300,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     z = sub.add_parser("colorize", help="colorize image and video files")
     z.add_argument("inputs", nargs="+", type=Path)
-    z.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    z.add_argument("-o", "--output", required=True, help="output folder (created); for one input file also a file "
+                   "name: clip.mp4 -o night.mp4, photo.jpg -o out.png")
     z.add_argument("--model", type=Path, default=None)
     z.add_argument("--temperature", type=float, default=None)
     z.add_argument("--no-temporal", action="store_true", help="colorize each video frame on its own")
