@@ -227,7 +227,11 @@ class Pipeline:
                          Path(m.cache_dir) if m.cache_dir else None, m.int8)
 
     def _model(self, path: str, keepalive: Keepalive) -> Colorizer:
-        """The model at `path`, loaded once however many threads ask for it at the same time."""
+        """The model at `path` ("": the generic one), loaded once however many threads ask for it at the
+        same time; `keepalive` wraps a load (and the wait for another thread's)."""
+        with self._models_lock:
+            if path in self._models:
+                return self._models[path]
         with keepalive(f"loading model {path}", self.config.model.load_timeout_s), self._models_lock:
             if path not in self._models:
                 self._models[path] = self._load_model(path)
