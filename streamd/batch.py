@@ -25,7 +25,9 @@ class Batcher:
         self.deadline_s = deadline_s
         self._ready = threading.Condition()
         self._waiting: OrderedDict[str, Frame] = OrderedDict()  # camera -> newest frame, oldest first
-        self._first_wait: float | None = None
+        # camera -> when its mailbox was filled (a replaced frame keeps the time): the batch's deadline runs
+        # from the earliest of these, so it follows the frames actually waiting, whatever leaves or is discarded
+        self._waiting_since: dict[str, float] = {}
         self.dropped: dict[str, int] = {}
         self._in_flight = 0  # frames handed out by next_batch and not yet passed on (see done)
         self._closed = False
@@ -37,8 +39,7 @@ class Batcher:
                 self.dropped[frame.camera] = self.dropped.get(frame.camera, 0) + 1
                 del self._waiting[frame.camera]  # re-queued at the back: fair to the other cameras
             self._waiting[frame.camera] = frame
-            if self._first_wait is None:
-                self._first_wait = time.monotonic()
+            self._waiting_since.setdefault(frame.camera, time.monotonic())
             if len(self._waiting) >= self.max_size:
                 self._ready.notify()
             elif len(self._waiting) == 1:
@@ -62,6 +63,7 @@ class Batcher:
         """Forget a camera's waiting frame (the camera was removed)."""
         with self._ready:
             self._waiting.pop(camera, None)
+            self._waiting_since.pop(camera, None)
 
     def close(self) -> None:
         with self._ready:
@@ -72,21 +74,25 @@ class Batcher:
         """Up to max_size frames, one per camera; [] if none arrived within `timeout` or on close."""
         end = time.monotonic() + timeout
         with self._ready:
-            while not self._waiting and not self._closed:
-                left = end - time.monotonic()
-                if left <= 0:
-                    return []
-                self._ready.wait(left)
-            while len(self._waiting) < self.max_size and not self._closed:
-                left = self._first_wait + self.deadline_s - time.monotonic()
-                if left <= 0:
+            while True:
+                while not self._waiting and not self._closed:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        return []
+                    self._ready.wait(left)
+                while self._waiting and len(self._waiting) < self.max_size and not self._closed:
+                    left = min(self._waiting_since.values()) + self.deadline_s - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._ready.wait(left)
+                if self._waiting or self._closed:  # (all of them may have been discarded meanwhile)
                     break
-                self._ready.wait(left)
             batch = []
             while self._waiting and len(batch) < self.max_size:
-                batch.append(self._waiting.popitem(last=False)[1])
+                camera, frame = self._waiting.popitem(last=False)
+                del self._waiting_since[camera]
+                batch.append(frame)
             self._in_flight = len(batch)
-            self._first_wait = time.monotonic() if self._waiting else None
             return batch
 
 

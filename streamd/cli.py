@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from streamd import config as cfgmod
-from streamd.source import State, redact
+from streamd.redact import RedactingFormatter, redact
+from streamd.source import State
 
 log = logging.getLogger("streamd")
-EXIT_FAILED, EXIT_USAGE = 1, 2
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -36,7 +37,7 @@ def status_lines(pipeline, elapsed: float, previous: dict[str, int]) -> list[str
         skipped = r.reuse.reused + r.reuse.carried if r.reuse else 0
         reused = (f" ({r.reuse.reused} reusing a still scene's prediction, {r.reuse.carried} carrying it along the "
                   f"flow)") if skipped else ""
-        lines.append(f"{name}: {r.source.stats.state.value}, {fps:.1f} fps out, colorized {r.colorized}{reused}, "
+        lines.append(f"{name}: {r.state()}, {fps:.1f} fps out, colorized {r.colorized}{reused}, "
                      f"passed {r.passed_through}, dropped {pipeline.dropped(name)}, "
                      f"latency p50 {_percentile(lat, 50):.0f} ms p99 {_percentile(lat, 99):.0f} ms")
     return lines
@@ -63,7 +64,7 @@ def quick_config(args: argparse.Namespace) -> cfgmod.Config:
 
 def summary(pipeline) -> str:
     """One line for systemd's STATUS=: how many cameras run, frames colorized and passed through."""
-    states = [r.source.stats.state.value for r in pipeline.cameras.values()]
+    states = [r.state() for r in pipeline.cameras.values()]
     return (f"{states.count('running')}/{len(states)} cameras running; "
             f"{sum(r.colorized for r in pipeline.cameras.values())} frames colorized, "
             f"{sum(r.passed_through for r in pipeline.cameras.values())} passed through")
@@ -72,18 +73,23 @@ def summary(pipeline) -> str:
 class Daemon:
     """The main loop of `streamd run`: signals, systemd notifications, reloads, status lines."""
 
-    def __init__(self, pipeline, config_path: Path | None, report_every: float, http=None) -> None:
+    def __init__(self, pipeline, config_path: Path | None, report_every: float, http=None, notifier=None) -> None:
         from streamd.systemd import Notifier
 
         self.pipeline, self.config_path, self.report_every, self.http = pipeline, config_path, report_every, http
-        self.notifier = Notifier()
+        self.notifier = notifier or Notifier()
         self.stop = threading.Event()
         self.reload = threading.Event()
         self.failure: str | None = None  # why the loop gave up (a stalled pipeline); None: a normal stop
+        self.interrupted = False  # stopped by SIGINT (Ctrl-C): exit 130, as a shell expects
 
     def install_signals(self) -> None:
-        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
-        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+        def interrupt(*_) -> None:
+            self.interrupted = True
+            self.stop.set()
+
+        signal.signal(signal.SIGINT, interrupt)
+        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())  # systemd's stop: a normal end, exit 0
         signal.signal(signal.SIGHUP, lambda *_: self.reload.set())
 
     def _reload(self) -> None:
@@ -139,17 +145,19 @@ class Daemon:
 def cmd_run(args: argparse.Namespace) -> int:
     from streamd.health import HealthServer
     from streamd.pipeline import Pipeline
+    from streamd.systemd import Notifier
 
     if bool(args.config) == bool(args.source):
         print("streamd run: give either -c CONFIG or --source URL", file=sys.stderr)
         return EXIT_USAGE
     cfg = cfgmod.load(args.config) if args.config else quick_config(args)
-    pipeline = Pipeline(cfg)
+    notifier = Notifier()
+    pipeline = Pipeline(cfg, keepalive=notifier.working)
     http = None
     if cfg.http.listen:
         host, _, port = cfg.http.listen.rpartition(":")
         http = HealthServer(pipeline, pipeline.instruments.registry, host, int(port))
-    daemon = Daemon(pipeline, args.config, args.report_every, http)
+    daemon = Daemon(pipeline, args.config, args.report_every, http, notifier)
     daemon.install_signals()
     log.info("streamd running %d camera(s)%s", len(cfg.cameras),
              f", ZeroMQ on {pipeline.publisher.endpoint}" if pipeline.publisher else "")
@@ -157,6 +165,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if daemon.failure:
         print(f"streamd: {daemon.failure}", file=sys.stderr)
         return EXIT_FAILED
+    if daemon.interrupted:
+        return EXIT_INTERRUPTED
     failed = [r for r in pipeline.cameras.values() if r.source.stats.state == State.FAILED]
     for r in failed:
         print(f"camera {r.config.name} failed: {r.source.stats.last_error}", file=sys.stderr)
@@ -179,20 +189,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_colorize(args: argparse.Namespace) -> int:
     from streamd.infer import Colorizer
-    from streamd.offline import colorize_paths
+    from streamd.offline import colorize_paths, plan
 
     missing = [str(p) for p in args.inputs if not p.exists()]
     if missing:
         print(f"streamd colorize: no such file: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        jobs = plan(args.inputs, args.output)
+    except ValueError as e:
+        print(f"streamd colorize: {e}", file=sys.stderr)
+        return EXIT_USAGE
     colorizer = Colorizer(args.model, temperature=args.temperature, int8=args.int8)
     try:
-        written = colorize_paths(colorizer, args.inputs, args.output, temporal=not args.no_temporal,
-                                 every_frame=args.every_frame)
+        written = colorize_paths(colorizer, jobs, temporal=not args.no_temporal, every_frame=args.every_frame)
     except ValueError as e:
         print(f"streamd colorize: {e}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"wrote {len(written)} file(s) to {args.output}")
+    print(f"wrote {len(written)} file(s) to {args.output}" if len(written) != 1 else f"wrote {written[0]}")
     return 0
 
 
@@ -310,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     z = sub.add_parser("colorize", help="colorize image and video files")
     z.add_argument("inputs", nargs="+", type=Path)
-    z.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    z.add_argument("-o", "--output", required=True, help="output folder (created); for one input file also a file "
+                   "name: clip.mp4 -o night.mp4, photo.jpg -o out.png")
     z.add_argument("--model", type=Path, default=None)
     z.add_argument("--temperature", type=float, default=None)
     z.add_argument("--no-temporal", action="store_true", help="colorize each video frame on its own")
@@ -414,20 +429,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def setup_logging(verbose: bool) -> None:
+    """Every log line of the process (streamd's, its libraries', tracebacks included) and every error that
+    escapes a thread go out through a RedactingFormatter: no camera credentials in the journal. Left alone
+    where the process already has logging set up (streamd called from Python: the caller owns it)."""
+    if logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+    def thread_died(a: threading.ExceptHookArgs) -> None:
+        name = a.thread.name if a.thread else "?"
+        log.critical("thread %s ended by an unexpected error", name, exc_info=(a.exc_type, a.exc_value, a.exc_traceback))
+
+    threading.excepthook = thread_died
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     try:
         return args.func(args)
     except cfgmod.ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+        print(f"config error: {redact(str(e))}", file=sys.stderr)
         return EXIT_USAGE
     except FileNotFoundError as e:
         print(f"streamd: {redact(str(e))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception:  # the traceback, through the redacting log handler rather than Python's own
+        log.critical("streamd %s: unexpected error", args.command, exc_info=True)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

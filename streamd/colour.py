@@ -67,11 +67,6 @@ def apply_guide(coeffs: np.ndarray, guide_high: np.ndarray) -> tuple[np.ndarray,
     return channel(coeffs[..., 0], coeffs[..., 1]), channel(coeffs[..., 2], coeffs[..., 3])
 
 
-def guided_upsample(ab: np.ndarray, guide_low: np.ndarray, guide_high: np.ndarray) -> np.ndarray:
-    """ab (2, h, w) -> (H, W, 2) float32 following the edges of guide_high (H, W) (L at full resolution)."""
-    return np.dstack(apply_guide(guide_coefficients(ab, guide_low), guide_high))
-
-
 def lab_to_chroma(lightness: np.ndarray, ab: np.ndarray, matrix: str, full_range: bool) -> tuple[np.ndarray, np.ndarray]:
     """L (H, W) and ab (H, W, 2) -> U, V planes (uint8) in the stream's own matrix and range, exactly.
 
@@ -90,7 +85,8 @@ def lab_to_chroma(lightness: np.ndarray, ab: np.ndarray, matrix: str, full_range
 class ChromaTable:
     """(Y', a, b) -> (U, V) as one lookup: Y' in 64 steps of 4 code values, a and b in steps of 2 over
     -128..126. Replaces a float Lab -> RGB -> YUV round trip per pixel; the error this adds is at most a
-    code value or two of U and V (tests/test_colour.py measures it)."""
+    code value or two of U and V (tests/test_colour.py measures chroma_planes, which uses it, against the
+    conversion written out independently)."""
 
     Y_SHIFT, AB_STEP, AB_LEVELS = 2, 2.0, 128
     # guide coefficients (A_a, B_a, A_b, B_b) in ab units -> table levels: all scale, the offsets also shift
@@ -123,12 +119,6 @@ class ChromaTable:
         uv = cv2.remap(self.image, b_level, rows, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
         u, v = cv2.split(uv)
         return u, v
-
-    def __call__(self, luma: np.ndarray, ab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """luma (H, W) uint8 and ab (H, W, 2) float -> U, V (H, W) uint8."""
-        a, b = (np.asarray(ab[..., i], np.float32) * np.float32(1 / self.AB_STEP) + np.float32(self.AB_LEVELS // 2)
-                for i in range(2))
-        return self.lookup(luma, a, b)
 
 
 @functools.cache

@@ -32,6 +32,9 @@ class ModelConfig:
     # A network call (or GPU colour batch) that has not returned after this long is a hung GPU or driver:
     # /healthz says "stalled" and `streamd run` exits with an error, for systemd to restart it
     stall_timeout_s: float = 120.0
+    # Loading a model (a TensorRT engine build: minutes) keeps systemd's watchdog and start/reload timeout from
+    # firing for up to this long; a load that takes longer is taken as hung, and systemd restarts streamd
+    load_timeout_s: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,9 @@ class CameraConfig:
     open_timeout_s: float = 10.0
     read_timeout_s: float = 5.0
     stall_timeout_s: float = 10.0
+    # /healthz calls a running camera "silent" once it has delivered nothing for a few of its frame intervals,
+    # at most this long (whatever the timeouts above say about reconnecting)
+    silent_after_s: float = 2.0
     fps: float = 25.0  # synthetic cameras
     width: int = 1280  # synthetic cameras
     height: int = 720
@@ -160,6 +166,7 @@ def validate(cfg: Config) -> Config:
     _check(m.threads >= 0, "model.threads", "must be 0 (all cores) or more")
     _check(m.int8 in ("auto", "on", "off"), "model.int8", "must be auto, on or off")
     _check(m.stall_timeout_s > 0, "model.stall_timeout_s", "must be positive")
+    _check(m.load_timeout_s > 0, "model.load_timeout_s", "must be positive")
     for key in ("input_width", "input_height"):
         v = getattr(m, key)
         _check(v >= 0 and v % 16 == 0, f"model.{key}", "must be a multiple of 16 (0 = the model's own)")
@@ -204,7 +211,7 @@ def validate(cfg: Config) -> Config:
         _check(c.reuse_still_s >= 0, f"{where}.reuse_still_s", "must be 0 (network on every frame) or more")
         _check(c.hwaccel in ("", "cuda"), f"{where}.hwaccel", 'must be "" (CPU decoding) or "cuda" (NVDEC)')
         _check(c.carry_frames >= 0, f"{where}.carry_frames", "must be 0 (network on every moving frame) or more")
-        for key in ("open_timeout_s", "read_timeout_s", "stall_timeout_s", "fps"):
+        for key in ("open_timeout_s", "read_timeout_s", "stall_timeout_s", "silent_after_s", "fps"):
             _check(getattr(c, key) > 0, f"{where}.{key}", "must be positive")
         _check(c.width > 0 and c.height > 0 and c.width % 2 == 0 and c.height % 2 == 0, f"{where}.width",
                "synthetic sizes must be positive and even")

@@ -89,9 +89,11 @@ class PipelineCollector:
 
 
 def health(pipeline, phase: str) -> tuple[int, dict]:
-    """(HTTP status, body). starting/stopping: 503; running: 200; degraded (a camera is down): 503;
-    stalled (inference or the GPU colour stage hung): 503, with the reason."""
-    cameras = {name: r.source.stats.state.value for name, r in list(pipeline.cameras.items())}
+    """(HTTP status, body). starting/stopping: 503; running: 200; degraded (a camera is down, or silent:
+    running but delivering nothing, streamd.pipeline.CameraRuntime.state): 503; stalled (inference or the
+    GPU colour stage hung): 503, with the reason."""
+    now = time.monotonic()
+    cameras = {name: r.state(now) for name, r in list(pipeline.cameras.items())}
     body = {"status": phase, "cameras": cameras}
     stalled = pipeline.stalled() if phase == "running" else None
     if stalled:

@@ -94,28 +94,62 @@ def colorize_video(colorizer: Colorizer, src: Path, dst: Path, temporal: bool = 
     return count, runs
 
 
-def colorize_paths(colorizer: Colorizer, inputs: list[Path], out_dir: Path, temporal: bool = True,
+def plan(inputs: list[Path], output: str) -> list[tuple[Path, Path]]:
+    """(input file, output file) for `streamd colorize INPUTS -o OUTPUT`, checked before any work: a ValueError
+    names what is wrong. OUTPUT is a folder (created), where images keep their names and videos become .mp4
+    files of the same stem; or, for one input file, a file name of the same kind (clip.mp4 -o night.mp4).
+    Nothing may be written over an input, into an input's own folder, or twice to one name. A folder input
+    contributes the files directly in it."""
+    files = [p for i in inputs for p in (sorted(f for f in i.iterdir() if f.is_file()) if i.is_dir() else [i])]
+    for path in files:
+        if path.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+            raise ValueError(f"{path}: neither an image ({', '.join(sorted(IMAGE_SUFFIXES))}) "
+                             f"nor a video ({', '.join(sorted(VIDEO_SUFFIXES))})")
+    target = Path(output)
+    one_file = (len(inputs) == 1 and inputs[0].is_file() and not output.endswith("/") and not target.is_dir()
+                and target.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+    if one_file:
+        video = files[0].suffix.lower() in VIDEO_SUFFIXES
+        if video and target.suffix.lower() != ".mp4":
+            raise ValueError(f"-o {output}: a video is written as H.264 in MP4: name the output .mp4 (or give a folder)")
+        if not video and target.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(f"-o {output}: an image is written as an image: name it .png, .jpg, ... (or give a folder)")
+        jobs = [(files[0], target)]
+    else:
+        folders = {i.resolve(): i for i in inputs if i.is_dir()} | {i.resolve().parent: i for i in inputs if i.is_file()}
+        if target.resolve() in folders:
+            raise ValueError(f"-o {output} is where the input {folders[target.resolve()]} lies: the colorized files "
+                             "would overwrite or mix with the originals; give another folder")
+        jobs = [(path, target / (path.name if path.suffix.lower() in IMAGE_SUFFIXES else f"{path.stem}.mp4"))
+                for path in files]
+    sources = {path.resolve() for path in files}
+    seen: dict[Path, Path] = {}
+    for src, dst in jobs:
+        if dst.resolve() in sources:
+            raise ValueError(f"-o {output}: {src} would be written over an input ({dst})")
+        if dst.resolve() in seen:
+            raise ValueError(f"the inputs {seen[dst.resolve()]} and {src} would both be written to {dst}: "
+                             "colorize them into separate folders")
+        seen[dst.resolve()] = src
+    return jobs
+
+
+def colorize_paths(colorizer: Colorizer, jobs: list[tuple[Path, Path]], temporal: bool = True,
                    every_frame: bool = False) -> list[Path]:
-    """Images keep their names and sizes; videos become .mp4 files of the same stem, the network skipped
+    """Each (input, output) of `plan`: images keep their sizes; videos become H.264 MP4, the network skipped
     on frames where a camera of the daemon would skip it (`every_frame`: never)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = [p for i in inputs for p in (sorted(i.iterdir()) if i.is_dir() else [i])]
     written = []
-    for path in tqdm(files, unit="file", disable=len(files) < 2):
-        suffix = path.suffix.lower()
-        if suffix in IMAGE_SUFFIXES:
+    for path, dst in tqdm(jobs, unit="file", disable=len(jobs) < 2):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix.lower() in IMAGE_SUFFIXES:
             bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if bgr is None:
                 raise ValueError(f"{path}: not a readable image")
-            dst = out_dir / path.name
-            cv2.imwrite(str(dst), colorize_images(colorizer, [bgr])[0])
-        elif suffix in VIDEO_SUFFIXES:
-            dst = out_dir / f"{path.stem}.mp4"
+            if not cv2.imwrite(str(dst), colorize_images(colorizer, [bgr])[0]):
+                raise ValueError(f"{dst}: could not be written")
+        else:
             reuse = None if every_frame else reuse_for(CameraConfig(path.stem, str(path)))
             frames, runs = colorize_video(colorizer, path, dst, temporal=temporal, reuse=reuse)
             log.info("%s: %d frames, the network ran on %d", path.name, frames, runs)
-        else:
-            raise ValueError(f"{path}: neither an image ({', '.join(sorted(IMAGE_SUFFIXES))}) "
-                             f"nor a video ({', '.join(sorted(VIDEO_SUFFIXES))})")
         written.append(dst)
     return written

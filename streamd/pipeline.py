@@ -36,12 +36,16 @@ from streamd.infer import Colorizer
 from streamd.schedule import AdaptationScheduler, adapted_model
 from streamd.sink import OutputTargets, OutputWorker, ZmqPublisher
 from streamd.source import Camera, SourceSettings, State
+from streamd.systemd import Keepalive, no_keepalive
 
 if TYPE_CHECKING:
     from streamd.colour_torch import ChromaBatcher
     from streamd.infer_torch import TorchColorizer
 
 log = logging.getLogger(__name__)
+
+CAMERA_STOP_S = 5.0  # cameras removed or restarted together get this long, all at once, to end their threads
+SILENT_INTERVALS = 10  # a running camera that has delivered nothing for this many frame intervals is silent
 
 
 def source_settings(c: CameraConfig) -> SourceSettings:
@@ -155,16 +159,37 @@ class CameraRuntime:
     interval_s: float = 0.04  # smoothed time between frames
     last_arrival: float | None = None
 
+    def state(self, now: float | None = None) -> str:
+        """The camera's state as reported: its source's, except that a running camera which has delivered
+        nothing for SILENT_INTERVALS of its frame intervals (at most silent_after_s) is "silent" - a camera
+        that stopped sending without the connection failing (RTSP over UDP whose publisher died), long before
+        the read and stall timeouts reconnect it."""
+        stats = self.source.stats
+        if stats.state != State.RUNNING or not stats.last_frame_at:
+            return stats.state.value
+        silent_after = min(SILENT_INTERVALS * self.interval_s, self.config.silent_after_s)
+        now = time.monotonic() if now is None else now
+        return "silent" if now - stats.last_frame_at > silent_after else stats.state.value
+
 
 class Pipeline:
     def __init__(self, config: Config, colorizer: Colorizer | None = None,
-                 colour_stage: ChromaBatcher | None = None) -> None:
+                 colour_stage: ChromaBatcher | None = None, keepalive: Keepalive = no_keepalive) -> None:
         """`colorizer` and `colour_stage` replace what the config names (the bench times them, the tests
-        run the GPU colour stage on the CPU); the pipeline starts and closes either way."""
+        run the GPU colour stage on the CPU); the pipeline starts and closes either way. `keepalive` wraps
+        the long work done on the caller's thread (model loads, cameras stopping): under systemd it keeps
+        the watchdog fed meanwhile (streamd.systemd.Notifier.working)."""
         self.config = config
         m = config.model
-        self.colorizer = colorizer or self._load_model(m.path)
+        self._keepalive = keepalive
+        with keepalive("loading the model", m.load_timeout_s):
+            self.colorizer = colorizer or self._load_model(m.path)
         self._models: dict[str, Colorizer] = {"": self.colorizer}  # per-camera models, by path
+        # Models are loaded and swapped from the reload thread and the adaptation scheduler's, and used by the
+        # inference thread: loads are serialised (each file loaded once), and a swap waits for the batch in
+        # progress, so that no batch mixes a camera's old model with its reset Reuse.
+        self._models_lock = threading.Lock()
+        self._batch_lock = threading.Lock()
         # Full-resolution chroma: on the cameras' output threads, or one GPU batch for all of them
         self.colour_stage = colour_stage
         if colour_stage is None and config.colour.device != "cpu":
@@ -201,45 +226,60 @@ class Pipeline:
         return Colorizer(Path(path) if path else None, m.provider, m.temperature or None, m.threads,
                          Path(m.cache_dir) if m.cache_dir else None, m.int8)
 
+    def _model(self, path: str, keepalive: Keepalive) -> Colorizer:
+        """The model at `path` ("": the generic one), loaded once however many threads ask for it at the
+        same time; `keepalive` wraps a load (and the wait for another thread's)."""
+        with self._models_lock:
+            if path in self._models:
+                return self._models[path]
+        with keepalive(f"loading model {path}", self.config.model.load_timeout_s), self._models_lock:
+            if path not in self._models:
+                self._models[path] = self._load_model(path)
+            return self._models[path]
+
     def model_for(self, c: CameraConfig) -> Colorizer:
         """The camera's model: the one its config names, else the one adapted to it, else the generic one.
         Each file is loaded once and shared by the cameras that use it; a model that cannot be loaded is
-        logged and the camera falls back to the generic one (it keeps running either way)."""
+        logged and the camera falls back to the generic one (it keeps running either way). Called on the
+        thread that feeds the watchdog (start, reload), which is kept alive while a model loads."""
         path = c.model or str(adapted_model(self.state_dir / c.name) or "")
-        if path not in self._models:
-            try:
-                self._models[path] = self._load_model(path)
-            except Exception as e:  # a broken file must not take the camera down
-                log.error("camera %s: model %s cannot be loaded (%s); using the generic model", c.name, path, e)
-                return self.colorizer
-        return self._models[path]
+        try:
+            return self._model(path, self._keepalive)
+        except Exception as e:  # a broken file must not take the camera down
+            log.error("camera %s: model %s cannot be loaded (%s); using the generic model", c.name, path, e)
+            return self.colorizer
 
     def adaptable(self) -> list[str]:
         """Cameras the daemon may adapt: those that collect and have no model fixed by the config."""
         return [c.name for c in self.config.cameras if c.collect and not c.model]
 
     def use_adapted(self, camera: str, path: Path) -> None:
-        """Swap in a camera's newly adapted model between two of its frames (called by the scheduler)."""
+        """Swap in a camera's newly adapted model between two of its frames (called by the scheduler, on
+        its own thread: the load happens there, the swap between two batches)."""
         runtime = self.cameras.get(camera)
         if runtime is None:
             return
-        old = runtime.colorizer
-        if str(path) not in self._models:  # loaded on the caller's thread, then swapped in
-            self._models[str(path)] = self._load_model(str(path))
-        runtime.colorizer = self._models[str(path)]
-        if runtime.reuse:
-            runtime.reuse.forget()  # the next frame shows the new model at once
+        self._swap_model(runtime, self._model(str(path), no_keepalive))
         log.info("camera %s now uses its adapted model %s", camera, runtime.colorizer.info.model_id)
+
+    def _swap_model(self, runtime: CameraRuntime, model: Colorizer) -> None:
+        """Give the camera `model` between two batches: no batch runs its frames on one model and remembers
+        the prediction after the swap reset its Reuse, so the next frame shows the new model at once."""
+        with self._batch_lock:
+            old, runtime.colorizer = runtime.colorizer, model
+            if runtime.reuse:
+                runtime.reuse.forget()
         self._release_unused(old)
 
     def _release_unused(self, old: Colorizer) -> None:
         """Free a replaced model (its session, on a GPU its memory) once no camera uses it; never the
         default model."""
-        if any(r.colorizer is old for r in list(self.cameras.values())):
-            return
-        for key, colorizer in list(self._models.items()):
-            if colorizer is old and key:
-                del self._models[key]
+        with self._models_lock:
+            if any(r.colorizer is old for r in list(self.cameras.values())):
+                return
+            for key, colorizer in list(self._models.items()):
+                if colorizer is old and key:
+                    del self._models[key]
 
     def input_size(self, colorizer: Colorizer) -> tuple[int, int]:
         m, info = self.config.model, colorizer.info
@@ -286,13 +326,27 @@ class Pipeline:
             log.error("camera %s: cannot keep day frames in %s (%s); not collecting", c.name, self.state_dir, e)
             return None
 
-    def remove_camera(self, name: str) -> None:
-        runtime = self.cameras.pop(name)
-        runtime.source.stop()
-        self.batcher.discard(name)
-        runtime.outputs.close()
-        self.instruments.latency.remove(name)
-        self._release_unused(runtime.colorizer)
+    def remove_cameras(self, names: list[str]) -> None:
+        """Stop cameras all at once, under one deadline: a camera whose host is down holds its thread in a
+        connection attempt, and one after the other a reload of many such cameras took minutes."""
+        if not names:
+            return
+        runtimes = [self.cameras.pop(name) for name in names]
+        with self._keepalive(f"stopping camera(s) {', '.join(names)}", 2 * CAMERA_STOP_S + 1):
+            for runtime in runtimes:
+                runtime.source.request_stop()
+            deadline = time.monotonic() + CAMERA_STOP_S
+            for runtime in runtimes:
+                runtime.source.stop(timeout=max(0.0, deadline - time.monotonic()))
+            for name, runtime in zip(names, runtimes):
+                self.batcher.discard(name)
+                runtime.outputs.close(timeout=0)  # asks each output thread to finish...
+            deadline = time.monotonic() + CAMERA_STOP_S
+            for runtime in runtimes:  # ...and waits for them together
+                runtime.outputs.close(timeout=max(0.0, deadline - time.monotonic()))
+        for name, runtime in zip(names, runtimes):
+            self.instruments.latency.remove(name)
+            self._release_unused(runtime.colorizer)
         self._update_batching()
 
     def apply(self, new: Config) -> list[str]:
@@ -301,20 +355,19 @@ class Pipeline:
         changes = []
         old = {c.name: c for c in self.config.cameras}
         wanted = {c.name: c for c in new.cameras}
-        for name in old.keys() - wanted.keys():
-            self.remove_camera(name)
-            changes.append(f"removed {name}")
+        removed = [name for name in old if name not in wanted]
+        only_model = {name for name, c in wanted.items()
+                      if name in old and old[name] != c and dataclasses.replace(old[name], model=c.model) == c}
+        restarted = [name for name, c in wanted.items() if name in old and old[name] != c and name not in only_model]
+        self.remove_cameras(removed + restarted)
+        changes += [f"removed {name}" for name in removed]
         for name, c in wanted.items():
-            if name in old and old[name] != c and dataclasses.replace(old[name], model=c.model) == c:
+            if name in only_model:
                 runtime = self.cameras[name]  # only the model changed: swap it, the camera keeps streaming
-                old_model = runtime.colorizer
-                runtime.colorizer, runtime.config = self.model_for(c), c
-                if runtime.reuse:
-                    runtime.reuse.forget()
-                self._release_unused(old_model)
+                self._swap_model(runtime, self.model_for(c))
+                runtime.config = c
                 changes.append(f"model of {name} is now {runtime.colorizer.info.model_id}")
-            elif name in old and old[name] != c:
-                self.remove_camera(name)
+            elif name in restarted:
                 self.add_camera(c)
                 changes.append(f"restarted {name}")
             elif name not in old:
@@ -389,13 +442,18 @@ class Pipeline:
                     continue
                 self._batch_since = time.monotonic()
                 try:
-                    self._colorize(batch)
+                    self._run_batch(batch)
                 finally:
                     self._batch_since = None
                     self.batcher.done()
                 self._update_batching()
             except Exception:  # keep serving: the next batch may well be fine; `stalled` sees a dead thread
                 log.exception("inference thread: a batch failed")
+
+    def _run_batch(self, batch: list[Frame]) -> None:
+        """One batch, between two model swaps (see _swap_model)."""
+        with self._batch_lock:
+            self._colorize(batch)
 
     def _colorize(self, batch: list[Frame]) -> None:
         """One network run per model in the batch: cameras sharing a model share the batch. Frames whose

@@ -218,6 +218,7 @@ class OutputWorker:
         self.failures = 0  # frames whose output raised (logged the first time and every 250th)
         self.latencies_ms: deque[float] = deque(maxlen=1000)  # capture-to-publish, the most recent frames
         self._slot: Frame | None = None
+        self._newest_seq: int | None = None  # the newest frame ever put: an older one never follows it
         self._busy = False
         self._cond = threading.Condition()
         self._closing = False
@@ -225,10 +226,15 @@ class OutputWorker:
         self._thread.start()
 
     def put(self, frame: Frame) -> None:
+        """Newest wins: a frame older than one already put is dropped (at a day/night switch a gray frame
+        can come back from inference after a newer day frame went straight here), so frames leave in order."""
         with self._cond:
+            if self._newest_seq is not None and frame.seq <= self._newest_seq:
+                self.dropped += 1
+                return
             if self._slot is not None:
                 self.dropped += 1
-            self._slot = frame
+            self._slot, self._newest_seq = frame, frame.seq
             self._cond.notify()
 
     @property

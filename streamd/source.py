@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,16 +21,9 @@ import cv2
 import numpy as np
 
 from streamd.frame import Frame
+from streamd.redact import redact
 
 log = logging.getLogger(__name__)
-
-# user:password@ up to the last "@" before the host: a password may hold "@" (FFmpeg splits at the last one)
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s]*@")
-
-
-def redact(text: str) -> str:
-    """Remove user:password@ from every URL in `text` (URLs, error messages, log lines)."""
-    return _CREDENTIALS.sub(r"\g<scheme>***@", text)
 
 
 class State(str, Enum):
@@ -101,8 +93,8 @@ def _open_av(s: SourceSettings) -> av.container.InputContainer:
             raise PermanentSourceError(f"camera {s.name}: {redact(s.url)} is not a video file") from e
         if time.monotonic() - start >= 0.9 * s.open_timeout:  # FFmpeg reports the time-out as anything
             reason = f"no answer within {s.open_timeout:g} s"
-        else:
-            reason = redact(getattr(e, "strerror", None) or str(e))
+        else:  # strerror, never str(e): that holds the URL as the caller wrote it
+            reason = redact(getattr(e, "strerror", None) or type(e).__name__)
         raise SourceError(f"camera {s.name}: cannot open {redact(s.url)}: {reason}") from e
 
 
@@ -126,16 +118,18 @@ def decode_av(s: SourceSettings) -> Iterator[av.VideoFrame]:
                 if frames:
                     last_frame = now
                 elif now - last_frame > s.stall_timeout:  # packets, but nothing decodes
-                    raise SourceError(f"camera {s.name}: stalled, no frame for {s.stall_timeout:g} s")
+                    raise SourceError(f"camera {s.name}: stalled, no frame for {s.stall_timeout:g} s "
+                                      f"({redact(s.url)})")
                 yield from frames
         except av.error.FFmpegError as e:
             if not _is_stream_url(s.url) and isinstance(e, (av.error.InvalidDataError, av.error.EOFError)):
                 return  # a truncated file ends where its data ends
+            # strerror, never str(e): that holds the URL as the caller wrote it
             reason = f"no data for {s.read_timeout:g} s" if isinstance(e, av.error.ExitError) \
-                else redact(e.strerror or str(e))
-            raise SourceError(f"camera {s.name}: stream lost: {reason}") from e
+                else redact(e.strerror or type(e).__name__)
+            raise SourceError(f"camera {s.name}: stream lost: {reason} ({redact(s.url)})") from e
     except av.error.DecoderNotFoundError as e:
-        raise PermanentSourceError(f"camera {s.name}: unsupported codec ({e.strerror})") from e
+        raise PermanentSourceError(f"camera {s.name}: unsupported codec ({e.strerror}) in {redact(s.url)}") from e
     finally:
         container.close()  # PyAV leaks the demuxer's buffers otherwise
 
@@ -257,7 +251,7 @@ class Camera:
                     self.stats.last_frame_at = time.monotonic()
                     self.deliver(frame)
                 if _is_stream_url(s.url):
-                    raise SourceError(f"camera {s.name}: the stream ended")
+                    raise SourceError(f"camera {s.name}: the stream ended ({redact(s.url)})")
                 if not s.loop:
                     log.info("camera %s: end of file", s.name)
                     self.stats.state = State.FINISHED

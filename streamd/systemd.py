@@ -1,13 +1,31 @@
 """systemd's notify protocol: one datagram per message to $NOTIFY_SOCKET (no dependency needed)."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+
+log = logging.getLogger(__name__)
+
+# Long work on the thread that pings the watchdog is wrapped in keepalive(what, limit_s): Notifier.working
+# under systemd, no_keepalive elsewhere.
+Keepalive = Callable[[str, float], AbstractContextManager[None]]
+
+KEEPALIVE_EVERY_S = 5.0  # how often `working` tells systemd it is still busy (at least twice per watchdog period)
+
+
+def no_keepalive(what: str, limit_s: float) -> AbstractContextManager[None]:
+    return contextlib.nullcontext()
 
 
 class Notifier:
-    """Sends READY=1, WATCHDOG=1, STATUS=..., RELOADING=1 and STOPPING=1; a no-op outside systemd."""
+    """Sends READY=1, WATCHDOG=1, STATUS=..., RELOADING=1, STOPPING=1 and EXTEND_TIMEOUT_USEC=...; a no-op
+    outside systemd."""
 
     def __init__(self, environ: dict[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
@@ -16,6 +34,7 @@ class Notifier:
         usec = int(env.get("WATCHDOG_USEC", "0") or 0)
         self.watchdog_interval = usec / 2e6 if usec else None  # ping twice per period, as systemd advises
         self._last_ping = 0.0
+        self._ping_lock = threading.Lock()  # the main loop and a `working` helper both ping
 
     def send(self, *fields: str) -> None:
         if not self.address:
@@ -42,7 +61,48 @@ class Notifier:
         """Ping if half the watchdog period has passed; call it from the main loop."""
         if self.watchdog_interval is None:
             return
-        now = time.monotonic()
-        if now - self._last_ping >= self.watchdog_interval:
-            self.send("WATCHDOG=1")
+        with self._ping_lock:
+            now = time.monotonic()
+            if now - self._last_ping < self.watchdog_interval:
+                return
             self._last_ping = now
+        self.send("WATCHDOG=1")
+
+    @contextlib.contextmanager
+    def working(self, what: str, limit_s: float) -> Iterator[None]:
+        """Around long work on the main loop's thread (a model load or TensorRT build, cameras whose hosts are
+        down being stopped), which would otherwise outlast WatchdogSec or the start or reload timeout: while
+        the work lasts, up to `limit_s`, a helper thread pings the watchdog and extends systemd's current
+        timeout (EXTEND_TIMEOUT_USEC, which covers the watchdog too), with STATUS= saying what is going on.
+        Past `limit_s` the work counts as hung: the helper stops, and systemd's watchdog or timeout acts."""
+        if not self.address:
+            yield
+            return
+        done = threading.Event()
+        every = min(KEEPALIVE_EVERY_S, self.watchdog_interval or KEEPALIVE_EVERY_S)
+
+        def keep_alive() -> None:
+            end = time.monotonic() + limit_s
+            while True:
+                left = end - time.monotonic()
+                if left <= 0:
+                    log.error("%s: not done after %g s; taken as hung, no longer keeping the service alive",
+                              what, limit_s)
+                    return
+                # each extension reaches past the next message, never past the limit
+                fields = [f"EXTEND_TIMEOUT_USEC={round(min(2 * every, left) * 1e6)}", f"STATUS={what}"]
+                if self.watchdog_interval is not None:
+                    fields.append("WATCHDOG=1")
+                    with self._ping_lock:
+                        self._last_ping = time.monotonic()
+                self.send(*fields)
+                if done.wait(min(every, left)):
+                    return
+
+        helper = threading.Thread(target=keep_alive, name="keepalive", daemon=True)
+        helper.start()
+        try:
+            yield
+        finally:
+            done.set()
+            helper.join()

@@ -132,3 +132,19 @@ def test_a_moving_scene_carries_the_prediction_along_the_flow_for_a_few_frames()
     lightness_of(cut, (192, 320))
     assert not reuse.reuse(cut)
     assert reuse.carried == 2 and reuse.reused == 0
+
+
+def test_a_discarded_frame_takes_its_deadline_with_it():
+    """A camera removed while its frame waited longest: the batch's deadline runs from the frames still
+    waiting, so the batch waits for the other cameras instead of leaving at once on the removed frame's
+    expired deadline."""
+    b = Batcher(max_size=3, deadline_s=0.5)
+    b.put(frame("gone", 0))
+    time.sleep(0.6)  # the gone camera's frame is past its deadline
+    b.put(frame("a", 0))
+    b.discard("gone")
+    b.put(frame("b", 0))
+    start = time.monotonic()
+    batch = b.next_batch(timeout=5)
+    assert [f.camera for f in batch] == ["a", "b"]
+    assert time.monotonic() - start >= 0.3  # waited (about) a's own deadline for a third camera

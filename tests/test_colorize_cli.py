@@ -1,0 +1,76 @@
+"""`streamd colorize`: where the files go, and the outputs it refuses to write (over the originals, or two
+inputs to one name) before doing any work."""
+from __future__ import annotations
+
+import av
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+from streamd.cli import main
+from tests.conftest import write_video
+
+
+def chroma_spread(path) -> list[float]:
+    with av.open(str(path)) as c:
+        return [float(f.to_ndarray(format="yuv420p")[240:].std()) for f in c.decode(video=0)]
+
+
+def gray_photo(path):
+    cv2.imwrite(str(path), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2GRAY)[::4, ::4])
+    return path
+
+
+def test_one_video_in_and_a_file_name_out_writes_that_file(tmp_path):
+    video = write_video(tmp_path / "clip.mp4", "gray", seconds=1)
+    out = tmp_path / "night.mp4"
+    assert main(["colorize", str(video), "-o", str(out), "--every-frame"]) == 0
+    assert out.is_file()
+    spread = chroma_spread(out)
+    assert len(spread) == 25 and min(spread) > 2.0  # every frame, in colour
+
+
+def test_one_image_in_and_a_file_name_out_writes_that_file(tmp_path):
+    photo = gray_photo(tmp_path / "photo.png")
+    out = tmp_path / "colour.jpg"
+    assert main(["colorize", str(photo), "-o", str(out)]) == 0
+    image = cv2.imread(str(out))
+    assert image.shape == cv2.imread(str(photo)).shape
+    assert np.abs(image[..., 2].astype(int) - image[..., 0]).mean() > 2.0  # not gray any more
+
+
+@pytest.mark.parametrize("output", ["out", "out.mp4/"])
+def test_a_folder_stays_a_folder(tmp_path, output):
+    """A name without a file suffix, or with a trailing slash, is a folder, whatever it looks like."""
+    video = write_video(tmp_path / "clip.mp4", "gray", seconds=1)
+    assert main(["colorize", str(video), "-o", f"{tmp_path}/{output}"]) == 0
+    assert (tmp_path / output.rstrip("/") / "clip.mp4").is_file()
+
+
+def test_output_into_the_input_folder_is_refused(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    original = gray_photo(photos / "a.png").read_bytes()
+    video = write_video(photos / "b.avi", "gray", seconds=1)
+    for argv in (["colorize", str(photos), "-o", str(photos)],  # the folder itself
+                 ["colorize", str(video), str(photos / "a.png"), "-o", str(photos)],  # files in it
+                 ["colorize", str(photos / "a.png"), "-o", str(photos / "a.png")]):  # one file, over itself
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "streamd colorize: " in err and str(photos) in err, err
+    assert sorted(p.name for p in photos.iterdir()) == ["a.png", "b.avi"]
+    assert (photos / "a.png").read_bytes() == original
+
+
+def test_two_inputs_with_one_output_name_are_refused(tmp_path, capsys):
+    (tmp_path / "day1").mkdir(), (tmp_path / "day2").mkdir()
+    first, second = gray_photo(tmp_path / "day1" / "gate.png"), gray_photo(tmp_path / "day2" / "gate.png")
+    assert main(["colorize", str(first), str(second), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{first} and {second} would both be written to {tmp_path / 'out' / 'gate.png'}" in err, err
+    assert not (tmp_path / "out").exists()  # refused before any work
+    # a video and another of the same stem both become <stem>.mp4
+    clip, other = write_video(tmp_path / "day1" / "yard.mp4", seconds=1), write_video(tmp_path / "day2" / "yard.mkv", seconds=1)
+    assert main(["colorize", str(clip), str(other), "-o", str(tmp_path / "out")]) == 2
+    assert "would both be written" in capsys.readouterr().err
