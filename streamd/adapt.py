@@ -100,7 +100,7 @@ def adapt(sources: list[Path], out: Path, budget_minutes: float = 8.0, holdout: 
         generic = Colorizer()
         export(weights_path, candidate, temperature=generic.info.temperature,  # the generic model's decoding
                input_size=(generic.info.input_height, generic.info.input_width),
-               prior_correction=generic.info.prior_correction,
+               prior_correction=generic.info.prior_correction, shrink=generic.info.shrink,
                model_id=f"{out.stem}-adapted")
         adapted_scores, generic_scores = score(Colorizer(candidate), held), score(generic, held)
         kept = adapted_scores.auc_rebalanced > generic_scores.auc_rebalanced and adapted_scores.psnr > generic_scores.psnr

@@ -248,7 +248,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from streamd.model.export import export
 
     meta = export(args.weights, args.output, args.temperature, (args.height, args.width),
-                  prior_correction=args.prior_correction)
+                  prior_correction=args.prior_correction, shrink=args.shrink)
     print(f"wrote {args.output} ({meta['model_id']}); max |ab| difference to PyTorch: "
           f"{meta['max_ab_difference']:.5f}")
     return 0
@@ -373,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--prior-correction", type=float, default=0.0, metavar="ALPHA",
                    help="divide the class-rebalancing weights back out of the distribution to this power before "
                         "decoding: 0 is the seed's decoding, higher trades colour for PSNR (models/streamd-base.md)")
+    e.add_argument("--shrink", type=float, default=0.0, metavar="K",
+                   help="shrink colour the distribution does not single out towards gray (0: off; "
+                        "models/streamd-base.md)")
     e.add_argument("--width", type=int, default=320)
     e.add_argument("--height", type=int, default=192)
     e.set_defaults(func=cmd_export)

@@ -583,6 +583,12 @@ def find_subset(folder: Path) -> Subset:
     return Subset(folder.name or str(folder), kind, folder)
 
 
+def decoding_label(temperature: float, prior_correction: float, shrink: float) -> str:
+    """How a model's rows are labelled: 'ours T=2 alpha=0.5 shrink=1' (zero settings left out)."""
+    return (f"ours T={temperature:g}" + (f" alpha={prior_correction:g}" if prior_correction else "")
+            + (f" shrink={shrink:g}" if shrink else ""))
+
+
 def model_colorizers(args: argparse.Namespace) -> dict[str, Colorizer]:
     """The methods to score, by label: an ONNX model at each --temperature, or weights (.pt) decoded in
     PyTorch at each --decode T:ALPHA (streamd.model.decoding)."""
@@ -590,15 +596,15 @@ def model_colorizers(args: argparse.Namespace) -> dict[str, Colorizer]:
         from streamd.model.decoding import decodings
         from streamd.model.train import load_weights
 
-        return decodings(load_weights(args.model), Colorizer().info, args.decode or ["2:0.5"])
+        info = dataclasses.replace(Colorizer().info, model_id=args.model.stem)  # the shipped input size
+        return decodings(load_weights(args.model), info, args.decode or ["2:0.5"])
     if args.decode:
         raise ValueError("--decode needs weights (--model WEIGHTS.pt); an ONNX model's decoding is set at export "
                          "(its temperature can be overridden with --temperature)")
     colorizers = {}
     for t in dict.fromkeys(args.temperature or [None]):
         c = Colorizer(args.model, temperature=t)
-        correction = f" alpha={c.info.prior_correction:g}" if c.info.prior_correction else ""
-        colorizers[f"ours T={c.info.temperature:g}{correction}"] = c
+        colorizers[decoding_label(c.info.temperature, c.info.prior_correction, c.info.shrink)] = c
     return colorizers
 
 

@@ -104,7 +104,8 @@ def load_torch_colorizer(path: Path | None = None, device: str = "cuda",
         raise FileNotFoundError(f"no training weights at {weights_path} (streamd train writes them)")
     info = read_info(onnx_path, temperature)
     weights = load_weights(weights_path)
-    colorizer = TorchColorizer(build_decoder(weights, info.temperature, info.prior_correction), info, weights_path,
+    decoder = build_decoder(weights, info.temperature, info.prior_correction, info.shrink)
+    colorizer = TorchColorizer(decoder, info, weights_path,
                                device)
     log.info("model %s through PyTorch on %s (%s), input %dx%d, T=%.2f", info.model_id, colorizer.device,
              colorizer.precision, info.input_width, info.input_height, info.temperature)

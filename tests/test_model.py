@@ -276,3 +276,51 @@ def test_folder_weights_and_luma_mix_shape_what_training_draws(tmp_path):
     plain = lightness_table(True)[luma]
     share = np.mean([abs(value - plain) > 1.0 for value in lightness])
     assert 0.25 < share < 0.75
+
+
+def test_shrink_keeps_colour_the_distribution_is_sure_of_and_grays_the_rest():
+    """Hand-checkable: a distribution peaked on one bin keeps its colour; one split 60/40 between (50, 0)
+    and (-50, 0) has mean (10, 0) and spread 2,400, so shrink k = 1 scales it by 100 / 2,500."""
+    bins = torch.tensor([[50.0, 0.0], [-50.0, 0.0], [0.0, 50.0]])
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, probs):
+            super().__init__()
+            self.logits = torch.log(torch.tensor(probs).clamp_min(1e-9))[None, :, None, None]
+
+        def forward(self, lightness):
+            return self.logits.expand(lightness.shape[0], -1, 1, 1)
+
+    lightness = torch.zeros(1, 1, 1, 1)
+    sure = AnnealedMean(Fixed([1.0, 0.0, 0.0]), bins, 1.0, shrink=1.0)(lightness)
+    assert torch.allclose(sure[0, :, 0, 0], torch.tensor([50.0, 0.0]), atol=0.01)
+    split = AnnealedMean(Fixed([0.6, 0.4, 0.0]), bins, 1.0, shrink=1.0)(lightness)
+    assert torch.allclose(split[0, :, 0, 0], torch.tensor([10.0 * 100 / 2500, 0.0]), atol=0.01)
+    plain = AnnealedMean(Fixed([0.6, 0.4, 0.0]), bins, 1.0)(lightness)
+    assert torch.allclose(plain[0, :, 0, 0], torch.tensor([10.0, 0.0]), atol=0.01)
+
+
+def test_export_bakes_the_shrink_and_keeps_the_hand_written_card(tmp_path):
+    """streamd export --shrink: ONNX Runtime and both Python runtimes read it back; the card's facts block is
+    rewritten in place, everything a person wrote around it stays."""
+    shipped = Path(__file__).parents[1] / "models" / "streamd-base.pt"
+    model = tmp_path / "m.onnx"
+    model.with_suffix(".md").write_text("# Card\n\nintro\n\n<!-- facts written by streamd export -->STALE-FACTS"
+                                        "<!-- end of export facts -->\n\n## Scores\nkept\n")
+    assert main(["export", str(shipped), "-o", str(model), "--temperature", "2", "--prior-correction", "1",
+                 "--shrink", "1"]) == 0
+    card = model.with_suffix(".md").read_text()
+    assert card.startswith("# Card\n\nintro") and card.endswith("## Scores\nkept\n") and "STALE-FACTS" not in card
+    assert "k = 1" in card and "../" not in card
+    colorizer = Colorizer(model)
+    assert colorizer.info.shrink == 1.0
+    weights = load_weights(shipped)
+    rgb = cv2.resize(data.coffee(), (320, 192), interpolation=cv2.INTER_AREA)
+    lightness = rgb_to_lab(rgb)[None, None, ..., 0].astype(np.float32)
+    with torch.no_grad():
+        shrunk = build_decoder(weights, 2.0, 1.0, 1.0).eval()(torch.from_numpy(lightness)).numpy()
+        plain = build_decoder(weights, 2.0, 1.0).eval()(torch.from_numpy(lightness)).numpy()
+    assert np.abs(colorizer(lightness) - shrunk).max() < 0.05
+    assert np.linalg.norm(shrunk, axis=1).mean() < 0.9 * np.linalg.norm(plain, axis=1).mean()
+    shutil.copy(shipped, model.with_suffix(".pt"))
+    assert np.abs(load_torch_colorizer(model, device="cpu")(lightness) - shrunk).max() < 0.05

@@ -43,10 +43,9 @@ class Decoding:
     rebalancing out to the power `alpha`, in front of a shared CachedNetwork."""
 
     def __init__(self, network: CachedNetwork, weights: dict, info: ModelInfo, temperature: float,
-                 alpha: float) -> None:
-        self.info = ModelInfo(f"{info.model_id}-T{temperature:g}-a{alpha:g}", info.input_height, info.input_width,
-                              temperature, alpha)
-        self.decoder = build_decoder(weights, temperature, alpha).eval()
+                 alpha: float, shrink: float = 0.0) -> None:
+        self.info = ModelInfo(info.model_id, info.input_height, info.input_width, temperature, alpha, shrink)
+        self.decoder = build_decoder(weights, temperature, alpha, shrink).eval()
         self.decoder.net = network
 
     def __call__(self, lightness: np.ndarray) -> np.ndarray:
@@ -54,23 +53,22 @@ class Decoding:
             return self.decoder(torch.from_numpy(lightness)).numpy()
 
 
-def parse_decode(spec: str) -> tuple[float, float]:
-    """'T' or 'T:ALPHA' -> (T, ALPHA); T > 0."""
-    parts = spec.split(":")
+def parse_decode(spec: str) -> tuple[float, float, float]:
+    """'T[:ALPHA[:SHRINK]]' -> (T, ALPHA, SHRINK); T > 0, SHRINK >= 0 (streamd.model.network.AnnealedMean)."""
     try:
-        t, alpha = float(parts[0]), float(parts[1]) if len(parts) > 1 else 0.0
-    except (ValueError, IndexError):
-        raise ValueError(f"--decode {spec!r}: expected T or T:ALPHA, e.g. 2:0.5") from None
-    if len(parts) > 2 or not t > 0:
-        raise ValueError(f"--decode {spec!r}: expected T or T:ALPHA with T > 0, e.g. 2:0.5")
-    return t, alpha
+        t, alpha, shrink = ([float(x) for x in spec.split(":")] + [0.0, 0.0])[:3]
+        if spec.count(":") > 2 or not t > 0 or not shrink >= 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--decode {spec!r}: expected T[:ALPHA[:SHRINK]] with T > 0 and SHRINK >= 0, "
+                         "e.g. 2:0.5") from None
+    return t, alpha, shrink
 
 
 def decodings(weights: dict, info: ModelInfo, specs: list[str]) -> dict[str, Decoding]:
-    """One Decoding per 'T:ALPHA' spec, by label, all reading one network."""
+    """One Decoding per 'T[:ALPHA[:SHRINK]]' spec, by label, all reading one network; `info` names the
+    weights and gives the network's input size."""
     network = CachedNetwork(weights)
-    out = {}
-    for spec in specs:
-        t, alpha = parse_decode(spec)
-        out[f"ours T={t:g}" + (f" alpha={alpha:g}" if alpha else "")] = Decoding(network, weights, info, t, alpha)
-    return out
+    from streamd.evaluate import decoding_label
+
+    return {decoding_label(*parse_decode(spec)): Decoding(network, weights, info, *parse_decode(spec)) for spec in specs}

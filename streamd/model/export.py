@@ -33,9 +33,9 @@ def reference_images() -> list[np.ndarray]:
 
 
 def export(weights_path: Path, out: Path, temperature: float = 0.38, input_size: tuple[int, int] = (192, 320),
-           model_id: str | None = None, prior_correction: float = 0.0) -> dict:
+           model_id: str | None = None, prior_correction: float = 0.0, shrink: float = 0.0) -> dict:
     weights = load_weights(weights_path)
-    decoder = build_decoder(weights, temperature, prior_correction).eval()
+    decoder = build_decoder(weights, temperature, prior_correction, shrink).eval()
     dummy = torch.zeros(1, 1, *input_size)
     torch.onnx.export(decoder, dummy, str(out), input_names=["L"], output_names=["ab"], opset_version=OPSET,
                       dynamic_axes={"L": {0: "batch", 2: "height", 3: "width"},
@@ -43,7 +43,7 @@ def export(weights_path: Path, out: Path, temperature: float = 0.38, input_size:
     digest = hashlib.sha256(out.read_bytes()).hexdigest()[:12]
     model_id = model_id or f"{out.stem}-{digest}"
     meta = {"model_id": model_id, "temperature": temperature, "prior_correction": prior_correction,
-            "input_height": input_size[0],
+            "shrink": shrink, "input_height": input_size[0],
             "input_width": input_size[1], "steps": int(weights["steps"]), "widths": list(weights["widths"]),
             "bins": len(weights["bins"])}
     model = store_weights_fp16(onnx.load(str(out)))
@@ -59,21 +59,33 @@ def export(weights_path: Path, out: Path, temperature: float = 0.38, input_size:
     return meta
 
 
+CARD_FACTS_BEGIN, CARD_FACTS_END = "<!-- facts written by streamd export -->", "<!-- end of export facts -->"
+
+
 def write_card(path: Path, meta: dict, weights: dict, n_params: int) -> None:
-    """The facts export knows; evaluation results are added below them by whoever scores the model."""
+    """The facts export knows, as a table between two markers in the model card: a card that exists keeps
+    everything around them (evaluation, data sources, licences), a new card starts with them."""
     cfg = weights.get("config", {})
     hours = weights.get("train_seconds", 0) / 3600
-    path.write_text(f"""# Model card: {meta['model_id']}
-
+    folders = ", ".join(Path(folder).name for folder in cfg.get("data", [])) or "images given by the caller"
+    facts = f"""{CARD_FACTS_BEGIN}
 | | |
 | --- | --- |
+| model id | {meta['model_id']} |
 | architecture | streamd ColorNet: VGG-style conv + ReLU + BatchNorm blocks, no pooling, strided-conv downsampling to 1/16, dilated context, transposed-conv upsampling to 1/4 with encoder skips{'; a global-context branch (the frame mean of the 1/16 features, through a two-layer MLP, added back everywhere)' if weights.get('context') else ''}; widths {meta['widths']}; {n_params / 1e6:.2f}M parameters |
-| output | distribution over {meta['bins']} in-gamut ab bins (10-unit grid), decoded inside the graph by the annealed mean, T = {meta['temperature']} (overridable at run time), after dividing the class-rebalancing weights out to the power {meta['prior_correction']} |
+| output | distribution over {meta['bins']} in-gamut ab bins (10-unit grid), decoded inside the graph by the annealed mean, T = {meta['temperature']} (overridable at run time), after dividing the class-rebalancing weights out to the power {meta['prior_correction']}{f"; colour the distribution does not single out shrunk towards gray (k = {meta['shrink']})" if meta['shrink'] else ''} |
 | input | L (0..100), N x 1 x H x W, H and W multiples of 16; streamd feeds {meta['input_width']}x{meta['input_height']} |
 | loss | cross-entropy on soft-encoded targets (5 nearest bins, sigma 5), weighted by class rebalancing ({f"on, lambda {cfg.get('class_mix', 0.5)}" if cfg.get('rebalance', True) else 'off'}) x gradient prior ({f"on, lambda {cfg.get('gradient_mix', 0.5)}" if cfg.get('gradient_prior', True) else 'off'}) |
-| training | {meta['steps']} steps, {weights.get('samples', 0)} samples ({cfg.get('crop', '?')} px crops, batch {cfg.get('batch', '?')}), {hours:.2f} h of compute, data: {', '.join(cfg.get('data', []))} |
+| training | {meta['steps']} steps, {weights.get('samples', 0)} samples ({cfg.get('crop', '?')} px crops, batch {cfg.get('batch', '?')}), {hours:.2f} h of compute; data folders: {folders} |
 | export check | max abs ab difference between ONNX Runtime and PyTorch on scikit-image photos: {meta['max_ab_difference']:.4f} (weights stored as fp16) |
-""")
+{CARD_FACTS_END}"""
+    card = path.read_text() if path.exists() else f"# Model card: {path.stem}\n\n{CARD_FACTS_BEGIN}{CARD_FACTS_END}\n"
+    if CARD_FACTS_BEGIN in card and CARD_FACTS_END in card:
+        before, rest = card.split(CARD_FACTS_BEGIN, 1)
+        card = before + facts + rest.split(CARD_FACTS_END, 1)[1]
+    else:  # a hand-written card without the markers: the facts go on top, nothing is lost
+        card = facts + "\n\n" + card
+    path.write_text(card)
 
 
 def store_weights_fp16(model: onnx.ModelProto, min_size: int = 1024) -> onnx.ModelProto:

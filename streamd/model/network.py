@@ -90,20 +90,33 @@ class AnnealedMean(nn.Module):
     `log_correction` (Q,) is added to the logits first. Zero is the seed's decoding. Minus alpha times the
     log class-rebalancing weights divides the weights the loss multiplied in back out of the distribution
     (a rebalanced cross-entropy's optimum is w(q) p(q|x), renormalised), by the power alpha.
+
+    `shrink` k > 0 keeps colour where the network is sure of it and leaves the rest neutral: the mean m of
+    the (corrected) distribution at T = 1 and its spread V = E|ab - m|^2 give each pixel the gain
+    |m|^2 / (|m|^2 + k V), a Wiener-style shrinkage towards gray of colours the distribution does not single
+    out. Zero leaves the annealed mean as it is.
     """
 
     def __init__(self, net: nn.Module, bins: torch.Tensor, temperature: float,
-                 log_correction: torch.Tensor | None = None) -> None:
+                 log_correction: torch.Tensor | None = None, shrink: float = 0.0) -> None:
         super().__init__()
         self.net = net
+        self.shrink = shrink
         self.register_buffer("bins", bins.float())  # (Q, 2)
         self.register_buffer("temperature", torch.tensor([temperature], dtype=torch.float32))
         correction = torch.zeros(len(bins)) if log_correction is None else log_correction.float()
         self.register_buffer("log_correction", correction[:, None, None])  # (Q, 1, 1): broadcasts over pixels
 
     def forward(self, lightness: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax((self.net(lightness).float() + self.log_correction) / self.temperature, dim=1)
-        return torch.einsum("nqhw,qc->nchw", probs, self.bins)
+        logits = self.net(lightness).float() + self.log_correction
+        ab = torch.einsum("nqhw,qc->nchw", torch.softmax(logits / self.temperature, dim=1), self.bins)
+        if not self.shrink:
+            return ab
+        probs = torch.softmax(logits, dim=1)
+        mean = torch.einsum("nqhw,qc->nchw", probs, self.bins)
+        power = (mean ** 2).sum(1, keepdim=True)
+        spread = torch.einsum("nqhw,q->nhw", probs, (self.bins ** 2).sum(1))[:, None] - power
+        return ab * power / (power + self.shrink * spread.clamp_min(0.0) + 1e-6)
 
 
 class ECCV16(nn.Module):

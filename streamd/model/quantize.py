@@ -36,7 +36,9 @@ from streamd.offline import gray_frame
 
 log = logging.getLogger(__name__)
 
-DECODING_OPS = {"Cast", "Add", "Div", "Softmax", "Einsum"}  # what follows the classifier's logits
+# what follows the classifier's logits: the annealed mean, and the shrinkage towards gray where export adds it
+DECODING_OPS = {"Cast", "Add", "Div", "Softmax", "Einsum", "Mul", "Sub", "Pow", "ReduceSum", "Unsqueeze", "Clip",
+                "Constant"}
 
 
 def calibration_inputs(images: list[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:
