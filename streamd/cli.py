@@ -104,7 +104,7 @@ class Daemon:
         if self.http:
             self.http.start()
             self.http.phase = "running"
-            log.info("health and metrics on http://%s:%d/healthz and /metrics", *self.http.address[:2])
+            log.info("status page on http://%s:%d/ (health: /healthz, metrics: /metrics)", *self.http.address[:2])
         self.notifier.ready(summary(self.pipeline))
         last = time.monotonic()
         previous: dict[str, int] = {}
@@ -148,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     http = None
     if cfg.http.listen:
         host, _, port = cfg.http.listen.rpartition(":")
-        http = HealthServer(pipeline, pipeline.instruments.registry, host, int(port))
+        http = HealthServer(pipeline, pipeline.instruments.registry, host, int(port), cfg.http.token)
     daemon = Daemon(pipeline, args.config, args.report_every, http)
     daemon.install_signals()
     log.info("streamd running %d camera(s)%s", len(cfg.cameras),
@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--loop", action="store_true", help="play video files in a loop, as a camera")
     r.add_argument("--no-temporal", action="store_true", help="colorize each frame on its own (flickers)")
     r.add_argument("--model", default="", help="ONNX model (default: the shipped one)")
-    r.add_argument("--http", default="", metavar="HOST:PORT", help="serve /healthz and /metrics here")
+    r.add_argument("--http", default="", metavar="HOST:PORT", help="serve the status page, /healthz and /metrics here")
     r.add_argument("--report-every", type=float, default=5.0, help="seconds between status lines")
     r.set_defaults(func=cmd_run)
 
