@@ -6,6 +6,8 @@ Exit codes: 0 success; 1 the job failed (every camera failed, a file could not b
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import logging
 import signal
 import sys
@@ -196,6 +198,25 @@ def cmd_colorize(args: argparse.Namespace) -> int:
     return 0
 
 
+def needs_train_extra(*modules: str):
+    """For commands that need the `train` extra: without one of its `modules`, the command says in one line
+    what to install and exits with EXIT_USAGE, before it starts any work."""
+    def decorate(command):
+        @functools.wraps(command)
+        def checked(args: argparse.Namespace) -> int:
+            for module in modules:
+                try:
+                    importlib.import_module(module)
+                except ImportError:
+                    print(f"streamd {args.command}: needs {module}, which is not installed here: "
+                          "pip install 'streamd[train]'", file=sys.stderr)
+                    return EXIT_USAGE
+            return command(args)
+        return checked
+    return decorate
+
+
+@needs_train_extra("torch")
 def cmd_train(args: argparse.Namespace) -> int:
     from streamd.model.train import TrainConfig, train
 
@@ -210,6 +231,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@needs_train_extra("torch", "onnx")
 def cmd_export(args: argparse.Namespace) -> int:
     from streamd.model.export import export
 
@@ -220,6 +242,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+@needs_train_extra("onnx")
 def cmd_quantize(args: argparse.Namespace) -> int:
     from streamd.model.quantize import quantize
 
@@ -244,6 +267,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench.main(args)
 
 
+@needs_train_extra("torch", "onnx")
 def cmd_adapt(args: argparse.Namespace) -> int:
     from streamd import adapt
 
