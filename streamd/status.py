@@ -16,6 +16,7 @@ import json
 import re
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from importlib import resources
 from urllib.parse import parse_qs
@@ -28,6 +29,8 @@ from streamd.frame import Frame
 from streamd.source import redact
 
 JPEG_QUALITY = 80
+RATE_FRAMES = 1024  # the arrival times kept: a few seconds of a fast camera
+RATE_WINDOW_S = 5.0  # frame rates are measured over this long: a decoder catching up after a stall evens out
 # A card shows each picture a few hundred pixels wide; larger requests are the full frame
 MIN_WIDTH = 16
 _SNAPSHOT_PATH = re.compile(r"^/snapshot/(?P<name>[^/]+)\.jpg$")
@@ -42,28 +45,26 @@ _PAGE_HEADERS = {
 
 
 class Latest:
-    """A camera's newest input and output frame, as references: the frame path only assigns them (and
-    smooths the time between outputs, for the output frame rate)."""
+    """A camera's newest input and output frame, as references, and when the last few came: the frame path
+    only assigns and appends."""
 
-    __slots__ = ("input", "output", "output_at", "output_interval_s")
+    __slots__ = ("input", "output", "input_times", "output_times")
 
     def __init__(self) -> None:
         self.input: Frame | None = None
         self.output: Frame | None = None
-        self.output_at: float | None = None  # monotonic
-        self.output_interval_s = 0.0
+        self.input_times: deque[float] = deque(maxlen=RATE_FRAMES)  # monotonic
+        self.output_times: deque[float] = deque(maxlen=RATE_FRAMES)
 
     def keep_input(self, frame: Frame) -> None:
         """A shallow copy: colorizing a frame replaces its chroma planes (never writes into them), so the
         copy keeps the picture as the camera sent it."""
         self.input = copy.copy(frame)
+        self.input_times.append(frame.arrival)
 
     def keep_output(self, frame: Frame) -> Frame:
-        now = time.monotonic()
-        if self.output_at is not None:
-            gap = now - self.output_at
-            self.output_interval_s = gap if not self.output_interval_s else 0.9 * self.output_interval_s + 0.1 * gap
-        self.output, self.output_at = frame, now
+        self.output = frame
+        self.output_times.append(time.monotonic())
         return frame
 
 
@@ -144,11 +145,15 @@ def model_kind(pipeline, runtime) -> str:
     return "configured" if runtime.config.model else "adapted"
 
 
-def rate(last: float | None, interval_s: float, now: float) -> float:
-    """Frames per second from a smoothed interval, while frames come: a stream gone quiet is 0, not its old rate."""
-    if last is None or interval_s <= 0 or now - last > max(2.0, 3 * interval_s):
+def rate(times: deque[float], now: float) -> float:
+    """Frames per second over the recent frames; 0 for a stream that went quiet."""
+    recent = [t for t in list(times) if now - t <= RATE_WINDOW_S]
+    if len(recent) < 2 or recent[-1] <= recent[0]:
         return 0.0
-    return round(1.0 / interval_s, 1)
+    span = recent[-1] - recent[0]
+    if now - recent[-1] > max(2.0, 3 * span / (len(recent) - 1)):  # nothing for a few frame intervals
+        return 0.0
+    return round((len(recent) - 1) / span, 1)
 
 
 def camera_card(pipeline, name: str, runtime, now: float) -> dict:
@@ -165,8 +170,7 @@ def camera_card(pipeline, name: str, runtime, now: float) -> dict:
         "error": redact(stats.last_error) if stats.last_error else None,
         "daynight": None if daynight is None else ("day" if daynight else "night"),
         # in: what the camera delivers; out: what streamd publishes (less when it drops frames to keep up)
-        "fps": {"in": rate(runtime.last_arrival, runtime.interval_s, now),
-                "out": rate(latest.output_at, latest.output_interval_s, now)},
+        "fps": {"in": rate(latest.input_times, now), "out": rate(latest.output_times, now)},
         "latency_ms": {"p50": _percentile(latencies, 50), "p99": _percentile(latencies, 99)},
         "frames": stats.frames,
         "colorized": runtime.colorized,

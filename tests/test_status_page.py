@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+from collections import deque
 from pathlib import Path
 
 import cv2
@@ -22,7 +23,7 @@ import pytest
 from streamd import config as cfgmod
 from streamd.frame import Frame
 from streamd.source import SyntheticCamera
-from streamd.status import Snapshots
+from streamd.status import Snapshots, rate
 from tests.browser import Browser
 from tests.conftest import ROOT, free_port
 from tests.test_operations import start_streamd, stop_streamd
@@ -203,6 +204,15 @@ def test_a_frame_is_encoded_once_however_many_viewers_ask():
     assert cv2.imdecode(np.frombuffer(pictures[0], np.uint8), cv2.IMREAD_COLOR).shape == (120, 160, 3)
     snapshots.jpeg("gate", frames[1], False, 0)  # another size of the same frame is another picture
     assert snapshots.encodes == {"gate": 3}
+
+
+def test_frame_rates_come_from_the_recent_frames():
+    steady = deque(1000.0 + i / 25 for i in range(200))  # 25 fps for 8 s
+    assert rate(steady, now=steady[-1] + 0.01) == 25.0
+    bursts = deque(1000.0 + (i // 5) * 0.2 + (i % 5) * 0.001 for i in range(200))  # 5 at once, 5 times a second
+    assert 24.0 <= rate(bursts, now=bursts[-1] + 0.1) <= 26.0
+    assert rate(steady, now=steady[-1] + 3.0) == 0.0  # gone quiet
+    assert rate(deque([5.0]), now=5.1) == 0.0
 
 
 @pytest.mark.parametrize("http,key", [
