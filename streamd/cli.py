@@ -304,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--loop", action="store_true", help="play video files in a loop, as a camera")
     r.add_argument("--no-temporal", action="store_true", help="colorize each frame on its own (flickers)")
     r.add_argument("--model", default="", help="ONNX model (default: the shipped one)")
-    r.add_argument("--http", default="", metavar="HOST:PORT", help="serve the status page, /healthz and /metrics here")
+    r.add_argument("--http", default="", metavar="HOST:PORT", help="serve the status page, /healthz and /metrics here (off localhost: "
+                   "a config file with [http] token)")
     r.add_argument("--report-every", type=float, default=5.0, help="seconds between status lines")
     r.set_defaults(func=cmd_run)
 

@@ -31,8 +31,7 @@ from streamd.source import redact
 JPEG_QUALITY = 80
 RATE_FRAMES = 1024  # the arrival times kept: a few seconds of a fast camera
 RATE_WINDOW_S = 5.0  # frame rates are measured over this long: a decoder catching up after a stall evens out
-# A card shows each picture a few hundred pixels wide; larger requests are the full frame
-MIN_WIDTH = 16
+MIN_WIDTH = 16  # the narrowest picture ?width= may ask for
 _SNAPSHOT_PATH = re.compile(r"^/snapshot/(?P<name>[^/]+)\.jpg$")
 _STATIC = {"status.js": "text/javascript; charset=utf-8", "status.css": "text/css; charset=utf-8"}
 # The page loads only its own script, style and pictures (blob: URLs made from fetched snapshots)
