@@ -6,6 +6,8 @@ Exit codes: 0 success; 1 the job failed (every camera failed, a file could not b
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import logging
 import signal
 import sys
@@ -110,7 +112,7 @@ class Daemon:
         if self.http:
             self.http.start()
             self.http.phase = "running"
-            log.info("health and metrics on http://%s:%d/healthz and /metrics", *self.http.address[:2])
+            log.info("status page on http://%s:%d/ (health: /healthz, metrics: /metrics)", *self.http.address[:2])
         self.notifier.ready(summary(self.pipeline))
         last = time.monotonic()
         previous: dict[str, int] = {}
@@ -156,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     http = None
     if cfg.http.listen:
         host, _, port = cfg.http.listen.rpartition(":")
-        http = HealthServer(pipeline, pipeline.instruments.registry, host, int(port))
+        http = HealthServer(pipeline, pipeline.instruments.registry, host, int(port), cfg.http.token)
     daemon = Daemon(pipeline, args.config, args.report_every, http, notifier)
     daemon.install_signals()
     log.info("streamd running %d camera(s)%s", len(cfg.cameras),
@@ -223,6 +225,25 @@ def parse_folder_weight(spec: str, data: list[str]) -> tuple[str, float]:
     return folder, weight
 
 
+def needs_train_extra(*modules: str):
+    """For commands that need the `train` extra: without one of its `modules`, the command says in one line
+    what to install and exits with EXIT_USAGE, before it starts any work."""
+    def decorate(command):
+        @functools.wraps(command)
+        def checked(args: argparse.Namespace) -> int:
+            for module in modules:
+                try:
+                    importlib.import_module(module)
+                except ImportError:
+                    print(f"streamd {args.command}: needs {module}, which is not installed here: "
+                          "pip install 'streamd[train]'", file=sys.stderr)
+                    return EXIT_USAGE
+            return command(args)
+        return checked
+    return decorate
+
+
+@needs_train_extra("torch")
 def cmd_train(args: argparse.Namespace) -> int:
     from streamd.model.train import TrainConfig, train
 
@@ -244,6 +265,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@needs_train_extra("torch", "onnx")
 def cmd_export(args: argparse.Namespace) -> int:
     from streamd.model.export import export
 
@@ -254,6 +276,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+@needs_train_extra("onnx")
 def cmd_quantize(args: argparse.Namespace) -> int:
     from streamd.model.quantize import quantize
 
@@ -278,6 +301,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench.main(args)
 
 
+@needs_train_extra("torch", "onnx")
 def cmd_adapt(args: argparse.Namespace) -> int:
     from streamd import adapt
 
@@ -314,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--loop", action="store_true", help="play video files in a loop, as a camera")
     r.add_argument("--no-temporal", action="store_true", help="colorize each frame on its own (flickers)")
     r.add_argument("--model", default="", help="ONNX model (default: the shipped one)")
-    r.add_argument("--http", default="", metavar="HOST:PORT", help="serve /healthz and /metrics here")
+    r.add_argument("--http", default="", metavar="HOST:PORT", help="serve the status page, /healthz and /metrics here (off localhost: "
+                   "a config file with [http] token)")
     r.add_argument("--report-every", type=float, default=5.0, help="seconds between status lines")
     r.set_defaults(func=cmd_run)
 

@@ -5,6 +5,7 @@ Every error names the offending key (`camera[2].url`), so `streamd check` can po
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import re
 import tomllib
@@ -61,7 +62,10 @@ class ZmqConfig:
 
 @dataclass(frozen=True)
 class HttpConfig:
-    listen: str = ""  # "127.0.0.1:9090" serves /healthz and /metrics; "" = off
+    listen: str = ""  # "127.0.0.1:9090" serves the status page, /healthz and /metrics; "" = off
+    # Required when `listen` is not on localhost: every path but /healthz then wants it (the page shows the
+    # cameras' pictures, POST /adapt starts work), as "Authorization: Bearer TOKEN" or "?token=TOKEN"
+    token: str = ""
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,7 @@ class Config:
 
 _NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")  # a topic and a folder: not "." or ".."
 _ZMQ_ENDPOINT = re.compile(r"^(tcp|ipc|inproc)://\S+$")
+_TOKEN = re.compile(r"^[\x21-\x7e]{16,}$")  # printable ASCII, no spaces: it travels in a header and a URL
 _TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool}
 
 
@@ -158,6 +163,16 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+def is_local(host: str) -> bool:
+    """Whether a listener on `host` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # another name: it may resolve to anything
+        return False
+
+
 def validate(cfg: Config) -> Config:
     m = cfg.model
     _check(m.provider in ("auto", "tensorrt", "cuda", "cpu", "torch-cuda"), "model.provider",
@@ -184,6 +199,11 @@ def validate(cfg: Config) -> Config:
         host, _, port = cfg.http.listen.rpartition(":")
         _check(bool(host) and port.isdigit() and 0 <= int(port) < 65536, "http.listen", "must be HOST:PORT")
         _check(":" not in host, "http.listen", "the host must be an IPv4 address or a name (the server is IPv4 only)")
+        _check(bool(cfg.http.token) or is_local(host), "http.token",
+               f"required when http.listen is not on localhost ({host}): the status page shows the cameras' "
+               "pictures to whoever reaches it")
+    _check(not cfg.http.token or bool(_TOKEN.match(cfg.http.token)), "http.token",
+           "at least 16 printable ASCII characters, no spaces (e.g. the output of `openssl rand -hex 24`)")
     _check(cfg.daynight.to_night_s >= 0 and cfg.daynight.to_day_s >= 0, "daynight", "settle times must be >= 0")
     a = cfg.adapt
     _check(a.collect_every_s >= 0, "adapt.collect_every_s", "must be 0 or more")

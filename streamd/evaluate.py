@@ -593,8 +593,12 @@ def model_colorizers(args: argparse.Namespace) -> dict[str, Colorizer]:
     """The methods to score, by label: an ONNX model at each --temperature, or weights (.pt) decoded in
     PyTorch at each --decode T:ALPHA (streamd.model.decoding)."""
     if args.model is not None and args.model.suffix == ".pt":
-        from streamd.model.decoding import decodings
-        from streamd.model.train import load_weights
+        try:
+            from streamd.model.decoding import decodings
+            from streamd.model.train import load_weights
+        except ImportError as e:
+            raise ValueError(f"decoding weights needs {e.name}, which is not installed here: "
+                             "pip install 'streamd[train]'") from None
 
         info = dataclasses.replace(Colorizer().info, model_id=args.model.stem)  # the shipped input size
         return decodings(load_weights(args.model), info, args.decode or ["2:0.5"])

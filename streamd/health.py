@@ -1,20 +1,24 @@
-"""Health and metrics over HTTP: /healthz for supervisors, /metrics for Prometheus.
+"""Health and metrics over HTTP: /healthz for supervisors, /metrics for Prometheus, and the status page
+(streamd.status: /, /api/cameras, /snapshot/CAMERA.jpg).
 
 Values are read from the pipeline when scraped (a custom collector), so the frame path carries no
 metrics code except the latency histograms, which need every observation.
 """
 from __future__ import annotations
 
+import hmac
 import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from streamd.source import State
+from streamd.status import StatusPage
 
 LATENCY_BUCKETS = (0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 
@@ -114,38 +118,77 @@ def request_adaptation(pipeline, camera: str) -> tuple[int, dict]:
     return 202, {"camera": camera, "status": status, "last": pipeline.adaptation.state(camera)}
 
 
-class HealthServer:
-    """Serves /healthz and /metrics, and takes adaptation requests, on its own thread; `phase` is set by
-    the daemon's main loop."""
+def authorized(token: str, header: str | None, query: str) -> bool:
+    """Whether a request carries the listener's token ("Authorization: Bearer TOKEN" or ?token=TOKEN);
+    always, when the listener has none. Compared in constant time."""
+    if not token:
+        return True
+    given = header[len("Bearer "):].strip() if header and header.startswith("Bearer ") else ""
+    if not given:
+        given = parse_qs(query).get("token", [""])[-1]
+    return hmac.compare_digest(given.encode(), token.encode())
 
-    def __init__(self, pipeline, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 9090) -> None:
+
+def is_open(path: str) -> bool:
+    """Paths served without the token: /healthz for supervisors, and the page's own HTML, script and style,
+    which hold no data (the script asks for the data with the token)."""
+    return path in ("/healthz", "/") or path.startswith("/static/")
+
+
+class HealthServer:
+    """Serves /healthz, /metrics and the status page, and takes adaptation requests, on its own thread;
+    `phase` is set by the daemon's main loop. With a `token`, every other path wants it."""
+
+    def __init__(self, pipeline, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 9090,
+                 token: str = "") -> None:
         self.phase = "starting"
         registry.register(PipelineCollector(pipeline))
+        self.page = StatusPage(pipeline, lambda: self.phase)
+        registry.register(self.page.snapshots)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the http.server API
-                if self.path.split("?")[0] == "/metrics":
+                path, _, query = self.path.partition("?")
+                if not self._allowed(path, query):
+                    return
+                headers: dict[str, str] = {}
+                if path == "/metrics":
                     code, body, ctype = 200, generate_latest(registry), CONTENT_TYPE_LATEST
-                elif self.path.split("?")[0] == "/healthz":
+                elif path == "/healthz":
                     code, doc = health(server.pipeline, server.phase)
                     body, ctype = json.dumps(doc).encode(), "application/json"
+                elif (reply := server.page.get(path, query)) is not None:
+                    code, body, ctype, headers = reply.code, reply.body, reply.content_type, reply.headers
                 else:
-                    code, body, ctype = 404, b"not found: try /healthz or /metrics\n", "text/plain"
-                self._reply(code, body, ctype)
+                    code, body, ctype = 404, b"not found: try /, /healthz or /metrics\n", "text/plain"
+                self._reply(code, body, ctype, headers)
 
             def do_POST(self) -> None:  # noqa: N802 - the http.server API
-                parts = self.path.split("?")[0].strip("/").split("/")
+                path, _, query = self.path.partition("?")
+                if not self._allowed(path, query):
+                    return
+                parts = path.strip("/").split("/")
                 if len(parts) == 2 and parts[0] == "adapt":
                     code, doc = request_adaptation(server.pipeline, parts[1])
                     self._reply(code, json.dumps(doc).encode(), "application/json")
                 else:
                     self._reply(404, b"not found: POST /adapt/CAMERA\n", "text/plain")
 
-            def _reply(self, code: int, body: bytes, ctype: str) -> None:
+            def _allowed(self, path: str, query: str) -> bool:
+                """False (and a 401 sent) when the request lacks the token this listener wants."""
+                if is_open(path) or authorized(token, self.headers.get("Authorization"), query):
+                    return True
+                self._reply(401, b"this listener wants its token: Authorization: Bearer TOKEN, or ?token=TOKEN\n",
+                            "text/plain", {"WWW-Authenticate": 'Bearer realm="streamd"'})
+                return False
+
+            def _reply(self, code: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
 

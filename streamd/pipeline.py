@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +36,7 @@ from streamd.infer import Colorizer
 from streamd.schedule import AdaptationScheduler, adapted_model
 from streamd.sink import OutputTargets, OutputWorker, ZmqPublisher
 from streamd.source import Camera, SourceSettings, State
+from streamd.status import Latest
 from streamd.systemd import Keepalive, no_keepalive
 
 if TYPE_CHECKING:
@@ -158,6 +159,7 @@ class CameraRuntime:
     failed: int = 0  # frames lost because the camera's model failed on them (counted in `dropped`)
     interval_s: float = 0.04  # smoothed time between frames
     last_arrival: float | None = None
+    latest: Latest = field(default_factory=Latest)  # newest input and output, for the status page's pictures
 
     def state(self, now: float | None = None) -> str:
         """The camera's state as reported: its source's, except that a running camera which has delivered
@@ -303,11 +305,13 @@ class Pipeline:
         # Colour work happens in `prepare`, on the camera's output thread: full-resolution chroma is made in
         # parallel across cameras, and the temporal state and the store are touched by one thread only.
         planes = self.colour_stage or chroma_planes
-        outputs = OutputWorker(c.name, targets, prepare=lambda frame: finish(frame, temporal, store, planes),
+        latest = Latest()  # references only: pictures are encoded when someone asks (streamd.status)
+        outputs = OutputWorker(c.name, targets,
+                               prepare=lambda frame: latest.keep_output(finish(frame, temporal, store, planes)),
                                observe_latency=self.instruments.latency.labels(c.name).observe)
         runtime = CameraRuntime(c, None, DayNight(self.config.daynight.to_night_s, self.config.daynight.to_day_s),
                                 outputs, temporal, store, reuse_for(c),
-                                self.model_for(c))
+                                self.model_for(c), latest=latest)
         runtime.source = Camera(source_settings(c), lambda frame, r=runtime: self._on_frame(r, frame))
         self.cameras[c.name] = runtime
         self._update_batching()
@@ -417,6 +421,7 @@ class Pipeline:
         if runtime.last_arrival is not None:
             runtime.interval_s = 0.9 * runtime.interval_s + 0.1 * (frame.arrival - runtime.last_arrival)
         runtime.last_arrival = frame.arrival
+        runtime.latest.keep_input(frame)
         if runtime.daynight.update(frame, frame.arrival):
             runtime.passed_through += 1
             runtime.outputs.put(frame)
