@@ -120,7 +120,7 @@ class Browser:
             self.close()
             raise
 
-    def _devtools_port(self, timeout: float = 30.0) -> int:
+    def _devtools_port(self, timeout: float = 90.0) -> int:  # a first start on a busy machine is slow
         """Chromium writes the port it chose into the profile folder."""
         end = time.monotonic() + timeout
         active = self.profile / "DevToolsActivePort"
@@ -135,7 +135,7 @@ class Browser:
         raise TimeoutError("chromium did not start DevTools")
 
     @staticmethod
-    def _page_target(port: int, timeout: float = 10.0) -> dict:
+    def _page_target(port: int, timeout: float = 30.0) -> dict:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
