@@ -15,7 +15,9 @@ network alone, ours against ECCV16, one batch for each of 8, 32 and 64 1080p cam
 with that many cameras at 50 fps each (so that 32 cameras offer more than 1,000 frames/s), the full-resolution
 colour work batched on the GPU ([colour] device = "cuda"), and no outputs. `--device torch-cpu` is the same
 run on the CPU with 1 and 2 cameras at 360p and colour on the CPU: small enough for the test suite, which is
-how the GPU path is tested without a GPU.
+how the GPU path is tested without a GPU. `--processes P --cameras C` runs only that pipeline, as P processes
+of C cameras each started together (streamd.bench_processes); `--frame-cost WxH` only the CPU time of each
+per-frame step of one camera (streamd.bench_frame_cost).
 
 Every number is the median over `--repeats` runs. The inputs are gray H.264 clips made here from the
 synthetic camera (real photos, panned and zoomed), so no file has to be shipped or downloaded.
@@ -76,7 +78,7 @@ NETWORK_ROUNDS = 7  # at least, in full mode: the network comparison is cheap, a
 PER_CAMERA_MODEL_CAMERAS = (4, 8)
 # The PyTorch runs: the network alone, one batch per camera count (`iterations` timed calls each), then the
 # paced Pipeline with that many cameras, every camera the same clip (`clip_s` long) played once. The GPU run
-# is sized for a 15-minute machine loan (about a minute of measuring); torch-cpu for the test suite.
+# takes about a minute of measuring; torch-cpu is sized for the test suite.
 TORCH_PLANS = {
     "cuda": {"device": "cuda", "camera_size": (1920, 1080), "cameras": (8, 32, 64), "camera_fps": 50.0,
              "colour_device": "cuda", "iterations": 20, "clip_s": 6.0},
@@ -626,7 +628,7 @@ def measure_torch(plan: dict, result: dict, work: Path, hwaccel: str = "", proce
         result["ort_network"] = {"error": f"{type(e).__name__}: {e}"}
     try:
         result["torch_pipeline"] = torch_pipeline_section(colorizer, plan, work, hwaccel)
-    except Exception as e:  # a GPU loan allows one run: keep the network's numbers, report the failure
+    except Exception as e:  # a failed pipeline must not cost the network's numbers: report it beside them
         log.exception("the pipeline section failed")
         result["torch_pipeline"] = {"error": f"{type(e).__name__}: {e}"}
     result["peak_rss_mib"] = peak_rss_mib()
