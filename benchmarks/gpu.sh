@@ -2,7 +2,7 @@
 # The GPU measurements of BENCHMARKS.md ("GPU"), one `streamd bench` command each, on a host with an NVIDIA
 # GPU and the `train` extra (torch) installed. Each step has its own time limit, so one failing still
 # leaves the others' results in $OUT (default out/): gpu.json and .txt, processes-4.json, processes-8.json,
-# nvdec.json, frame-cost.json, each with its .txt. About 6 minutes on an H200 with 16 cores.
+# nvdec.json, frame-cost.json, each with its .txt; 12 minutes at most, all limits together.
 #
 #   OUT=out bash benchmarks/gpu.sh
 #   OUT=out DEVICE=torch-cpu bash benchmarks/gpu.sh   # the same steps on a CPU, small: tries the script out
@@ -39,9 +39,9 @@ if [ "$DEVICE" = cuda ]; then
 else
     four=(--processes 2 --cameras 1); eight=(--processes 2 --cameras 1); nvdec=(--cameras 1); small=(--short)
 fi
-bench gpu 300 --device "$DEVICE"                                  # the network alone; one process of 8, 32, 64 cameras
-bench processes-4 150 --device "$DEVICE" "${four[@]}"             # 4 processes of 8 cameras
-bench processes-8 240 --device "$DEVICE" "${eight[@]}"            # 8 processes of 4, then of 8 cameras
-bench nvdec 200 --device "$DEVICE" --hwaccel cuda "${nvdec[@]}"   # the cameras decoded on NVDEC
-bench frame-cost 60 --frame-cost 1920x1080 "${small[@]}"          # the host CPU's work per 1080p frame
+bench gpu 240 --device "$DEVICE"                                  # the network alone; one process of 8, 32, 64 cameras
+bench processes-4 120 --device "$DEVICE" "${four[@]}"             # 4 processes of 8 cameras
+bench processes-8 180 --device "$DEVICE" "${eight[@]}"            # 8 processes of 4, then of 8 cameras
+bench nvdec 150 --device "$DEVICE" --hwaccel cuda "${nvdec[@]}"   # the cameras decoded on NVDEC
+bench frame-cost 45 --frame-cost 1920x1080 "${small[@]}"          # the host CPU's work per 1080p frame
 exit $status
