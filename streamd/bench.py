@@ -15,7 +15,9 @@ network alone, ours against ECCV16, one batch for each of 8, 32 and 64 1080p cam
 with that many cameras at 50 fps each (so that 32 cameras offer more than 1,000 frames/s), the full-resolution
 colour work batched on the GPU ([colour] device = "cuda"), and no outputs. `--device torch-cpu` is the same
 run on the CPU with 1 and 2 cameras at 360p and colour on the CPU: small enough for the test suite, which is
-how the GPU path is tested without a GPU.
+how the GPU path is tested without a GPU. `--processes P --cameras C` runs only that pipeline, as P processes
+of C cameras each started together (streamd.bench_processes); `--frame-cost WxH` only the CPU time of each
+per-frame step of one camera (streamd.bench_frame_cost).
 
 Every number is the median over `--repeats` runs. The inputs are gray H.264 clips made here from the
 synthetic camera (real photos, panned and zoomed), so no file has to be shipped or downloaded.
@@ -76,7 +78,7 @@ NETWORK_ROUNDS = 7  # at least, in full mode: the network comparison is cheap, a
 PER_CAMERA_MODEL_CAMERAS = (4, 8)
 # The PyTorch runs: the network alone, one batch per camera count (`iterations` timed calls each), then the
 # paced Pipeline with that many cameras, every camera the same clip (`clip_s` long) played once. The GPU run
-# is sized for a 15-minute machine loan (about a minute of measuring); torch-cpu for the test suite.
+# takes about a minute of measuring; torch-cpu is sized for the test suite.
 TORCH_PLANS = {
     "cuda": {"device": "cuda", "camera_size": (1920, 1080), "cameras": (8, 32, 64), "camera_fps": 50.0,
              "colour_device": "cuda", "iterations": 20, "clip_s": 6.0},
@@ -84,6 +86,7 @@ TORCH_PLANS = {
                   "colour_device": "cpu", "iterations": 2, "clip_s": 2.0},
 }
 NETWORK_INPUT = (192, 320)  # the production input size, (height, width)
+FRAME_COST_FRAMES, FRAME_COST_FRAMES_SHORT = 100, 25  # --frame-cost: frames of the clip timed
 KEEPS_UP = 0.95  # of the camera's frame rate delivered: the pipeline keeps up, nothing limits it
 SATURATED = 0.8  # of the inference thread's time, or of the usable cores: that stage is the limit
 EXIT_FAILED = 1  # a section failed; the others' results are reported
@@ -451,6 +454,17 @@ def video_sections(colorizer: Colorizer, plan: dict, repeats: int, work: Path, s
 
 
 # -- the PyTorch benchmark (--device cuda, torch-cpu) ------------------------------------------------------
+def check_torch_device(device: str) -> None:
+    """BenchUnavailable unless torch is importable and, for CUDA, has a device: before starting processes
+    that would each find out on their own."""
+    try:
+        import torch
+    except ImportError as e:
+        raise BenchUnavailable(f"--device {device}: {e.name} is not importable (pip install '.[train]')") from e
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BenchUnavailable("--device cuda: CUDA is not available here (torch.cuda.is_available() is False)")
+
+
 def torch_colorizer(device: str) -> TorchColorizer:
     """The shipped model's training weights through PyTorch on `device`, or BenchUnavailable saying why not."""
     try:
@@ -559,7 +573,7 @@ def limiting_stage(row: dict, usable_cores: int) -> str:
     return "neither saturated (threads)"
 
 
-def torch_pipeline_section(colorizer: TorchColorizer, plan: dict, work: Path) -> dict:
+def torch_pipeline_section(colorizer: TorchColorizer, plan: dict, work: Path, hwaccel: str = "") -> dict:
     """The real Pipeline on the PyTorch backend with each camera count of the plan, cameras at the plan's rate,
     one batch holding up to a frame of every camera, no outputs: delivered fps, latency, and each stage's
     share of the time, to say which one limits."""
@@ -574,7 +588,7 @@ def torch_pipeline_section(colorizer: TorchColorizer, plan: dict, work: Path) ->
     rows = []
     for cameras in plan["cameras"]:
         run = run_paced(clip, cameras, colorizer, work, encode=False, batch_max=cameras, fps=fps,
-                        colour_device=plan["colour_device"])
+                        colour_device=plan["colour_device"], hwaccel=hwaccel)
         row = {"resolution": resolution, "cameras": cameras, "camera_fps": fps, "batch_max": cameras,
                "total_fps": run["delivered_fps_per_camera"] * cameras, **run,
                "decode_cores": decode_ms * cameras * fps / 1000.0}
@@ -583,17 +597,29 @@ def torch_pipeline_section(colorizer: TorchColorizer, plan: dict, work: Path) ->
         print(f"pipeline {resolution} x{cameras}: {row['total_fps']:.1f} fps ({row['delivered_fps_per_camera']:.1f}"
               f"/camera), p99 {row['latency_p99_ms']:.0f} ms, limit: {row['limit']}", flush=True)
     return {"outputs": "none: frames are finished (colour recombination) and counted as published, not encoded",
-            "colour_device": plan["colour_device"],
+            "colour_device": plan["colour_device"], "hwaccel": hwaccel,
             "decode_cpu_ms_per_frame": decode_ms, "usable_cores": usable, "rows": rows}
 
 
-def measure_torch(plan: dict, result: dict, work: Path) -> dict:
+def measure_torch(plan: dict, result: dict, work: Path, hwaccel: str = "", processes: int = 1) -> dict:
+    if processes > 1:  # the cameras over several processes: the parent loads no model of its own
+        from streamd import bench_processes
+
+        check_torch_device(plan["device"])
+        result["machine"] = machine_info(f"torch-{plan['device']}")
+        result["settings"] = {"device": plan["device"], "camera_size": "x".join(map(str, plan["camera_size"])),
+                              "cameras": list(plan["cameras"]), "camera_fps": plan["camera_fps"],
+                              "clip_seconds": plan["clip_s"], "processes": processes, "hwaccel": hwaccel}
+        result["torch_processes"] = bench_processes.processes_section(plan, processes, work, hwaccel)
+        result["peak_rss_mib"] = peak_rss_mib()
+        return result
     colorizer = torch_colorizer(plan["device"])
     result["machine"] = machine_info(colorizer.provider)
     result["settings"] = {"device": plan["device"], "camera_size": "x".join(map(str, plan["camera_size"])),
                           "cameras": list(plan["cameras"]), "camera_fps": plan["camera_fps"], "clip_seconds": plan["clip_s"],
                           "model": colorizer.info.model_id, "precision": colorizer.precision,
-                          "network_input": f"{colorizer.info.input_width}x{colorizer.info.input_height}"}
+                          "network_input": f"{colorizer.info.input_width}x{colorizer.info.input_height}",
+                          "hwaccel": hwaccel}
     result["torch_network"] = torch_network_section(colorizer, plan)
     try:
         result["ort_network"] = ort_network_section(plan, work, colorizer.info.temperature)
@@ -601,8 +627,8 @@ def measure_torch(plan: dict, result: dict, work: Path) -> dict:
         log.exception("the ONNX Runtime section failed")
         result["ort_network"] = {"error": f"{type(e).__name__}: {e}"}
     try:
-        result["torch_pipeline"] = torch_pipeline_section(colorizer, plan, work)
-    except Exception as e:  # a GPU loan allows one run: keep the network's numbers, report the failure
+        result["torch_pipeline"] = torch_pipeline_section(colorizer, plan, work, hwaccel)
+    except Exception as e:  # a failed pipeline must not cost the network's numbers: report it beside them
         log.exception("the pipeline section failed")
         result["torch_pipeline"] = {"error": f"{type(e).__name__}: {e}"}
     result["peak_rss_mib"] = peak_rss_mib()
@@ -706,6 +732,14 @@ def report(result: dict) -> str:
                              [[r["provider"], r["batch"], r["ours"]["ms_per_batch"], r["ours"]["fps"],
                                r["eccv16"]["ms_per_batch"], r["eccv16"]["fps"], r["ratio_fps_ours_over_eccv16"]]
                               for r in ort_net["rows"]]))
+    if "torch_processes" in result:
+        from streamd import bench_processes
+
+        parts.append(bench_processes.report(result["torch_processes"], size, result["settings"]["camera_fps"]))
+    if "frame_cost" in result:
+        from streamd import bench_frame_cost
+
+        parts.append(bench_frame_cost.report(result["frame_cost"]))
     if "error" in result.get("torch_pipeline", {}):
         parts.append(f"the real pipeline: FAILED, {result['torch_pipeline']['error']}")
     elif "torch_pipeline" in result:
@@ -727,6 +761,10 @@ def report(result: dict) -> str:
 def command_line(args: argparse.Namespace) -> str:
     """The command that repeats this run (the process's own argv may be a test runner's)."""
     words = ["streamd", "bench", "--device", args.device]
+    words += ["--frame-cost", args.frame_cost] if args.frame_cost else []
+    words += ["--cameras", *map(str, args.cameras)] if args.cameras else []
+    words += ["--processes", str(args.processes)] if args.processes > 1 else []
+    words += ["--hwaccel", args.hwaccel] if args.hwaccel else []
     words += ["--short"] if args.short else []
     words += ["--repeats", str(args.repeats)] if args.repeats else []
     words += ["--json", str(args.json)] if args.json else []
@@ -735,8 +773,20 @@ def command_line(args: argparse.Namespace) -> str:
 
 def measure(args: argparse.Namespace, work: Path) -> dict:
     result = {"command": command_line(args), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    if args.frame_cost:
+        from streamd.bench_frame_cost import frame_cost
+
+        size = resolution(args.frame_cost)
+        clip = work / "frame-cost.mp4"
+        make_clip(clip, size, (FRAME_COST_FRAMES_SHORT if args.short else FRAME_COST_FRAMES) / CLIP_FPS)
+        result["machine"] = machine_info(None)
+        result["frame_cost"] = {"resolution": f"{size[0]}x{size[1]}", **frame_cost(clip)}
+        return result
     if args.device in TORCH_PLANS:
-        return measure_torch(TORCH_PLANS[args.device], result, work)
+        plan = TORCH_PLANS[args.device]
+        if args.cameras:
+            plan = {**plan, "cameras": tuple(args.cameras)}
+        return measure_torch(plan, result, work, args.hwaccel, args.processes)
     plan = SHORT if args.short else FULL
     repeats = args.repeats or plan["repeats"]
     colorizer = Colorizer(int8="auto")  # what the daemon runs by default
@@ -757,9 +807,41 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
     return result
 
 
-def main(args: argparse.Namespace) -> int:
+def resolution(text: str) -> tuple[int, int]:
+    """"WIDTHxHEIGHT" -> (width, height), even and positive (H.264 4:2:0 needs even sides)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not WIDTHxHEIGHT, e.g. 1920x1080") from None
+    if width < 2 or height < 2 or width % 2 or height % 2:
+        raise ValueError(f"{text!r}: width and height must be even and at least 2")
+    return width, height
+
+
+def usage_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options, or None."""
     if args.repeats < 0:
-        print("streamd bench: --repeats must be 1 or more (0 = the mode's default)", file=sys.stderr)
+        return "--repeats must be 1 or more (0 = the mode's default)"
+    torch_only = [name for name, value in (("--cameras", args.cameras), ("--processes", args.processes > 1),
+                                           ("--hwaccel", args.hwaccel)) if value]
+    if torch_only and args.device not in TORCH_PLANS:
+        return f"{', '.join(torch_only)}: only with --device {' or '.join(TORCH_PLANS)}"
+    if args.processes < 1 or any(c < 1 for c in args.cameras or []):
+        return "--processes and --cameras must be 1 or more"
+    if args.frame_cost:
+        if args.device != "cpu":
+            return "--frame-cost times the CPU's steps: leave --device at cpu"
+        try:
+            resolution(args.frame_cost)
+        except ValueError as e:
+            return f"--frame-cost {e}"
+    return None
+
+
+def main(args: argparse.Namespace) -> int:
+    problem = usage_error(args)
+    if problem:
+        print(f"streamd bench: {problem}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     quiet = logging.getLogger("streamd")
     level = quiet.level
@@ -777,8 +859,16 @@ def main(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     m = result["machine"]
-    engine = f"PyTorch {result['torch_network']['torch']} on {result['torch_network']['device']}" \
-        if "torch_network" in result else f"onnxruntime {m['onnxruntime']} on {m['provider']}"
+    if "torch_network" in result:
+        engine = f"PyTorch {result['torch_network']['torch']} on {result['torch_network']['device']}"
+    elif "torch_processes" in result:
+        engine = f"PyTorch on {m['provider']} in {result['torch_processes']['processes']} processes"
+    elif "frame_cost" in result:
+        engine = "the per-frame steps, no network"
+    else:
+        engine = f"onnxruntime {m['onnxruntime']} on {m['provider']}"
     print(f"\nstreamd bench, {result['date']}: {m['cpu']}, {m['cores']} cores, {engine}\n")
     print(report(result))
-    return EXIT_FAILED if "error" in result.get("torch_pipeline", {}) else 0
+    failed = "error" in result.get("torch_pipeline", {}) or any(
+        row["failed"] for row in result.get("torch_processes", {}).get("rows", []))
+    return EXIT_FAILED if failed else 0

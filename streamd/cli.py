@@ -453,6 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cuda: through PyTorch CUDA, the network alone and the pipeline with 8, 32 and 64 1080p "
                         "cameras (needs models/streamd-base.pt); torch-cpu: the same on the CPU, small")
     b.add_argument("--repeats", type=int, default=0, help="runs per measurement, medians reported (0: 3, --short 2)")
+    b.add_argument("--cameras", type=int, nargs="+", help="cuda, torch-cpu: the pipeline's camera counts (default "
+                   "8 32 64, torch-cpu 1 2); with --processes, cameras per process")
+    b.add_argument("--processes", type=int, default=1, help="cuda, torch-cpu: only the pipeline, as this many "
+                   "processes of --cameras each, started together (as several instances of the unit run them)")
+    b.add_argument("--hwaccel", default="", choices=["", "cuda"], help="cuda, torch-cpu: the cameras decode on "
+                   "NVDEC (falling back to the CPU where it does not open)")
+    b.add_argument("--frame-cost", metavar="WxH", help="only the CPU time of each per-frame step of one camera "
+                   "of this size, the network replaced by a fixed prediction (--short: 25 frames, else 100)")
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -92,8 +92,8 @@ class Colorizer:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
-        # Spinning pool threads fight the decode, colour and encode threads for the cores: measured on the
-        # 2-core machine, the network alone ran in 27 ms instead of 42 ms per 320x192 frame without it.
+        # Spinning pool threads fight the decode, colour and encode threads for the cores: on a small host
+        # the network itself ran faster with them asleep, and one camera kept up only then (BENCHMARKS.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._override = None
         disabled_optimizers: list[str] = []

@@ -1,5 +1,5 @@
 """Inference through PyTorch: the network's training weights, for hosts where ONNX Runtime has no GPU
-provider (a CUDA host without onnxruntime-gpu or TensorRT, such as the lent benchmark machine).
+provider (a CUDA host without onnxruntime-gpu or TensorRT).
 
 Same interface as streamd.infer.Colorizer (`info`, `provider`, `path`, L batch in, ab batch out), so the
 Pipeline runs it unchanged. Needs the `train` extra (torch); nothing imports this module unless it is used.

@@ -90,8 +90,8 @@ class ZmqPublisher:
 @functools.cache
 def _h264_codec() -> tuple[str, dict]:
     """NVENC where it opens, else libx264 tuned for latency. Opening is the test: an FFmpeg with NVENC
-    compiled in, on a host with an NVIDIA GPU, can still lack the driver's encode library (the lent GPU
-    machines do). Asked once per process: the answer is a fact about the host."""
+    compiled in, on a host with an NVIDIA GPU, can still lack the driver's encode library (a driver
+    installed without its video libraries). Asked once per process: the answer is a fact about the host."""
     if os.path.exists("/dev/nvidia0"):
         try:
             probe = av.CodecContext.create("h264_nvenc", "w")

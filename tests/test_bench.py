@@ -157,6 +157,58 @@ def test_torch_cpu_bench_runs_network_and_pipeline(tmp_path, capsys, one_torch_t
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="the PyTorch backend needs torch (the train extra)")
+def test_processes_wait_for_each_other_and_account_for_every_frame(tmp_path, capsys, monkeypatch):
+    """--processes: each process loads and warms up on its own, none starts its cameras before all are ready,
+    and every frame of every process's cameras is published or counted as dropped. hwaccel = "cuda" where no
+    CUDA device opens falls back to the CPU decoder, so the cameras still run."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the spawned processes' torch: see one_torch_thread
+    out = tmp_path / "p.json"
+    assert main(["bench", "--device", "torch-cpu", "--processes", "2", "--cameras", "1", "--hwaccel", "cuda",
+                 "--json", str(out)]) == 0
+    result = strict_json(out)
+    assert result["command"] == f"streamd bench --device torch-cpu --cameras 1 --processes 2 --hwaccel cuda --json {out}"
+    assert "torch_network" not in result  # the parent loads no model: only the pipeline is measured
+    [row] = result["torch_processes"]["rows"]
+    assert (row["processes"], row["cameras_per_process"], row["failed"]) == (2, 1, [])
+    runs = row["per_process"]
+    assert sorted(r["process"] for r in runs) == [0, 1]
+    assert min(r["started"] for r in runs) >= max(r["ready"] for r in runs)  # nobody started before all were ready
+    for r in runs:
+        assert r["sent"] == CLIP_FRAMES and r["published"] > 0
+        assert r["published"] + r["dropped"] == r["sent"]
+    assert "the real pipeline over 2 processes" in capsys.readouterr().out
+
+
+def test_frame_cost_runs_every_frame_through_the_daemons_steps(tmp_path, capsys):
+    """--frame-cost: every frame of a moving clip through each step, the network (a fixed stand-in) deciding
+    as the daemon's default camera does: run on the first frame, then carried for at most carry_frames."""
+    from streamd.bench_frame_cost import STEPS
+    from streamd.config import CameraConfig
+
+    out = tmp_path / "f.json"
+    assert main(["bench", "--frame-cost", "640x360", "--short", "--json", str(out)]) == 0
+    cost = strict_json(out)["frame_cost"]
+    assert cost["resolution"] == "640x360" and cost["frames"] == 25
+    assert list(cost["cpu_ms_per_frame"]) == list(STEPS) and all(map(positive, cost["cpu_ms_per_frame"].values()))
+    cycle = CameraConfig("bench", "").carry_frames + 1
+    assert cost["reused"] == 0 and cost["carried"] > 0  # the clip pans: carried along the flow, never still
+    assert cost["network_runs"] + cost["carried"] == cost["frames"]
+    assert cost["network_runs"] >= math.ceil(cost["frames"] / cycle)
+    assert "chroma planes" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["--frame-cost", "641x360"], "must be even"),
+    (["--frame-cost", "wide"], "not WIDTHxHEIGHT"),
+    (["--cameras", "4"], "only with --device"),
+    (["--device", "torch-cpu", "--processes", "0"], "1 or more"),
+])
+def test_bad_bench_options_exit_2_naming_the_option(argv, problem, capsys):
+    assert main(["bench", *argv]) == 2
+    assert problem in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="the PyTorch backend needs torch (the train extra)")
 def test_torch_backend_computes_what_the_onnx_model_computes(one_torch_thread):
     """The GPU numbers are only streamd's if the PyTorch backend is the shipped model: same weights, same
     decoding, same temperature (fp32 on the CPU, so any difference is the runtimes' rounding)."""
