@@ -107,7 +107,11 @@ def colorfulness(rgb: np.ndarray) -> float:
 
 def ab_error(out_rgb: np.ndarray, truth_rgb: np.ndarray) -> np.ndarray:
     """Per-pixel Euclidean distance in Lab ab between two RGB images (H, W)."""
-    diff = rgb_to_lab(out_rgb)[..., 1:] - rgb_to_lab(truth_rgb)[..., 1:]
+    return ab_distance(rgb_to_lab(out_rgb), rgb_to_lab(truth_rgb))
+
+
+def ab_distance(out_lab: np.ndarray, truth_lab: np.ndarray) -> np.ndarray:
+    diff = out_lab[..., 1:] - truth_lab[..., 1:]
     return np.hypot(diff[..., 0], diff[..., 1])
 
 
@@ -115,13 +119,21 @@ def colour_cast(out_rgb: np.ndarray, truth_rgb: np.ndarray) -> float:
     """The distance in Lab ab between the mean colour of the output and that of the truth. A tint over the
     whole frame (a road painted orange) shows here even where the local errors are small; the gray
     baseline's cast is the truth's own mean chroma."""
-    diff = rgb_to_lab(out_rgb)[..., 1:].reshape(-1, 2).mean(0) - rgb_to_lab(truth_rgb)[..., 1:].reshape(-1, 2).mean(0)
+    return cast_between(rgb_to_lab(out_rgb), rgb_to_lab(truth_rgb))
+
+
+def cast_between(out_lab: np.ndarray, truth_lab: np.ndarray) -> float:
+    diff = out_lab[..., 1:].reshape(-1, 2).mean(0) - truth_lab[..., 1:].reshape(-1, 2).mean(0)
     return float(np.hypot(*diff))
 
 
 def ab_cells(rgb: np.ndarray) -> np.ndarray:
     """Index of each pixel's ab cell on the 10-unit grid (cell = round(ab / 10)), in 0..CELL_SIDE^2 - 1."""
-    cell = np.clip(np.round(rgb_to_lab(rgb)[..., 1:] / AB_GRID), -CELL_HALF, CELL_HALF).astype(np.int64) + CELL_HALF
+    return cells_of(rgb_to_lab(rgb))
+
+
+def cells_of(lab: np.ndarray) -> np.ndarray:
+    cell = np.clip(np.round(lab[..., 1:] / AB_GRID), -CELL_HALF, CELL_HALF).astype(np.int64) + CELL_HALF
     return cell[..., 0] * CELL_SIDE + cell[..., 1]
 
 
@@ -131,8 +143,12 @@ def ab_histogram(out_rgb: np.ndarray, truth_rgb: np.ndarray) -> np.ndarray:
     A pixel is within threshold t iff ceil(error) <= t; the last column holds errors above AUC_MAX.
     Histograms of several images add up to that of the set, which is what `auc` needs.
     """
-    k = np.minimum(np.ceil(ab_error(out_rgb, truth_rgb)), AUC_MAX + 1).astype(np.int64)
-    flat = ab_cells(truth_rgb) * (AUC_MAX + 2) + k
+    return histogram_of(rgb_to_lab(out_rgb), rgb_to_lab(truth_rgb))
+
+
+def histogram_of(out_lab: np.ndarray, truth_lab: np.ndarray) -> np.ndarray:
+    k = np.minimum(np.ceil(ab_distance(out_lab, truth_lab)), AUC_MAX + 1).astype(np.int64)
+    flat = cells_of(truth_lab) * (AUC_MAX + 2) + k
     return np.bincount(flat.ravel(), minlength=CELL_SIDE ** 2 * (AUC_MAX + 2)).reshape(CELL_SIDE ** 2, AUC_MAX + 2)
 
 
@@ -155,8 +171,11 @@ def auc(hist: np.ndarray, rebalanced: bool = False) -> float:
 
 def ciede2000(out_rgb: np.ndarray, truth_rgb: np.ndarray, step: int = CIEDE_STEP) -> float:
     """Mean CIEDE2000 colour difference over every `step`-th pixel in each direction."""
-    a, b = out_rgb[::step, ::step], truth_rgb[::step, ::step]
-    return float(np.mean(deltaE_ciede2000(rgb_to_lab(a), rgb_to_lab(b))))
+    return ciede2000_of(rgb_to_lab(out_rgb[::step, ::step]), rgb_to_lab(truth_rgb[::step, ::step]), 1)
+
+
+def ciede2000_of(out_lab: np.ndarray, truth_lab: np.ndarray, step: int = CIEDE_STEP) -> float:
+    return float(np.mean(deltaE_ciede2000(out_lab[::step, ::step], truth_lab[::step, ::step])))
 
 
 def cdc(frames: list[np.ndarray], gaps: tuple[int, ...] = CDC_GAPS) -> float:
@@ -236,13 +255,16 @@ class Scores:
                                                "cast": []}
         self.hist = np.zeros((CELL_SIDE ** 2, AUC_MAX + 2), dtype=np.int64)
 
-    def add(self, out_rgb: np.ndarray, truth_rgb: np.ndarray) -> None:
+    def add(self, out_rgb: np.ndarray, truth_rgb: np.ndarray, truth_lab: np.ndarray | None = None) -> None:
+        """`truth_lab`: rgb_to_lab(truth_rgb), when the caller has it (several methods share one truth)."""
+        out_lab = rgb_to_lab(out_rgb)
+        truth_lab = rgb_to_lab(truth_rgb) if truth_lab is None else truth_lab
         self.values["psnr"].append(min(psnr(out_rgb, truth_rgb), PSNR_CAP))
         self.values["ssim"].append(ssim(out_rgb, truth_rgb))
         self.values["colorfulness"].append(colorfulness(out_rgb))
-        self.values["ciede2000"].append(ciede2000(out_rgb, truth_rgb))
-        self.values["cast"].append(colour_cast(out_rgb, truth_rgb))
-        self.hist += ab_histogram(out_rgb, truth_rgb)
+        self.values["ciede2000"].append(ciede2000_of(out_lab, truth_lab))
+        self.values["cast"].append(cast_between(out_lab, truth_lab))
+        self.hist += histogram_of(out_lab, truth_lab)
 
     def extend(self, other: Scores) -> None:
         for key, values in other.values.items():
@@ -267,8 +289,9 @@ class Evaluation:
     def add(self, truth_rgb: np.ndarray, outputs: dict[str, np.ndarray]) -> None:
         """`outputs`: RGB output per method label (gray included)."""
         self.truth_colorfulness.append(colorfulness(truth_rgb))
+        truth_lab = rgb_to_lab(truth_rgb)
         for label, out in outputs.items():
-            self.scores[label].add(out, truth_rgb)
+            self.scores[label].add(out, truth_rgb, truth_lab)
 
     def extend(self, other: Evaluation) -> None:
         self.truth_colorfulness += other.truth_colorfulness
