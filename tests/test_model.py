@@ -119,11 +119,11 @@ def test_train_export_eval_from_the_command_line(tmp_path):
     card = model.with_suffix(".md").read_text()
     assert "6 steps" in card and "max abs ab difference" in card
     report = tmp_path / "eval.json"
-    assert main(["eval", "--images", str(images), "--model", str(model), "--json", str(report),
-                 "--sheet", str(tmp_path / "sheet.png")]) == 0
+    assert main(["eval", str(images), "--model", str(model), "--json", str(report),
+                 "--sheets", str(tmp_path / "sheets")]) == 0
     scores = json.loads(report.read_text())
-    assert scores["images"]["count"] == 4 and "gray" in scores["images"]["rows"]
-    assert (tmp_path / "sheet.png").exists()
+    assert scores["subsets"]["images"]["count"] == 4 and "gray" in scores["subsets"]["images"]["rows"]
+    assert (tmp_path / "sheets" / "images.jpg").exists()
 
 
 def test_training_is_reproducible(tmp_path):
