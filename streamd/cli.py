@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from streamd import config as cfgmod
+from streamd import fleet
 from streamd.source import State, redact
 
 log = logging.getLogger("streamd")
@@ -124,7 +126,7 @@ class Daemon:
                         print(line, flush=True)
                     self.notifier.status(summary(self.pipeline))
                     last = now
-                if self.pipeline.finished():
+                if self.pipeline.cameras and self.pipeline.finished():  # a shard may have none, and wait
                     time.sleep(0.3)  # let the outputs publish what is in flight
                     break
         finally:
@@ -144,14 +146,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("streamd run: give either -c CONFIG or --source URL", file=sys.stderr)
         return EXIT_USAGE
     cfg = cfgmod.load(args.config) if args.config else quick_config(args)
-    pipeline = Pipeline(cfg)
+    try:
+        shard = fleet.resolve(args.shard or cfg.fleet.shard, os.environ)
+    except ValueError as e:
+        raise cfgmod.ConfigError(f"{'--shard' if args.shard else 'fleet.shard'}: {e}") from e
+    pipeline = Pipeline(cfg, shard=shard)
     http = None
     if cfg.http.listen:
         host, _, port = cfg.http.listen.rpartition(":")
         http = HealthServer(pipeline, pipeline.instruments.registry, host, int(port))
     daemon = Daemon(pipeline, args.config, args.report_every, http)
     daemon.install_signals()
-    log.info("streamd running %d camera(s)%s", len(cfg.cameras),
+    log.info("streamd running %d camera(s)%s", len(pipeline.mine(cfg)),
              f", ZeroMQ on {pipeline.publisher.endpoint}" if pipeline.publisher else "")
     daemon.run()
     if daemon.failure:
@@ -165,8 +171,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = cfgmod.load(args.config)
+    if args.shards is not None and not 1 <= args.shards <= fleet.MAX_SHARDS:
+        print(f"streamd check: --shards must be between 1 and {fleet.MAX_SHARDS}", file=sys.stderr)
+        return EXIT_USAGE
     for c in cfg.cameras:
-        print(f"camera {c.name}: {redact(c.url)}")
+        shard = f" (shard {fleet.owner(c.name, args.shards)}/{args.shards})" if args.shards else ""
+        print(f"camera {c.name}{shard}: {redact(c.url)}")
     print(f"{args.config}: OK ({len(cfg.cameras)} camera(s))")
     return 0
 
@@ -211,12 +221,37 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from streamd.model.export import export
+    if bool(args.weights) != bool(args.output):
+        print("streamd export: give WEIGHTS with -o OUTPUT (and optionally --triton DIR), or only --triton DIR "
+              "(with --model, default the shipped one)", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.weights and not args.triton:
+        print("streamd export: nothing to do: give WEIGHTS -o OUTPUT, or --triton DIR", file=sys.stderr)
+        return EXIT_USAGE
+    model = args.model
+    if args.weights:
+        from streamd.model.export import export
 
-    meta = export(args.weights, args.output, args.temperature, (args.height, args.width),
-                  prior_correction=args.prior_correction)
-    print(f"wrote {args.output} ({meta['model_id']}); max |ab| difference to PyTorch: "
-          f"{meta['max_ab_difference']:.5f}")
+        meta = export(args.weights, args.output, args.temperature, (args.height, args.width),
+                      prior_correction=args.prior_correction)
+        print(f"wrote {args.output} ({meta['model_id']}); max |ab| difference to PyTorch: "
+              f"{meta['max_ab_difference']:.5f}")
+        model = args.output
+    if args.triton:
+        from streamd.infer import shipped_model
+        from streamd.model.triton_repo import write_repository
+
+        model = model or shipped_model()
+        if not model.is_file():
+            raise FileNotFoundError(f"model {model} does not exist")
+        try:
+            folder = write_repository(model, args.triton, args.triton_name)
+        except ValueError as e:
+            print(f"streamd export: --triton-name: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"wrote the Triton model {args.triton_name!r} for {model} to {folder} (serve it with "
+              f"tritonserver --model-repository {args.triton}; [model] provider = \"triton\", "
+              f"triton_model = \"{args.triton_name}\")")
     return 0
 
 
@@ -282,10 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", default="", help="ONNX model (default: the shipped one)")
     r.add_argument("--http", default="", metavar="HOST:PORT", help="serve /healthz and /metrics here")
     r.add_argument("--report-every", type=float, default=5.0, help="seconds between status lines")
+    r.add_argument("--shard", default="", metavar="I/N", help="run only the config's cameras of shard I (from 0) of N "
+                   "(rendezvous hash of the names; 'auto': from $STREAMD_SHARDS and the pod ordinal); overrides "
+                   "[fleet] shard")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("check", help="validate a config file")
     c.add_argument("-c", "--config", type=Path, required=True)
+    c.add_argument("--shards", type=int, metavar="N",
+                   help="also say which of N shards runs each camera")
     c.set_defaults(func=cmd_check)
 
     z = sub.add_parser("colorize", help="colorize image and video files")
@@ -326,9 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lambda of the class prior's mix with uniform (Zhang's 0.5; lower weighs rare colours more)")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("export", help="weights -> ONNX with the decoding inside")
-    e.add_argument("weights", type=Path)
-    e.add_argument("-o", "--output", type=Path, required=True)
+    e = sub.add_parser("export", help="weights -> ONNX with the decoding inside; a model -> a Triton model repository")
+    e.add_argument("weights", type=Path, nargs="?", help="training weights (.pt) to export to ONNX")
+    e.add_argument("-o", "--output", type=Path, help="the ONNX model written from WEIGHTS")
+    e.add_argument("--triton", type=Path, metavar="DIR", help="also (or, without WEIGHTS, only) write a Triton model "
+                   "repository for the model here: config.pbtxt with dynamic batching and the model's metadata, "
+                   "the ONNX model, and a TensorRT variant for GPU servers (docs/scaling.md)")
+    e.add_argument("--triton-name", default="streamd", metavar="NAME", help="the model's name in that repository")
+    e.add_argument("--model", type=Path, help="without WEIGHTS: the ONNX model to put in the Triton repository "
+                   "(default: the shipped one)")
     e.add_argument("--temperature", type=float, default=0.38)
     e.add_argument("--prior-correction", type=float, default=0.0, metavar="ALPHA",
                    help="divide the class-rebalancing weights back out of the distribution to this power before "

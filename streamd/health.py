@@ -48,6 +48,8 @@ class PipelineCollector:
         carried = CounterMetricFamily("streamd_frames_carried", "Gray frames of a moving scene that got the last "
                                       "prediction carried along the optical flow instead of running the network",
                                       labels=["camera"])
+        uncolorized = CounterMetricFamily("streamd_frames_uncolorized", "Night frames passed through gray because "
+                                          "inference was unavailable (an inference server away)", labels=["camera"])
         dropped = CounterMetricFamily("streamd_frames_dropped", "Frames dropped (pipeline behind, or the camera's model failed on them)", labels=["camera"])
         published = CounterMetricFamily("streamd_frames_published", "Frames sent to the outputs", labels=["camera"])
         reconnects = CounterMetricFamily("streamd_reconnects", "Source reconnects", labels=["camera"])
@@ -63,6 +65,7 @@ class PipelineCollector:
             passed.add_metric([name], r.passed_through)
             reused.add_metric([name], r.reuse.reused if r.reuse else 0)
             carried.add_metric([name], r.reuse.carried if r.reuse else 0)
+            uncolorized.add_metric([name], r.uncolorized)
             dropped.add_metric([name], p.dropped(name))
             published.add_metric([name], r.outputs.published)
             reconnects.add_metric([name], stats.reconnects)
@@ -81,21 +84,38 @@ class PipelineCollector:
         for name, r in list(p.cameras.items()):
             if r.store is not None:
                 stored.add_metric([name], len(r.store))
+        available = GaugeMetricFamily("streamd_inference_available", "1 while inference can run, 0 while it "
+                                      "cannot (an inference server away: night frames pass through gray)")
+        available.add_metric([], 0.0 if p.unavailable() else 1.0)
+        shard = GaugeMetricFamily("streamd_shard_info", "The shard of the fleet this process runs (streamd.fleet); "
+                                  "absent when it runs every camera of its config", labels=["shard", "shards"])
+        shard_cameras = GaugeMetricFamily("streamd_shard_camera", "1 for each camera this process runs as its "
+                                          "shard", labels=["camera", "shard"])
+        if p.shard:
+            shard.add_metric([str(p.shard.index), str(p.shard.count)], 1.0)
+            for name in list(p.cameras):
+                shard_cameras.add_metric([name, str(p.shard.index)], 1.0)
         adaptations = CounterMetricFamily("streamd_adaptations", "Adaptation runs by outcome", labels=["outcome"])
         for outcome, n in p.adaptation.results.items():
             adaptations.add_metric([outcome], n)
-        yield from (frames, colorized, passed, reused, carried, dropped, published, reconnects, out_reconnects, state, age,
-                    queue, provider, stored, adaptations)
+        yield from (frames, colorized, passed, reused, carried, uncolorized, dropped, published, reconnects,
+                    out_reconnects, state, age, queue, provider, stored, available, shard, shard_cameras, adaptations)
 
 
 def health(pipeline, phase: str) -> tuple[int, dict]:
-    """(HTTP status, body). starting/stopping: 503; running: 200; degraded (a camera is down): 503;
-    stalled (inference or the GPU colour stage hung): 503, with the reason."""
+    """(HTTP status, body). starting/stopping: 503; running: 200; degraded (a camera is down, or inference
+    unavailable, with the reason): 503; stalled (inference or the GPU colour stage hung): 503, with the reason.
+    A process that runs a shard of its config says which ("shard": "1/3")."""
     cameras = {name: r.source.stats.state.value for name, r in list(pipeline.cameras.items())}
     body = {"status": phase, "cameras": cameras}
+    if pipeline.shard:
+        body["shard"] = str(pipeline.shard)
     stalled = pipeline.stalled() if phase == "running" else None
+    unavailable = pipeline.unavailable() if phase == "running" else None
     if stalled:
         body.update(status="stalled", reason=stalled)
+    elif unavailable:
+        body.update(status="degraded", reason=f"inference unavailable: {unavailable}")
     elif phase == "running" and any(s != State.RUNNING.value for s in cameras.values()):
         body["status"] = "degraded"
     return (200 if body["status"] == "running" else 503), body

@@ -29,10 +29,11 @@ import zmq.auth
 from streamd.batch import Batcher, Reuse
 from streamd.collect import FrameStore, default_state_dir
 from streamd.colour import ChromaPlanes, DayNight, Temporal, chroma_planes, luma_to_lightness, recombine
-from streamd.config import CameraConfig, Config, ConfigError
+from streamd import fleet
+from streamd.config import CameraConfig, Config, ConfigError, ModelConfig
 from streamd.frame import Frame
 from streamd.health import Instruments
-from streamd.infer import Colorizer
+from streamd.infer import Colorizer, InferenceUnavailable
 from streamd.schedule import AdaptationScheduler, adapted_model
 from streamd.sink import OutputTargets, OutputWorker, ZmqPublisher
 from streamd.source import Camera, SourceSettings, State
@@ -40,6 +41,7 @@ from streamd.source import Camera, SourceSettings, State
 if TYPE_CHECKING:
     from streamd.colour_torch import ChromaBatcher
     from streamd.infer_torch import TorchColorizer
+    from streamd.infer_triton import TritonColorizer
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +104,7 @@ def finish(frame: Frame, temporal: Temporal | None = None, store: FrameStore | N
     """Turn a frame's prediction into its chroma planes (luma untouched; the full-resolution work in
     `planes`), stabilised by `temporal`; a day frame (no prediction) is offered to the camera's store."""
     if frame.prediction is None:
-        if store is not None:
+        if store is not None and not frame.passed_gray:
             store.offer(frame)
     else:
         l_in, ab = frame.prediction
@@ -122,6 +124,18 @@ def torch_model(path: str, temperature: float | None) -> TorchColorizer:
         return load_torch_colorizer(Path(path) if path else None, "cuda", temperature)
     except RuntimeError as e:
         raise ConfigError(f"model.provider: 'torch-cuda', but {e}") from e
+
+
+def triton_model(m: ModelConfig) -> TritonColorizer:
+    """[model] provider = "triton": the model on a Triton Inference Server (streamd.infer_triton)."""
+    try:
+        from streamd.infer_triton import ModelMismatch, TritonColorizer
+    except ImportError as e:
+        raise ConfigError("model.provider: 'triton' needs tritonclient: pip install 'streamd[triton]'") from e
+    try:
+        return TritonColorizer(m.triton_url, m.triton_model, m.triton_timeout_s)
+    except ModelMismatch as e:
+        raise ConfigError(f"model.triton_model: {e}") from e
 
 
 def gpu_colour_stage(device: str) -> ChromaBatcher:
@@ -152,16 +166,19 @@ class CameraRuntime:
     passed_through: int = 0
     colorized: int = 0
     failed: int = 0  # frames lost because the camera's model failed on them (counted in `dropped`)
+    uncolorized: int = 0  # night frames passed through gray because inference was unavailable
     interval_s: float = 0.04  # smoothed time between frames
     last_arrival: float | None = None
 
 
 class Pipeline:
     def __init__(self, config: Config, colorizer: Colorizer | None = None,
-                 colour_stage: ChromaBatcher | None = None) -> None:
+                 colour_stage: ChromaBatcher | None = None, shard: fleet.Shard | None = None) -> None:
         """`colorizer` and `colour_stage` replace what the config names (the bench times them, the tests
-        run the GPU colour stage on the CPU); the pipeline starts and closes either way."""
+        run the GPU colour stage on the CPU); the pipeline starts and closes either way. With a `shard`,
+        it runs only the cameras of the config that the shard owns (streamd.fleet), also after reloads."""
         self.config = config
+        self.shard = shard
         m = config.model
         self.colorizer = colorizer or self._load_model(m.path)
         self._models: dict[str, Colorizer] = {"": self.colorizer}  # per-camera models, by path
@@ -196,10 +213,18 @@ class Pipeline:
 
     def _load_model(self, path: str) -> Colorizer:
         m = self.config.model
+        if m.provider == "triton" and not path:
+            return triton_model(m)
         if m.provider == "torch-cuda":
             return torch_model(path, m.temperature or None)
-        return Colorizer(Path(path) if path else None, m.provider, m.temperature or None, m.threads,
+        # With Triton, a camera's own model (its config's, or adapted to it here) runs in this process.
+        provider = "auto" if m.provider == "triton" else m.provider
+        return Colorizer(Path(path) if path else None, provider, m.temperature or None, m.threads,
                          Path(m.cache_dir) if m.cache_dir else None, m.int8)
+
+    def mine(self, config: Config) -> tuple[CameraConfig, ...]:
+        """The config's cameras that this process runs: its shard's, or all of them."""
+        return fleet.mine(config.cameras, self.shard)
 
     def model_for(self, c: CameraConfig) -> Colorizer:
         """The camera's model: the one its config names, else the one adapted to it, else the generic one.
@@ -216,7 +241,7 @@ class Pipeline:
 
     def adaptable(self) -> list[str]:
         """Cameras the daemon may adapt: those that collect and have no model fixed by the config."""
-        return [c.name for c in self.config.cameras if c.collect and not c.model]
+        return [c.name for c in self.mine(self.config) if c.collect and not c.model]
 
     def use_adapted(self, camera: str, path: Path) -> None:
         """Swap in a camera's newly adapted model between two of its frames (called by the scheduler)."""
@@ -249,7 +274,11 @@ class Pipeline:
     def start(self) -> None:
         if self.colour_stage:
             self.colour_stage.start()
-        for c in self.config.cameras:
+        if self.shard:
+            names = [c.name for c in self.mine(self.config)]
+            log.info("shard %s: running %d of the config's %d cameras (%s)", self.shard, len(names),
+                     len(self.config.cameras), ", ".join(names) or "none")
+        for c in self.mine(self.config):
             self.add_camera(c)
         self._infer_thread.start()
         self.adaptation.start()
@@ -299,8 +328,8 @@ class Pipeline:
         """Reload: start added cameras, stop removed ones, restart changed ones; the others keep running
         untouched. Returns what changed. Model, batch, ZeroMQ and HTTP settings need a restart."""
         changes = []
-        old = {c.name: c for c in self.config.cameras}
-        wanted = {c.name: c for c in new.cameras}
+        old = {c.name: c for c in self.mine(self.config)}
+        wanted = {c.name: c for c in self.mine(new)}
         for name in old.keys() - wanted.keys():
             self.remove_camera(name)
             changes.append(f"removed {name}")
@@ -320,7 +349,7 @@ class Pipeline:
             elif name not in old:
                 self.add_camera(c)
                 changes.append(f"added {name}")
-        for section in ("model", "colour", "batch", "zmq", "http", "adapt"):
+        for section in ("model", "colour", "batch", "zmq", "http", "adapt", "fleet"):
             if getattr(new, section) != getattr(self.config, section):
                 log.warning("reload: [%s] changed; that takes effect at the next restart", section)
         if new.daynight != self.config.daynight:
@@ -408,10 +437,12 @@ class Pipeline:
             frames.append(frame)
             reuses.append(runtime.reuse if runtime else None)
         t0 = time.perf_counter()
-        predicted, failed = 0, set()
+        predicted, failed, gray = 0, set(), set()
         for colorizer, frames, reuses in by_model.values():
             try:
                 predicted += predict_changed(colorizer, frames, reuses, self.input_size(colorizer), self._reuse_pool)
+            except InferenceUnavailable:  # an inference server away: the cameras keep flowing, gray
+                gray.update(id(f) for f in frames if f.prediction is None)  # the others reuse a prediction
             except Exception:  # one model failing (a camera's own, say) costs its frames, not the others'
                 model_id = colorizer.info.model_id
                 count = self._model_failures[model_id] = self._model_failures.get(model_id, 0) + 1
@@ -430,6 +461,11 @@ class Pipeline:
             if id(frame) in failed:
                 runtime.failed += 1
                 continue
+            if id(frame) in gray:
+                frame.passed_gray = True
+                runtime.uncolorized += 1
+                runtime.outputs.put(frame)
+                continue
             runtime.colorized += 1
             runtime.outputs.put(frame)
 
@@ -446,6 +482,10 @@ class Pipeline:
             if since is not None and now - since > limit:
                 return f"{stage}: one batch has not returned for {now - since:.0f} s (stall_timeout_s {limit:g})"
         return None
+
+    def unavailable(self) -> str | None:
+        """Why inference cannot run now (an inference server that went away), or None."""
+        return next((c.unavailable for c in list(self._models.values()) if c.unavailable), None)
 
     def dropped(self, name: str) -> int:
         runtime = self.cameras[name]
