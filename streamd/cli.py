@@ -38,8 +38,9 @@ def status_lines(pipeline, elapsed: float, previous: dict[str, int]) -> list[str
         skipped = r.reuse.reused + r.reuse.carried if r.reuse else 0
         reused = (f" ({r.reuse.reused} reusing a still scene's prediction, {r.reuse.carried} carrying it along the "
                   f"flow)") if skipped else ""
+        gray = f"gray {r.uncolorized} (inference unavailable), " if r.uncolorized else ""
         lines.append(f"{name}: {r.source.stats.state.value}, {fps:.1f} fps out, colorized {r.colorized}{reused}, "
-                     f"passed {r.passed_through}, dropped {pipeline.dropped(name)}, "
+                     f"passed {r.passed_through}, {gray}dropped {pipeline.dropped(name)}, "
                      f"latency p50 {_percentile(lat, 50):.0f} ms p99 {_percentile(lat, 99):.0f} ms")
     return lines
 
@@ -244,8 +245,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         model = model or shipped_model()
         if not model.is_file():
             raise FileNotFoundError(f"model {model} does not exist")
+        if args.triton_max_batch < 1:
+            print("streamd export: --triton-max-batch must be at least 1", file=sys.stderr)
+            return EXIT_USAGE
         try:
-            folder = write_repository(model, args.triton, args.triton_name)
+            folder = write_repository(model, args.triton, args.triton_name, args.triton_max_batch)
         except ValueError as e:
             print(f"streamd export: --triton-name: {e}", file=sys.stderr)
             return EXIT_USAGE
@@ -373,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "repository for the model here: config.pbtxt with dynamic batching and the model's metadata, "
                    "the ONNX model, and a TensorRT variant for GPU servers (docs/scaling.md)")
     e.add_argument("--triton-name", default="streamd", metavar="NAME", help="the model's name in that repository")
+    e.add_argument("--triton-max-batch", type=int, default=64, metavar="N", help="frames per server batch (the "
+                   "server's dynamic batcher merges the requests of all camera hosts up to this)")
     e.add_argument("--model", type=Path, help="without WEIGHTS: the ONNX model to put in the Triton repository "
                    "(default: the shipped one)")
     e.add_argument("--temperature", type=float, default=0.38)

@@ -69,7 +69,7 @@ dynamic_batching {{ max_queue_delay_microseconds: {QUEUE_DELAY_US} }}
 """
 
 
-def write_repository(model: Path, out: Path, name: str = "streamd") -> Path:
+def write_repository(model: Path, out: Path, name: str = "streamd", max_batch_size: int = MAX_BATCH_SIZE) -> Path:
     """Write the model repository for `model` (an exported ONNX file) under `out`; returns the model's folder.
     A folder of the same name already there is replaced: it is this model's previous export. ValueError for a
     name that cannot be a model's folder."""
@@ -82,7 +82,7 @@ def write_repository(model: Path, out: Path, name: str = "streamd") -> Path:
     (folder / "1").mkdir(parents=True)
     (folder / "configs").mkdir()
     shutil.copyfile(model, folder / "1" / "model.onnx")
-    config = model_config(name, info)
+    config = model_config(name, info, max_batch_size)
     (folder / "config.pbtxt").write_text(config)
     (folder / "configs" / "tensorrt.pbtxt").write_text(
         config.replace('written by `streamd export --triton`.',
