@@ -6,12 +6,14 @@ Exit codes: 0 success; 1 the job failed (every camera failed, a file could not b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from streamd.source import State, redact
 
 log = logging.getLogger("streamd")
 EXIT_FAILED, EXIT_USAGE = 1, 2
+DEFAULT_ZMQ = "tcp://127.0.0.1:5555"
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -58,10 +61,19 @@ def quick_config(args: argparse.Namespace) -> cfgmod.Config:
             file_out = str(p.with_name(f"{p.stem}-{name}{p.suffix or '.mp4'}") if several else p)
         cameras.append({"name": name, "url": url, "transport": args.rtsp_transport, "loop": args.loop,
                         "rtsp_out": rtsp_out, "file_out": file_out, "temporal": not args.no_temporal})
-    raw = {"camera": cameras, "zmq": {"endpoint": args.zmq, "format": args.format}, "http": {"listen": args.http}}
+    raw = {"camera": cameras, "zmq": {"endpoint": DEFAULT_ZMQ if args.zmq is None else args.zmq, "format": args.format},
+           "http": {"listen": args.http or ""}}
     if args.model:
         raw["model"] = {"path": args.model}
     return cfgmod.parse(raw)
+
+
+def with_flags(cfg: cfgmod.Config, args: argparse.Namespace) -> cfgmod.Config:
+    """-c CONFIG with --zmq or --http: the flags replace the file's [zmq] endpoint and [http] listen, so that
+    shards of one config file can run side by side on one host, each on ports of its own."""
+    zmq = cfg.zmq if args.zmq is None else dataclasses.replace(cfg.zmq, endpoint=args.zmq)
+    http = cfg.http if args.http is None else dataclasses.replace(cfg.http, listen=args.http)
+    return cfgmod.validate(dataclasses.replace(cfg, zmq=zmq, http=http))
 
 
 def summary(pipeline) -> str:
@@ -75,10 +87,13 @@ def summary(pipeline) -> str:
 class Daemon:
     """The main loop of `streamd run`: signals, systemd notifications, reloads, status lines."""
 
-    def __init__(self, pipeline, config_path: Path | None, report_every: float, http=None) -> None:
+    def __init__(self, pipeline, config_path: Path | None, report_every: float, http=None,
+                 load: Callable[[Path], cfgmod.Config] = cfgmod.load) -> None:
+        """`load` reads the config again on reload (with the command line's overrides)."""
         from streamd.systemd import Notifier
 
         self.pipeline, self.config_path, self.report_every, self.http = pipeline, config_path, report_every, http
+        self.load = load
         self.notifier = Notifier()
         self.stop = threading.Event()
         self.reload = threading.Event()
@@ -96,7 +111,7 @@ class Daemon:
             return
         self.notifier.reloading()
         try:
-            changes = self.pipeline.apply(cfgmod.load(self.config_path))
+            changes = self.pipeline.apply(self.load(self.config_path))
             log.info("reload: %s", "; ".join(changes) or "no camera changed")
         except cfgmod.ConfigError as e:
             log.error("reload refused, the running configuration stays: %s", e)
@@ -146,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if bool(args.config) == bool(args.source):
         print("streamd run: give either -c CONFIG or --source URL", file=sys.stderr)
         return EXIT_USAGE
-    cfg = cfgmod.load(args.config) if args.config else quick_config(args)
+    cfg = with_flags(cfgmod.load(args.config), args) if args.config else quick_config(args)
     try:
         shard = fleet.resolve(args.shard or cfg.fleet.shard, os.environ)
     except ValueError as e:
@@ -156,7 +171,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.http.listen:
         host, _, port = cfg.http.listen.rpartition(":")
         http = HealthServer(pipeline, pipeline.instruments.registry, host, int(port))
-    daemon = Daemon(pipeline, args.config, args.report_every, http)
+    daemon = Daemon(pipeline, args.config, args.report_every, http, lambda path: with_flags(cfgmod.load(path), args))
     daemon.install_signals()
     log.info("streamd running %d camera(s)%s", len(pipeline.mine(cfg)),
              f", ZeroMQ on {pipeline.publisher.endpoint}" if pipeline.publisher else "")
@@ -311,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-c", "--config", type=Path)
     r.add_argument("--source", action="append", default=[], metavar="[NAME=]URL",
                    help="a camera (RTSP URL or video file); repeat for several")
-    r.add_argument("--zmq", default="tcp://127.0.0.1:5555", help="PUB endpoint ('' for none)")
+    r.add_argument("--zmq", help=f"PUB endpoint ('' for none; default {DEFAULT_ZMQ}); with -c, replaces [zmq] endpoint")
     r.add_argument("--rtsp-out", default="", metavar="URL", help="push H.264 here (one path per camera)")
     r.add_argument("--file-out", default="", metavar="PATH", help="write an MP4 here")
     r.add_argument("--format", default="bgr24", choices=["bgr24", "yuv420p", "jpeg"], help="ZeroMQ payload")
@@ -319,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--loop", action="store_true", help="play video files in a loop, as a camera")
     r.add_argument("--no-temporal", action="store_true", help="colorize each frame on its own (flickers)")
     r.add_argument("--model", default="", help="ONNX model (default: the shipped one)")
-    r.add_argument("--http", default="", metavar="HOST:PORT", help="serve /healthz and /metrics here")
+    r.add_argument("--http", metavar="HOST:PORT", help="serve /healthz and /metrics here; with -c, replaces [http] "
+                   "listen")
     r.add_argument("--report-every", type=float, default=5.0, help="seconds between status lines")
     r.add_argument("--shard", default="", metavar="I/N", help="run only the config's cameras of shard I (from 0) of N "
                    "(rendezvous hash of the names; 'auto': from $STREAMD_SHARDS and the pod ordinal); overrides "
