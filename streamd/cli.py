@@ -134,6 +134,8 @@ class Daemon:
                               self.failure)
                     break
                 self.notifier.watchdog()
+                if self.http:
+                    self.http.beat = time.monotonic()
                 if self.reload.is_set():
                     self._reload()
                 now = time.monotonic()

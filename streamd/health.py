@@ -16,6 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from streamd.source import State
 
+LIVE_S = 30.0  # /livez: a main loop silent this long is hung (systemd's WatchdogSec, for supervisors without it)
 LATENCY_BUCKETS = (0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -121,6 +122,15 @@ def health(pipeline, phase: str) -> tuple[int, dict]:
     return (200 if body["status"] == "running" else 503), body
 
 
+def liveness(phase: str, silent_s: float) -> tuple[int, dict]:
+    """/livez, for supervisors that restart what fails it (a Kubernetes livenessProbe): 200 while the main
+    loop goes round, 503 when it has been silent for LIVE_S. Unlike /healthz, a camera or an inference server
+    that is down does not fail it: a restart would not bring them back. (A stalled pipeline ends the process.)"""
+    if phase == "running" and silent_s > LIVE_S:
+        return 503, {"status": "hung", "reason": f"the main loop has been silent for {silent_s:.0f} s"}
+    return 200, {"status": phase}
+
+
 def request_adaptation(pipeline, camera: str) -> tuple[int, dict]:
     """POST /adapt/CAMERA: queue the camera for adaptation. 202 queued, 404 unknown, 409 not adaptable."""
     if camera not in pipeline.cameras:
@@ -133,11 +143,12 @@ def request_adaptation(pipeline, camera: str) -> tuple[int, dict]:
 
 
 class HealthServer:
-    """Serves /healthz and /metrics, and takes adaptation requests, on its own thread; `phase` is set by
-    the daemon's main loop."""
+    """Serves /healthz, /livez and /metrics, and takes adaptation requests, on its own thread; `phase` and
+    `beat` (monotonic time of its last round) are set by the daemon's main loop."""
 
     def __init__(self, pipeline, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 9090) -> None:
         self.phase = "starting"
+        self.beat = time.monotonic()
         registry.register(PipelineCollector(pipeline))
         server = self
 
@@ -148,8 +159,11 @@ class HealthServer:
                 elif self.path.split("?")[0] == "/healthz":
                     code, doc = health(server.pipeline, server.phase)
                     body, ctype = json.dumps(doc).encode(), "application/json"
+                elif self.path.split("?")[0] == "/livez":
+                    code, doc = liveness(server.phase, time.monotonic() - server.beat)
+                    body, ctype = json.dumps(doc).encode(), "application/json"
                 else:
-                    code, body, ctype = 404, b"not found: try /healthz or /metrics\n", "text/plain"
+                    code, body, ctype = 404, b"not found: try /healthz, /livez or /metrics\n", "text/plain"
                 self._reply(code, body, ctype)
 
             def do_POST(self) -> None:  # noqa: N802 - the http.server API

@@ -2,11 +2,15 @@
 (streamd.fleet's rendezvous hash), and the Kubernetes manifests that deploy it."""
 from __future__ import annotations
 
+import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import tomllib
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +19,7 @@ import zmq
 
 from streamd import config as cfgmod
 from streamd import fleet
+from streamd.cli import main
 from tests.conftest import ROOT, free_port, write_video
 from tests.test_operations import Recorder, http_get, start_streamd, stop_streamd
 
@@ -145,7 +150,88 @@ def test_a_shard_without_cameras_waits_instead_of_exiting(tmp_path):
         assert proc.poll() is None, stop_streamd(proc)
         assert json.loads(http_get(f"http://127.0.0.1:{http}/healthz")[1]) == {
             "status": "running", "cameras": {}, "shard": f"{empty}/8"}
+        assert http_get(f"http://127.0.0.1:{http}/livez") == (200, '{"status": "running"}')
     finally:
         log = stop_streamd(proc)
     assert proc.returncode == 0, log
     assert f"shard {empty}/8: running 0 of the config's 1 cameras (none)" in log
+
+
+def test_the_shard_unit_verifies(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze is missing (apt-get install systemd; .ci/run does)")
+    streamd = shutil.which("streamd") or "/bin/true"
+    unit = (ROOT / "systemd" / "streamd-shard@.service").read_text()
+    assert "--shard %i/${STREAMD_SHARDS} $STREAMD_FLAGS" in unit and "EnvironmentFile=/etc/streamd/fleet.env" in unit
+    (tmp_path / "streamd-shard@.service").write_text(unit.replace("/usr/local/bin/streamd", streamd))
+    proc = subprocess.run([analyze, "verify", str(tmp_path / "streamd-shard@2.service")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def manifests() -> dict[tuple[str, str], dict]:
+    """Every object of deploy/kubernetes, by (kind, name)."""
+    import yaml
+
+    objects = {}
+    for path in sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            objects[(doc["kind"], doc["metadata"]["name"])] = doc
+    return objects
+
+
+@pytest.mark.parametrize("version", ["1.28.0", "1.33.0"])  # 1.28: the first with the pod-index label
+def test_kubernetes_manifests_validate_against_the_api_schemas(version):
+    """Offline, against the Kubernetes OpenAPI schemas that kubernetes-validate ships, strictly (unknown
+    fields are errors); a broken copy fails, so the check can fail."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="the test extra installs it")
+    objects = manifests()
+    assert set(objects) == {("ConfigMap", "streamd-cameras"), ("Service", "streamd"), ("StatefulSet", "streamd"),
+                            ("Service", "triton"), ("Deployment", "triton")}
+    for doc in objects.values():
+        kubernetes_validate.validate(doc, version, strict=True)
+    broken = copy.deepcopy(objects[("StatefulSet", "streamd")])
+    broken["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["pth"] = "/livez"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, version, strict=True)
+
+
+def test_kubernetes_manifests_agree_with_streamd():
+    """What the manifests tell streamd is what streamd understands: the ConfigMap is a valid config that
+    shards by pod ordinal and points at the Triton Service; STREAMD_SHARDS is the replica count; the probes
+    and scrape port are streamd's; the Triton init container's command writes a repository."""
+    objects = manifests()
+    config = cfgmod.parse(tomllib.loads(objects[("ConfigMap", "streamd-cameras")]["data"]["cameras.toml"]))
+    assert config.fleet.shard == "auto" and config.model.provider == "triton"
+    triton_service = objects[("Service", "triton")]
+    host, port = config.model.triton_url.split(":")
+    assert host == triton_service["metadata"]["name"]
+    assert int(port) in [p["port"] for p in triton_service["spec"]["ports"] if p["name"] == "grpc"]
+    statefulset = objects[("StatefulSet", "streamd")]
+    pod = statefulset["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert int(env["STREAMD_SHARDS"]["value"]) == statefulset["spec"]["replicas"]
+    assert env["STREAMD_SHARD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    http_port = int(config.http.listen.rpartition(":")[2])
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "http": http_port, "zmq": int(config.zmq.endpoint.rpartition(":")[2])}
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(http_port)
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["command"][:2] == ["streamd", "run"]
+    init = objects[("Deployment", "triton")]["spec"]["template"]["spec"]["initContainers"][0]["command"]
+    assert init[:3] == ["streamd", "export", "--triton"]
+    with tempfile.TemporaryDirectory() as models:
+        assert main([*init[1:3], models]) == 0
+        assert (Path(models) / "streamd" / "config.pbtxt").is_file()
+
+
+def test_livez_fails_only_for_a_silent_main_loop():
+    from streamd.health import LIVE_S, liveness
+
+    assert liveness("running", 1.0) == (200, {"status": "running"})
+    assert liveness("starting", 10 * LIVE_S)[0] == 200  # loading a model is not hanging
+    code, body = liveness("running", LIVE_S + 1)
+    assert code == 503 and body["status"] == "hung"

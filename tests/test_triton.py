@@ -270,6 +270,7 @@ carry_frames = 0
         server.kill()
         code, body = wait_until(lambda: (r := healthz(http))[1]["status"] == "degraded" and r, 30, "degraded")
         assert code == 503 and body["reason"].startswith("inference unavailable: Triton at " + server.url), body
+        assert http_get(f"http://127.0.0.1:{http}/livez")[0] == 200  # a restart would not bring the server back
         mark = rec.count("night")
         wait_until(lambda: sum(not h["colorized"] for h in frames_since(mark)) >= 25, 30,
                    "25 gray frames while the server is away")
