@@ -15,7 +15,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import zmq
 
 from streamd import config as cfgmod
 from streamd import fleet

@@ -8,12 +8,7 @@ model.onnx through ONNX Runtime; the configuration Triton parses is otherwise th
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,76 +18,10 @@ from streamd.cli import main
 from streamd.client import Subscriber
 from streamd.colour import luma_to_lightness
 from streamd.infer import Colorizer, InferenceUnavailable, read_info
-from tests.conftest import MODEL, ROOT, free_port, write_video
+from tests.conftest import MODEL, free_port, write_video
+from tests.triton import ServerEnvironmentMissing, TritonServer, exported_repository
 from tests.test_operations import Recorder, http_get, metric_value, start_streamd, stop_streamd
 
-grpcclient = pytest.importorskip("tritonclient.grpc", reason="the test extra installs tritonclient[grpc]")
-
-
-def triton_python() -> Path:
-    """The interpreter of the Triton server's environment."""
-    python = Path(os.environ.get("STREAMD_TRITON_PYTHON", ROOT / ".venv-triton" / "bin" / "python"))
-    if not python.exists():
-        pytest.fail(f"no Triton server environment at {python} (scripts/triton-server-env makes it; scripts/test "
-                    "and .ci/run do; or point $STREAMD_TRITON_PYTHON at one with nvidia-pytriton)")
-    return python
-
-
-def exported_repository(out: Path, max_batch: int = 64) -> Path:
-    """`streamd export --triton` of the shipped model, made to run on the server's Python backend."""
-    assert main(["export", "--triton", str(out), "--model", str(MODEL), "--triton-max-batch", str(max_batch)]) == 0
-    config = out / "streamd" / "config.pbtxt"
-    text = config.read_text()
-    assert text.count('platform: "onnxruntime_onnx"') == 1
-    config.write_text(text.replace('platform: "onnxruntime_onnx"', 'backend: "python"'))
-    shutil.copyfile(ROOT / "tests" / "triton" / "model.py", out / "streamd" / "1" / "model.py")
-    return out
-
-
-class TritonServer:
-    """A Triton server process group on fixed ports, so that it can be killed and started again."""
-
-    def __init__(self, repository: Path, workdir: Path) -> None:
-        self.repository, self.workdir = repository, workdir
-        self.grpc, self.http, self.metrics = free_port(), free_port(), free_port()
-        self.url = f"127.0.0.1:{self.grpc}"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self, timeout: float = 90.0) -> None:
-        self.starts += 1
-        log = open(self.workdir / f"triton-{self.starts}.log", "w")
-        # its own session: killing the group takes tritonserver and the backend stub with it
-        self.proc = subprocess.Popen(
-            [str(triton_python()), str(ROOT / "tests" / "triton" / "server.py"), str(self.repository),
-             "--grpc-port", str(self.grpc), "--http-port", str(self.http), "--metrics-port", str(self.metrics)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "TMPDIR": str(self.workdir)})
-        client = grpcclient.InferenceServerClient(self.url)
-        end = time.monotonic() + timeout
-        try:
-            while time.monotonic() < end:
-                assert self.proc.poll() is None, f"the Triton server ended: {self.log()[-3000:]}"
-                try:
-                    if client.is_model_ready("streamd", client_timeout=1.0):
-                        return
-                except Exception:  # not listening yet
-                    pass
-                time.sleep(0.3)
-            raise TimeoutError(f"Triton did not serve the model within {timeout:.0f} s: {self.log()[-3000:]}")
-        finally:
-            client.close()
-
-    def log(self) -> str:
-        return (self.workdir / f"triton-{self.starts}.log").read_text()
-
-    def kill(self) -> None:
-        """Gone without a word, as a crashed or unplugged server is."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        if self.proc is not None:  # the shared memory the killed Python backend could not release
-            for leftover in Path("/dev/shm").glob(f"pytrtion{self.proc.pid}-*"):
-                leftover.unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -102,7 +31,10 @@ def triton(tmp_path):
     def start(max_batch: int = 64) -> TritonServer:
         server = TritonServer(exported_repository(tmp_path / f"repo{len(servers)}", max_batch), tmp_path)
         servers.append(server)
-        server.start()
+        try:
+            server.start()
+        except ServerEnvironmentMissing as e:
+            pytest.fail(str(e))
         return server
 
     yield start

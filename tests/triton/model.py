@@ -5,6 +5,7 @@ The Triton server the tests run (nvidia-pytriton's) has only the Python backend,
 `backend: "python"` and this file beside the model as 1/model.py; the rest of the configuration (batching,
 parameters) is the exported one. Runs inside Triton's Python backend stub: imports what that environment has.
 """
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         model = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
         options = ort.SessionOptions()
-        options.intra_op_num_threads = 1  # the tests' machine is shared; one core for the server
+        # one thread for the tests, whose machine runs the daemon beside the server; 0 (one per core) to measure
+        options.intra_op_num_threads = int(os.environ.get("STREAMD_TRITON_ORT_THREADS", "1"))
         self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
     def execute(self, requests: list) -> list:
