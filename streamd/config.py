@@ -176,7 +176,8 @@ def validate(cfg: Config) -> Config:
         _check(bool(_HOST_PORT.match(m.triton_url)) and int(m.triton_url.rpartition(":")[2]) < 65536,
                "model.triton_url", f"must be HOST:PORT (no scheme), got {m.triton_url!r}")
         _check(bool(_NAME.match(m.triton_model)), "model.triton_model", "must be a model name in the server's repository")
-        _check(m.triton_timeout_s > 0, "model.triton_timeout_s", "must be positive")
+        _check(0 < m.triton_timeout_s < m.stall_timeout_s, "model.triton_timeout_s",
+               "must be positive and below stall_timeout_s (a slow server is unavailable, not a hung GPU)")
         _check(not m.path, "model.path", 'is not used with provider = "triton": the server has the model')
         _check(m.temperature == 0, "model.temperature", 'cannot be set with provider = "triton": the server runs the '
                "model with its own (export it with the temperature wanted)")

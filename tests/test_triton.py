@@ -155,7 +155,7 @@ def next_image(viewer: Subscriber, colorized: bool) -> np.ndarray:
 
 
 def test_daemon_on_triton_colorizes_degrades_gray_when_the_server_dies_and_recovers(
-        triton, rtsp_server, publishers, tmp_path):
+        triton, rtsp_server, publishers, state_directory, tmp_path):
     """`streamd run` with provider triton on a real RTSP camera: colour frames carrying the served model's
     id; the server killed: /healthz degraded with the reason, the camera's frames keep coming, gray and
     counted; the server started again: colour again, healthy, without restarting streamd."""
@@ -216,6 +216,8 @@ carry_frames = 0
         # passed through, not dropped: no inference to wait for
         assert metric_value(metrics, 'streamd_frames_dropped_total{camera="night"}') - dropped_before < uncolorized / 2
         assert is_gray(next_image(viewer, colorized=False))
+        # a night frame passed through gray is not a day frame: the camera's adaptation store stays empty
+        assert not list((state_directory / "night").glob("*.jpg"))
 
         server.start()
         mark = rec.count("night")

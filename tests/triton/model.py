@@ -19,6 +19,7 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         # one thread for the tests, whose machine runs the daemon beside the server; 0 (one per core) to measure
         options.intra_op_num_threads = int(os.environ.get("STREAMD_TRITON_ORT_THREADS", "1"))
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as streamd's own sessions
         self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
     def execute(self, requests: list) -> list:

@@ -28,12 +28,15 @@ def main() -> None:
     libdir = sysconfig.get_config_var("LIBDIR")
     os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")]))
 
-    from pytriton.triton import Triton, TritonConfig
+    from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
     config = TritonConfig(model_repository=args.repository, grpc_address="127.0.0.1", grpc_port=args.grpc_port,
                           http_address="127.0.0.1", http_port=args.http_port, metrics_address="127.0.0.1",
                           metrics_port=args.metrics_port, exit_timeout_secs=1)
-    with Triton(config=config) as triton:
+    # the inference statistics open (read-only, and the server listens on 127.0.0.1 only): the cost script
+    # reads the server's own compute time from them
+    security = TritonSecurityConfig(restricted_endpoints=["shared-memory", "model-repository", "trace", "logging"])
+    with Triton(config=config, security_config=security) as triton:
         triton.serve()
 
 
