@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import zmq
 
+from streamd import config as cfgmod
 from streamd.cli import main
 from streamd.client import Subscriber
 from streamd.colour import luma_to_lightness
@@ -87,6 +88,24 @@ def test_a_server_that_is_not_there_leaves_inference_unavailable_and_retries():
     with pytest.raises(InferenceUnavailable):  # a new attempt, refused
         colorizer(lightness)
     assert time.monotonic() - start < 2.0  # refused, not timed out
+
+
+@pytest.mark.parametrize("model, key", [
+    ({"provider": "triton"}, "model.triton_url"),
+    ({"provider": "triton", "triton_url": "grpc://gpu:8001"}, "model.triton_url"),
+    ({"provider": "triton", "triton_url": "gpu:99999"}, "model.triton_url"),
+    ({"provider": "cpu", "triton_url": "gpu:8001"}, "model.triton_url"),
+    ({"provider": "triton", "triton_url": "gpu:8001", "triton_model": "../x"}, "model.triton_model"),
+    ({"provider": "triton", "triton_url": "gpu:8001", "temperature": 1.0}, "model.temperature"),
+    ({"provider": "triton", "triton_url": "gpu:8001", "path": "models/streamd-base.onnx"}, "model.path"),
+    ({"provider": "triton", "triton_url": "gpu:8001", "triton_timeout_s": 200.0}, "model.triton_timeout_s"),
+])
+def test_triton_settings_are_checked_at_load(model, key):
+    with pytest.raises(cfgmod.ConfigError, match=f"^{key}:"):
+        cfgmod.parse({"camera": [{"name": "a", "url": "x"}], "model": model})
+    good = cfgmod.parse({"camera": [{"name": "a", "url": "x"}],
+                         "model": {"provider": "triton", "triton_url": "gpu-server-1:8001"}})
+    assert good.model.triton_model == "streamd"
 
 
 def test_model_that_is_not_streamds_is_refused_by_name():
