@@ -26,10 +26,10 @@ import numpy as np
 import zmq
 import zmq.auth
 
+from streamd import fleet
 from streamd.batch import Batcher, Reuse
 from streamd.collect import FrameStore, default_state_dir
 from streamd.colour import ChromaPlanes, DayNight, Temporal, chroma_planes, luma_to_lightness, recombine
-from streamd import fleet
 from streamd.config import CameraConfig, Config, ConfigError, ModelConfig
 from streamd.frame import Frame
 from streamd.health import Instruments
