@@ -223,6 +223,10 @@ class TimedColorizer:
         self.colorizer, self.clock = colorizer, clock
         self.info, self.provider, self.path = colorizer.info, colorizer.provider, colorizer.path
 
+    @property
+    def unavailable(self) -> str | None:
+        return self.colorizer.unavailable
+
     def __call__(self, lightness: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
         ab = self.colorizer(lightness)

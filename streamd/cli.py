@@ -6,23 +6,28 @@ Exit codes: 0 success; 1 the job failed (every camera failed, a file could not b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from streamd import config as cfgmod
+from streamd import fleet
 from streamd.redact import RedactingFormatter, redact
 from streamd.source import State
 
 log = logging.getLogger("streamd")
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+DEFAULT_ZMQ = "tcp://127.0.0.1:5555"
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -39,8 +44,9 @@ def status_lines(pipeline, elapsed: float, previous: dict[str, int]) -> list[str
         skipped = r.reuse.reused + r.reuse.carried if r.reuse else 0
         reused = (f" ({r.reuse.reused} reusing a still scene's prediction, {r.reuse.carried} carrying it along the "
                   f"flow)") if skipped else ""
+        gray = f"gray {r.uncolorized} (inference unavailable), " if r.uncolorized else ""
         lines.append(f"{name}: {r.state()}, {fps:.1f} fps out, colorized {r.colorized}{reused}, "
-                     f"passed {r.passed_through}, dropped {pipeline.dropped(name)}, "
+                     f"passed {r.passed_through}, {gray}dropped {pipeline.dropped(name)}, "
                      f"latency p50 {_percentile(lat, 50):.0f} ms p99 {_percentile(lat, 99):.0f} ms")
     return lines
 
@@ -58,10 +64,19 @@ def quick_config(args: argparse.Namespace) -> cfgmod.Config:
             file_out = str(p.with_name(f"{p.stem}-{name}{p.suffix or '.mp4'}") if several else p)
         cameras.append({"name": name, "url": url, "transport": args.rtsp_transport, "loop": args.loop,
                         "rtsp_out": rtsp_out, "file_out": file_out, "temporal": not args.no_temporal})
-    raw = {"camera": cameras, "zmq": {"endpoint": args.zmq, "format": args.format}, "http": {"listen": args.http}}
+    raw = {"camera": cameras, "zmq": {"endpoint": DEFAULT_ZMQ if args.zmq is None else args.zmq, "format": args.format},
+           "http": {"listen": args.http or ""}}
     if args.model:
         raw["model"] = {"path": args.model}
     return cfgmod.parse(raw)
+
+
+def with_flags(cfg: cfgmod.Config, args: argparse.Namespace) -> cfgmod.Config:
+    """-c CONFIG with --zmq or --http: the flags replace the file's [zmq] endpoint and [http] listen, so that
+    shards of one config file can run side by side on one host, each on ports of its own."""
+    zmq = cfg.zmq if args.zmq is None else dataclasses.replace(cfg.zmq, endpoint=args.zmq)
+    http = cfg.http if args.http is None else dataclasses.replace(cfg.http, listen=args.http)
+    return cfgmod.validate(dataclasses.replace(cfg, zmq=zmq, http=http))
 
 
 def summary(pipeline) -> str:
@@ -75,10 +90,13 @@ def summary(pipeline) -> str:
 class Daemon:
     """The main loop of `streamd run`: signals, systemd notifications, reloads, status lines."""
 
-    def __init__(self, pipeline, config_path: Path | None, report_every: float, http=None, notifier=None) -> None:
+    def __init__(self, pipeline, config_path: Path | None, report_every: float, http=None, notifier=None,
+                 load: Callable[[Path], cfgmod.Config] = cfgmod.load) -> None:
+        """`load` reads the config again on reload (with the command line's overrides)."""
         from streamd.systemd import Notifier
 
         self.pipeline, self.config_path, self.report_every, self.http = pipeline, config_path, report_every, http
+        self.load = load
         self.notifier = notifier or Notifier()
         self.stop = threading.Event()
         self.reload = threading.Event()
@@ -101,7 +119,7 @@ class Daemon:
             return
         self.notifier.reloading()
         try:
-            changes = self.pipeline.apply(cfgmod.load(self.config_path))
+            changes = self.pipeline.apply(self.load(self.config_path))
             log.info("reload: %s", "; ".join(changes) or "no camera changed")
         except cfgmod.ConfigError as e:
             log.error("reload refused, the running configuration stays: %s", e)
@@ -124,6 +142,8 @@ class Daemon:
                               self.failure)
                     break
                 self.notifier.watchdog()
+                if self.http:
+                    self.http.beat = time.monotonic()
                 if self.reload.is_set():
                     self._reload()
                 now = time.monotonic()
@@ -132,7 +152,7 @@ class Daemon:
                         print(line, flush=True)
                     self.notifier.status(summary(self.pipeline))
                     last = now
-                if self.pipeline.finished():
+                if self.pipeline.cameras and self.pipeline.finished():  # a shard may have none, and wait
                     time.sleep(0.3)  # let the outputs publish what is in flight
                     break
         finally:
@@ -152,16 +172,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     if bool(args.config) == bool(args.source):
         print("streamd run: give either -c CONFIG or --source URL", file=sys.stderr)
         return EXIT_USAGE
-    cfg = cfgmod.load(args.config) if args.config else quick_config(args)
+    cfg = with_flags(cfgmod.load(args.config), args) if args.config else quick_config(args)
+    try:
+        shard = fleet.resolve(args.shard or cfg.fleet.shard, os.environ)
+    except ValueError as e:
+        raise cfgmod.ConfigError(f"{'--shard' if args.shard else 'fleet.shard'}: {e}") from e
     notifier = Notifier()
-    pipeline = Pipeline(cfg, keepalive=notifier.working)
+    pipeline = Pipeline(cfg, keepalive=notifier.working, shard=shard)
     http = None
     if cfg.http.listen:
         host, _, port = cfg.http.listen.rpartition(":")
         http = HealthServer(pipeline, pipeline.instruments.registry, host, int(port), cfg.http.token)
-    daemon = Daemon(pipeline, args.config, args.report_every, http, notifier)
+    daemon = Daemon(pipeline, args.config, args.report_every, http, notifier,
+                    lambda path: with_flags(cfgmod.load(path), args))
     daemon.install_signals()
-    log.info("streamd running %d camera(s)%s", len(cfg.cameras),
+    log.info("streamd running %d camera(s)%s", len(pipeline.mine(cfg)),
              f", ZeroMQ on {pipeline.publisher.endpoint}" if pipeline.publisher else "")
     daemon.run()
     if daemon.failure:
@@ -177,8 +202,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = cfgmod.load(args.config)
+    if args.shards is not None and not 1 <= args.shards <= fleet.MAX_SHARDS:
+        print(f"streamd check: --shards must be between 1 and {fleet.MAX_SHARDS}", file=sys.stderr)
+        return EXIT_USAGE
     for c in cfg.cameras:
-        print(f"camera {c.name}: {redact(c.url)}")
+        shard = f" (shard {fleet.owner(c.name, args.shards)}/{args.shards})" if args.shards else ""
+        print(f"camera {c.name}{shard}: {redact(c.url)}")
     print(f"{args.config}: OK ({len(cfg.cameras)} camera(s))")
     return 0
 
@@ -267,12 +296,40 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 @needs_train_extra("torch", "onnx")
 def cmd_export(args: argparse.Namespace) -> int:
-    from streamd.model.export import export
+    if bool(args.weights) != bool(args.output):
+        print("streamd export: give WEIGHTS with -o OUTPUT (and optionally --triton DIR), or only --triton DIR "
+              "(with --model, default the shipped one)", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.weights and not args.triton:
+        print("streamd export: nothing to do: give WEIGHTS -o OUTPUT, or --triton DIR", file=sys.stderr)
+        return EXIT_USAGE
+    model = args.model
+    if args.weights:
+        from streamd.model.export import export
 
-    meta = export(args.weights, args.output, args.temperature, (args.height, args.width),
-                  prior_correction=args.prior_correction, shrink=args.shrink)
-    print(f"wrote {args.output} ({meta['model_id']}); max |ab| difference to PyTorch: "
-          f"{meta['max_ab_difference']:.5f}")
+        meta = export(args.weights, args.output, args.temperature, (args.height, args.width),
+                      prior_correction=args.prior_correction, shrink=args.shrink)
+        print(f"wrote {args.output} ({meta['model_id']}); max |ab| difference to PyTorch: "
+              f"{meta['max_ab_difference']:.5f}")
+        model = args.output
+    if args.triton:
+        from streamd.infer import shipped_model
+        from streamd.model.triton_repo import write_repository
+
+        model = model or shipped_model()
+        if not model.is_file():
+            raise FileNotFoundError(f"model {model} does not exist")
+        if args.triton_max_batch < 1:
+            print("streamd export: --triton-max-batch must be at least 1", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            folder = write_repository(model, args.triton, args.triton_name, args.triton_max_batch)
+        except ValueError as e:
+            print(f"streamd export: --triton-name: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"wrote the Triton model {args.triton_name!r} for {model} to {folder} (serve it with "
+              f"tritonserver --model-repository {args.triton}; [model] provider = \"triton\", "
+              f"triton_model = \"{args.triton_name}\")")
     return 0
 
 
@@ -330,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-c", "--config", type=Path)
     r.add_argument("--source", action="append", default=[], metavar="[NAME=]URL",
                    help="a camera (RTSP URL or video file); repeat for several")
-    r.add_argument("--zmq", default="tcp://127.0.0.1:5555", help="PUB endpoint ('' for none)")
+    r.add_argument("--zmq", help=f"PUB endpoint ('' for none; default {DEFAULT_ZMQ}); with -c, replaces [zmq] endpoint")
     r.add_argument("--rtsp-out", default="", metavar="URL", help="push H.264 here (one path per camera)")
     r.add_argument("--file-out", default="", metavar="PATH", help="write an MP4 here")
     r.add_argument("--format", default="bgr24", choices=["bgr24", "yuv420p", "jpeg"], help="ZeroMQ payload")
@@ -338,13 +395,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--loop", action="store_true", help="play video files in a loop, as a camera")
     r.add_argument("--no-temporal", action="store_true", help="colorize each frame on its own (flickers)")
     r.add_argument("--model", default="", help="ONNX model (default: the shipped one)")
-    r.add_argument("--http", default="", metavar="HOST:PORT", help="serve the status page, /healthz and /metrics here (off localhost: "
-                   "a config file with [http] token)")
+    r.add_argument("--http", metavar="HOST:PORT", help="serve the status page, /healthz and /metrics here (off "
+                   "localhost: a config file with [http] token); with -c, replaces [http] listen")
     r.add_argument("--report-every", type=float, default=5.0, help="seconds between status lines")
+    r.add_argument("--shard", default="", metavar="I/N", help="run only the config's cameras of shard I (from 0) of N "
+                   "(rendezvous hash of the names; 'auto': from $STREAMD_SHARDS and the pod ordinal); overrides "
+                   "[fleet] shard")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("check", help="validate a config file")
     c.add_argument("-c", "--config", type=Path, required=True)
+    c.add_argument("--shards", type=int, metavar="N",
+                   help="also say which of N shards runs each camera")
     c.set_defaults(func=cmd_check)
 
     z = sub.add_parser("colorize", help="colorize image and video files")
@@ -391,9 +453,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lambda of the class prior's mix with uniform (Zhang's 0.5; lower weighs rare colours more)")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("export", help="weights -> ONNX with the decoding inside")
-    e.add_argument("weights", type=Path)
-    e.add_argument("-o", "--output", type=Path, required=True)
+    e = sub.add_parser("export", help="weights -> ONNX with the decoding inside; a model -> a Triton model repository")
+    e.add_argument("weights", type=Path, nargs="?", help="training weights (.pt) to export to ONNX")
+    e.add_argument("-o", "--output", type=Path, help="the ONNX model written from WEIGHTS")
+    e.add_argument("--triton", type=Path, metavar="DIR", help="also (or, without WEIGHTS, only) write a Triton model "
+                   "repository for the model here: config.pbtxt with dynamic batching and the model's metadata, "
+                   "the ONNX model, and a TensorRT variant for GPU servers (docs/scaling.md)")
+    e.add_argument("--triton-name", default="streamd", metavar="NAME", help="the model's name in that repository")
+    e.add_argument("--triton-max-batch", type=int, default=64, metavar="N", help="frames per server batch (the "
+                   "server's dynamic batcher merges the requests of all camera hosts up to this)")
+    e.add_argument("--model", type=Path, help="without WEIGHTS: the ONNX model to put in the Triton repository "
+                   "(default: the shipped one)")
     e.add_argument("--temperature", type=float, default=0.38)
     e.add_argument("--prior-correction", type=float, default=0.0, metavar="ALPHA",
                    help="divide the class-rebalancing weights back out of the distribution to this power before "

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamd import fleet
 from streamd.sink import FORMATS
 
 
@@ -23,7 +24,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class ModelConfig:
     path: str = ""  # "" = the shipped model
-    provider: str = "auto"  # auto | tensorrt | cuda | cpu | torch-cuda (PyTorch, needs the train extra)
+    provider: str = "auto"  # auto | tensorrt | cuda | cpu | torch-cuda (PyTorch, needs the train extra) | triton
     temperature: float = 0.0  # 0 = the model's own (0.38 unless exported otherwise)
     threads: int = 0  # ONNX Runtime intra-op threads; 0 = one per core
     input_width: int = 0  # 0 = the model's own input size
@@ -36,6 +37,10 @@ class ModelConfig:
     # Loading a model (a TensorRT engine build: minutes) keeps systemd's watchdog and start/reload timeout from
     # firing for up to this long; a load that takes longer is taken as hung, and systemd restarts streamd
     load_timeout_s: float = 900.0
+    # provider = "triton": the model runs on a Triton Inference Server (needs the triton extra; docs/scaling.md)
+    triton_url: str = ""  # the server's gRPC endpoint, HOST:PORT
+    triton_model: str = "streamd"  # the model's name in the server's repository
+    triton_timeout_s: float = 2.0  # a request not answered in this long makes inference unavailable (gray frames)
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,13 @@ class AdaptConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """One config file for a whole fleet: each process runs its shard of the cameras (streamd.fleet)."""
+
+    shard: str = ""  # "": every camera; "I/N": shard I (from 0) of N; "auto": from $STREAMD_SHARDS and the pod ordinal
+
+
+@dataclass(frozen=True)
 class CameraConfig:
     name: str
     url: str
@@ -127,9 +139,11 @@ class Config:
     daynight: DayNightConfig = field(default_factory=DayNightConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")  # a topic and a folder: not "." or ".."
+_HOST_PORT = re.compile(r"^[A-Za-z0-9_.-]+:\d{1,5}$")
 _ZMQ_ENDPOINT = re.compile(r"^(tcp|ipc|inproc)://\S+$")
 _TOKEN = re.compile(r"^[\x21-\x7e]{16,}$")  # printable ASCII, no spaces: it travels in a header and a URL
 _TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool}
@@ -175,8 +189,21 @@ def is_local(host: str) -> bool:
 
 def validate(cfg: Config) -> Config:
     m = cfg.model
-    _check(m.provider in ("auto", "tensorrt", "cuda", "cpu", "torch-cuda"), "model.provider",
-           "must be auto, tensorrt, cuda, cpu or torch-cuda")
+    _check(m.provider in ("auto", "tensorrt", "cuda", "cpu", "torch-cuda", "triton"), "model.provider",
+           "must be auto, tensorrt, cuda, cpu, torch-cuda or triton")
+    if m.provider == "triton":
+        _check(bool(m.triton_url), "model.triton_url", 'required with provider = "triton": the server\'s gRPC '
+               'endpoint, HOST:PORT (Triton\'s default port is 8001)')
+        _check(bool(_HOST_PORT.match(m.triton_url)) and int(m.triton_url.rpartition(":")[2]) < 65536,
+               "model.triton_url", f"must be HOST:PORT (no scheme), got {m.triton_url!r}")
+        _check(bool(_NAME.match(m.triton_model)), "model.triton_model", "must be a model name in the server's repository")
+        _check(0 < m.triton_timeout_s < m.stall_timeout_s, "model.triton_timeout_s",
+               "must be positive and below stall_timeout_s (a slow server is unavailable, not a hung GPU)")
+        _check(not m.path, "model.path", 'is not used with provider = "triton": the server has the model')
+        _check(m.temperature == 0, "model.temperature", 'cannot be set with provider = "triton": the server runs the '
+               "model with its own (export it with the temperature wanted)")
+    else:
+        _check(not m.triton_url, "model.triton_url", 'is only used with provider = "triton"')
     _check(m.temperature >= 0, "model.temperature", "must be 0 (the model's own) or more")
     _check(m.threads >= 0, "model.threads", "must be 0 (all cores) or more")
     _check(m.int8 in ("auto", "on", "off"), "model.int8", "must be auto, on or off")
@@ -212,6 +239,10 @@ def validate(cfg: Config) -> Config:
     _check(a.every_h >= 0, "adapt.every_h", "must be 0 (on request only) or more")
     _check(a.budget_minutes > 0, "adapt.budget_minutes", "must be positive")
     _check(a.min_frames >= 2, "adapt.min_frames", "must be at least 2 (some are held back to score on)")
+    try:
+        fleet.check(cfg.fleet.shard)
+    except ValueError as e:
+        raise ConfigError(f"fleet.shard: {e}") from e
     _check(len(cfg.cameras) > 0, "camera", "at least one [[camera]] is needed")
     seen = set()
     for i, c in enumerate(cfg.cameras):
@@ -239,7 +270,7 @@ def validate(cfg: Config) -> Config:
 
 
 def parse(raw: dict) -> Config:
-    known = {"model", "colour", "batch", "zmq", "daynight", "http", "adapt", "camera"}
+    known = {"model", "colour", "batch", "zmq", "daynight", "http", "adapt", "fleet", "camera"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(sorted(known))})")
@@ -255,6 +286,7 @@ def parse(raw: dict) -> Config:
         daynight=_section(DayNightConfig, raw.get("daynight", {}), "daynight"),
         http=_section(HttpConfig, raw.get("http", {}), "http"),
         adapt=_section(AdaptConfig, raw.get("adapt", {}), "adapt"),
+        fleet=_section(FleetConfig, raw.get("fleet", {}), "fleet"),
     ))
 
 

@@ -20,6 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from streamd.source import State
 from streamd.status import StatusPage
 
+LIVE_S = 30.0  # /livez: a main loop silent this long is hung (systemd's WatchdogSec, for supervisors without it)
 LATENCY_BUCKETS = (0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -52,6 +53,8 @@ class PipelineCollector:
         carried = CounterMetricFamily("streamd_frames_carried", "Gray frames of a moving scene that got the last "
                                       "prediction carried along the optical flow instead of running the network",
                                       labels=["camera"])
+        uncolorized = CounterMetricFamily("streamd_frames_uncolorized", "Night frames passed through gray because "
+                                          "inference was unavailable (an inference server away)", labels=["camera"])
         dropped = CounterMetricFamily("streamd_frames_dropped", "Frames dropped (pipeline behind, or the camera's model failed on them)", labels=["camera"])
         published = CounterMetricFamily("streamd_frames_published", "Frames sent to the outputs", labels=["camera"])
         reconnects = CounterMetricFamily("streamd_reconnects", "Source reconnects", labels=["camera"])
@@ -67,6 +70,7 @@ class PipelineCollector:
             passed.add_metric([name], r.passed_through)
             reused.add_metric([name], r.reuse.reused if r.reuse else 0)
             carried.add_metric([name], r.reuse.carried if r.reuse else 0)
+            uncolorized.add_metric([name], r.uncolorized)
             dropped.add_metric([name], p.dropped(name))
             published.add_metric([name], r.outputs.published)
             reconnects.add_metric([name], stats.reconnects)
@@ -85,26 +89,52 @@ class PipelineCollector:
         for name, r in list(p.cameras.items()):
             if r.store is not None:
                 stored.add_metric([name], len(r.store))
+        available = GaugeMetricFamily("streamd_inference_available", "1 while inference can run, 0 while it "
+                                      "cannot (an inference server away: night frames pass through gray)")
+        available.add_metric([], 0.0 if p.unavailable() else 1.0)
+        shard = GaugeMetricFamily("streamd_shard_info", "The shard of the fleet this process runs (streamd.fleet); "
+                                  "absent when it runs every camera of its config", labels=["shard", "shards"])
+        shard_cameras = GaugeMetricFamily("streamd_shard_camera", "1 for each camera this process runs as its "
+                                          "shard", labels=["camera", "shard"])
+        if p.shard:
+            shard.add_metric([str(p.shard.index), str(p.shard.count)], 1.0)
+            for name in list(p.cameras):
+                shard_cameras.add_metric([name, str(p.shard.index)], 1.0)
         adaptations = CounterMetricFamily("streamd_adaptations", "Adaptation runs by outcome", labels=["outcome"])
         for outcome, n in p.adaptation.results.items():
             adaptations.add_metric([outcome], n)
-        yield from (frames, colorized, passed, reused, carried, dropped, published, reconnects, out_reconnects, state, age,
-                    queue, provider, stored, adaptations)
+        yield from (frames, colorized, passed, reused, carried, uncolorized, dropped, published, reconnects,
+                    out_reconnects, state, age, queue, provider, stored, available, shard, shard_cameras, adaptations)
 
 
 def health(pipeline, phase: str) -> tuple[int, dict]:
     """(HTTP status, body). starting/stopping: 503; running: 200; degraded (a camera is down, or silent:
-    running but delivering nothing, streamd.pipeline.CameraRuntime.state): 503; stalled (inference or the
-    GPU colour stage hung): 503, with the reason."""
+    running but delivering nothing, streamd.pipeline.CameraRuntime.state; or inference unavailable, with the
+    reason): 503; stalled (inference or the GPU colour stage hung): 503, with the reason. A process that runs
+    a shard of its config says which ("shard": "1/3")."""
     now = time.monotonic()
     cameras = {name: r.state(now) for name, r in list(pipeline.cameras.items())}
     body = {"status": phase, "cameras": cameras}
+    if pipeline.shard:
+        body["shard"] = str(pipeline.shard)
     stalled = pipeline.stalled() if phase == "running" else None
+    unavailable = pipeline.unavailable() if phase == "running" else None
     if stalled:
         body.update(status="stalled", reason=stalled)
+    elif unavailable:
+        body.update(status="degraded", reason=f"inference unavailable: {unavailable}")
     elif phase == "running" and any(s != State.RUNNING.value for s in cameras.values()):
         body["status"] = "degraded"
     return (200 if body["status"] == "running" else 503), body
+
+
+def liveness(phase: str, silent_s: float) -> tuple[int, dict]:
+    """/livez, for supervisors that restart what fails it (a Kubernetes livenessProbe): 200 while the main
+    loop goes round, 503 when it has been silent for LIVE_S. Unlike /healthz, a camera or an inference server
+    that is down does not fail it: a restart would not bring them back. (A stalled pipeline ends the process.)"""
+    if phase == "running" and silent_s > LIVE_S:
+        return 503, {"status": "hung", "reason": f"the main loop has been silent for {silent_s:.0f} s"}
+    return 200, {"status": phase}
 
 
 def request_adaptation(pipeline, camera: str) -> tuple[int, dict]:
@@ -130,18 +160,20 @@ def authorized(token: str, header: str | None, query: str) -> bool:
 
 
 def is_open(path: str) -> bool:
-    """Paths served without the token: /healthz for supervisors, and the page's own HTML, script and style,
-    which hold no data (the script asks for the data with the token)."""
-    return path in ("/healthz", "/") or path.startswith("/static/")
+    """Paths served without the token: /healthz and /livez for supervisors, and the page's own HTML, script
+    and style, which hold no data (the script asks for the data with the token)."""
+    return path in ("/healthz", "/livez", "/") or path.startswith("/static/")
 
 
 class HealthServer:
-    """Serves /healthz, /metrics and the status page, and takes adaptation requests, on its own thread;
-    `phase` is set by the daemon's main loop. With a `token`, every other path wants it."""
+    """Serves /healthz, /livez, /metrics and the status page, and takes adaptation requests, on its own
+    thread; `phase` and `beat` (monotonic time of its last round) are set by the daemon's main loop. With a
+    `token`, every other path wants it."""
 
     def __init__(self, pipeline, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 9090,
                  token: str = "") -> None:
         self.phase = "starting"
+        self.beat = time.monotonic()
         registry.register(PipelineCollector(pipeline))
         self.page = StatusPage(pipeline, lambda: self.phase)
         registry.register(self.page.snapshots)
@@ -158,10 +190,13 @@ class HealthServer:
                 elif path == "/healthz":
                     code, doc = health(server.pipeline, server.phase)
                     body, ctype = json.dumps(doc).encode(), "application/json"
+                elif path == "/livez":
+                    code, doc = liveness(server.phase, time.monotonic() - server.beat)
+                    body, ctype = json.dumps(doc).encode(), "application/json"
                 elif (reply := server.page.get(path, query)) is not None:
                     code, body, ctype, headers = reply.code, reply.body, reply.content_type, reply.headers
                 else:
-                    code, body, ctype = 404, b"not found: try /, /healthz or /metrics\n", "text/plain"
+                    code, body, ctype = 404, b"not found: try /, /healthz, /livez or /metrics\n", "text/plain"
                 self._reply(code, body, ctype, headers)
 
             def do_POST(self) -> None:  # noqa: N802 - the http.server API

@@ -42,6 +42,11 @@ def choose_provider(requested: str, available: list[str]) -> tuple[str, str]:
     return PROVIDERS["cpu"], "auto: no GPU provider installed (onnxruntime-gpu gives CUDA and TensorRT)"
 
 
+class InferenceUnavailable(RuntimeError):
+    """Inference cannot run now, for a reason that passes (an inference server that went away): the
+    pipeline passes the frames through gray instead of dropping them, and /healthz says degraded."""
+
+
 def int8_copy(path: Path) -> Path:
     """Where `streamd quantize` puts a model's int8 copy by convention: beside it, named <stem>-int8.onnx."""
     return path.with_name(f"{path.stem}-int8.onnx")
@@ -73,6 +78,8 @@ def read_info(path: Path, temperature: float | None = None) -> ModelInfo:
 
 class Colorizer:
     """Runs the network on batches of L (N, 1, H, W) float32 and returns ab (N, 2, H/4, W/4)."""
+
+    unavailable: str | None = None  # why inference cannot run now: never, for a model in this process
 
     def __init__(self, path: Path | None = None, provider: str = "auto", temperature: float | None = None,
                  threads: int = 0, cache_dir: Path | None = None, int8: str = "off") -> None:

@@ -26,13 +26,14 @@ import numpy as np
 import zmq
 import zmq.auth
 
+from streamd import fleet
 from streamd.batch import Batcher, Reuse
 from streamd.collect import FrameStore, default_state_dir
 from streamd.colour import ChromaPlanes, DayNight, Temporal, chroma_planes, luma_to_lightness, recombine
-from streamd.config import CameraConfig, Config, ConfigError
+from streamd.config import CameraConfig, Config, ConfigError, ModelConfig
 from streamd.frame import Frame
 from streamd.health import Instruments
-from streamd.infer import Colorizer
+from streamd.infer import Colorizer, InferenceUnavailable
 from streamd.schedule import AdaptationScheduler, adapted_model
 from streamd.sink import OutputTargets, OutputWorker, ZmqPublisher
 from streamd.source import Camera, SourceSettings, State
@@ -42,6 +43,7 @@ from streamd.systemd import Keepalive, no_keepalive
 if TYPE_CHECKING:
     from streamd.colour_torch import ChromaBatcher
     from streamd.infer_torch import TorchColorizer
+    from streamd.infer_triton import TritonColorizer
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +109,7 @@ def finish(frame: Frame, temporal: Temporal | None = None, store: FrameStore | N
     """Turn a frame's prediction into its chroma planes (luma untouched; the full-resolution work in
     `planes`), stabilised by `temporal`; a day frame (no prediction) is offered to the camera's store."""
     if frame.prediction is None:
-        if store is not None:
+        if store is not None and not frame.passed_gray:
             store.offer(frame)
     else:
         l_in, ab = frame.prediction
@@ -127,6 +129,18 @@ def torch_model(path: str, temperature: float | None) -> TorchColorizer:
         return load_torch_colorizer(Path(path) if path else None, "cuda", temperature)
     except RuntimeError as e:
         raise ConfigError(f"model.provider: 'torch-cuda', but {e}") from e
+
+
+def triton_model(m: ModelConfig) -> TritonColorizer:
+    """[model] provider = "triton": the model on a Triton Inference Server (streamd.infer_triton)."""
+    try:
+        from streamd.infer_triton import ModelMismatch, TritonColorizer
+    except ImportError as e:
+        raise ConfigError("model.provider: 'triton' needs tritonclient: pip install 'streamd[triton]'") from e
+    try:
+        return TritonColorizer(m.triton_url, m.triton_model, m.triton_timeout_s)
+    except ModelMismatch as e:
+        raise ConfigError(f"model.triton_model: {e}") from e
 
 
 def gpu_colour_stage(device: str) -> ChromaBatcher:
@@ -157,6 +171,7 @@ class CameraRuntime:
     passed_through: int = 0
     colorized: int = 0
     failed: int = 0  # frames lost because the camera's model failed on them (counted in `dropped`)
+    uncolorized: int = 0  # night frames passed through gray because inference was unavailable
     interval_s: float = 0.04  # smoothed time between frames
     last_arrival: float | None = None
     latest: Latest = field(default_factory=Latest)  # newest input and output, for the status page's pictures
@@ -176,12 +191,15 @@ class CameraRuntime:
 
 class Pipeline:
     def __init__(self, config: Config, colorizer: Colorizer | None = None,
-                 colour_stage: ChromaBatcher | None = None, keepalive: Keepalive = no_keepalive) -> None:
+                 colour_stage: ChromaBatcher | None = None, keepalive: Keepalive = no_keepalive,
+                 shard: fleet.Shard | None = None) -> None:
         """`colorizer` and `colour_stage` replace what the config names (the bench times them, the tests
         run the GPU colour stage on the CPU); the pipeline starts and closes either way. `keepalive` wraps
         the long work done on the caller's thread (model loads, cameras stopping): under systemd it keeps
-        the watchdog fed meanwhile (streamd.systemd.Notifier.working)."""
+        the watchdog fed meanwhile (streamd.systemd.Notifier.working). With a `shard`, it runs only the
+        cameras of the config that the shard owns (streamd.fleet), also after reloads."""
         self.config = config
+        self.shard = shard
         m = config.model
         self._keepalive = keepalive
         with keepalive("loading the model", m.load_timeout_s):
@@ -223,9 +241,13 @@ class Pipeline:
 
     def _load_model(self, path: str) -> Colorizer:
         m = self.config.model
+        if m.provider == "triton" and not path:
+            return triton_model(m)
         if m.provider == "torch-cuda":
             return torch_model(path, m.temperature or None)
-        return Colorizer(Path(path) if path else None, m.provider, m.temperature or None, m.threads,
+        # With Triton, a camera's own model (its config's, or adapted to it here) runs in this process.
+        provider = "auto" if m.provider == "triton" else m.provider
+        return Colorizer(Path(path) if path else None, provider, m.temperature or None, m.threads,
                          Path(m.cache_dir) if m.cache_dir else None, m.int8)
 
     def _model(self, path: str, keepalive: Keepalive) -> Colorizer:
@@ -238,6 +260,10 @@ class Pipeline:
             if path not in self._models:
                 self._models[path] = self._load_model(path)
             return self._models[path]
+
+    def mine(self, config: Config) -> tuple[CameraConfig, ...]:
+        """The config's cameras that this process runs: its shard's, or all of them."""
+        return fleet.mine(config.cameras, self.shard)
 
     def model_for(self, c: CameraConfig) -> Colorizer:
         """The camera's model: the one its config names, else the one adapted to it, else the generic one.
@@ -253,7 +279,7 @@ class Pipeline:
 
     def adaptable(self) -> list[str]:
         """Cameras the daemon may adapt: those that collect and have no model fixed by the config."""
-        return [c.name for c in self.config.cameras if c.collect and not c.model]
+        return [c.name for c in self.mine(self.config) if c.collect and not c.model]
 
     def use_adapted(self, camera: str, path: Path) -> None:
         """Swap in a camera's newly adapted model between two of its frames (called by the scheduler, on
@@ -291,7 +317,11 @@ class Pipeline:
     def start(self) -> None:
         if self.colour_stage:
             self.colour_stage.start()
-        for c in self.config.cameras:
+        if self.shard:
+            names = [c.name for c in self.mine(self.config)]
+            log.info("shard %s: running %d of the config's %d cameras (%s)", self.shard, len(names),
+                     len(self.config.cameras), ", ".join(names) or "none")
+        for c in self.mine(self.config):
             self.add_camera(c)
         self._infer_thread.start()
         self.adaptation.start()
@@ -357,8 +387,8 @@ class Pipeline:
         """Reload: start added cameras, stop removed ones, restart changed ones; the others keep running
         untouched. Returns what changed. Model, batch, ZeroMQ and HTTP settings need a restart."""
         changes = []
-        old = {c.name: c for c in self.config.cameras}
-        wanted = {c.name: c for c in new.cameras}
+        old = {c.name: c for c in self.mine(self.config)}
+        wanted = {c.name: c for c in self.mine(new)}
         removed = [name for name in old if name not in wanted]
         only_model = {name for name, c in wanted.items()
                       if name in old and old[name] != c and dataclasses.replace(old[name], model=c.model) == c}
@@ -377,7 +407,7 @@ class Pipeline:
             elif name not in old:
                 self.add_camera(c)
                 changes.append(f"added {name}")
-        for section in ("model", "colour", "batch", "zmq", "http", "adapt"):
+        for section in ("model", "colour", "batch", "zmq", "http", "adapt", "fleet"):
             if getattr(new, section) != getattr(self.config, section):
                 log.warning("reload: [%s] changed; that takes effect at the next restart", section)
         if new.daynight != self.config.daynight:
@@ -471,10 +501,12 @@ class Pipeline:
             frames.append(frame)
             reuses.append(runtime.reuse if runtime else None)
         t0 = time.perf_counter()
-        predicted, failed = 0, set()
+        predicted, failed, gray = 0, set(), set()
         for colorizer, frames, reuses in by_model.values():
             try:
                 predicted += predict_changed(colorizer, frames, reuses, self.input_size(colorizer), self._reuse_pool)
+            except InferenceUnavailable:  # an inference server away: the cameras keep flowing, gray
+                gray.update(id(f) for f in frames if f.prediction is None)  # the others reuse a prediction
             except Exception:  # one model failing (a camera's own, say) costs its frames, not the others'
                 model_id = colorizer.info.model_id
                 count = self._model_failures[model_id] = self._model_failures.get(model_id, 0) + 1
@@ -493,6 +525,11 @@ class Pipeline:
             if id(frame) in failed:
                 runtime.failed += 1
                 continue
+            if id(frame) in gray:
+                frame.passed_gray = True
+                runtime.uncolorized += 1
+                runtime.outputs.put(frame)
+                continue
             runtime.colorized += 1
             runtime.outputs.put(frame)
 
@@ -509,6 +546,10 @@ class Pipeline:
             if since is not None and now - since > limit:
                 return f"{stage}: one batch has not returned for {now - since:.0f} s (stall_timeout_s {limit:g})"
         return None
+
+    def unavailable(self) -> str | None:
+        """Why inference cannot run now (an inference server that went away), or None."""
+        return next((c.unavailable for c in list(self._models.values()) if c.unavailable), None)
 
     def dropped(self, name: str) -> int:
         runtime = self.cameras[name]

@@ -12,7 +12,7 @@ import torch
 from skimage import data
 
 from streamd.cli import main
-from streamd.infer import Colorizer
+from streamd.infer import Colorizer, read_info
 from streamd.infer_torch import load_torch_colorizer
 from streamd.lab import ab_bins, rgb_to_lab
 from streamd.model.loss import BinGrid, Priors, WeightedCrossEntropy, gradient_magnitude
@@ -115,9 +115,14 @@ def test_train_export_eval_from_the_command_line(tmp_path):
     assert all(v.dtype == torch.float16 for v in weights["model"].values() if v.is_floating_point())
 
     model = tmp_path / "tiny.onnx"
-    assert main(["export", str(ckpt / "weights.pt"), "-o", str(model), "--width", "96", "--height", "64"]) == 0
+    assert main(["export", str(ckpt / "weights.pt"), "-o", str(model), "--width", "96", "--height", "64",
+                 "--triton", str(tmp_path / "triton")]) == 0
     card = model.with_suffix(".md").read_text()
     assert "6 steps" in card and "max abs ab difference" in card
+    served = tmp_path / "triton" / "streamd"  # the new model, packaged for Triton with its own id and input size
+    assert (served / "1" / "model.onnx").read_bytes() == model.read_bytes()
+    assert f'"{read_info(model).model_id}"' in (served / "config.pbtxt").read_text()
+    assert 'key: "streamd.input_width" value { string_value: "96" }' in (served / "config.pbtxt").read_text()
     report = tmp_path / "eval.json"
     assert main(["eval", str(images), "--model", str(model), "--json", str(report),
                  "--sheets", str(tmp_path / "sheets")]) == 0

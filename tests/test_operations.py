@@ -452,6 +452,7 @@ def test_a_hung_network_is_reported_and_ends_the_daemon():
         def __init__(self) -> None:
             self.model, self.release = Colorizer(), threading.Event()
             self.info, self.provider, self.path = self.model.info, "hangs", self.model.path
+            self.unavailable = None
 
         def __call__(self, lightness: np.ndarray) -> np.ndarray:
             self.release.wait(60)
