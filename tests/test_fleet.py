@@ -185,7 +185,7 @@ def test_kubernetes_manifests_validate_against_the_api_schemas(version):
     fields are errors); a broken copy fails, so the check can fail."""
     kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="the test extra installs it")
     objects = manifests()
-    assert set(objects) == {("ConfigMap", "streamd-cameras"), ("Service", "streamd"), ("StatefulSet", "streamd"),
+    assert set(objects) == {("Secret", "streamd-cameras"), ("Service", "streamd"), ("StatefulSet", "streamd"),
                             ("Service", "triton"), ("Deployment", "triton")}
     for doc in objects.values():
         kubernetes_validate.validate(doc, version, strict=True)
@@ -196,11 +196,11 @@ def test_kubernetes_manifests_validate_against_the_api_schemas(version):
 
 
 def test_kubernetes_manifests_agree_with_streamd():
-    """What the manifests tell streamd is what streamd understands: the ConfigMap is a valid config that
+    """What the manifests tell streamd is what streamd understands: the Secret holds a valid config that
     shards by pod ordinal and points at the Triton Service; STREAMD_SHARDS is the replica count; the probes
     and scrape port are streamd's; the Triton init container's command writes a repository."""
     objects = manifests()
-    config = cfgmod.parse(tomllib.loads(objects[("ConfigMap", "streamd-cameras")]["data"]["cameras.toml"]))
+    config = cfgmod.parse(tomllib.loads(objects[("Secret", "streamd-cameras")]["stringData"]["cameras.toml"]))
     assert config.fleet.shard == "auto" and config.model.provider == "triton"
     triton_service = objects[("Service", "triton")]
     host, port = config.model.triton_url.split(":")
