@@ -191,13 +191,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     daemon.run()
     if daemon.failure:
         print(f"streamd: {daemon.failure}", file=sys.stderr)
-        return EXIT_FAILED
+        return leave(EXIT_FAILED)
     if daemon.interrupted:
-        return EXIT_INTERRUPTED
+        return leave(EXIT_INTERRUPTED)
     failed = [r for r in pipeline.cameras.values() if r.source.stats.state == State.FAILED]
     for r in failed:
         print(f"camera {r.config.name} failed: {r.source.stats.last_error}", file=sys.stderr)
-    return EXIT_FAILED if failed and len(failed) == len(pipeline.cameras) else 0
+    return leave(EXIT_FAILED if failed and len(failed) == len(pipeline.cameras) else 0)
+
+
+def leave(code: int) -> int:
+    """The end of `streamd run`, once the pipeline has stopped. A stop gives up on threads that outlive its
+    deadline (a camera stuck connecting to a host that never answers, inside FFmpeg); Python's teardown
+    of the interpreter under such a thread can crash the process after a clean stop (exit -11 instead of 0).
+    With any left, the process ends here, its output flushed, without that teardown."""
+    if all(t is threading.main_thread() or not t.is_alive() for t in threading.enumerate()):
+        return code
+    log.debug("exiting past %d thread(s) the stop gave up on", threading.active_count() - 1)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
