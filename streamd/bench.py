@@ -256,7 +256,7 @@ def paced_config(clip: Path, cameras: int, out_dir: Path, encode: bool, batch_ma
     no output at all (the frames are still finished and counted as published: OutputWorker does that
     before its targets); no ZeroMQ."""
     raw = {"camera": [{"name": f"cam{i}", "url": str(clip), "hwaccel": hwaccel,
-                       **({"file_out": str(out_dir / f"paced-{i}.mp4")} if encode else {})} for i in range(cameras)],
+                       **({"file_out": str(out_dir / "paced")} if encode else {})} for i in range(cameras)],
            "colour": {"device": colour_device},
            "zmq": {"endpoint": ""}, "adapt": {"state_dir": str(out_dir / "state")}}  # no adapted model of the user's
     if batch_max:

@@ -33,6 +33,7 @@ from streamd.config import CameraConfig, Config, ConfigError
 from streamd.frame import Frame
 from streamd.health import Instruments
 from streamd.infer import Colorizer
+from streamd.recording import Recorder
 from streamd.schedule import AdaptationScheduler, adapted_model
 from streamd.sink import OutputTargets, OutputWorker, ZmqPublisher
 from streamd.source import Camera, SourceSettings, State
@@ -156,6 +157,22 @@ class CameraRuntime:
     last_arrival: float | None = None
 
 
+OUTPUTS_CLOSE_S = 5.0  # all cameras' outputs together: an RTSP peer's time-out (rtsp_out_timeout_s) fits
+
+
+def close_outputs(workers: list[OutputWorker], timeout: float) -> None:
+    """Close cameras' outputs in parallel under one deadline: a hung peer of one camera costs the others
+    nothing, and the whole stays within the service's stop time-out however many cameras there are."""
+    for worker in workers:
+        worker.request_close()
+    deadline = time.monotonic() + timeout
+    for worker in workers:
+        worker.close(timeout=max(0.0, deadline - time.monotonic()))
+    for worker in workers:
+        if worker.alive:
+            log.warning("camera %s: outputs still closing after %g s; left behind", worker.camera, timeout)
+
+
 class Pipeline:
     def __init__(self, config: Config, colorizer: Colorizer | None = None,
                  colour_stage: ChromaBatcher | None = None) -> None:
@@ -255,16 +272,24 @@ class Pipeline:
         self.adaptation.start()
 
     def add_camera(self, c: CameraConfig) -> None:
+        runtime: CameraRuntime | None = None
+
+        def fps() -> float:  # the camera's measured rate, asked when an encoder opens
+            return 1.0 / runtime.interval_s if runtime else c.fps
+
+        recording = Recorder(Path(c.file_out), c.name, c.file_segment_s, c.file_retain_days, c.file_retain_gb,
+                             fps=fps, keyframe_interval_s=c.keyframe_interval_s, encoder=c.encoder) if c.file_out else None
         targets = OutputTargets(zmq=self.publisher, zmq_format=c.zmq_format or self.config.zmq.format,
                                 rtsp_url=c.rtsp_out or None, rtsp_transport=c.rtsp_out_transport or c.transport,
-                                file_path=Path(c.file_out) if c.file_out else None)
+                                rtsp_timeout_s=c.rtsp_out_timeout_s, recording=recording, encoder=c.encoder,
+                                keyframe_interval_s=c.keyframe_interval_s)
         temporal = Temporal() if c.temporal else None  # used on the camera's output thread only
         store = self._store_for(c)
         # Colour work happens in `prepare`, on the camera's output thread: full-resolution chroma is made in
         # parallel across cameras, and the temporal state and the store are touched by one thread only.
         planes = self.colour_stage or chroma_planes
         outputs = OutputWorker(c.name, targets, prepare=lambda frame: finish(frame, temporal, store, planes),
-                               observe_latency=self.instruments.latency.labels(c.name).observe)
+                               observe_latency=self.instruments.latency.labels(c.name).observe, fps=fps)
         runtime = CameraRuntime(c, None, DayNight(self.config.daynight.to_night_s, self.config.daynight.to_day_s),
                                 outputs, temporal, store, reuse_for(c),
                                 self.model_for(c))
@@ -286,13 +311,21 @@ class Pipeline:
             log.error("camera %s: cannot keep day frames in %s (%s); not collecting", c.name, self.state_dir, e)
             return None
 
-    def remove_camera(self, name: str) -> None:
-        runtime = self.cameras.pop(name)
-        runtime.source.stop()
-        self.batcher.discard(name)
-        runtime.outputs.close()
-        self.instruments.latency.remove(name)
-        self._release_unused(runtime.colorizer)
+    def remove_cameras(self, names: list[str]) -> None:
+        """Stop cameras and close their outputs, all in parallel: cameras whose hosts or RTSP peers are down
+        cost one time-out together, not one each."""
+        runtimes = [self.cameras.pop(name) for name in names]
+        for runtime in runtimes:
+            runtime.source.request_stop()
+        deadline = time.monotonic() + 5.0
+        for runtime in runtimes:
+            runtime.source.stop(timeout=max(0.0, deadline - time.monotonic()))
+        for name in names:
+            self.batcher.discard(name)
+        close_outputs([runtime.outputs for runtime in runtimes], OUTPUTS_CLOSE_S)
+        for name, runtime in zip(names, runtimes):
+            self.instruments.latency.remove(name)
+            self._release_unused(runtime.colorizer)
         self._update_batching()
 
     def apply(self, new: Config) -> list[str]:
@@ -301,9 +334,11 @@ class Pipeline:
         changes = []
         old = {c.name: c for c in self.config.cameras}
         wanted = {c.name: c for c in new.cameras}
-        for name in old.keys() - wanted.keys():
-            self.remove_camera(name)
-            changes.append(f"removed {name}")
+        removed = sorted(old.keys() - wanted.keys())
+        restarted = [name for name, c in wanted.items()
+                     if name in old and old[name] != c and dataclasses.replace(old[name], model=c.model) != c]
+        self.remove_cameras(removed + restarted)
+        changes += [f"removed {name}" for name in removed]
         for name, c in wanted.items():
             if name in old and old[name] != c and dataclasses.replace(old[name], model=c.model) == c:
                 runtime = self.cameras[name]  # only the model changed: swap it, the camera keeps streaming
@@ -313,8 +348,7 @@ class Pipeline:
                     runtime.reuse.forget()
                 self._release_unused(old_model)
                 changes.append(f"model of {name} is now {runtime.colorizer.info.model_id}")
-            elif name in old and old[name] != c:
-                self.remove_camera(name)
+            elif name in restarted:
                 self.add_camera(c)
                 changes.append(f"restarted {name}")
             elif name not in old:
@@ -342,8 +376,7 @@ class Pipeline:
         if self._infer_thread.is_alive():
             self._infer_thread.join(5.0)
         self._reuse_pool.shutdown(wait=False, cancel_futures=True)
-        for runtime in self.cameras.values():
-            runtime.outputs.close()
+        close_outputs([runtime.outputs for runtime in self.cameras.values()], OUTPUTS_CLOSE_S)
         if self.colour_stage:  # after the outputs: they may be waiting on it
             self.colour_stage.close()
         if self.publisher:
