@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
 from collections import deque
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import av
 import cv2
@@ -197,6 +199,32 @@ class H264Writer:
             self._container, self._stream, self._size = None, None, None
 
 
+def rtsp_answers(url: str, timeout_s: float) -> None:
+    """Raise OSError unless the RTSP server at `url` answers an OPTIONS request within `timeout_s`.
+
+    FFmpeg's RTSP handshake runs inside PyAV while holding the GIL: a server that accepts the connection and
+    never answers (or a host that is down) would freeze every thread of the process, the watchdog's too,
+    for the whole time-out. This question is asked from Python, whose socket calls release the GIL, before
+    FFmpeg connects."""
+    parts = urlsplit(url)
+    if parts.scheme != "rtsp":  # rtsps: TLS first; left to FFmpeg
+        return
+    target = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))  # no credentials
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 554), timeout=timeout_s) as sock:
+            sock.sendall(f"OPTIONS {target} RTSP/1.0\r\nCSeq: 1\r\nUser-Agent: streamd\r\n\r\n".encode())
+            answer = b""
+            while len(answer) < 5:
+                chunk = sock.recv(5 - len(answer))
+                if not chunk:
+                    raise ConnectionResetError("the server closed the connection without an answer")
+                answer += chunk
+    except TimeoutError as e:
+        raise TimeoutError(f"no answer within {timeout_s:g} s") from e
+    if answer != b"RTSP/":
+        raise ConnectionError(f"not an RTSP server (it answered {answer!r})")
+
+
 class RtspOutput:
     """H.264 pushed to an RTSP server; when the server goes away, frames are dropped and the connection is
     retried with back-off. Every socket operation has a time-out, so a peer that stops answering (or
@@ -210,7 +238,7 @@ class RtspOutput:
         self._writer = H264Writer(url, "rtsp", options, fps=fps, keyframe_interval_s=keyframe_interval_s,
                                   encoders=encoder_candidates(encoder),
                                   label=f"camera {camera}: RTSP output {redact(url)}")
-        self._retry_at = 0.0
+        self._retry_at, self._timeout_s = 0.0, timeout_s
         self._backoff, self._backoff_max = 0.5, backoff_max
         self.reconnects = 0
         self.connected = False
@@ -223,6 +251,8 @@ class RtspOutput:
         if time.monotonic() < self._retry_at:
             return
         try:
+            if self._writer.size is None:
+                rtsp_answers(self.url, self._timeout_s)
             self._writer.write(frame)
             if not self.connected:
                 log.info("camera %s: publishing to %s", self.camera, redact(self.url))
