@@ -1,4 +1,4 @@
-"""Sink stage: colour frames out to ZeroMQ subscribers, RTSP servers and MP4 files.
+"""Sink stage: colour frames out to ZeroMQ subscribers, RTSP servers and recordings (streamd.recording).
 
 Each camera has an OutputWorker thread with a one-frame mailbox, so a slow encoder or a server that went
 away costs that camera frames, never the pipeline time. The ZeroMQ PUB socket drops at its high-water
@@ -103,8 +103,8 @@ def encoder_candidates(choice: str = "auto") -> list[tuple[str, dict]]:
 
 class H264Writer:
     """H.264 into a container: an MP4 file, or an RTSP server (ANNOUNCE/RECORD). Opens at the first frame,
-    so it knows the size; reopens when the size changes (callers that must not reuse the target, as
-    recordings, start a new writer instead).
+    so it knows the size; reopens at the same target when the size changes (recordings, which must not
+    reuse a file, close it and set a new `target` first).
 
     Encoders are tried in order each time it opens; one that does not open (NVENC without a driver, or
     with all of the GPU's encoder sessions taken) is passed over for the rest of this writer's life, logged
@@ -123,7 +123,6 @@ class H264Writer:
         self.encoders = list(encoders or encoder_candidates())
         self.label = label or redact(target)
         self.fallbacks = 0
-        self.frames = 0  # frames written since the writer last opened
         self._container: av.container.OutputContainer | None = None
         self._stream = None
         self._size: tuple[int, int] | None = None
@@ -151,10 +150,9 @@ class H264Writer:
             self._last_key = frame.arrival
         for packet in self._stream.encode(av_frame):
             self._container.mux(packet)
-        self.frames += 1
 
     def _open(self, frame: Frame) -> None:
-        fps = self._fps()
+        fps = min(max(self._fps(), 1.0), 120.0)  # a rate measured from a burst of frames can be anything
         while True:
             codec, codec_options = self.encoders[0]
             container = av.open(self.target, "w", format=self.fmt, container_options=self.options)
@@ -181,7 +179,6 @@ class H264Writer:
                             codec, e, self.encoders[0][0])
         self._container, self._stream = container, stream
         self._size, self._start, self._last_pts, self._last_key = (frame.width, frame.height), frame.arrival, -1, None
-        self.frames = 0
 
     def close(self) -> None:
         if self._container is None:
@@ -305,7 +302,7 @@ class OutputWorker:
         self.rtsp = RtspOutput(camera, targets.rtsp_url, targets.rtsp_transport, timeout_s=targets.rtsp_timeout_s,
                                fps=fps, keyframe_interval_s=targets.keyframe_interval_s,
                                encoder=targets.encoder) if targets.rtsp_url else None
-        self.file = targets.recording
+        self.recording = targets.recording
         self.published = 0
         self.dropped = 0
         self.failures = 0  # frames whose output raised (logged the first time and every 250th)
@@ -320,7 +317,7 @@ class OutputWorker:
     @property
     def encoder_fallbacks(self) -> int:
         """Writers of this camera that could not open their first encoder (NVENC) and went on with libx264."""
-        return (self.rtsp.fallbacks if self.rtsp else 0) + (self.file.fallbacks if self.file else 0)
+        return (self.rtsp.fallbacks if self.rtsp else 0) + (self.recording.fallbacks if self.recording else 0)
 
     def put(self, frame: Frame) -> None:
         with self._cond:
@@ -362,8 +359,8 @@ class OutputWorker:
             self._emit(frame)
             with self._cond:
                 self._busy = False
-        if self.file:  # first: local and quick, while an RTSP peer may take its time-out to answer
-            self.file.close()
+        if self.recording:  # first: local and quick, while an RTSP peer may take its time-out to answer
+            self.recording.close()
         if self.rtsp:
             self.rtsp.close()
 
@@ -379,8 +376,8 @@ class OutputWorker:
             self.published += 1
             if self.rtsp:
                 self.rtsp.write(frame)
-            if self.file:
-                self.file.write(frame)
+            if self.recording:
+                self.recording.write(frame)
         except Exception:  # one bad frame must not end this camera's outputs
             self.failures += 1
             if self.failures == 1 or self.failures % 250 == 0:  # a lasting fault (disk full) must not flood the log
