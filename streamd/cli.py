@@ -193,7 +193,7 @@ def recording_problems(cfg: cfgmod.Config, instance: str, unit: Path | None) -> 
                                 f"into one of those, or allow the folder with `systemctl edit streamd@{instance}`: "
                                 f"[Service] ReadWritePaths={folder}")
                 continue
-        problem = folder_problem(folder)
+        problem = folder_problem(folder / c.name)  # the camera's own folder, where the segments go
         if problem:
             problems.append(f"camera[{i}].file_out: {problem}")
     return problems
