@@ -222,12 +222,14 @@ def unit_texts(unit: Path, instance: str) -> list[str]:
 
 
 def recording_problems(cfg: cfgmod.Config, instance: str, unit: Path | None) -> list[str]:
-    """Recording folders this process could not write, or the unit's sandbox would not let the service
-    write (streamd@INSTANCE runs /etc/streamd/INSTANCE.toml)."""
+    """Recording folders this process could not write, or the sandbox of `unit`'s instance `instance` would
+    not let the service write (streamd@INSTANCE runs /etc/streamd/INSTANCE.toml; streamd-shard@I runs
+    fleet.toml)."""
     from streamd.recording import folder_problem
     from streamd.systemd import writable_paths
 
     sandbox = writable_paths(unit_texts(unit, instance), instance) if unit else None
+    service = unit.name.replace("@.service", f"@{instance}") if unit else ""
     problems = []
     for i, c in enumerate(cfg.cameras):
         if not c.file_out:
@@ -239,9 +241,9 @@ def recording_problems(cfg: cfgmod.Config, instance: str, unit: Path | None) -> 
                 continue  # systemd creates these for the service, writable by its user, before it starts
             if not any(folder.is_relative_to(d) for d in listed):
                 writable = ", ".join(str(d) for d in managed + listed)
-                problems.append(f"camera[{i}].file_out: {folder} would not be writable by streamd@{instance}: its unit "
+                problems.append(f"camera[{i}].file_out: {folder} would not be writable by {service}: its unit "
                                 f"{unit} has ProtectSystem=strict, which leaves only {writable} writable. Record "
-                                f"into one of those, or allow the folder with `systemctl edit streamd@{instance}`: "
+                                f"into one of those, or allow the folder with `systemctl edit {service}`: "
                                 f"[Service] ReadWritePaths={folder}")
                 continue
         problem = folder_problem(folder / c.name)  # the camera's own folder, where the segments go
@@ -262,7 +264,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         if c.file_out:
             print(f"camera {c.name}: recording to {Path(c.file_out) / c.name} in {c.file_segment_s:g} s segments, "
                   f"kept {c.file_retain_days:g} days and {c.file_retain_gb:g} GB at most (0: no limit)")
-    problems = recording_problems(cfg, args.config.stem, unit)
+    problems = recording_problems(cfg, args.instance or args.config.stem, unit)
     for problem in problems:
         print(f"config error: {problem}", file=sys.stderr)
     if problems:
@@ -468,7 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--shards", type=int, metavar="N",
                    help="also say which of N shards runs each camera")
     c.add_argument("--unit", type=Path, help="check the recording folders against this systemd unit's sandbox "
-                   f"(default: {INSTALLED_UNIT} where installed); the config's name is the instance")
+                   f"(default: {INSTALLED_UNIT} where installed)")
+    c.add_argument("--instance", metavar="NAME", help="the unit's instance that runs this config (default: the "
+                   "config's name, as streamd@NAME runs NAME.toml; streamd-shard@I passes I)")
     c.set_defaults(func=cmd_check)
 
     z = sub.add_parser("colorize", help="colorize image and video files")

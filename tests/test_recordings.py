@@ -19,10 +19,12 @@ import pytest
 from streamd import config as cfgmod
 from streamd.pipeline import Pipeline
 from streamd.recording import reserve, segment_key
+from streamd.systemd import unit_settings
 from tests.conftest import ROOT, write_video
 from tests.test_operations import free_port, http_get, metric_value, start_streamd, stop_streamd
 
 UNIT = ROOT / "systemd" / "streamd@.service"
+SHARD_UNIT = ROOT / "systemd" / "streamd-shard@.service"
 
 
 def unit_seconds(key: str) -> float:
@@ -331,6 +333,43 @@ def test_check_knows_the_shipped_units_sandbox(tmp_path):
     assert proc.returncode == 0, proc.stderr
     proc = check(camera_config(tmp_path / "other.toml", elsewhere), "--unit", str(unit))
     assert proc.returncode == 2, "the drop-in is for streamd@main only"
+
+
+def test_the_shard_units_check_knows_its_own_sandbox(tmp_path):
+    """streamd-shard@I runs /etc/streamd/fleet.toml, which every shard shares: its ExecStartPre (run here as
+    the unit gives it) checks the recording folders against that unit and instance I, not streamd@fleet.
+    The unit gives the fleet's recordings a place every shard can write, and a drop-in for all shards
+    allows another folder."""
+    unit_dir = tmp_path / "units"
+    unit_dir.mkdir()
+    unit = unit_dir / "streamd-shard@.service"
+    shutil.copy(SHARD_UNIT, unit)
+    program, *args = unit_settings([unit.read_text()])["ExecStartPre"]
+    assert program == "/usr/local/bin/streamd"
+    fleet = tmp_path / "fleet.toml"
+
+    def exec_start_pre(shard: int, file_out: Path | str) -> subprocess.CompletedProcess:
+        camera_config(fleet, file_out)
+        given = {"/etc/streamd/fleet.toml": str(fleet), "/etc/systemd/system/streamd-shard@.service": str(unit)}
+        return subprocess.run([sys.executable, "-m", "streamd", *(given.get(a, a).replace("%i", str(shard))
+                                                                   for a in args)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    for shard in (0, 1):
+        proc = exec_start_pre(shard, "/var/lib/streamd-recordings/fleet")
+        assert proc.returncode == 0 and f"checked against {unit}" in proc.stdout, proc.stdout + proc.stderr
+    elsewhere = tmp_path / "disk"
+    elsewhere.mkdir()
+    proc = exec_start_pre(1, elsewhere)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "would not be writable by streamd-shard@1" in proc.stderr, proc.stderr
+    assert "systemctl edit streamd-shard@1" in proc.stderr and "/var/lib/streamd-recordings/fleet" in proc.stderr
+    drop_ins = unit_dir / "streamd-shard@.service.d"
+    drop_ins.mkdir()
+    (drop_ins / "recordings.conf").write_text(f"[Service]\nReadWritePaths={elsewhere}\n")
+    for shard in (0, 1):
+        proc = exec_start_pre(shard, elsewhere)
+        assert proc.returncode == 0, proc.stderr
 
 
 def test_check_reports_a_read_only_recording_folder(tmp_path):
