@@ -435,12 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="synthetic gray camera -> colorized live -> ZeroMQ, MP4 and a PNG")
+    d = sub.add_parser("demo", help="synthetic gray camera -> colorized live -> ZeroMQ, an MP4 recording and a PNG")
     d.add_argument("--seconds", type=float, default=12.0)
     d.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT of the synthetic camera")
     d.add_argument("--fps", type=float, default=25.0)
     d.add_argument("--zmq", default="tcp://127.0.0.1:5555")
-    d.add_argument("--out", type=Path, default=Path("streamd-demo"), help="folder for demo.mp4 and demo.png")
+    d.add_argument("--out", type=Path, default=Path("streamd-demo"),
+                   help="folder for the recording (demo/, MP4 segments) and demo.png")
     d.add_argument("--model", type=Path, default=None)
     d.set_defaults(func=cmd_demo)
 
