@@ -259,11 +259,11 @@ def _settle(pipeline: Pipeline, quiet_s: float = 0.3, limit_s: float = 10.0) -> 
 
 def paced_config(clip: Path, cameras: int, out_dir: Path, encode: bool, batch_max: int | None,
                  colour_device: str = "cpu", hwaccel: str = "") -> cfgmod.Config:
-    """Every camera the clip, decoded on `hwaccel` ("": the CPU); written to an MP4 each when `encode`, else
+    """Every camera the clip, decoded on `hwaccel` ("": the CPU); recorded (MP4 segments) when `encode`, else
     no output at all (the frames are still finished and counted as published: OutputWorker does that
     before its targets); no ZeroMQ."""
     raw = {"camera": [{"name": f"cam{i}", "url": str(clip), "hwaccel": hwaccel,
-                       **({"file_out": str(out_dir / f"paced-{i}.mp4")} if encode else {})} for i in range(cameras)],
+                       **({"file_out": str(out_dir / "paced")} if encode else {})} for i in range(cameras)],
            "colour": {"device": colour_device},
            "zmq": {"endpoint": ""}, "adapt": {"state_dir": str(out_dir / "state")}}  # no adapted model of the user's
     if batch_max:

@@ -58,12 +58,8 @@ def quick_config(args: argparse.Namespace) -> cfgmod.Config:
         name, url = spec.split("=", 1) if "=" in spec.split("://", 1)[0] else (f"cam{i}", spec)
         several = len(args.source) > 1
         rtsp_out = (args.rtsp_out.rstrip("/") + f"/{name}" if several else args.rtsp_out) if args.rtsp_out else ""
-        file_out = ""
-        if args.file_out:
-            p = Path(args.file_out)
-            file_out = str(p.with_name(f"{p.stem}-{name}{p.suffix or '.mp4'}") if several else p)
         cameras.append({"name": name, "url": url, "transport": args.rtsp_transport, "loop": args.loop,
-                        "rtsp_out": rtsp_out, "file_out": file_out, "temporal": not args.no_temporal})
+                        "rtsp_out": rtsp_out, "file_out": args.file_out, "temporal": not args.no_temporal})
     raw = {"camera": cameras, "zmq": {"endpoint": DEFAULT_ZMQ if args.zmq is None else args.zmq, "format": args.format},
            "http": {"listen": args.http or ""}}
     if args.model:
@@ -214,15 +210,66 @@ def leave(code: int) -> int:
     os._exit(code)
 
 
+INSTALLED_UNIT = Path("/etc/systemd/system/streamd@.service")
+
+
+def unit_texts(unit: Path, instance: str) -> list[str]:
+    """A unit file and its drop-ins (for all instances, then for this one), in the order systemd reads them."""
+    texts = [unit.read_text()]
+    for folder in (unit.with_name(unit.name + ".d"), unit.with_name(unit.name.replace("@.", f"@{instance}.") + ".d")):
+        texts += [conf.read_text() for conf in sorted(folder.glob("*.conf"))]
+    return texts
+
+
+def recording_problems(cfg: cfgmod.Config, instance: str, unit: Path | None) -> list[str]:
+    """Recording folders this process could not write, or the sandbox of `unit`'s instance `instance` would
+    not let the service write (streamd@INSTANCE runs /etc/streamd/INSTANCE.toml; streamd-shard@I runs
+    fleet.toml)."""
+    from streamd.recording import folder_problem
+    from streamd.systemd import writable_paths
+
+    sandbox = writable_paths(unit_texts(unit, instance), instance) if unit else None
+    service = unit.name.replace("@.service", f"@{instance}") if unit else ""
+    problems = []
+    for i, c in enumerate(cfg.cameras):
+        if not c.file_out:
+            continue
+        folder = Path(c.file_out).absolute()
+        if sandbox is not None:
+            managed, listed = sandbox
+            if any(folder.is_relative_to(d) for d in managed):
+                continue  # systemd creates these for the service, writable by its user, before it starts
+            if not any(folder.is_relative_to(d) for d in listed):
+                writable = ", ".join(str(d) for d in managed + listed)
+                problems.append(f"camera[{i}].file_out: {folder} would not be writable by {service}: its unit "
+                                f"{unit} has ProtectSystem=strict, which leaves only {writable} writable. Record "
+                                f"into one of those, or allow the folder with `systemctl edit {service}`: "
+                                f"[Service] ReadWritePaths={folder}")
+                continue
+        problem = folder_problem(folder / c.name)  # the camera's own folder, where the segments go
+        if problem:
+            problems.append(f"camera[{i}].file_out: {problem}")
+    return problems
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = cfgmod.load(args.config)
     if args.shards is not None and not 1 <= args.shards <= fleet.MAX_SHARDS:
         print(f"streamd check: --shards must be between 1 and {fleet.MAX_SHARDS}", file=sys.stderr)
         return EXIT_USAGE
+    unit = args.unit or (INSTALLED_UNIT if INSTALLED_UNIT.is_file() else None)
     for c in cfg.cameras:
         shard = f" (shard {fleet.owner(c.name, args.shards)}/{args.shards})" if args.shards else ""
         print(f"camera {c.name}{shard}: {redact(c.url)}")
-    print(f"{args.config}: OK ({len(cfg.cameras)} camera(s))")
+        if c.file_out:
+            print(f"camera {c.name}: recording to {Path(c.file_out) / c.name} in {c.file_segment_s:g} s segments, "
+                  f"kept {c.file_retain_days:g} days and {c.file_retain_gb:g} GB at most (0: no limit)")
+    problems = recording_problems(cfg, args.instance or args.config.stem, unit)
+    for problem in problems:
+        print(f"config error: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_USAGE
+    print(f"{args.config}: OK ({len(cfg.cameras)} camera(s)){f', checked against {unit}' if unit else ''}")
     return 0
 
 
@@ -388,12 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="synthetic gray camera -> colorized live -> ZeroMQ, MP4 and a PNG")
+    d = sub.add_parser("demo", help="synthetic gray camera -> colorized live -> ZeroMQ, an MP4 recording and a PNG")
     d.add_argument("--seconds", type=float, default=12.0)
     d.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT of the synthetic camera")
     d.add_argument("--fps", type=float, default=25.0)
     d.add_argument("--zmq", default="tcp://127.0.0.1:5555")
-    d.add_argument("--out", type=Path, default=Path("streamd-demo"), help="folder for demo.mp4 and demo.png")
+    d.add_argument("--out", type=Path, default=Path("streamd-demo"),
+                   help="folder for the recording (demo/, MP4 segments) and demo.png")
     d.add_argument("--model", type=Path, default=None)
     d.set_defaults(func=cmd_demo)
 
@@ -403,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a camera (RTSP URL or video file); repeat for several")
     r.add_argument("--zmq", help=f"PUB endpoint ('' for none; default {DEFAULT_ZMQ}); with -c, replaces [zmq] endpoint")
     r.add_argument("--rtsp-out", default="", metavar="URL", help="push H.264 here (one path per camera)")
-    r.add_argument("--file-out", default="", metavar="PATH", help="write an MP4 here")
+    r.add_argument("--file-out", default="", metavar="FOLDER",
+                   help="record each camera here, in MP4 segments of a minute: FOLDER/NAME/START.mp4")
     r.add_argument("--format", default="bgr24", choices=["bgr24", "yuv420p", "jpeg"], help="ZeroMQ payload")
     r.add_argument("--rtsp-transport", default="tcp", choices=["tcp", "udp"])
     r.add_argument("--loop", action="store_true", help="play video files in a loop, as a camera")
@@ -421,6 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-c", "--config", type=Path, required=True)
     c.add_argument("--shards", type=int, metavar="N",
                    help="also say which of N shards runs each camera")
+    c.add_argument("--unit", type=Path, help="check the recording folders against this systemd unit's sandbox "
+                   f"(default: {INSTALLED_UNIT} where installed)")
+    c.add_argument("--instance", metavar="NAME", help="the unit's instance that runs this config (default: the "
+                   "config's name, as streamd@NAME runs NAME.toml; streamd-shard@I passes I)")
     c.set_defaults(func=cmd_check)
 
     z = sub.add_parser("colorize", help="colorize image and video files")

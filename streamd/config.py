@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from streamd import fleet
-from streamd.sink import FORMATS
+from streamd.sink import ENCODERS, FORMATS
 
 
 class ConfigError(ValueError):
@@ -108,7 +108,13 @@ class CameraConfig:
     realtime: bool = True
     rtsp_out: str = ""
     rtsp_out_transport: str = ""  # "" = same as transport
-    file_out: str = ""
+    rtsp_out_timeout_s: float = 5.0  # a socket operation of the RTSP output not done in this long fails it
+    file_out: str = ""  # a folder: the camera's recording goes to FOLDER/NAME/ (streamd.recording)
+    file_segment_s: float = 60.0
+    file_retain_days: float = 7.0  # 0 = no age limit
+    file_retain_gb: float = 50.0  # per camera; 0 = no size limit
+    encoder: str = "auto"  # H.264 for rtsp_out and file_out: auto | nvenc | libx264 (streamd.sink.encoder_candidates)
+    keyframe_interval_s: float = 1.0
     zmq_format: str = ""  # "" = [zmq].format
     open_timeout_s: float = 10.0
     read_timeout_s: float = 5.0
@@ -256,8 +262,14 @@ def validate(cfg: Config) -> Config:
         _check(not c.rtsp_out or c.rtsp_out.startswith(("rtsp://", "rtsps://")), f"{where}.rtsp_out",
                "must be an rtsp:// URL")
         _check(not c.model or Path(c.model).is_file(), f"{where}.model", f"no model file at {c.model}")
-        _check(not c.file_out or Path(c.file_out).parent.is_dir(), f"{where}.file_out",
-               f"no folder {Path(c.file_out).parent} to write into")
+        _check(not c.file_out or not (Path(c.file_out).suffix.lower() == ".mp4" or Path(c.file_out).is_file()),
+               f"{where}.file_out", f"names a folder for the recording's segments, not a file ({c.file_out})")
+        _check(c.file_segment_s >= 1, f"{where}.file_segment_s", "must be at least 1")
+        _check(c.file_retain_days >= 0, f"{where}.file_retain_days", "must be 0 (no age limit) or more")
+        _check(c.file_retain_gb >= 0, f"{where}.file_retain_gb", "must be 0 (no size limit) or more")
+        _check(c.encoder in ENCODERS, f"{where}.encoder", f"must be one of {', '.join(ENCODERS)}")
+        _check(c.rtsp_out_timeout_s > 0, f"{where}.rtsp_out_timeout_s", "must be positive")
+        _check(c.keyframe_interval_s > 0, f"{where}.keyframe_interval_s", "must be positive")
         _check(c.zmq_format in ("", *FORMATS), f"{where}.zmq_format", f"must be one of {', '.join(FORMATS)}")
         _check(c.reuse_still_s >= 0, f"{where}.reuse_still_s", "must be 0 (network on every frame) or more")
         _check(c.hwaccel in ("", "cuda"), f"{where}.hwaccel", 'must be "" (CPU decoding) or "cuda" (NVDEC)')

@@ -1,7 +1,7 @@
 """`streamd demo`: the whole product on a synthetic gray camera, with nothing to install or connect.
 
 A synthetic camera films scikit-image's photos in gray; the pipeline colorizes it live and publishes over
-ZeroMQ and to an MP4; the demo itself subscribes like downstream code would, prints fps and latency, and
+ZeroMQ and to an MP4 recording; the demo itself subscribes like downstream code would, prints fps and latency, and
 writes a side-by-side PNG (gray | colorized | original) of one received frame.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     cfg = cfgmod.parse({
         "camera": [{"name": "demo", "url": "synthetic:", "width": width, "height": height, "fps": args.fps,
-                    "duration_s": args.seconds, "file_out": str(args.out / "demo.mp4")}],
+                    "duration_s": args.seconds, "file_out": str(args.out)}],
         "zmq": {"endpoint": args.zmq, "format": "bgr24", "hwm": 8},
         "model": {"path": str(args.model)} if args.model else {},
     })
@@ -73,5 +73,5 @@ def run(args: argparse.Namespace) -> int:
     seq, image = snapshot
     png = args.out / "demo.png"
     cv2.imwrite(str(png), side_by_side(image, camera.render(seq)))
-    print(f"demo: wrote {args.out / 'demo.mp4'} and {png} (gray | colorized | original)")
+    print(f"demo: wrote the recording to {args.out / 'demo'}/ and {png} (gray | colorized | original)")
     return 0

@@ -59,6 +59,8 @@ class PipelineCollector:
         published = CounterMetricFamily("streamd_frames_published", "Frames sent to the outputs", labels=["camera"])
         reconnects = CounterMetricFamily("streamd_reconnects", "Source reconnects", labels=["camera"])
         out_reconnects = CounterMetricFamily("streamd_output_reconnects", "RTSP output reconnects", labels=["camera"])
+        fallbacks = CounterMetricFamily("streamd_encoder_fallbacks", "Outputs (RTSP, recording) whose first encoder "
+                                        "(NVENC) did not open and that encode with libx264 instead", labels=["camera"])
         state = GaugeMetricFamily("streamd_camera_state", "1 for the camera's current state", labels=["camera", "state"])
         age = GaugeMetricFamily("streamd_camera_last_frame_age_seconds", "Seconds since the camera's last decoded "
                                 "frame (absent before its first)", labels=["camera"])
@@ -75,6 +77,7 @@ class PipelineCollector:
             published.add_metric([name], r.outputs.published)
             reconnects.add_metric([name], stats.reconnects)
             out_reconnects.add_metric([name], r.outputs.rtsp.reconnects if r.outputs.rtsp else 0)
+            fallbacks.add_metric([name], r.outputs.encoder_fallbacks)
             for s in State:
                 state.add_metric([name, s.value], 1.0 if stats.state == s else 0.0)
             if stats.last_frame_at:
@@ -104,7 +107,8 @@ class PipelineCollector:
         for outcome, n in p.adaptation.results.items():
             adaptations.add_metric([outcome], n)
         yield from (frames, colorized, passed, reused, carried, uncolorized, dropped, published, reconnects,
-                    out_reconnects, state, age, queue, provider, stored, available, shard, shard_cameras, adaptations)
+                    out_reconnects, fallbacks, state, age, queue, provider, stored, available, shard, shard_cameras,
+                    adaptations)
 
 
 def health(pipeline, phase: str) -> tuple[int, dict]:

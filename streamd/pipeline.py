@@ -34,6 +34,7 @@ from streamd.config import CameraConfig, Config, ConfigError, ModelConfig
 from streamd.frame import Frame
 from streamd.health import Instruments
 from streamd.infer import Colorizer, InferenceUnavailable
+from streamd.recording import Recorder
 from streamd.schedule import AdaptationScheduler, adapted_model
 from streamd.sink import OutputTargets, OutputWorker, ZmqPublisher
 from streamd.source import Camera, SourceSettings, State
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CAMERA_STOP_S = 5.0  # cameras removed or restarted together get this long, all at once, to end their threads
+OUTPUTS_CLOSE_S = 5.0  # all cameras' outputs together: an RTSP peer's time-out (rtsp_out_timeout_s) fits
 SILENT_INTERVALS = 10  # a running camera that has delivered nothing for this many frame intervals is silent
 
 
@@ -189,6 +191,19 @@ class CameraRuntime:
         return "silent" if now - stats.last_frame_at > silent_after else stats.state.value
 
 
+def close_outputs(workers: list[OutputWorker], timeout: float) -> None:
+    """Close cameras' outputs in parallel under one deadline: a hung peer of one camera costs the others
+    nothing, and the whole stays within the service's stop time-out however many cameras there are."""
+    for worker in workers:
+        worker.request_close()
+    deadline = time.monotonic() + timeout
+    for worker in workers:
+        worker.close(timeout=max(0.0, deadline - time.monotonic()))
+    for worker in workers:
+        if worker.alive:
+            log.warning("camera %s: outputs still closing after %g s; left behind", worker.camera, timeout)
+
+
 class Pipeline:
     def __init__(self, config: Config, colorizer: Colorizer | None = None,
                  colour_stage: ChromaBatcher | None = None, keepalive: Keepalive = no_keepalive,
@@ -327,9 +342,17 @@ class Pipeline:
         self.adaptation.start()
 
     def add_camera(self, c: CameraConfig) -> None:
+        runtime: CameraRuntime | None = None
+
+        def fps() -> float:  # the camera's measured rate, asked when an encoder opens
+            return 1.0 / runtime.interval_s if runtime else c.fps
+
+        recording = Recorder(Path(c.file_out), c.name, c.file_segment_s, c.file_retain_days, c.file_retain_gb,
+                             fps=fps, keyframe_interval_s=c.keyframe_interval_s, encoder=c.encoder) if c.file_out else None
         targets = OutputTargets(zmq=self.publisher, zmq_format=c.zmq_format or self.config.zmq.format,
                                 rtsp_url=c.rtsp_out or None, rtsp_transport=c.rtsp_out_transport or c.transport,
-                                file_path=Path(c.file_out) if c.file_out else None)
+                                rtsp_timeout_s=c.rtsp_out_timeout_s, recording=recording, encoder=c.encoder,
+                                keyframe_interval_s=c.keyframe_interval_s)
         temporal = Temporal() if c.temporal else None  # used on the camera's output thread only
         store = self._store_for(c)
         # Colour work happens in `prepare`, on the camera's output thread: full-resolution chroma is made in
@@ -338,7 +361,7 @@ class Pipeline:
         latest = Latest()  # references only: pictures are encoded when someone asks (streamd.status)
         outputs = OutputWorker(c.name, targets,
                                prepare=lambda frame: latest.keep_output(finish(frame, temporal, store, planes)),
-                               observe_latency=self.instruments.latency.labels(c.name).observe)
+                               observe_latency=self.instruments.latency.labels(c.name).observe, fps=fps)
         runtime = CameraRuntime(c, None, DayNight(self.config.daynight.to_night_s, self.config.daynight.to_day_s),
                                 outputs, temporal, store, reuse_for(c),
                                 self.model_for(c), latest=latest)
@@ -361,23 +384,22 @@ class Pipeline:
             return None
 
     def remove_cameras(self, names: list[str]) -> None:
-        """Stop cameras all at once, under one deadline: a camera whose host is down holds its thread in a
-        connection attempt, and one after the other a reload of many such cameras took minutes."""
+        """Stop cameras, then close their outputs, each all at once under one deadline: a camera whose host is
+        down holds its thread in a connection attempt, an RTSP peer that went away holds its output thread up
+        to its time-out, and one after the other a reload of many such cameras took minutes. The watchdog is
+        kept alive meanwhile."""
         if not names:
             return
         runtimes = [self.cameras.pop(name) for name in names]
-        with self._keepalive(f"stopping camera(s) {', '.join(names)}", 2 * CAMERA_STOP_S + 1):
+        with self._keepalive(f"stopping camera(s) {', '.join(names)}", CAMERA_STOP_S + OUTPUTS_CLOSE_S + 1):
             for runtime in runtimes:
                 runtime.source.request_stop()
             deadline = time.monotonic() + CAMERA_STOP_S
             for runtime in runtimes:
                 runtime.source.stop(timeout=max(0.0, deadline - time.monotonic()))
-            for name, runtime in zip(names, runtimes):
+            for name in names:
                 self.batcher.discard(name)
-                runtime.outputs.close(timeout=0)  # asks each output thread to finish...
-            deadline = time.monotonic() + CAMERA_STOP_S
-            for runtime in runtimes:  # ...and waits for them together
-                runtime.outputs.close(timeout=max(0.0, deadline - time.monotonic()))
+            close_outputs([runtime.outputs for runtime in runtimes], OUTPUTS_CLOSE_S)
         for name, runtime in zip(names, runtimes):
             self.instruments.latency.remove(name)
             self._release_unused(runtime.colorizer)
@@ -429,8 +451,7 @@ class Pipeline:
         if self._infer_thread.is_alive():
             self._infer_thread.join(5.0)
         self._reuse_pool.shutdown(wait=False, cancel_futures=True)
-        for runtime in self.cameras.values():
-            runtime.outputs.close()
+        close_outputs([runtime.outputs for runtime in self.cameras.values()], OUTPUTS_CLOSE_S)
         if self.colour_stage:  # after the outputs: they may be waiting on it
             self.colour_stage.close()
         if self.publisher:

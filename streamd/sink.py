@@ -1,4 +1,4 @@
-"""Sink stage: colour frames out to ZeroMQ subscribers, RTSP servers and MP4 files.
+"""Sink stage: colour frames out to ZeroMQ subscribers, RTSP servers and recordings (streamd.recording).
 
 Each camera has an OutputWorker thread with a one-frame mailbox, so a slow encoder or a server that went
 away costs that camera frames, never the pipeline time. The ZeroMQ PUB socket drops at its high-water
@@ -6,18 +6,19 @@ mark instead of blocking, so a slow subscriber costs only itself.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 import random
+import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import av
 import cv2
@@ -87,36 +88,52 @@ class ZmqPublisher:
             self.socket.close()
 
 
-@functools.cache
-def _h264_codec() -> tuple[str, dict]:
-    """NVENC where it opens, else libx264 tuned for latency. Opening is the test: an FFmpeg with NVENC
-    compiled in, on a host with an NVIDIA GPU, can still lack the driver's encode library (a driver
-    installed without its video libraries). Asked once per process: the answer is a fact about the host."""
-    if os.path.exists("/dev/nvidia0"):
-        try:
-            probe = av.CodecContext.create("h264_nvenc", "w")
-            probe.width, probe.height, probe.pix_fmt, probe.time_base = 256, 256, "yuv420p", Fraction(1, 25)
-            probe.open()
-            return "h264_nvenc", {"preset": "p1", "tune": "ll", "zerolatency": "1"}
-        except (av.error.FFmpegError, ValueError) as e:  # ValueError: an FFmpeg built without NVENC
-            log.info("NVENC does not open here (%s): encoding with libx264", e)
-    return "libx264", {"preset": "ultrafast", "tune": "zerolatency"}
+ENCODERS = ("auto", "nvenc", "libx264")
+NVENC = ("h264_nvenc", {"preset": "p1", "tune": "ll", "zerolatency": "1", "forced-idr": "1"})
+LIBX264 = ("libx264", {"preset": "ultrafast", "tune": "zerolatency"})
 
 
-KEYFRAME_INTERVAL_S = 1.0  # a viewer joining a live stream waits at most this long for a picture
+def encoder_candidates(choice: str = "auto") -> list[tuple[str, dict]]:
+    """The H.264 encoders a writer tries, best first. auto: NVENC on a host with an NVIDIA device, then
+    libx264; nvenc: NVENC first wherever; libx264: never NVENC (it leaves the GPU's encoder sessions to others)."""
+    if choice == "nvenc" or (choice == "auto" and os.path.exists("/dev/nvidia0")):
+        return [NVENC, LIBX264]
+    return [LIBX264]
 
 
 class H264Writer:
     """H.264 into a container: an MP4 file, or an RTSP server (ANNOUNCE/RECORD). Opens at the first frame,
-    so it knows the size; reopens when the size changes."""
+    so it knows the size; reopens at the same target when the size changes (recordings, which must not
+    reuse a file, close it and set a new `target` first).
 
-    def __init__(self, target: str, fmt: str | None = None, options: dict | None = None, fps: float = 25.0) -> None:
-        self.target, self.fmt, self.options, self.fps = target, fmt, options or {}, fps
+    Encoders are tried in order each time it opens; one that does not open (NVENC without a driver, or
+    with all of the GPU's encoder sessions taken) is passed over for the rest of this writer's life, logged
+    once and counted in `fallbacks`. Keyframes come every `keyframe_interval_s` of frame time whatever the
+    frame rate, so a viewer joining waits at most that long and a recording's fragments stay that short."""
+
+    def __init__(self, target: str, fmt: str | None = None, options: dict | None = None,
+                 fps: float | Callable[[], float] = 25.0, keyframe_interval_s: float = 1.0,
+                 encoders: list[tuple[str, dict]] | None = None, label: str = "") -> None:
+        """`options` are the container's (the muxer's and its protocol's); `fps` the camera's rate (or a
+        function giving it when the writer opens), for the encoder's rate control; `label` names the
+        writer in log lines (default: the target, without credentials)."""
+        self.target, self.fmt, self.options = target, fmt, options or {}
+        self._fps = fps if callable(fps) else (lambda: fps)
+        self.keyframe_interval_s = keyframe_interval_s
+        self.encoders = list(encoders or encoder_candidates())
+        self.label = label or redact(target)
+        self.fallbacks = 0
         self._container: av.container.OutputContainer | None = None
         self._stream = None
         self._size: tuple[int, int] | None = None
         self._start: float | None = None
         self._last_pts = -1
+        self._last_key: float | None = None
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """(width, height) while open."""
+        return self._size
 
     def write(self, frame: Frame) -> None:
         if self._size != (frame.width, frame.height):
@@ -128,22 +145,40 @@ class H264Writer:
         av_frame.pts = max(pts, self._last_pts + 1)
         self._last_pts = av_frame.pts
         av_frame.time_base = Fraction(1, 90000)
+        if self._last_key is None or frame.arrival - self._last_key >= self.keyframe_interval_s:
+            av_frame.pict_type = av.video.frame.PictureType.I  # by time: a 5 fps camera's too
+            self._last_key = frame.arrival
         for packet in self._stream.encode(av_frame):
             self._container.mux(packet)
 
     def _open(self, frame: Frame) -> None:
-        container = av.open(self.target, "w", format=self.fmt, options=self.options)
-        codec, codec_options = _h264_codec()
-        stream = container.add_stream(codec, rate=round(self.fps))
-        stream.width, stream.height = frame.width, frame.height
-        stream.pix_fmt = "yuv420p"
-        stream.time_base = Fraction(1, 90000)
-        stream.codec_context.time_base = Fraction(1, 90000)
-        stream.options = {**codec_options, "g": str(max(1, round(self.fps * KEYFRAME_INTERVAL_S)))}
-        stream.codec_context.color_range = 2 if frame.full_range else 1
-        stream.codec_context.colorspace = 1 if frame.matrix == "bt709" else 6
+        fps = min(max(self._fps(), 1.0), 120.0)  # a rate measured from a burst of frames can be anything
+        while True:
+            codec, codec_options = self.encoders[0]
+            container = av.open(self.target, "w", format=self.fmt, container_options=self.options)
+            try:
+                stream = container.add_stream(codec, rate=max(1, round(fps)))
+                stream.width, stream.height = frame.width, frame.height
+                stream.pix_fmt = "yuv420p"
+                stream.time_base = Fraction(1, 90000)
+                stream.codec_context.time_base = Fraction(1, 90000)
+                # Keyframes are placed by time (write); a high g keeps the encoder's own frame count (FFmpeg's
+                # default: every 12 frames) from adding more.
+                stream.options = {**codec_options, "g": str(max(1, round(fps * self.keyframe_interval_s * 10)))}
+                stream.codec_context.color_range = 2 if frame.full_range else 1
+                stream.codec_context.colorspace = 1 if frame.matrix == "bt709" else 6
+                stream.codec_context.open()  # here, not at the first packet: a failure is the encoder's
+                break
+            except (av.error.FFmpegError, ValueError) as e:  # ValueError: an FFmpeg built without it
+                container.close()
+                if len(self.encoders) == 1:
+                    raise
+                self.encoders.pop(0)
+                self.fallbacks += 1
+                log.warning("%s: the %s encoder does not open (%s); encoding with %s from now on", self.label,
+                            codec, e, self.encoders[0][0])
         self._container, self._stream = container, stream
-        self._size, self._start, self._last_pts = (frame.width, frame.height), frame.arrival, -1
+        self._size, self._start, self._last_pts, self._last_key = (frame.width, frame.height), frame.arrival, -1, None
 
     def close(self) -> None:
         if self._container is None:
@@ -152,31 +187,69 @@ class H264Writer:
             for packet in self._stream.encode(None):
                 self._container.mux(packet)
         except (av.error.FFmpegError, OSError) as e:
-            log.debug("flushing %s: %s", redact(self.target), e)
+            log.debug("flushing %s: %s", self.label, e)
         finally:
             try:
                 self._container.close()
             except (av.error.FFmpegError, OSError) as e:  # an RTSP peer gone is expected; a file not finalized is not
-                log.warning("closing %s: %s", redact(self.target), e)
+                log.warning("closing %s: %s", self.label, e)
             self._container, self._stream, self._size = None, None, None
+
+
+def rtsp_answers(url: str, timeout_s: float) -> None:
+    """Raise OSError unless the RTSP server at `url` answers an OPTIONS request within `timeout_s`.
+
+    FFmpeg's RTSP handshake runs inside PyAV while holding the GIL: a server that accepts the connection and
+    never answers (or a host that is down) would freeze every thread of the process, the watchdog's too,
+    for the whole time-out. This question is asked from Python, whose socket calls release the GIL, before
+    FFmpeg connects."""
+    parts = urlsplit(url)
+    if parts.scheme != "rtsp":  # rtsps: TLS first; left to FFmpeg
+        return
+    target = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))  # no credentials
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 554), timeout=timeout_s) as sock:
+            sock.sendall(f"OPTIONS {target} RTSP/1.0\r\nCSeq: 1\r\nUser-Agent: streamd\r\n\r\n".encode())
+            answer = b""
+            while len(answer) < 5:
+                chunk = sock.recv(5 - len(answer))
+                if not chunk:
+                    raise ConnectionResetError("the server closed the connection without an answer")
+                answer += chunk
+    except TimeoutError as e:
+        raise TimeoutError(f"no answer within {timeout_s:g} s") from e
+    if answer != b"RTSP/":
+        raise ConnectionError(f"not an RTSP server (it answered {answer!r})")
 
 
 class RtspOutput:
     """H.264 pushed to an RTSP server; when the server goes away, frames are dropped and the connection is
-    retried with back-off."""
+    retried with back-off. Every socket operation has a time-out, so a peer that stops answering (or
+    accepts the connection and never answers) costs at most `timeout_s` per attempt, never a hung thread."""
 
-    def __init__(self, camera: str, url: str, transport: str = "tcp", backoff_max: float = 30.0) -> None:
+    def __init__(self, camera: str, url: str, transport: str = "tcp", backoff_max: float = 30.0,
+                 timeout_s: float = 5.0, fps: float | Callable[[], float] = 25.0, keyframe_interval_s: float = 1.0,
+                 encoder: str = "auto") -> None:
         self.camera, self.url = camera, url
-        self._writer = H264Writer(url, "rtsp", {"rtsp_transport": transport})
-        self._retry_at = 0.0
+        options = {"rtsp_transport": transport, "timeout": str(round(timeout_s * 1e6))}  # microseconds
+        self._writer = H264Writer(url, "rtsp", options, fps=fps, keyframe_interval_s=keyframe_interval_s,
+                                  encoders=encoder_candidates(encoder),
+                                  label=f"camera {camera}: RTSP output {redact(url)}")
+        self._retry_at, self._timeout_s = 0.0, timeout_s
         self._backoff, self._backoff_max = 0.5, backoff_max
         self.reconnects = 0
         self.connected = False
+
+    @property
+    def fallbacks(self) -> int:
+        return self._writer.fallbacks
 
     def write(self, frame: Frame) -> None:
         if time.monotonic() < self._retry_at:
             return
         try:
+            if self._writer.size is None:
+                rtsp_answers(self.url, self._timeout_s)
             self._writer.write(frame)
             if not self.connected:
                 log.info("camera %s: publishing to %s", self.camera, redact(self.url))
@@ -195,24 +268,41 @@ class RtspOutput:
         self._writer.close()
 
 
+class Recording(Protocol):
+    """A camera's recording (streamd.recording.Recorder): written and closed on the camera's output thread."""
+
+    fallbacks: int
+
+    def write(self, frame: Frame) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class OutputTargets:
     zmq: ZmqPublisher | None = None
     zmq_format: str = "bgr24"
     rtsp_url: str | None = None
     rtsp_transport: str = "tcp"
-    file_path: Path | None = None
+    rtsp_timeout_s: float = 5.0
+    recording: Recording | None = None
+    encoder: str = "auto"  # for the RTSP output (the recording has its own)
+    keyframe_interval_s: float = 1.0
 
 
 class OutputWorker:
     """One camera's outputs, on a thread of their own behind a one-frame mailbox (newest wins)."""
 
     def __init__(self, camera: str, targets: OutputTargets, prepare: Callable[[Frame], Frame] = lambda f: f,
-                 observe_latency: Callable[[float], None] = lambda seconds: None) -> None:
+                 observe_latency: Callable[[float], None] = lambda seconds: None,
+                 fps: Callable[[], float] = lambda: 25.0) -> None:
+        """`fps` gives the camera's frame rate when an encoder opens."""
         self.camera, self.targets, self.prepare = camera, targets, prepare
         self.observe_latency = observe_latency
-        self.rtsp = RtspOutput(camera, targets.rtsp_url, targets.rtsp_transport) if targets.rtsp_url else None
-        self.file = H264Writer(str(targets.file_path), "mp4") if targets.file_path else None
+        self.rtsp = RtspOutput(camera, targets.rtsp_url, targets.rtsp_transport, timeout_s=targets.rtsp_timeout_s,
+                               fps=fps, keyframe_interval_s=targets.keyframe_interval_s,
+                               encoder=targets.encoder) if targets.rtsp_url else None
+        self.recording = targets.recording
         self.published = 0
         self.dropped = 0
         self.failures = 0  # frames whose output raised (logged the first time and every 250th)
@@ -224,6 +314,11 @@ class OutputWorker:
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=f"output-{camera}", daemon=True)
         self._thread.start()
+
+    @property
+    def encoder_fallbacks(self) -> int:
+        """Writers of this camera that could not open their first encoder (NVENC) and went on with libx264."""
+        return (self.rtsp.fallbacks if self.rtsp else 0) + (self.recording.fallbacks if self.recording else 0)
 
     def put(self, frame: Frame) -> None:
         """Newest wins: a frame older than one already put is dropped (at a day/night switch a gray frame
@@ -243,11 +338,20 @@ class OutputWorker:
         with self._cond:
             return self._slot is None and not self._busy
 
-    def close(self, timeout: float = 5.0) -> None:
+    def request_close(self) -> None:
+        """Ask the thread to send what is waiting, close the outputs and end, without waiting (a pipeline
+        asks every camera's outputs first, then waits for all under one deadline)."""
         with self._cond:
             self._closing = True
             self._cond.notify()
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.request_close()
         self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def _run(self) -> None:
         while True:
@@ -261,10 +365,10 @@ class OutputWorker:
             self._emit(frame)
             with self._cond:
                 self._busy = False
+        if self.recording:  # first: local and quick, while an RTSP peer may take its time-out to answer
+            self.recording.close()
         if self.rtsp:
             self.rtsp.close()
-        if self.file:
-            self.file.close()
 
     def _emit(self, frame: Frame) -> None:
         t = self.targets
@@ -278,8 +382,8 @@ class OutputWorker:
             self.published += 1
             if self.rtsp:
                 self.rtsp.write(frame)
-            if self.file:
-                self.file.write(frame)
+            if self.recording:
+                self.recording.write(frame)
         except Exception:  # one bad frame must not end this camera's outputs
             self.failures += 1
             if self.failures == 1 or self.failures % 250 == 0:  # a lasting fault (disk full) must not flood the log

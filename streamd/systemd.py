@@ -1,4 +1,5 @@
-"""systemd's notify protocol: one datagram per message to $NOTIFY_SOCKET (no dependency needed)."""
+"""systemd: its notify protocol (one datagram per message to $NOTIFY_SOCKET, no dependency needed), and
+where the shipped unit's sandbox lets the service write (for `streamd check`)."""
 from __future__ import annotations
 
 import contextlib
@@ -9,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +108,43 @@ class Notifier:
         finally:
             done.set()
             helper.join()
+
+
+# Where systemd's directory settings put a service's own directories (it creates them, owned by User=).
+_MANAGED = {"StateDirectory": "/var/lib", "CacheDirectory": "/var/cache", "LogsDirectory": "/var/log",
+            "RuntimeDirectory": "/run"}
+
+
+def unit_settings(texts: list[str]) -> dict[str, list[str]]:
+    """The [Service] settings of a unit file and its drop-ins, in order: values of a setting that may be
+    given more than once accumulate, and an empty assignment clears it (as systemd reads them)."""
+    settings: dict[str, list[str]] = {}
+    for text in texts:
+        section = ""
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line.startswith(("#", ";")):
+                continue
+            if line.startswith("["):
+                section = line.strip("[]")
+            elif section == "Service" and "=" in line:
+                key, _, value = line.partition("=")
+                key, value = key.strip(), value.strip()
+                settings[key] = settings.get(key, []) + value.split() if value else []
+    return settings
+
+
+def writable_paths(texts: list[str], instance: str) -> tuple[list[Path], list[Path]] | None:
+    """Where a service of this unit (file and drop-ins) may write: (the directories systemd creates for it,
+    ReadWritePaths=); None when the unit leaves the file system writable (no ProtectSystem=strict).
+    /tmp is private to the service (PrivateTmp=) and emptied when it stops, so it is not counted."""
+    settings = unit_settings(texts)
+    if (settings.get("ProtectSystem") or [""])[-1] != "strict":
+        return None
+
+    def expand(value: str) -> str:
+        return value.replace("%%", "\0").replace("%i", instance).replace("%I", instance).replace("\0", "%")
+
+    managed = [Path(base) / expand(v) for key, base in _MANAGED.items() for v in settings.get(key, [])]
+    listed = [Path(expand(v.lstrip("-+"))) for v in settings.get("ReadWritePaths", [])]
+    return managed, listed

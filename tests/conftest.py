@@ -150,8 +150,10 @@ def model_path() -> Path:
     return MODEL
 
 
-def write_video(path: Path, mode: str = "gray", seconds: float = 2.0, size: str = "320x240") -> Path:
-    """A real H.264 MP4 made by the test camera's frame generator."""
+def write_video(path: Path, mode: str = "gray", seconds: float = 2.0, size: str = "320x240", fps: float = 25.0,
+                start_s: float = 0.0) -> Path:
+    """A real H.264 MP4 made by the test camera's frame generator; its first frame at `start_s`."""
     subprocess.run([sys.executable, "-m", "tests.publish", str(path), "--mode", mode, "--seconds", str(seconds),
-                    "--size", size], cwd=ROOT, check=True, capture_output=True)
+                    "--size", size, "--fps", str(fps), "--start-s", str(start_s)], cwd=ROOT, check=True,
+                   capture_output=True)
     return path

@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--fps", type=float, default=25.0)
     p.add_argument("--size", default="320x240")
     p.add_argument("--transport", default="udp")
+    p.add_argument("--start-s", type=float, default=0.0, help="time of the first frame (a file that continues another)")
     args = p.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     fmt = "rtsp" if args.url.startswith("rtsp://") else ("mpegts" if args.url.endswith(".ts") else "mp4")
@@ -46,9 +47,9 @@ def main() -> None:
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
         stream.options = {"preset": "ultrafast", "tune": "zerolatency", "g": str(round(args.fps))}
         stream.codec_context.time_base = Fraction(1, round(args.fps))
-        start = time.monotonic()
+        start, first = time.monotonic(), round(args.start_s * args.fps)
         for i, frame in enumerate(frames(args.mode, size, args.fps, args.seconds)):
-            frame.pts = i
+            frame.pts = first + i
             frame.time_base = Fraction(1, round(args.fps))
             for packet in stream.encode(frame):
                 container.mux(packet)

@@ -1,6 +1,7 @@
 """End to end on real parts: H.264 over a real RTSP server -> streamd -> ZeroMQ and RTSP out."""
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ import pytest
 from streamd import config as cfgmod
 from streamd.client import Subscriber
 from streamd.pipeline import Pipeline
+from streamd.recording import segment_key
 from tests.conftest import ROOT, free_port, write_video
 
 
@@ -278,16 +280,29 @@ def test_check_accepts_the_example_config():
 
 def test_resolution_change_mid_stream_is_followed(tmp_path):
     """Two H.264 segments of different sizes back to back in one MPEG-TS, as a camera that changes its
-    resolution sends them: streamd follows the new size (and re-opens its MP4 writer at it)."""
-    parts = [write_video(tmp_path / f"{size}.ts", "gray", seconds=1, size=size) for size in ("320x240", "480x272")]
+    resolution sends them: streamd follows the new size, and its recording starts a new segment at it
+    (the first one kept whole): a separate decoder reads both back, each at its own size."""
+    parts = [write_video(tmp_path / f"{size}.ts", "gray", seconds=2, size=size, start_s=start)
+             for size, start in (("320x240", 0.0), ("480x272", 2.0))]  # one timeline, as a camera sends it
     joined = tmp_path / "joined.ts"
     joined.write_bytes(b"".join(p.read_bytes() for p in parts))
-    pipeline, got = run_pipeline([{"name": "cam", "url": str(joined), "realtime": False,
-                                   "file_out": str(tmp_path / "o.mp4")}],
+    pipeline, got = run_pipeline([{"name": "cam", "url": str(joined), "file_out": str(tmp_path / "rec")}],
                                  seconds=30, fmt="yuv420p")
     sizes = {(h["width"], h["height"]) for h, _ in got}
     assert sizes == {(320, 240), (480, 272)}, sizes
     assert pipeline.cameras["cam"].source.stats.state.value == "finished"
+    recorded = []
+    for path in sorted((tmp_path / "rec" / "cam").glob("*.mp4"), key=lambda p: segment_key(p.name)):
+        with av.open(str(path)) as container:
+            recorded.append([(f.width, f.height) for f in container.decode(video=0)])
+    # Each segment at one size, the new size in a segment of its own; the run may also cross a segment's end
+    # on the clock (file_segment_s: on the minute), which splits a size over two segments.
+    per_segment = [set(frames) for frames in recorded]
+    assert all(len(sizes) == 1 for sizes in per_segment), per_segment
+    order = [size for (size,) in per_segment]
+    assert [size for size, _ in itertools.groupby(order)] == [(320, 240), (480, 272)], \
+        [(size, len(frames)) for size, frames in zip(order, recorded)]
+    assert sum(len(frames) for frames in recorded) == pipeline.cameras["cam"].outputs.published  # every one
 
 
 def write_still_clip(path, frames: int = 50, pan_px: int = 0) -> None:
