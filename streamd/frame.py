@@ -28,6 +28,7 @@ class Frame:
     reference: np.ndarray | None = None  # the true colours, where a synthetic source knows them
     colorized: bool = False
     model_id: str | None = None  # the model that colorized the frame
+    model_kind: str | None = None  # which of the camera's models that is: generic, adapted or camera (its config's)
     prediction: tuple[np.ndarray, np.ndarray] | None = None  # (network input L, predicted ab), until recombined
     luma_half: np.ndarray | None = None  # Y' at chroma size, computed once (streamd.colour)
     lightness: np.ndarray | None = None  # L at the network's input size, computed once (streamd.pipeline)

@@ -185,7 +185,8 @@ class Pipeline:
         # when the configured model has none).
         weights = Path(m.path).with_suffix(".pt") if m.path else None
         self.adaptation = AdaptationScheduler(self.state_dir, config.adapt, self.adaptable, self.use_adapted,
-                                              init=weights if weights and weights.exists() else None)
+                                              init=weights if weights and weights.exists() else None,
+                                              generic=Path(m.path) if m.path else None)
         self._stop = threading.Event()
         # Reuse's checks of a batch in parallel (GIL released in OpenCV): on a host with many cameras, one
         # after the other on the inference thread they held up every batch
@@ -213,6 +214,13 @@ class Pipeline:
                 log.error("camera %s: model %s cannot be loaded (%s); using the generic model", c.name, path, e)
                 return self.colorizer
         return self._models[path]
+
+    def model_kind(self, runtime: CameraRuntime) -> str:
+        """Which model the camera runs: "camera" (its config names it), "generic" (the [model] one, also
+        when its own could not be loaded), or "adapted" (learned from its own day frames)."""
+        if runtime.config.model:
+            return "camera"
+        return "generic" if runtime.colorizer is self.colorizer else "adapted"
 
     def adaptable(self) -> list[str]:
         """Cameras the daemon may adapt: those that collect and have no model fixed by the config."""
@@ -270,6 +278,13 @@ class Pipeline:
                                 self.model_for(c))
         runtime.source = Camera(source_settings(c), lambda frame, r=runtime: self._on_frame(r, frame))
         self.cameras[c.name] = runtime
+        kind = self.model_kind(runtime)
+        until = ""
+        if kind == "generic" and store is not None and self.adaptation.scheduled:
+            a = self.config.adapt
+            until = (f" until it is adapted to its own day frames (once its store holds {a.min_frames} over "
+                     f"{a.min_span_h:g} h)")
+        log.info("camera %s: %s model %s%s", c.name, kind, runtime.colorizer.info.model_id, until)
         self._update_batching()
         runtime.source.start()
 
@@ -404,6 +419,7 @@ class Pipeline:
         for frame in batch:
             runtime = self.cameras.get(frame.camera)
             colorizer = runtime.colorizer if runtime else self.colorizer
+            frame.model_kind = self.model_kind(runtime) if runtime else "generic"
             _, frames, reuses = by_model.setdefault(id(colorizer), (colorizer, [], []))
             frames.append(frame)
             reuses.append(runtime.reuse if runtime else None)
