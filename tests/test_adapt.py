@@ -243,18 +243,201 @@ def test_schedule_picks_the_camera_that_waited_longest(tmp_path):
         (tmp_path / camera).mkdir()
         for i in range(frames):
             (tmp_path / camera / f"{i}.jpg").write_bytes(b"")
-    scheduler = AdaptationScheduler(tmp_path, AdaptConfig(every_h=1.0, min_frames=2), lambda: ["a", "b", "small"],
-                                    lambda camera, path: None)
+    scheduler = AdaptationScheduler(tmp_path, AdaptConfig(auto=False, every_h=1.0, min_frames=2, min_span_h=0),
+                                    lambda: ["a", "b", "small"], lambda camera, path: None)
     (tmp_path / "a" / "adapted.json").write_text(json.dumps({"finished": time.time() - 7200}))
-    assert scheduler.due() == "b"  # never adapted: longest wait; "small" has too few frames
+    assert scheduler.due()[0] == "b"  # never adapted: longest wait; "small" has too few frames
     (tmp_path / "b" / "adapted.json").write_text(json.dumps({"finished": time.time() - 600}))
-    assert scheduler.due() == "a"  # b ran 10 minutes ago, a two hours ago
+    assert scheduler.due()[0] == "a"  # b ran 10 minutes ago, a two hours ago
     (tmp_path / "a" / "adapted.json").write_text(json.dumps({"finished": time.time()}))
     assert scheduler.due() is None
-    on_request = AdaptationScheduler(tmp_path, AdaptConfig(every_h=0.0, min_frames=2), lambda: ["b"], lambda c, p: None)
+    on_request = AdaptationScheduler(tmp_path, AdaptConfig(auto=False, min_frames=2, min_span_h=0), lambda: ["b"],
+                                     lambda c, p: None)
     assert on_request.due() is None  # no schedule: only requests start a run
     with pytest.raises(KeyError):
         on_request.request("a")  # not adaptable
+
+
+T0 = 1_800_000_000.0  # a store's first frame (2027-01-15)
+
+
+def scheduler_for(state: Path, cameras: list[str], on_adapted=lambda camera, path: None, init: Path | None = None,
+                  **settings):
+    from streamd.config import AdaptConfig
+    from streamd.schedule import AdaptationScheduler
+
+    return AdaptationScheduler(state, AdaptConfig(**settings), lambda: cameras, on_adapted, init=init)
+
+
+def test_a_store_is_ready_when_it_holds_enough_varied_frames_and_again_when_it_has_turned_over(tmp_path):
+    state = tmp_path / "state"
+    scheduler = scheduler_for(state, ["yard", "new", "brief"], min_frames=10, min_span_h=12, readapt_share=0.5)
+    fill_store(state / "yard", 10, T0, 3600 * 13 / 9)  # 10 frames over 13 h
+    fill_store(state / "new", 9, T0, 3600 * 2)  # over 16 h, but too few
+    fill_store(state / "brief", 30, T0, 60)  # many, but all within half an hour: one light, one view
+    assert scheduler.why_due("new") is None and scheduler.why_due("brief") is None
+    assert "10 day frames over 13.0 h" in scheduler.why_due("yard")
+    assert scheduler.due()[0] == "yard"
+    # After a run that saw these frames, the camera waits until half of its store is newer than them.
+    newest = max(p.name for p in (state / "yard").glob("*.jpg"))
+    (state / "yard" / "adapted.json").write_text(json.dumps({"finished": time.time(), "newest_frame": newest}))
+    assert scheduler.why_due("yard") is None
+    fill_store(state / "yard", 9, T0 + 86400, 600, index=50)  # 9 of 19 are new: not yet
+    assert scheduler.why_due("yard") is None and scheduler.due() is None
+    fill_store(state / "yard", 1, T0 + 2 * 86400, 600, index=80)
+    assert "50% of its 20 stored frames are newer" in scheduler.why_due("yard")
+    off = scheduler_for(state, ["yard"], auto=False, min_frames=10, min_span_h=12)
+    assert off.due() is None  # automatic adaptation switched off
+
+
+def test_automatic_runs_share_a_daily_cpu_budget(tmp_path, caplog):
+    """Runs are counted by their children's CPU time in a ledger that outlives the process; past the day's
+    budget nothing starts until a day after the runs that spent it; a run is shortened to fit what is left."""
+    import logging
+
+    state = tmp_path / "state"
+    fill_store(state / "yard", 4, T0, 3600)
+    settings = dict(min_frames=4, min_span_h=1, budget_minutes=8, daily_budget_minutes=10, threads=2)
+    scheduler = scheduler_for(state, ["yard"], **settings)
+    assert scheduler.run_budget_s() == 300  # 10 CPU minutes over 2 threads: 5 of the 8 minutes
+    scheduler.ledger.add(60.0, now=time.time() - 25 * 3600)  # yesterday's: does not count
+    scheduler.ledger.add(360.0)
+    assert scheduler.run_budget_s() is None  # 4 CPU minutes left: 2 minutes over 2 threads, less than half a run
+    caplog.set_level(logging.INFO, logger="streamd.schedule")
+    assert scheduler.due() is None and scheduler.due() is None
+    assert sum("daily CPU budget is spent" in r.message for r in caplog.records) == 1  # said once, not per look
+    restarted = scheduler_for(state, ["yard"], **settings)  # the ledger is on disk
+    assert restarted.ledger.spent() == 360.0 and restarted.due() is None
+    generous = scheduler_for(state, ["yard"], **{**settings, "daily_budget_minutes": 30})
+    assert generous.run_budget_s() == 480 and generous.due()[0] == "yard"
+
+
+def child_of(parent: int, word: str, timeout: float = 60.0) -> int:
+    pid = wait_for_child(parent, word, timeout)
+    assert pid is not None, f"no child process with {word!r} started"
+    return pid
+
+
+def test_the_scheduler_adapts_a_ready_camera_by_itself_and_keeps_a_better_current_model(purple, tmp_path):
+    """The real scheduler and a real (seconds-long) adaptation run: a camera whose store is ready is adapted
+    without being asked, in a child in the idle CPU class and its own process group, against the model the
+    camera runs now. That is the model adapted to this scene in many more steps: it must stay."""
+    _, current, _ = purple
+    state = tmp_path / "state"
+    frames = fill_store(state / "yard", 16, T0, 3600)
+    mine = state / "yard" / "yard-20270101T000000Z.onnx"
+    for source, target in ((current, mine), (int8_copy(current), int8_copy(mine))):
+        target.write_bytes(source.read_bytes())
+    swapped = []
+    scheduler = scheduler_for(state, ["yard"], lambda camera, path: swapped.append(path), min_frames=16,
+                              min_span_h=12, budget_minutes=0.05, daily_budget_minutes=10, threads=1)
+    scheduler.start()
+    try:
+        child = child_of(os.getpid(), "adapt")
+        assert os.getpgid(child) == child  # its own process group: a kill at the deadline takes all of it
+        end = time.monotonic() + 60
+        while time.monotonic() < end and os.sched_getscheduler(child) != os.SCHED_IDLE:
+            time.sleep(0.05)  # the child puts itself there first thing
+        assert os.sched_getscheduler(child) == os.SCHED_IDLE
+        end = time.monotonic() + 600
+        while time.monotonic() < end and not scheduler.state("yard"):
+            time.sleep(0.5)
+    finally:
+        scheduler.stop()
+    outcome = scheduler.state("yard")
+    assert outcome["outcome"] == "rejected", outcome
+    assert outcome["report"]["current_model"] == "purple-adapted-int8" and not swapped
+    assert sorted(p.name for p in (state / "yard").glob("*.onnx")) == [int8_copy(mine).name, mine.name]
+    assert outcome["newest_frame"] == frames[-1].name and outcome["cpu_seconds"] > 0
+    assert scheduler.ledger.spent() == pytest.approx(scheduler.cpu_seconds) and scheduler.cpu_seconds > 0
+    assert json.loads((state / "adapt-cpu.json").read_text())[0][1] == pytest.approx(scheduler.cpu_seconds)
+    assert scheduler.results == {"kept": 0, "rejected": 1, "failed": 0, "timeout": 0}
+    assert scheduler.why_due("yard") is None  # nothing new since
+
+
+def test_a_hung_adaptation_is_killed_at_its_deadline_and_on_stop(tmp_path):
+    """The child blocks for good (its weights are a FIFO nobody writes): it is killed, with its process
+    group, once its budget and grace are over, counted as a timeout, and the schedule goes on; at stop, a
+    running child is killed at once."""
+    state = tmp_path / "state"
+    fill_store(state / "yard", 3, T0, 60)
+    fifo = tmp_path / "weights.pt"
+    os.mkfifo(fifo)
+    scheduler = scheduler_for(state, ["yard"], init=fifo, auto=False, min_frames=3, budget_minutes=0.01,
+                              grace_minutes=0.1)
+    scheduler.start()
+    try:
+        assert scheduler.request("yard") == "queued"
+        child = child_of(os.getpid(), "adapt")
+        end = time.monotonic() + 120
+        while time.monotonic() < end and not scheduler.state("yard"):
+            time.sleep(0.2)
+        assert scheduler.state("yard")["outcome"] == "timeout"
+        with pytest.raises(ProcessLookupError):
+            os.killpg(child, 0)  # nothing of its process group is left
+        assert scheduler.results["timeout"] == 1 and scheduler.ledger.spent() > 0
+        assert scheduler.request("yard") == "queued"
+        child = child_of(os.getpid(), "adapt")
+    finally:
+        stopping = time.monotonic()
+        scheduler.stop()
+    assert time.monotonic() - stopping < 5 and not scheduler._thread.is_alive()
+    with pytest.raises(ProcessLookupError):
+        os.killpg(child, 0)
+    assert scheduler.results["timeout"] == 1  # a stop is not a timeout
+
+
+def count(caplog, text: str) -> int:
+    return sum(text in r.getMessage() for r in caplog.records)
+
+
+def test_a_record_that_cannot_be_written_does_not_make_the_schedule_spin(tmp_path, caplog):
+    """A state directory that takes no writes (a full disk, a read-only remount; here the record's path is a
+    folder, which fails even for root): the run's outcome is kept in memory, so the schedule does not run the
+    camera again, and the failure is logged once."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="streamd.schedule")
+    state = tmp_path / "state"
+    for path in fill_store(state / "yard", 3, T0, 3600 * 7):
+        path.write_bytes(b"not a picture")  # the run fails quickly: no frames to adapt on
+    (state / "yard" / "adapted.json").mkdir()
+    scheduler = scheduler_for(state, ["yard"], min_frames=3, min_span_h=12)
+    scheduler.start()
+    try:
+        end = time.monotonic() + 300
+        while time.monotonic() < end and not scheduler.results["failed"]:
+            time.sleep(0.2)
+        time.sleep(2.0)  # room for a spin to show
+    finally:
+        scheduler.stop()
+    assert count(caplog, "adapting yard") == 1 and count(caplog, "cannot write") == 1
+    assert scheduler.results["failed"] == 1 and scheduler.state("yard")["outcome"] == "failed"
+    assert scheduler.why_due("yard") is None
+
+
+def test_a_failing_camera_backs_off(tmp_path, caplog):
+    """A run that cannot even start (its log cannot be opened) fails once, is logged once with the time it is
+    left alone for, and is not tried again meanwhile."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="streamd.schedule")
+    state = tmp_path / "state"
+    fill_store(state / "yard", 3, T0, 3600 * 7)
+    (state / "yard" / "adapt.log").mkdir()
+    scheduler = scheduler_for(state, ["yard"], min_frames=3, min_span_h=12)
+    scheduler.start()
+    try:
+        end = time.monotonic() + 60
+        while time.monotonic() < end and not scheduler.results["failed"]:
+            time.sleep(0.05)
+        time.sleep(1.0)  # room for a spin to show
+        assert scheduler.due() is None  # ready, but backing off
+    finally:
+        scheduler.stop()
+    assert scheduler.results["failed"] == 1
+    assert count(caplog, "adaptation of yard failed") == 1 and count(caplog, "leaves it alone for 30 s") == 1
+    assert wait_for_child(os.getpid(), "adapt", timeout=0.2) is None
 
 
 def test_an_adapted_model_that_cannot_be_used_is_recorded_once_and_removed(tmp_path, monkeypatch):
