@@ -215,12 +215,13 @@ class Pipeline:
                 return self.colorizer
         return self._models[path]
 
-    def model_kind(self, runtime: CameraRuntime) -> str:
-        """Which model the camera runs: "camera" (its config names it), "generic" (the [model] one, also
-        when its own could not be loaded), or "adapted" (learned from its own day frames)."""
-        if runtime.config.model:
-            return "camera"
-        return "generic" if runtime.colorizer is self.colorizer else "adapted"
+    def model_kind(self, runtime: CameraRuntime, model_id: str | None = None) -> str:
+        """Which kind of model the camera runs now (or made a frame, by the frame's model id): "generic" (the
+        [model] one, also when the camera's own could not be loaded), "camera" (the one its config names), or
+        "adapted" (learned from its own day frames)."""
+        if runtime.colorizer is self.colorizer if model_id is None else model_id == self.colorizer.info.model_id:
+            return "generic"
+        return "camera" if runtime.config.model else "adapted"
 
     def adaptable(self) -> list[str]:
         """Cameras the daemon may adapt: those that collect and have no model fixed by the config."""
@@ -419,7 +420,6 @@ class Pipeline:
         for frame in batch:
             runtime = self.cameras.get(frame.camera)
             colorizer = runtime.colorizer if runtime else self.colorizer
-            frame.model_kind = self.model_kind(runtime) if runtime else "generic"
             _, frames, reuses = by_model.setdefault(id(colorizer), (colorizer, [], []))
             frames.append(frame)
             reuses.append(runtime.reuse if runtime else None)
@@ -446,6 +446,7 @@ class Pipeline:
             if id(frame) in failed:
                 runtime.failed += 1
                 continue
+            frame.model_kind = self.model_kind(runtime, frame.model_id)  # of the model that made its colour
             runtime.colorized += 1
             runtime.outputs.put(frame)
 
