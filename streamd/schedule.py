@@ -50,14 +50,13 @@ WAIT_STEP_S = 0.25  # how often a running child is looked at (its exit, its dead
 OUTCOMES = ("kept", "rejected", "failed", "timeout")
 
 
-def lowest_priority() -> str:
+def lowest_priority() -> None:
     """Put every thread of this process in the idle scheduling class, or at nice 19 where that class is not
-    available; threads started later inherit it from their creator. Returns which one it got."""
+    available; threads started later inherit it from their creator."""
     try:
         threads = [int(t) for t in os.listdir("/proc/self/task")]
     except OSError:
         threads = [0]  # the calling thread
-    got = "idle"
     for tid in threads:
         try:
             os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
@@ -65,12 +64,11 @@ def lowest_priority() -> str:
         except ProcessLookupError:  # a thread that ended meanwhile
             continue
         except (AttributeError, OSError):
-            got = "nice 19"
+            pass
         try:
             os.setpriority(os.PRIO_PROCESS, tid, 19)
         except ProcessLookupError:
             pass
-    return got
 
 
 def adapted_model(camera_dir: Path) -> Path | None:

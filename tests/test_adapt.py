@@ -277,6 +277,15 @@ def test_schedule_picks_the_camera_that_waited_longest(tmp_path):
         on_request.request("a")  # not adaptable
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("readapt_share", 0.0, "more than 0"), ("daily_budget_minutes", 0.0, "auto = false"),
+    ("grace_minutes", -1.0, "positive"), ("device", "gpu", "cpu, cuda or auto"), ("threads", -1, "0 (one per core)"),
+    ("min_span_h", -1.0, "0 or more"), ("auto", "yes", "expected bool")])
+def test_adapt_settings_are_checked_at_the_edge(key, value, message):
+    with pytest.raises(cfgmod.ConfigError, match=rf"adapt\.{key}: .*{re.escape(message)}"):
+        cfgmod.parse({"adapt": {key: value}, "camera": [{"name": "yard", "url": "synthetic:"}]})
+
+
 T0 = 1_800_000_000.0  # a store's first frame (2027-01-15)
 
 
