@@ -421,6 +421,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 @needs_train_extra("torch", "onnx")
 def cmd_adapt(args: argparse.Namespace) -> int:
+    if args.idle_priority:  # before torch and ONNX Runtime start their threads (which would inherit it anyway)
+        from streamd.schedule import lowest_priority
+
+        lowest_priority()
     from streamd import adapt
 
     try:
@@ -560,8 +564,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--budget-minutes", type=float, default=8.0)
     a.add_argument("--holdout", type=float, default=0.4, help="last share of the frames, held back to score")
     a.add_argument("--init", type=Path, help="weights to start from (default: the shipped model's)")
+    a.add_argument("--against", type=Path, help="the model the camera runs now: the adapted one is kept only if it "
+                   "beats this one (default: the generic model, the ONNX model beside --init or the shipped one)")
     a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--device", default="auto")
+    a.add_argument("--device", default="auto", help="where to train: auto (CUDA where present), cpu, cuda")
+    a.add_argument("--threads", type=int, default=0, help="CPU threads for training and scoring (0: all cores)")
+    a.add_argument("--idle-priority", action="store_true",
+                   help="run in the idle CPU class (nice 19 where unavailable), as the daemon's runs do")
     a.add_argument("--json", type=Path)
     a.set_defaults(func=cmd_adapt)
 

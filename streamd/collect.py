@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 THUMB_SIZE = (32, 18)  # (width, height) of the fingerprint a new frame is compared by
 RECENT = 64  # how many of the latest stored fingerprints a new frame must differ from
 MAX_SIDE = 320  # stored frames are at most this large: the network's training crops are smaller still
+STAMP = "%Y%m%dT%H%M%S.%fZ"  # a stored frame's name: its UTC capture time, so that name order is time order
 
 
 def default_state_dir() -> Path:
@@ -32,6 +33,19 @@ def default_state_dir() -> Path:
     if os.environ.get("STATE_DIRECTORY"):
         return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
     return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "streamd"
+
+
+def stored_frames(folder: Path) -> list[Path]:
+    """The frames of a camera's store, oldest first."""
+    return sorted(folder.glob("*.jpg"))
+
+
+def capture_time(path: Path) -> float:
+    """When a stored frame was taken: from its name, else (a frame put there by hand) its file's time."""
+    try:
+        return datetime.strptime(path.stem, STAMP).replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return path.stat().st_mtime
 
 
 def fingerprint(bgr: np.ndarray) -> np.ndarray:
@@ -71,7 +85,7 @@ class FrameStore:
 
     def frames(self) -> list[Path]:
         """The stored frames, oldest first."""
-        return sorted(self.folder.glob("*.jpg"))
+        return stored_frames(self.folder)
 
     def offer(self, frame: Frame, now: float | None = None) -> bool:
         """Consider a day frame; returns whether it was stored. Cheap when it is not yet time to look."""
@@ -84,7 +98,7 @@ class FrameStore:
         if any(np.abs(print_ - seen).mean() < self.min_change for seen in self._recent):
             self.skipped += 1
             return False
-        stamp = datetime.fromtimestamp(frame.capture_time, timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        stamp = datetime.fromtimestamp(frame.capture_time, timezone.utc).strftime(STAMP)
         path = self.folder / f"{stamp}.jpg"
         tmp = self.folder / f".{stamp}.part"
         try:

@@ -87,9 +87,18 @@ class AdaptConfig:
     collect_every_s: float = 60.0  # at most one frame per camera this often
     min_change: float = 3.0  # a frame this close (mean abs. YUV difference, code values) to a stored one is skipped
     max_frames: int = 1000  # per camera; the oldest are evicted
-    every_h: float = 0.0  # adapt each collecting camera this often; 0 = only on request (POST /adapt/CAMERA)
-    budget_minutes: float = 8.0
+    # Automatic adaptation: a camera whose store is ready (min_frames over min_span_h) is adapted once, then
+    # again when readapt_share of its store is newer than what its last run saw; false = only on request
+    auto: bool = True
     min_frames: int = 50  # a store smaller than this is not adapted on
+    min_span_h: float = 12.0  # ... nor one whose frames span less time (first to last): one light, one hour
+    readapt_share: float = 0.5
+    every_h: float = 0.0  # also adapt each collecting camera whose last run is this old; 0 = off
+    budget_minutes: float = 8.0  # training time of one run (wall clock), shortened to fit the daily budget
+    daily_budget_minutes: float = 60.0  # CPU time (all the child's threads) automatic runs may use in any 24 h
+    grace_minutes: float = 10.0  # a run still going this long after its budget is killed (hung)
+    device: str = "cpu"  # where the child trains: cpu (live frames keep the GPU), cuda, auto
+    threads: int = 0  # the child's threads; 0 = one per core
 
 
 @dataclass(frozen=True)
@@ -242,13 +251,20 @@ def validate(cfg: Config) -> Config:
     _check(a.collect_every_s >= 0, "adapt.collect_every_s", "must be 0 or more")
     _check(a.min_change >= 0, "adapt.min_change", "must be 0 or more")
     _check(a.max_frames >= 1, "adapt.max_frames", "must be at least 1")
-    _check(a.every_h >= 0, "adapt.every_h", "must be 0 (on request only) or more")
+    _check(a.every_h >= 0, "adapt.every_h", "must be 0 (off) or more")
     _check(a.budget_minutes > 0, "adapt.budget_minutes", "must be positive")
+    _check(a.daily_budget_minutes > 0, "adapt.daily_budget_minutes", "must be positive (auto = false turns "
+           "automatic adaptation off)")
+    _check(a.grace_minutes > 0, "adapt.grace_minutes", "must be positive")
     _check(a.min_frames >= 2, "adapt.min_frames", "must be at least 2 (some are held back to score on)")
     try:
         fleet.check(cfg.fleet.shard)
     except ValueError as e:
         raise ConfigError(f"fleet.shard: {e}") from e
+    _check(a.min_span_h >= 0, "adapt.min_span_h", "must be 0 or more")
+    _check(0 < a.readapt_share <= 1, "adapt.readapt_share", "must be more than 0 and at most 1")
+    _check(a.device in ("cpu", "cuda", "auto"), "adapt.device", "must be cpu, cuda or auto")
+    _check(a.threads >= 0, "adapt.threads", "must be 0 (one per core) or more")
     _check(len(cfg.cameras) > 0, "camera", "at least one [[camera]] is needed")
     seen = set()
     for i, c in enumerate(cfg.cameras):

@@ -84,10 +84,11 @@ class PipelineCollector:
                 age.add_metric([name], now - stats.last_frame_at)
         queue = GaugeMetricFamily("streamd_batch_queue_frames", "Frames waiting for inference")
         queue.add_metric([], p.batcher.waiting())
-        provider = InfoMetricFamily("streamd_model", "Each camera's model and its execution provider",
-                                    labels=["camera"])
+        provider = InfoMetricFamily("streamd_model", "Each camera's model, which kind it is (generic, adapted, "
+                                    "camera: named in its config) and its execution provider", labels=["camera"])
         for name, r in list(p.cameras.items()):
-            provider.add_metric([name], {"model": r.colorizer.info.model_id, "provider": r.colorizer.provider})
+            provider.add_metric([name], {"model": r.colorizer.info.model_id, "kind": p.model_kind(r),
+                                         "provider": r.colorizer.provider})
         stored = GaugeMetricFamily("streamd_store_frames", "Day frames kept for adaptation", labels=["camera"])
         for name, r in list(p.cameras.items()):
             if r.store is not None:
@@ -104,11 +105,14 @@ class PipelineCollector:
             for name in list(p.cameras):
                 shard_cameras.add_metric([name, str(p.shard.index)], 1.0)
         adaptations = CounterMetricFamily("streamd_adaptations", "Adaptation runs by outcome", labels=["outcome"])
-        for outcome, n in p.adaptation.results.items():
+        for outcome, n in p.adaptation.results.items():  # timeout: a run killed at its deadline
             adaptations.add_metric([outcome], n)
+        adapt_cpu = CounterMetricFamily("streamd_adaptation_cpu_seconds", "CPU time of the adaptation runs' "
+                                        "child processes (the daily budget counts this)")
+        adapt_cpu.add_metric([], p.adaptation.cpu_seconds)
         yield from (frames, colorized, passed, reused, carried, uncolorized, dropped, published, reconnects,
                     out_reconnects, fallbacks, state, age, queue, provider, stored, available, shard, shard_cameras,
-                    adaptations)
+                    adaptations, adapt_cpu)
 
 
 def health(pipeline, phase: str) -> tuple[int, dict]:

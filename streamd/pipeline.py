@@ -245,7 +245,8 @@ class Pipeline:
         # when the configured model has none).
         weights = Path(m.path).with_suffix(".pt") if m.path else None
         self.adaptation = AdaptationScheduler(self.state_dir, config.adapt, self.adaptable, self.use_adapted,
-                                              init=weights if weights and weights.exists() else None)
+                                              init=weights if weights and weights.exists() else None,
+                                              generic=Path(m.path) if m.path else None)
         self._stop = threading.Event()
         # Reuse's checks of a batch in parallel (GIL released in OpenCV): on a host with many cameras, one
         # after the other on the inference thread they held up every batch
@@ -291,6 +292,14 @@ class Pipeline:
         except Exception as e:  # a broken file must not take the camera down
             log.error("camera %s: model %s cannot be loaded (%s); using the generic model", c.name, path, e)
             return self.colorizer
+
+    def model_kind(self, runtime: CameraRuntime, model_id: str | None = None) -> str:
+        """Which kind of model the camera runs now (or made a frame, by the frame's model id): "generic" (the
+        [model] one, also when the camera's own could not be loaded), "camera" (the one its config names), or
+        "adapted" (learned from its own day frames)."""
+        if runtime.colorizer is self.colorizer if model_id is None else model_id == self.colorizer.info.model_id:
+            return "generic"
+        return "camera" if runtime.config.model else "adapted"
 
     def adaptable(self) -> list[str]:
         """Cameras the daemon may adapt: those that collect and have no model fixed by the config."""
@@ -367,6 +376,13 @@ class Pipeline:
                                 self.model_for(c), latest=latest)
         runtime.source = Camera(source_settings(c), lambda frame, r=runtime: self._on_frame(r, frame))
         self.cameras[c.name] = runtime
+        kind = self.model_kind(runtime)
+        until = ""
+        if kind == "generic" and store is not None and self.adaptation.scheduled:
+            a = self.config.adapt
+            until = (f" until it is adapted to its own day frames (once its store holds {a.min_frames} over "
+                     f"{a.min_span_h:g} h)")
+        log.info("camera %s: %s model %s%s", c.name, kind, runtime.colorizer.info.model_id, until)
         self._update_batching()
         runtime.source.start()
 
@@ -551,6 +567,7 @@ class Pipeline:
                 runtime.uncolorized += 1
                 runtime.outputs.put(frame)
                 continue
+            frame.model_kind = self.model_kind(runtime, frame.model_id)  # of the model that made its colour
             runtime.colorized += 1
             runtime.outputs.put(frame)
 

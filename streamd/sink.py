@@ -42,6 +42,7 @@ def header(frame: Frame, fmt: str) -> dict:
     return {"v": WIRE_VERSION, "camera": frame.camera, "seq": frame.seq, "pts": frame.pts,
             "capture_time": frame.capture_time, "width": frame.width, "height": frame.height, "format": fmt,
             "colorized": frame.colorized, "model": frame.model_id if frame.colorized else None,
+            "model_kind": frame.model_kind if frame.colorized else None,
             "full_range": frame.full_range, "matrix": frame.matrix,
             "latency_ms": round((time.monotonic() - frame.arrival) * 1000.0, 2)}
 

@@ -97,10 +97,17 @@ def decoding_nodes(model: onnx.ModelProto) -> list[str]:
 def quantize(source: Path, out: Path, calibration: Path, count: int = 64) -> dict:
     """Quantize the model at `source` to `out`, calibrated on `count` images under `calibration`; returns
     the metadata written into `out`."""
+    return quantize_images(source, out, calibration_images(calibration, count))
+
+
+def quantize_images(source: Path, out: Path, images: list[np.ndarray]) -> dict:
+    """`quantize`, calibrated on the given BGR images (an adapted model: its camera's own frames)."""
+    if not images:
+        raise ValueError("no calibration images")
     model = onnx.load(str(source))
     meta = {p.key: json.loads(p.value) for p in model.metadata_props}
     size = (int(meta.get("input_height", 192)), int(meta.get("input_width", 320)))
-    inputs = calibration_inputs(calibration_images(calibration, count), size)
+    inputs = calibration_inputs(images, size)
     excluded = decoding_nodes(model)
     with tempfile.TemporaryDirectory(prefix="streamd-quantize-") as work:
         plain, prepared = Path(work) / "fp32.onnx", Path(work) / "prepared.onnx"
