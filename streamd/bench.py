@@ -50,9 +50,9 @@ import numpy as np
 import onnxruntime as ort
 
 from streamd import config as cfgmod
-from streamd.colour import luma_to_lightness
 from streamd.frame import Frame
 from streamd.infer import Colorizer
+from streamd.lightness import luma_to_lightness
 from streamd.batch import Reuse
 from streamd.config import CameraConfig
 from streamd.pipeline import Pipeline, finish, predict_changed, reuse_for

@@ -10,28 +10,10 @@ import cv2
 import numpy as np
 
 from streamd.frame import MATRICES, Frame
-from streamd.lab import y_to_l_table
+from streamd.lightness import lightness_table, luma_at_chroma_size
 
 GUIDE_RADIUS = 2  # box radius of the guided filter, in pixels of the network's output grid
 GUIDE_EPS = 4.0  # L units squared: below this local variance the prediction is smoothed, above it follows L
-
-
-@functools.cache
-def lightness_table(full_range: bool) -> np.ndarray:
-    return y_to_l_table(full_range)
-
-
-def luma_at_chroma_size(frame: Frame) -> np.ndarray:
-    """Y' averaged 2x2 down to the chroma planes' size (an integer-factor resize: OpenCV's fast path)."""
-    if frame.luma_half is None:
-        frame.luma_half = cv2.resize(frame.y, (frame.u.shape[1], frame.u.shape[0]), interpolation=cv2.INTER_AREA)
-    return frame.luma_half
-
-
-def luma_to_lightness(frame: Frame, size: tuple[int, int]) -> np.ndarray:
-    """The frame's Y' -> L (height, width) float32 at the network's input size (size = (height, width))."""
-    small = cv2.resize(luma_at_chroma_size(frame), (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    return cv2.LUT(small, lightness_table(frame.full_range))
 
 
 def _box(x: np.ndarray) -> np.ndarray:

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from streamd.colour import ChromaTable, lightness_table, chroma_table
+from streamd.colour import ChromaTable, chroma_table
+from streamd.lightness import lightness_table
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ class Frame:
     model_id: str | None = None  # the model that colorized the frame
     passed_gray: bool = False  # a night frame passed through without colour: inference was unavailable
     prediction: tuple[np.ndarray, np.ndarray] | None = None  # (network input L, predicted ab), until recombined
-    luma_half: np.ndarray | None = None  # Y' at chroma size, computed once (streamd.colour)
+    luma_half: np.ndarray | None = None  # Y' at chroma size, computed once (streamd.lightness)
     lightness: np.ndarray | None = None  # L at the network's input size, computed once (streamd.pipeline)
 
     @property

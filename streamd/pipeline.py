@@ -29,11 +29,12 @@ import zmq.auth
 from streamd import fleet
 from streamd.batch import Batcher, Reuse
 from streamd.collect import FrameStore, default_state_dir
-from streamd.colour import ChromaPlanes, DayNight, Temporal, chroma_planes, luma_to_lightness, recombine
+from streamd.colour import ChromaPlanes, DayNight, Temporal, chroma_planes, recombine
 from streamd.config import CameraConfig, Config, ConfigError, ModelConfig
 from streamd.frame import Frame
 from streamd.health import Instruments
 from streamd.infer import Colorizer, InferenceUnavailable
+from streamd.lightness import luma_to_lightness
 from streamd.recording import Recorder
 from streamd.schedule import AdaptationScheduler, adapted_model
 from streamd.sink import OutputTargets, OutputWorker, ZmqPublisher

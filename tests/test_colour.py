@@ -13,12 +13,11 @@ from streamd.colour import (
     chroma_planes,
     guide_coefficients,
     lab_to_chroma,
-    lightness_table,
-    luma_to_lightness,
     recombine,
 )
 from streamd.frame import Frame
 from streamd.lab import ab_bins, lab_to_rgb, rgb_to_lab, y_to_l_table
+from streamd.lightness import lightness_table, luma_to_lightness
 
 
 def test_lab_matches_scikit_image():
