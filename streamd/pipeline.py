@@ -29,8 +29,9 @@ import zmq.auth
 from streamd import fleet
 from streamd.batch import Batcher, Reuse
 from streamd.collect import FrameStore, default_state_dir
-from streamd.colour import ChromaPlanes, DayNight, Temporal, chroma_planes, recombine
+from streamd.colour import ChromaPlanes, Temporal, chroma_planes, recombine
 from streamd.config import CameraConfig, Config, ConfigError, ModelConfig
+from streamd.daynight import DayNight
 from streamd.frame import Frame
 from streamd.health import Instruments
 from streamd.infer import Colorizer, InferenceUnavailable

@@ -8,13 +8,13 @@ import pytest
 from skimage import color, data
 
 from streamd.colour import (
-    DayNight,
     Temporal,
     chroma_planes,
     guide_coefficients,
     lab_to_chroma,
     recombine,
 )
+from streamd.daynight import DayNight
 from streamd.frame import Frame
 from streamd.lab import ab_bins, lab_to_rgb, rgb_to_lab, y_to_l_table
 from streamd.lightness import lightness_table, luma_to_lightness
