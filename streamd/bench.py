@@ -53,11 +53,11 @@ from streamd import config as cfgmod
 from streamd.frame import Frame
 from streamd.infer import Colorizer
 from streamd.lightness import luma_to_lightness
-from streamd.batch import Reuse
 from streamd.config import CameraConfig
 from streamd.pipeline import Pipeline, finish, predict_changed, reuse_for
 from streamd.sink import H264Writer
 from streamd.source import SourceSettings, SyntheticCamera, decode_av
+from streamd.temporal import Reuse
 
 if TYPE_CHECKING:
     from streamd.infer_torch import TorchColorizer

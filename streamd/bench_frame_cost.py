@@ -16,13 +16,14 @@ from typing import TypeVar
 
 import numpy as np
 
-from streamd.colour import Temporal, chroma_planes, chroma_table
+from streamd.colour import chroma_planes, chroma_table
 from streamd.config import CameraConfig
 from streamd.daynight import DayNight
 from streamd.frame import Frame
 from streamd.infer import ModelInfo, read_info, shipped_model
 from streamd.pipeline import finish, lightness_of, predict_changed, reuse_for
 from streamd.source import SourceSettings, decode_av
+from streamd.temporal import Temporal
 
 T = TypeVar("T")
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from streamd.frame import MATRICES, Frame
 from streamd.lightness import lightness_table, luma_at_chroma_size
+
+if TYPE_CHECKING:
+    from streamd.temporal import Temporal
 
 GUIDE_RADIUS = 2  # box radius of the guided filter, in pixels of the network's output grid
 GUIDE_EPS = 4.0  # L units squared: below this local variance the prediction is smoothed, above it follows L
@@ -130,7 +134,7 @@ def chroma_planes(luma: np.ndarray, coeffs: np.ndarray, matrix: str, full_range:
 ChromaPlanes = Callable[[np.ndarray, np.ndarray, str, bool], tuple[np.ndarray, np.ndarray]]
 
 
-def recombine(frame: Frame, ab: np.ndarray, lightness_in: np.ndarray, temporal: "Temporal | None" = None,
+def recombine(frame: Frame, ab: np.ndarray, lightness_in: np.ndarray, temporal: Temporal | None = None,
               planes: ChromaPlanes = chroma_planes) -> Frame:
     """A gray frame plus the network's ab (2, h, w) for its L input -> the colour frame, luma untouched.
     With a camera's Temporal, the prediction is first stabilised against that camera's previous frames.
@@ -142,83 +146,3 @@ def recombine(frame: Frame, ab: np.ndarray, lightness_in: np.ndarray, temporal: 
                               frame.full_range)
     frame.colorized = True
     return frame
-
-
-def grid_flow() -> cv2.DISOpticalFlow:
-    """DIS optical flow for the ab grid. ULTRAFAST at full grid resolution: the grid is already the input
-    downscaled 4x, so the preset's own finest scale (a further 4x) would leave a flow vector per 4x4 cells,
-    coarser than objects."""
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
-    dis.setFinestScale(0)
-    return dis
-
-
-def lightness_to_gray(lightness: np.ndarray) -> np.ndarray:
-    """L 0..100 -> the 8 bits DIS takes."""
-    return np.clip(lightness * 2.55 + 0.5, 0, 255).astype(np.uint8)
-
-
-def warp_along_flow(dis: cv2.DISOpticalFlow, gray: np.ndarray, prev_gray: np.ndarray, prev_lightness: np.ndarray,
-                    prev_ab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """An earlier frame's L (h, w) and ab (2, h, w) carried onto the current one along the optical flow
-    between their 8-bit L (`gray`, `prev_gray`): the warped L, the warped ab as (h, w, 2), and where the flow
-    points outside the earlier frame (nothing to carry there)."""
-    flow = dis.calc(gray, prev_gray, None)  # current(x) ~ previous(x + flow(x))
-    h, w = gray.shape
-    flow[..., 0] += np.arange(w, dtype=np.float32)
-    flow[..., 1] += np.arange(h, dtype=np.float32)[:, None]
-    # bicubic: the held colour is resampled again every frame, and bilinear's blur, compounded over the
-    # ~20 frames it is held, washed it out (DAVIS colourfulness -5.3 % against -3.5 %, docs/temporal.md)
-    carried = cv2.remap(np.dstack([prev_lightness, np.moveaxis(prev_ab, 0, -1)]), flow, None, cv2.INTER_CUBIC,
-                        borderMode=cv2.BORDER_REPLICATE)
-    outside = (flow[..., 0] < 0) | (flow[..., 0] > w - 1) | (flow[..., 1] < 0) | (flow[..., 1] > h - 1)
-    return carried[..., 0], carried[..., 1:], outside
-
-
-class Temporal:
-    """Keeps a camera's colour still where its scene is still, and lets it follow what moves.
-
-    Works on the network's low-resolution output (the ab grid). The previous result and the previous L are
-    first carried along the motion onto the current frame (optical flow from the current L to the previous
-    one, OpenCV's DIS on the grid), then each frame's predicted ab is blended with that warped result, per
-    cell, by how little L differs from the warped previous L: ab = w * previous + (1 - w) * predicted, with
-    w = HOLD * exp(-(dL / CHANGE_L)^2) and dL the locally averaged difference. So a still wall keeps its
-    colour (w near HOLD, an exponential average over about 20 frames), and so does a car or a wall the
-    camera pans across, since the flow brings their previous colour along; where the flow is wrong, an
-    object is uncovered or something enters the frame, L does not match and the new prediction is taken
-    at once, so nothing leaves a coloured ghost. A scene cut (L does not match even after warping, almost
-    everywhere), a new frame size or a gap in time starts afresh; so does a day between two nights, since
-    colour frames pass through without touching this state. Costs about a millisecond per frame on a CPU
-    (docs/temporal.md).
-    """
-
-    HOLD = 0.95  # weight of the past where nothing changed (docs/temporal.md: the sweep that chose it)
-    CHANGE_L = 6.0  # L units: a difference this large keeps only 1/e of the past
-    CUT_FRACTION = 0.6  # frames where this share of the picture does not match even after warping are a cut
-    MAX_GAP_S = 1.0
-
-    def __init__(self) -> None:
-        self._dis = grid_flow()
-        self.reset()
-
-    def reset(self) -> None:
-        self._lightness: np.ndarray | None = None
-        self._gray: np.ndarray | None = None  # the previous L as 8-bit, for the flow
-        self._ab: np.ndarray | None = None
-        self._time = 0.0
-
-    def __call__(self, lightness: np.ndarray, ab: np.ndarray, now: float) -> np.ndarray:
-        """lightness (h, w) on the ab grid, ab (2, h, w) -> the stabilised ab (2, h, w)."""
-        gray = lightness_to_gray(lightness)
-        fresh = self._ab is None or self._ab.shape != ab.shape or now - self._time > self.MAX_GAP_S
-        out = ab
-        if not fresh:
-            prev_l, previous, outside = warp_along_flow(self._dis, gray, self._gray, self._lightness, self._ab)
-            change = cv2.blur(np.abs(lightness - prev_l), (3, 3))
-            change[outside] = np.inf  # entered the frame: nothing of it in the past
-            if (change > self.CHANGE_L).mean() < self.CUT_FRACTION:
-                weight = (self.HOLD * np.exp(-(change / self.CHANGE_L) ** 2))[..., None]
-                out = np.moveaxis(weight * previous + (1.0 - weight) * np.moveaxis(ab, 0, -1), -1, 0)
-                out = np.ascontiguousarray(out, dtype=np.float32)
-        self._lightness, self._gray, self._ab, self._time = lightness, gray, out, now
-        return out

@@ -10,14 +10,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from streamd.batch import Reuse
-from streamd.colour import Temporal
 from streamd.config import CameraConfig
 from streamd.frame import Frame
 from streamd.infer import Colorizer
 from streamd.model.data import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from streamd.pipeline import finish, predict, predict_changed, reuse_for
 from streamd.sink import H264Writer
+from streamd.temporal import Reuse, Temporal
 
 log = logging.getLogger(__name__)
 

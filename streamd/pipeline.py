@@ -27,9 +27,9 @@ import zmq
 import zmq.auth
 
 from streamd import fleet
-from streamd.batch import Batcher, Reuse
+from streamd.batch import Batcher
 from streamd.collect import FrameStore, default_state_dir
-from streamd.colour import ChromaPlanes, Temporal, chroma_planes, recombine
+from streamd.colour import ChromaPlanes, chroma_planes, recombine
 from streamd.config import CameraConfig, Config, ConfigError, ModelConfig
 from streamd.daynight import DayNight
 from streamd.frame import Frame
@@ -42,6 +42,7 @@ from streamd.sink import OutputTargets, OutputWorker, ZmqPublisher
 from streamd.source import Camera, SourceSettings, State
 from streamd.status import Latest
 from streamd.systemd import Keepalive, no_keepalive
+from streamd.temporal import Reuse, Temporal
 
 if TYPE_CHECKING:
     from streamd.colour_torch import ChromaBatcher

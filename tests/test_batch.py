@@ -8,9 +8,10 @@ import time
 import cv2
 import numpy as np
 
-from streamd.batch import Batcher, Reuse
+from streamd.batch import Batcher
 from streamd.frame import Frame
 from streamd.pipeline import lightness_of
+from streamd.temporal import Reuse
 
 
 def frame(camera: str, seq: int) -> Frame:

@@ -8,7 +8,6 @@ import pytest
 from skimage import color, data
 
 from streamd.colour import (
-    Temporal,
     chroma_planes,
     guide_coefficients,
     lab_to_chroma,
@@ -18,6 +17,7 @@ from streamd.daynight import DayNight
 from streamd.frame import Frame
 from streamd.lab import ab_bins, lab_to_rgb, rgb_to_lab, y_to_l_table
 from streamd.lightness import lightness_table, luma_to_lightness
+from streamd.temporal import Temporal
 
 
 def test_lab_matches_scikit_image():
