@@ -122,12 +122,12 @@ class Reuse:
     one that does not.
     """
 
-    CHANGE_L = 6.0  # L units, the same scale of change that makes Temporal take the new prediction
+    CHANGE_L = Temporal.CHANGE_L  # the same scale of change that makes Temporal take the new prediction
     # Share of the cells the warp may leave unexplained. Frame to frame, DIS on the coarse grid leaves
     # 3-18 % of DAVIS's hand-held cells (median per video) off by more than CHANGE_L: 5 % carried almost
     # nothing there, 10 % over half the frames; 15 % cost colourfulness (docs/temporal.md)
     CARRY_MISMATCH = 0.10
-    CARRY_MAX_AGE_S = 1.0  # as Temporal.MAX_GAP_S: after a longer gap the past is not carried over
+    CARRY_MAX_AGE_S = Temporal.MAX_GAP_S  # after a longer gap the past is not carried over
 
     def __init__(self, still_s: float, carry_frames: int = 0) -> None:
         self.still_s, self.carry_frames = still_s, carry_frames
