@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from streamd.colour import chroma_planes, chroma_table
+from streamd.chroma import chroma_planes, chroma_table
 from streamd.config import CameraConfig
 from streamd.daynight import DayNight
 from streamd.frame import Frame

@@ -29,7 +29,7 @@ import zmq.auth
 from streamd import fleet
 from streamd.batch import Batcher
 from streamd.collect import FrameStore, default_state_dir
-from streamd.colour import ChromaPlanes, chroma_planes, recombine
+from streamd.chroma import ChromaPlanes, chroma_planes, recombine
 from streamd.config import CameraConfig, Config, ConfigError, ModelConfig
 from streamd.daynight import DayNight
 from streamd.frame import Frame

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from skimage import color, data
 
-from streamd.colour import (
+from streamd.chroma import (
     chroma_planes,
     guide_coefficients,
     lab_to_chroma,
@@ -200,10 +200,10 @@ def test_chroma_table_is_built_once_for_cameras_starting_together():
     """Every camera's first frame asks for the table at the same moment: one build, one shared table."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from streamd import colour
+    from streamd import chroma
 
-    colour._cached_chroma_table.cache_clear()
+    chroma._cached_chroma_table.cache_clear()
     with ThreadPoolExecutor(8) as pool:
-        tables = list(pool.map(lambda _: colour.chroma_table("bt601", False), range(8)))
+        tables = list(pool.map(lambda _: chroma.chroma_table("bt601", False), range(8)))
     assert all(t is tables[0] for t in tables)
-    assert colour._cached_chroma_table.cache_info().misses == 1
+    assert chroma._cached_chroma_table.cache_info().misses == 1

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from streamd.colour import chroma_planes, guide_coefficients
+from streamd.chroma import chroma_planes, guide_coefficients
 from streamd.colour_torch import ChromaBatcher, TorchChromaPlanes
 from streamd.frame import Frame
 from streamd.lightness import luma_at_chroma_size, luma_to_lightness

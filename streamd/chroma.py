@@ -1,5 +1,6 @@
-"""Colour stage: luma -> network input, predicted ab -> chroma planes beside the untouched luma, and the
-day/night decision of whether a frame needs colorizing at all."""
+"""Chroma recombination: the network's ab -> U and V planes beside the untouched luma, upsampled edge-aware
+(a guided filter on L) and converted through one (Y', a, b) -> (U, V) table in the stream's own matrix and
+range."""
 from __future__ import annotations
 
 import functools
