@@ -45,7 +45,7 @@ from streamd.systemd import Keepalive, no_keepalive
 from streamd.temporal import Reuse, Temporal
 
 if TYPE_CHECKING:
-    from streamd.colour_torch import ChromaBatcher
+    from streamd.chroma_torch import ChromaBatcher
     from streamd.infer_torch import TorchColorizer
     from streamd.infer_triton import TritonColorizer
 
@@ -149,10 +149,10 @@ def triton_model(m: ModelConfig) -> TritonColorizer:
 
 
 def gpu_colour_stage(device: str) -> ChromaBatcher:
-    """The full-resolution colour work batched on the GPU (streamd.colour_torch, which needs torch); a
+    """The full-resolution colour work batched on the GPU (streamd.chroma_torch, which needs torch); a
     ConfigError naming colour.device where this host cannot run it."""
     try:
-        from streamd.colour_torch import ChromaBatcher, TorchChromaPlanes
+        from streamd.chroma_torch import ChromaBatcher, TorchChromaPlanes
     except ImportError as e:
         raise ConfigError(f"colour.device: {device!r} needs torch: pip install 'streamd[train]'") from e
     try:
