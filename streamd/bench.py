@@ -50,13 +50,14 @@ import numpy as np
 import onnxruntime as ort
 
 from streamd import config as cfgmod
+from streamd.config import CameraConfig
 from streamd.frame import Frame
 from streamd.infer import Colorizer
 from streamd.lightness import luma_to_lightness
-from streamd.config import CameraConfig
-from streamd.pipeline import Pipeline, finish, predict_changed, reuse_for
+from streamd.pipeline import Pipeline
 from streamd.sink import H264Writer
 from streamd.source import SourceSettings, SyntheticCamera, decode_av
+from streamd.steps import finish, predict_changed, reuse_for
 from streamd.temporal import Reuse
 
 if TYPE_CHECKING:

@@ -1,5 +1,5 @@
 """`streamd bench --frame-cost WxH`: the CPU time of each per-frame step of one camera, through the
-pipeline's own functions, with the network replaced by a prediction that costs nothing.
+daemon's own frame steps (streamd.steps), with the network replaced by a prediction that costs nothing.
 
 On a host whose network runs on a GPU, this is what each delivered frame still costs the CPU besides
 decoding, and so what bounds the frames a host can deliver; the steps say where to cut. CPU time counts
@@ -21,8 +21,8 @@ from streamd.config import CameraConfig
 from streamd.daynight import DayNight
 from streamd.frame import Frame
 from streamd.infer import ModelInfo, read_info, shipped_model
-from streamd.pipeline import finish, lightness_of, predict_changed, reuse_for
 from streamd.source import SourceSettings, decode_av
+from streamd.steps import finish, lightness_of, predict_changed, reuse_for
 from streamd.temporal import Temporal
 
 T = TypeVar("T")

@@ -48,7 +48,7 @@ from streamd.infer import Colorizer
 from streamd.lab import AB_GRID, AB_LIMIT, lab_to_rgb, rgb_to_lab
 from streamd.model.data import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from streamd.offline import colorize_images, colorize_sequence
-from streamd.pipeline import reuse_for
+from streamd.steps import reuse_for
 
 log = logging.getLogger(__name__)
 

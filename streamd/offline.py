@@ -14,8 +14,8 @@ from streamd.config import CameraConfig
 from streamd.frame import Frame
 from streamd.infer import Colorizer
 from streamd.model.data import IMAGE_SUFFIXES, VIDEO_SUFFIXES
-from streamd.pipeline import finish, predict, predict_changed, reuse_for
 from streamd.sink import H264Writer
+from streamd.steps import finish, predict, predict_changed, reuse_for
 from streamd.temporal import Reuse, Temporal
 
 log = logging.getLogger(__name__)

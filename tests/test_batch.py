@@ -10,7 +10,7 @@ import numpy as np
 
 from streamd.batch import Batcher
 from streamd.frame import Frame
-from streamd.pipeline import lightness_of
+from streamd.steps import lightness_of
 from streamd.temporal import Reuse
 
 
