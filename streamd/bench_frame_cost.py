@@ -22,7 +22,7 @@ from streamd.daynight import DayNight
 from streamd.frame import Frame
 from streamd.infer import ModelInfo, read_info, shipped_model
 from streamd.source import SourceSettings, decode_av
-from streamd.steps import finish, lightness_of, predict_changed, reuse_for
+from streamd.steps import colour_frame, lightness_of, predict_or_reuse, reuse_for
 from streamd.temporal import Temporal
 
 T = TypeVar("T")
@@ -64,7 +64,7 @@ def frame_cost(clip: Path, info: ModelInfo | None = None) -> dict:
     reuse, temporal, clock = reuse_for(CameraConfig("cost", "")), Temporal(), CpuClock()
     in_planes = 0.0
 
-    def planes(*args):
+    def timed_chroma_planes(*args):
         nonlocal in_planes
         start = time.process_time()
         uv = chroma_planes(*args)
@@ -78,9 +78,9 @@ def frame_cost(clip: Path, info: ModelInfo | None = None) -> dict:
         chroma_table(frame.matrix, frame.full_range)  # built once per process, before any frame is timed
         clock.time("day/night", lambda: DayNight.looks_colour(frame))
         clock.time("L for the network", lambda: lightness_of(frame, size))
-        runs += clock.time("Reuse check", lambda: predict_changed(network, [frame], [reuse], size))
+        runs += clock.time("Reuse check", lambda: predict_or_reuse(network, [frame], [reuse], size))
         before = in_planes
-        clock.time("Temporal and guide", lambda: finish(frame, temporal, planes=planes))
+        clock.time("Temporal and guide", lambda: colour_frame(frame, temporal, timed_chroma_planes))
         clock.seconds["Temporal and guide"] -= in_planes - before
         clock.seconds["chroma planes"] += in_planes - before
         clock.time("Frame to PyAV", frame.to_av)

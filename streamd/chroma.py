@@ -136,14 +136,14 @@ ChromaPlanes = Callable[[np.ndarray, np.ndarray, str, bool], tuple[np.ndarray, n
 
 
 def recombine(frame: Frame, ab: np.ndarray, lightness_in: np.ndarray, temporal: Temporal | None = None,
-              planes: ChromaPlanes = chroma_planes) -> Frame:
+              make_chroma: ChromaPlanes = chroma_planes) -> Frame:
     """A gray frame plus the network's ab (2, h, w) for its L input -> the colour frame, luma untouched.
     With a camera's Temporal, the prediction is first stabilised against that camera's previous frames.
-    The work on the network's grid happens here; the full-resolution work in `planes`."""
+    The work on the network's grid happens here; the full-resolution work in `make_chroma`."""
     guide_low = cv2.resize(lightness_in, (ab.shape[2], ab.shape[1]), interpolation=cv2.INTER_AREA)
     if temporal is not None:
         ab = temporal(guide_low, ab, frame.arrival)
-    frame.u, frame.v = planes(luma_at_chroma_size(frame), guide_coefficients(ab, guide_low), frame.matrix,
-                              frame.full_range)
+    frame.u, frame.v = make_chroma(luma_at_chroma_size(frame), guide_coefficients(ab, guide_low), frame.matrix,
+                                   frame.full_range)
     frame.colorized = True
     return frame

@@ -40,7 +40,7 @@ from streamd.schedule import AdaptationScheduler, adapted_model
 from streamd.sink import OutputTargets, OutputWorker, ZmqPublisher
 from streamd.source import Camera, SourceSettings, State
 from streamd.status import Latest
-from streamd.steps import finish, lightness_of, predict_changed, reuse_for
+from streamd.steps import colour_frame, lightness_of, predict_or_reuse, reuse_for
 from streamd.systemd import Keepalive, no_keepalive
 from streamd.temporal import Reuse, Temporal
 
@@ -300,10 +300,15 @@ class Pipeline:
         store = self._store_for(c)
         # Colour work happens in `prepare`, on the camera's output thread: full-resolution chroma is made in
         # parallel across cameras, and the temporal state and the store are touched by one thread only.
-        planes = self.colour_stage or chroma_planes
+        make_chroma = self.colour_stage or chroma_planes
         latest = Latest()  # references only: pictures are encoded when someone asks (streamd.status)
-        outputs = OutputWorker(c.name, targets,
-                               prepare=lambda frame: latest.keep_output(finish(frame, temporal, store, planes)),
+
+        def prepare(frame: Frame) -> Frame:
+            if store is not None and frame.prediction is None and not frame.passed_gray:
+                store.offer(frame)  # a day frame: the camera's own colours, kept for adaptation
+            return latest.keep_output(colour_frame(frame, temporal, make_chroma))
+
+        outputs = OutputWorker(c.name, targets, prepare=prepare,
                                observe_latency=self.instruments.latency.labels(c.name).observe, fps=fps)
         runtime = CameraRuntime(c, None, DayNight(self.config.daynight.to_night_s, self.config.daynight.to_day_s),
                                 outputs, temporal, store, reuse_for(c),
@@ -468,7 +473,7 @@ class Pipeline:
         predicted, failed, gray = 0, set(), set()
         for colorizer, frames, reuses in by_model.values():
             try:
-                predicted += predict_changed(colorizer, frames, reuses, self.input_size(colorizer), self._reuse_pool)
+                predicted += predict_or_reuse(colorizer, frames, reuses, self.input_size(colorizer), self._reuse_pool)
             except InferenceUnavailable:  # an inference server away: the cameras keep flowing, gray
                 gray.update(id(f) for f in frames if f.prediction is None)  # the others reuse a prediction
             except Exception:  # one model failing (a camera's own, say) costs its frames, not the others'

@@ -8,7 +8,6 @@ from concurrent.futures import Executor
 import numpy as np
 
 from streamd.chroma import ChromaPlanes, chroma_planes, recombine
-from streamd.collect import FrameStore
 from streamd.config import CameraConfig
 from streamd.frame import Frame
 from streamd.infer import Colorizer
@@ -38,8 +37,8 @@ def reuse_for(camera: CameraConfig) -> Reuse | None:
     return None
 
 
-def predict_changed(colorizer: Colorizer, frames: list[Frame], reuses: list[Reuse | None],
-                    input_size: tuple[int, int], pool: Executor | None = None) -> int:
+def predict_or_reuse(colorizer: Colorizer, frames: list[Frame], reuses: list[Reuse | None],
+                     input_size: tuple[int, int], pool: Executor | None = None) -> int:
     """`predict` for the frames whose camera's Reuse (reuses[i]; None: always predict) cannot reuse its
     last prediction; the others get that one. Returns how many frames ran the network. With a `pool`,
     the cameras' Reuse checks (an optical flow each) run in parallel instead of one after the other: a
@@ -49,10 +48,10 @@ def predict_changed(colorizer: Colorizer, frames: list[Frame], reuses: list[Reus
         lightness_of(frame, input_size)  # what Reuse compares; usually done on the decode thread
     one_per_camera = len({id(reuse) for _, reuse in checks}) == len(checks)
     if pool is not None and len(checks) > 1 and one_per_camera:
-        list(pool.map(lambda check: check[1].reuse(check[0]), checks))
+        list(pool.map(lambda check: check[1].try_reuse(check[0]), checks))
     else:
         for frame, reuse in checks:
-            reuse.reuse(frame)
+            reuse.try_reuse(frame)
     fresh = [(frame, reuse) for frame, reuse in zip(frames, reuses) if frame.prediction is None]
     if fresh:
         predict(colorizer, [f for f, _ in fresh], input_size)
@@ -62,15 +61,12 @@ def predict_changed(colorizer: Colorizer, frames: list[Frame], reuses: list[Reus
     return len(fresh)
 
 
-def finish(frame: Frame, temporal: Temporal | None = None, store: FrameStore | None = None,
-           planes: ChromaPlanes = chroma_planes) -> Frame:
+def colour_frame(frame: Frame, temporal: Temporal | None = None, make_chroma: ChromaPlanes = chroma_planes) -> Frame:
     """Turn a frame's prediction into its chroma planes (luma untouched; the full-resolution work in
-    `planes`), stabilised by `temporal`; a day frame (no prediction) is offered to the camera's store."""
-    if frame.prediction is None:
-        if store is not None and not frame.passed_gray:
-            store.offer(frame)
-    else:
+    `make_chroma`), stabilised by `temporal`; a frame without one (a day frame, or a night frame passed
+    through gray) is left as it is."""
+    if frame.prediction is not None:
         l_in, ab = frame.prediction
         frame.prediction = None
-        recombine(frame, ab, l_in, temporal, planes)
+        recombine(frame, ab, l_in, temporal, make_chroma)
     return frame

@@ -137,7 +137,7 @@ class Reuse:
         self.reused = 0
         self.carried = 0
 
-    def reuse(self, frame: Frame) -> bool:
+    def try_reuse(self, frame: Frame) -> bool:
         """If the frame can reuse the last prediction, give it that prediction and return True."""
         last = self._last
         if last is None or frame.lightness is None:

@@ -79,29 +79,29 @@ def test_still_scene_reuses_the_last_prediction_and_anything_that_moves_is_predi
     still = Reuse(still_s=1.0)
     first = scene(0, arrival=0.0)
     lightness_of(first, (192, 320))
-    assert not still.reuse(first)  # nothing predicted yet
+    assert not still.try_reuse(first)  # nothing predicted yet
     still.remember(predicted(first))
 
     same = scene(1, arrival=0.04)
     lightness_of(same, (192, 320))
-    assert still.reuse(same)
+    assert still.try_reuse(same)
     assert same.model_id == "m" and np.array_equal(same.prediction[1], first.prediction[1])
     assert same.prediction[0] is same.lightness  # the reused ab is fitted to this frame's own L
 
     moving = scene(2, arrival=0.08, square_at=100)  # one small object appears: 32x32 of 320x192 pixels
     lightness_of(moving, (192, 320))
-    assert not still.reuse(moving)
+    assert not still.try_reuse(moving)
 
     late = scene(3, arrival=1.5)  # the same still scene, but the prediction is too old
     lightness_of(late, (192, 320))
-    assert not still.reuse(late)
+    assert not still.try_reuse(late)
 
     still.remember(predicted(moving))
     again = scene(4, arrival=0.12, square_at=100)
     lightness_of(again, (192, 320))
-    assert still.reuse(again)  # compared with the last prediction's frame, which had the square
+    assert still.try_reuse(again)  # compared with the last prediction's frame, which had the square
     still.forget()
-    assert not still.reuse(again)  # forgotten (e.g. a new model): predicted afresh
+    assert not still.try_reuse(again)  # forgotten (e.g. a new model): predicted afresh
     assert still.reused == 2
 
 
@@ -114,24 +114,24 @@ def test_a_moving_scene_carries_the_prediction_along_the_flow_for_a_few_frames()
     reuse.remember(first)
     stalled = scene(1, arrival=1.5, pan=8)  # the flow would explain it, but the stream stalled for 1.5 s
     lightness_of(stalled, (192, 320))
-    assert not reuse.reuse(stalled)
+    assert not reuse.try_reuse(stalled)
 
     for seq in (1, 2):  # the camera pans 8 pixels a frame: 2 cells of the ab grid
         panned = scene(seq, arrival=0.04 * seq, pan=8 * seq)
         lightness_of(panned, (192, 320))
-        assert reuse.reuse(panned)
+        assert reuse.try_reuse(panned)
         ab = panned.prediction[1]
         edge = 40 - 2 * seq  # the content moved left: so did its colour
         assert np.abs(ab[:, 10:38, edge - 3] - 7.0).max() < 1.0 and np.abs(ab[:, 10:38, edge + 2] + 20.0).max() < 1.0
     third = scene(3, arrival=0.12, pan=24)
     lightness_of(third, (192, 320))
-    assert not reuse.reuse(third)  # carried twice in a row: the network sees the camera again
+    assert not reuse.try_reuse(third)  # carried twice in a row: the network sees the camera again
     reuse.remember(predicted(third))
 
     cut = scene(4, arrival=0.16, texture=1)  # another scene altogether: nothing to carry
     cut.y[:96] = 235 - cut.y[:96] // 2  # (at the ab grid's scale, blurred noise looks alike: add structure)
     lightness_of(cut, (192, 320))
-    assert not reuse.reuse(cut)
+    assert not reuse.try_reuse(cut)
     assert reuse.carried == 2 and reuse.reused == 0
 
 
