@@ -392,7 +392,7 @@ class Pipeline:
         for runtime in runtimes:  # all at once: a camera stuck opening a dead host must not hold up the rest
             runtime.source.request_stop()
         self.adaptation.stop()
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + CAMERA_STOP_S
         for runtime in runtimes:
             runtime.source.stop(timeout=max(0.0, deadline - time.monotonic()))
         self.batcher.close()
