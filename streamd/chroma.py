@@ -72,7 +72,7 @@ def lab_to_chroma(lightness: np.ndarray, ab: np.ndarray, matrix: str, full_range
 class ChromaTable:
     """(Y', a, b) -> (U, V) as one lookup: Y' in 64 steps of 4 code values, a and b in steps of 2 over
     -128..126. Replaces a float Lab -> RGB -> YUV round trip per pixel; the error this adds is at most a
-    code value or two of U and V (tests/test_colour.py measures chroma_planes, which uses it, against the
+    code value or two of U and V (tests/test_chroma.py measures chroma_planes, which uses it, against the
     conversion written out independently)."""
 
     Y_SHIFT, AB_STEP, AB_LEVELS = 2, 2.0, 128
