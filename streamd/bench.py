@@ -50,14 +50,15 @@ import numpy as np
 import onnxruntime as ort
 
 from streamd import config as cfgmod
-from streamd.colour import luma_to_lightness
+from streamd.config import CameraConfig
 from streamd.frame import Frame
 from streamd.infer import Colorizer
-from streamd.batch import Reuse
-from streamd.config import CameraConfig
-from streamd.pipeline import Pipeline, finish, predict_changed, reuse_for
+from streamd.lightness import luma_to_lightness
+from streamd.pipeline import Pipeline
 from streamd.sink import H264Writer
 from streamd.source import SourceSettings, SyntheticCamera, decode_av
+from streamd.steps import colour_frame, predict_or_reuse, reuse_for
+from streamd.temporal import Reuse
 
 if TYPE_CHECKING:
     from streamd.infer_torch import TorchColorizer
@@ -159,14 +160,14 @@ class Laps:
 def stage_batch(sources: list[Iterator[Frame]], writers: list[H264Writer], colorizer: Colorizer | None,
                 laps: Laps, reuses: list[Reuse]) -> None:
     """One frame from every camera: decode -> [predict as one batch, the frames of a still scene reusing
-    their camera's last prediction, as the pipeline does -> finish] -> encode."""
+    their camera's last prediction, as the pipeline does -> colour_frame] -> encode."""
     batch = [next(source) for source in sources]
     laps.lap("decode")
     if colorizer is not None:
-        predict_changed(colorizer, batch, reuses, (colorizer.info.input_height, colorizer.info.input_width))
+        predict_or_reuse(colorizer, batch, reuses, (colorizer.info.input_height, colorizer.info.input_width))
         laps.lap("predict")
         for frame in batch:
-            finish(frame)
+            colour_frame(frame)
         laps.lap("finish")
     for writer, frame in zip(writers, batch):
         writer.write(frame)
@@ -235,7 +236,7 @@ class TimedColorizer:
 
 
 def timed_prepare(prepare: Callable[[Frame], Frame], clock: StageClock) -> Callable[[Frame], Frame]:
-    """An output worker's colour step (finish: recombination and temporal stabilisation), timed."""
+    """An output worker's colour step (colour_frame: recombination and temporal stabilisation), timed."""
     def run(frame: Frame) -> Frame:
         start = time.perf_counter()
         frame = prepare(frame)

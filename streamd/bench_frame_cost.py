@@ -1,5 +1,5 @@
 """`streamd bench --frame-cost WxH`: the CPU time of each per-frame step of one camera, through the
-pipeline's own functions, with the network replaced by a prediction that costs nothing.
+daemon's own frame steps (streamd.steps), with the network replaced by a prediction that costs nothing.
 
 On a host whose network runs on a GPU, this is what each delivered frame still costs the CPU besides
 decoding, and so what bounds the frames a host can deliver; the steps say where to cut. CPU time counts
@@ -16,12 +16,14 @@ from typing import TypeVar
 
 import numpy as np
 
-from streamd.colour import DayNight, Temporal, chroma_planes, chroma_table
+from streamd.chroma import chroma_planes, chroma_table
 from streamd.config import CameraConfig
+from streamd.daynight import DayNight
 from streamd.frame import Frame
 from streamd.infer import ModelInfo, read_info, shipped_model
-from streamd.pipeline import finish, lightness_of, predict_changed, reuse_for
 from streamd.source import SourceSettings, decode_av
+from streamd.steps import colour_frame, lightness_of, predict_or_reuse, reuse_for
+from streamd.temporal import Temporal
 
 T = TypeVar("T")
 
@@ -62,7 +64,7 @@ def frame_cost(clip: Path, info: ModelInfo | None = None) -> dict:
     reuse, temporal, clock = reuse_for(CameraConfig("cost", "")), Temporal(), CpuClock()
     in_planes = 0.0
 
-    def planes(*args):
+    def timed_chroma_planes(*args):
         nonlocal in_planes
         start = time.process_time()
         uv = chroma_planes(*args)
@@ -76,9 +78,9 @@ def frame_cost(clip: Path, info: ModelInfo | None = None) -> dict:
         chroma_table(frame.matrix, frame.full_range)  # built once per process, before any frame is timed
         clock.time("day/night", lambda: DayNight.looks_colour(frame))
         clock.time("L for the network", lambda: lightness_of(frame, size))
-        runs += clock.time("Reuse check", lambda: predict_changed(network, [frame], [reuse], size))
+        runs += clock.time("Reuse check", lambda: predict_or_reuse(network, [frame], [reuse], size))
         before = in_planes
-        clock.time("Temporal and guide", lambda: finish(frame, temporal, planes=planes))
+        clock.time("Temporal and guide", lambda: colour_frame(frame, temporal, timed_chroma_planes))
         clock.seconds["Temporal and guide"] -= in_planes - before
         clock.seconds["chroma planes"] += in_planes - before
         clock.time("Frame to PyAV", frame.to_av)

@@ -12,8 +12,8 @@ flow of the gray input, differ from those of frame t.
 
 Videos are colorized twice per model: frame by frame (label "ours T=...", with "alpha=..." for a model
 exported with a prior correction), and as a daemon camera does by default: in order, with the live
-pipeline's temporal stabilisation (streamd.colour.Temporal) and its reuse of predictions (streamd.batch.Reuse;
-label "ours T=... temporal"). The ground truth's
+pipeline's temporal stabilisation (streamd.temporal.Temporal) and its reuse of predictions
+(streamd.temporal.Reuse; label "ours T=... temporal"). The ground truth's
 own CDC and warp error are reported too (row "truth"): a real video is not perfectly steady either, so
 those are the floor to compare with. A line per model then compares temporal with per-frame: the change
 of warp error, CDC relative to the truth's, and what it costs in rebalanced AuC and colourfulness.
@@ -48,7 +48,7 @@ from streamd.infer import Colorizer
 from streamd.lab import AB_GRID, AB_LIMIT, lab_to_rgb, rgb_to_lab
 from streamd.model.data import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from streamd.offline import colorize_images, colorize_sequence
-from streamd.pipeline import reuse_for
+from streamd.steps import reuse_for
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ class Frame:
     passed_gray: bool = False  # a night frame passed through without colour: inference was unavailable
     model_kind: str | None = None  # which of the camera's models that is: generic, adapted or camera (its config's)
     prediction: tuple[np.ndarray, np.ndarray] | None = None  # (network input L, predicted ab), until recombined
-    luma_half: np.ndarray | None = None  # Y' at chroma size, computed once (streamd.colour)
-    lightness: np.ndarray | None = None  # L at the network's input size, computed once (streamd.pipeline)
+    luma_half: np.ndarray | None = None  # Y' at chroma size, computed once (streamd.lightness)
+    lightness: np.ndarray | None = None  # L at the network's input size, computed once (streamd.steps)
 
     @property
     def width(self) -> int:

@@ -10,14 +10,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from streamd.batch import Reuse
-from streamd.colour import Temporal
 from streamd.config import CameraConfig
 from streamd.frame import Frame
 from streamd.infer import Colorizer
 from streamd.model.data import IMAGE_SUFFIXES, VIDEO_SUFFIXES
-from streamd.pipeline import finish, predict, predict_changed, reuse_for
 from streamd.sink import H264Writer
+from streamd.steps import colour_frame, predict, predict_or_reuse, reuse_for
+from streamd.temporal import Reuse, Temporal
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ def colorize_images(colorizer: Colorizer, images: list[np.ndarray]) -> list[np.n
     for bgr in images:
         frame, (h, w) = gray_frame(bgr)
         predict(colorizer, [frame], input_size_for(frame.width, frame.height, area))
-        out.append(finish(frame).to_bgr()[:h, :w])
+        out.append(colour_frame(frame).to_bgr()[:h, :w])
     return out
 
 
@@ -59,8 +58,8 @@ def colorize_sequence(colorizer: Colorizer, frames: list[np.ndarray], temporal: 
     for i, bgr in enumerate(frames):
         frame, (h, w) = gray_frame(bgr)
         frame.arrival = i / fps
-        predict_changed(colorizer, [frame], [reuse], input_size_for(frame.width, frame.height, area))
-        out.append(finish(frame, state).to_bgr()[:h, :w])
+        predict_or_reuse(colorizer, [frame], [reuse], input_size_for(frame.width, frame.height, area))
+        out.append(colour_frame(frame, state).to_bgr()[:h, :w])
     return out
 
 
@@ -86,8 +85,8 @@ def colorize_video(colorizer: Colorizer, src: Path, dst: Path, temporal: bool = 
     try:
         for frame in tqdm(_decode(src), total=total, unit="frame", desc=src.name, leave=False):
             frame.arrival = frame.pts if frame.pts is not None else count / rate  # the source's timing
-            runs += predict_changed(colorizer, [frame], [reuse], size)
-            writer.write(finish(frame, state))
+            runs += predict_or_reuse(colorizer, [frame], [reuse], size)
+            writer.write(colour_frame(frame, state))
             count += 1
     finally:
         writer.close()

@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,10 +27,11 @@ import zmq
 import zmq.auth
 
 from streamd import fleet
-from streamd.batch import Batcher, Reuse
+from streamd.batch import Batcher
 from streamd.collect import FrameStore, default_state_dir
-from streamd.colour import ChromaPlanes, DayNight, Temporal, chroma_planes, luma_to_lightness, recombine
+from streamd.chroma import chroma_planes
 from streamd.config import CameraConfig, Config, ConfigError, ModelConfig
+from streamd.daynight import DayNight
 from streamd.frame import Frame
 from streamd.health import Instruments
 from streamd.infer import Colorizer, InferenceUnavailable
@@ -39,10 +40,12 @@ from streamd.schedule import AdaptationScheduler, adapted_model
 from streamd.sink import OutputTargets, OutputWorker, ZmqPublisher
 from streamd.source import Camera, SourceSettings, State
 from streamd.status import Latest
+from streamd.steps import colour_frame, lightness_of, predict_or_reuse, reuse_for
 from streamd.systemd import Keepalive, no_keepalive
+from streamd.temporal import Reuse, Temporal
 
 if TYPE_CHECKING:
-    from streamd.colour_torch import ChromaBatcher
+    from streamd.chroma_torch import ChromaBatcher
     from streamd.infer_torch import TorchColorizer
     from streamd.infer_triton import TritonColorizer
 
@@ -58,66 +61,6 @@ def source_settings(c: CameraConfig) -> SourceSettings:
                           open_timeout=c.open_timeout_s, read_timeout=c.read_timeout_s,
                           stall_timeout=c.stall_timeout_s, synthetic_size=(c.width, c.height), fps=c.fps,
                           duration=c.duration_s or None, hwaccel=c.hwaccel)
-
-
-def lightness_of(frame: Frame, input_size: tuple[int, int]) -> np.ndarray:
-    """The frame's L at the network's input size, computed once per frame."""
-    if frame.lightness is None or frame.lightness.shape != input_size:
-        frame.lightness = luma_to_lightness(frame, input_size)
-    return frame.lightness
-
-
-def predict(colorizer: Colorizer, frames: list[Frame], input_size: tuple[int, int]) -> None:
-    """Run the network on a batch of gray frames; each frame keeps (its L input, predicted ab)."""
-    lightness = np.stack([lightness_of(f, input_size) for f in frames])
-    for frame, l_in, ab in zip(frames, lightness, colorizer(lightness[:, None])):
-        frame.prediction = (l_in, ab)
-        frame.model_id = colorizer.info.model_id
-
-
-def reuse_for(camera: CameraConfig) -> Reuse | None:
-    """The camera's policy for skipping the network; None when it runs on every gray frame."""
-    if camera.reuse_still_s or camera.carry_frames:
-        return Reuse(camera.reuse_still_s, camera.carry_frames)
-    return None
-
-
-def predict_changed(colorizer: Colorizer, frames: list[Frame], reuses: list[Reuse | None],
-                    input_size: tuple[int, int], pool: Executor | None = None) -> int:
-    """`predict` for the frames whose camera's Reuse (reuses[i]; None: always predict) cannot reuse its
-    last prediction; the others get that one. Returns how many frames ran the network. With a `pool`,
-    the cameras' Reuse checks (an optical flow each) run in parallel instead of one after the other: a
-    batch holds one frame per camera, so each Reuse is still used by one thread at a time, in order."""
-    checks = [(frame, reuse) for frame, reuse in zip(frames, reuses) if reuse is not None]
-    for frame, _ in checks:
-        lightness_of(frame, input_size)  # what Reuse compares; usually done on the decode thread
-    one_per_camera = len({id(reuse) for _, reuse in checks}) == len(checks)
-    if pool is not None and len(checks) > 1 and one_per_camera:
-        list(pool.map(lambda check: check[1].reuse(check[0]), checks))
-    else:
-        for frame, reuse in checks:
-            reuse.reuse(frame)
-    fresh = [(frame, reuse) for frame, reuse in zip(frames, reuses) if frame.prediction is None]
-    if fresh:
-        predict(colorizer, [f for f, _ in fresh], input_size)
-    for frame, reuse in fresh:
-        if reuse is not None:
-            reuse.remember(frame)
-    return len(fresh)
-
-
-def finish(frame: Frame, temporal: Temporal | None = None, store: FrameStore | None = None,
-           planes: ChromaPlanes = chroma_planes) -> Frame:
-    """Turn a frame's prediction into its chroma planes (luma untouched; the full-resolution work in
-    `planes`), stabilised by `temporal`; a day frame (no prediction) is offered to the camera's store."""
-    if frame.prediction is None:
-        if store is not None and not frame.passed_gray:
-            store.offer(frame)
-    else:
-        l_in, ab = frame.prediction
-        frame.prediction = None
-        recombine(frame, ab, l_in, temporal, planes)
-    return frame
 
 
 def torch_model(path: str, temperature: float | None) -> TorchColorizer:
@@ -146,10 +89,10 @@ def triton_model(m: ModelConfig) -> TritonColorizer:
 
 
 def gpu_colour_stage(device: str) -> ChromaBatcher:
-    """The full-resolution colour work batched on the GPU (streamd.colour_torch, which needs torch); a
+    """The full-resolution colour work batched on the GPU (streamd.chroma_torch, which needs torch); a
     ConfigError naming colour.device where this host cannot run it."""
     try:
-        from streamd.colour_torch import ChromaBatcher, TorchChromaPlanes
+        from streamd.chroma_torch import ChromaBatcher, TorchChromaPlanes
     except ImportError as e:
         raise ConfigError(f"colour.device: {device!r} needs torch: pip install 'streamd[train]'") from e
     try:
@@ -366,10 +309,15 @@ class Pipeline:
         store = self._store_for(c)
         # Colour work happens in `prepare`, on the camera's output thread: full-resolution chroma is made in
         # parallel across cameras, and the temporal state and the store are touched by one thread only.
-        planes = self.colour_stage or chroma_planes
+        make_chroma = self.colour_stage or chroma_planes
         latest = Latest()  # references only: pictures are encoded when someone asks (streamd.status)
-        outputs = OutputWorker(c.name, targets,
-                               prepare=lambda frame: latest.keep_output(finish(frame, temporal, store, planes)),
+
+        def prepare(frame: Frame) -> Frame:
+            if store is not None and frame.prediction is None and not frame.passed_gray:
+                store.offer(frame)  # a day frame: the camera's own colours, kept for adaptation
+            return latest.keep_output(colour_frame(frame, temporal, make_chroma))
+
+        outputs = OutputWorker(c.name, targets, prepare=prepare,
                                observe_latency=self.instruments.latency.labels(c.name).observe, fps=fps)
         runtime = CameraRuntime(c, None, DayNight(self.config.daynight.to_night_s, self.config.daynight.to_day_s),
                                 outputs, temporal, store, reuse_for(c),
@@ -460,7 +408,7 @@ class Pipeline:
         for runtime in runtimes:  # all at once: a camera stuck opening a dead host must not hold up the rest
             runtime.source.request_stop()
         self.adaptation.stop()
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + CAMERA_STOP_S
         for runtime in runtimes:
             runtime.source.stop(timeout=max(0.0, deadline - time.monotonic()))
         self.batcher.close()
@@ -541,7 +489,7 @@ class Pipeline:
         predicted, failed, gray = 0, set(), set()
         for colorizer, frames, reuses in by_model.values():
             try:
-                predicted += predict_changed(colorizer, frames, reuses, self.input_size(colorizer), self._reuse_pool)
+                predicted += predict_or_reuse(colorizer, frames, reuses, self.input_size(colorizer), self._reuse_pool)
             except InferenceUnavailable:  # an inference server away: the cameras keep flowing, gray
                 gray.update(id(f) for f in frames if f.prediction is None)  # the others reuse a prediction
             except Exception:  # one model failing (a camera's own, say) costs its frames, not the others'

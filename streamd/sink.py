@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import socket
 import threading
 import time
@@ -24,6 +23,7 @@ import av
 import cv2
 import zmq
 
+from streamd.backoff import MAX_S, Backoff
 from streamd.frame import Frame
 from streamd.source import redact
 
@@ -228,7 +228,7 @@ class RtspOutput:
     retried with back-off. Every socket operation has a time-out, so a peer that stops answering (or
     accepts the connection and never answers) costs at most `timeout_s` per attempt, never a hung thread."""
 
-    def __init__(self, camera: str, url: str, transport: str = "tcp", backoff_max: float = 30.0,
+    def __init__(self, camera: str, url: str, transport: str = "tcp", backoff_max: float = MAX_S,
                  timeout_s: float = 5.0, fps: float | Callable[[], float] = 25.0, keyframe_interval_s: float = 1.0,
                  encoder: str = "auto") -> None:
         self.camera, self.url = camera, url
@@ -237,7 +237,7 @@ class RtspOutput:
                                   encoders=encoder_candidates(encoder),
                                   label=f"camera {camera}: RTSP output {redact(url)}")
         self._retry_at, self._timeout_s = 0.0, timeout_s
-        self._backoff, self._backoff_max = 0.5, backoff_max
+        self._backoff = Backoff(maximum=backoff_max)
         self.reconnects = 0
         self.connected = False
 
@@ -254,13 +254,13 @@ class RtspOutput:
             self._writer.write(frame)
             if not self.connected:
                 log.info("camera %s: publishing to %s", self.camera, redact(self.url))
-            self.connected, self._backoff = True, 0.5
+            self.connected = True
+            self._backoff.reset()
         except (av.error.FFmpegError, OSError) as e:
             self._writer.close()
             self.reconnects += 1
-            delay = self._backoff * random.uniform(0.8, 1.2)
+            delay = self._backoff.next_delay()
             self._retry_at = time.monotonic() + delay
-            self._backoff = min(self._backoff * 2, self._backoff_max)
             log.warning("camera %s: RTSP output %s failed (%s); retrying in %.1f s", self.camera,
                         redact(self.url), redact(getattr(e, "strerror", None) or str(e)), delay)
             self.connected = False

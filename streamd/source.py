@@ -8,7 +8,6 @@ back-off and jitter; the camera's state and counters say what happened.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from av.codec.hwaccel import HWAccel
 import cv2
 import numpy as np
 
+from streamd.backoff import INITIAL_S, MAX_S, Backoff
 from streamd.frame import Frame
 from streamd.redact import redact
 
@@ -62,8 +62,8 @@ class SourceSettings:
     open_timeout: float = 10.0
     read_timeout: float = 5.0
     stall_timeout: float = 10.0  # no decoded frame for this long counts as a lost camera
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
+    backoff_initial: float = INITIAL_S
+    backoff_max: float = MAX_S
     synthetic_size: tuple[int, int] = (1280, 720)
     fps: float = 25.0  # synthetic cameras only
     hwaccel: str = ""  # "cuda": decode on NVDEC (frames come back to system memory); "": FFmpeg's CPU decoder
@@ -231,7 +231,7 @@ class Camera:
 
     def _run(self) -> None:
         s = self.settings
-        backoff = s.backoff_initial
+        backoff = Backoff(s.backoff_initial, s.backoff_max)
         started = time.monotonic()
         while not self._stop.is_set():
             try:
@@ -244,7 +244,7 @@ class Camera:
                     if self.stats.state != State.RUNNING:
                         log.info("camera %s: running", s.name)
                         self.stats.state = State.RUNNING
-                        backoff = s.backoff_initial
+                        backoff.reset()
                     frame.seq = self._seq
                     self._seq += 1
                     self.stats.frames += 1
@@ -270,8 +270,7 @@ class Camera:
                 return
             self.stats.state = State.RECONNECTING
             self.stats.reconnects += 1
-            delay = backoff * random.uniform(0.8, 1.2)
+            delay = backoff.next_delay()
             log.warning("%s; reconnecting in %.1f s", self.stats.last_error, delay)
-            backoff = min(backoff * 2, s.backoff_max)
             if self._stop.wait(delay):
                 return

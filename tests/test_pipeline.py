@@ -362,7 +362,7 @@ def test_colorize_a_video_file_as_a_camera_would(tmp_path):
     from streamd.config import CameraConfig
     from streamd.infer import Colorizer
     from streamd.offline import colorize_video
-    from streamd.pipeline import reuse_for
+    from streamd.steps import reuse_for
 
     video = write_video(tmp_path / "gray.mp4", "gray", seconds=2)
     assert main(["colorize", str(video), "-o", str(tmp_path / "out")]) == 0

@@ -17,7 +17,7 @@ import zmq
 from streamd import config as cfgmod
 from streamd.cli import main
 from streamd.client import Subscriber
-from streamd.colour import luma_to_lightness
+from streamd.lightness import luma_to_lightness
 from streamd.infer import Colorizer, InferenceUnavailable, read_info
 from tests.conftest import MODEL, free_port, write_video
 from tests.triton import ServerEnvironmentMissing, TritonServer, exported_repository

@@ -30,7 +30,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from streamd.colour import luma_to_lightness
+from streamd.lightness import luma_to_lightness
 from streamd.model.data import IMAGE_SUFFIXES
 from streamd.offline import gray_frame
 

@@ -1,5 +1,5 @@
-"""Colour maths against scikit-image, luma pass-through, edge-aware chroma, day/night detection and the
-temporal stabilisation's handling of camera moves and cuts."""
+"""Colour maths against scikit-image, luma pass-through, edge-aware chroma and the live chroma planes
+against the conversion written out independently."""
 from __future__ import annotations
 
 import cv2
@@ -7,18 +7,15 @@ import numpy as np
 import pytest
 from skimage import color, data
 
-from streamd.colour import (
-    DayNight,
-    Temporal,
+from streamd.chroma import (
     chroma_planes,
     guide_coefficients,
     lab_to_chroma,
-    lightness_table,
-    luma_to_lightness,
     recombine,
 )
 from streamd.frame import Frame
 from streamd.lab import ab_bins, lab_to_rgb, rgb_to_lab, y_to_l_table
+from streamd.lightness import lightness_table, luma_to_lightness
 
 
 def test_lab_matches_scikit_image():
@@ -93,28 +90,6 @@ def test_recombine_keeps_luma_bit_exact():
     assert out.colorized and out.u.std() > 1
 
 
-def _frame(u: float, v: float, spread: float = 0.0) -> Frame:
-    rng = np.random.default_rng(0)
-    y = np.full((64, 64), 120, np.uint8)
-    noise = rng.normal(0, spread, (2, 32, 32)) if spread else np.zeros((2, 32, 32))
-    return Frame("c", 0, y, np.clip(u + noise[0], 0, 255).astype(np.uint8),
-                 np.clip(v + noise[1], 0, 255).astype(np.uint8))
-
-
-def test_day_night_detection_and_hysteresis():
-    assert not DayNight.looks_colour(_frame(128, 128))
-    assert not DayNight.looks_colour(_frame(126, 133))  # an infrared camera's uniform warm cast
-    assert DayNight.looks_colour(_frame(128, 128, spread=15))
-    dn = DayNight(to_night_s=1.0, to_day_s=3.0)
-    assert dn.update(_frame(128, 128, 15), 0.0) is True  # first frame decides: day
-    assert dn.update(_frame(128, 128), 0.5) is True  # gray for 0.5 s: still day
-    assert dn.update(_frame(128, 128), 1.6) is False  # gray for over 1 s: night
-    assert dn.update(_frame(128, 128, 15), 2.0) is False  # a flash of colour (headlights) does not flip it
-    assert dn.update(_frame(128, 128), 2.1) is False
-    assert dn.update(_frame(128, 128, 15), 3.0) is False
-    assert dn.update(_frame(128, 128, 15), 6.1) is True  # colour for over 3 s: day again
-
-
 def bilinear(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(h, w) -> (H, W), pixel centres aligned (the centre of output pixel x samples input x' = (x + 0.5)
     w / W - 0.5), clamped at the borders: the resampling the live path is meant to do, in float64."""
@@ -160,51 +135,14 @@ def test_live_chroma_planes_match_the_reference_maths(matrix, full_range):
     assert np.stack([u, v]).std() > 10  # the coefficients span strong colours: a constant answer cannot pass
 
 
-def _scene(seed: int, shape: tuple[int, int] = (48, 300)) -> tuple[np.ndarray, np.ndarray]:
-    """A wide textured scene on the ab grid: L (blobs of 20..80 units) and the colour that goes with it."""
-    rng = np.random.default_rng(seed)
-    blobs = cv2.GaussianBlur(rng.uniform(0, 1, shape).astype(np.float32), (0, 0), 1.0)
-    lightness = 20 + 60 * (blobs - blobs.min()) / (blobs.max() - blobs.min())
-    ab = np.stack([lightness - 50, 50 - lightness]).astype(np.float32)
-    return lightness, ab
-
-
-def test_temporal_stabilises_a_pan_and_resets_on_a_cut():
-    """The camera pans 3 cells per frame across a scene (L changes in place almost everywhere, which
-    without motion compensation counted as a cut): the flicker of the predictions is averaged out along
-    the motion. A cut to another scene then takes the new prediction as it is."""
-    lightness, colour = _scene(0)
-    rng = np.random.default_rng(1)
-    temporal, width, step = Temporal(), 84, 3
-    raw_error, held_error = [], []
-    l_before = None
-    for i in range(20):
-        window = slice(step * i, step * i + width)
-        l_now, truth = lightness[:, window], colour[..., window]
-        if l_before is not None:  # L changes in place over most of the picture: what was taken for a cut
-            assert np.mean(cv2.blur(np.abs(l_now - l_before), (3, 3)) > Temporal.CHANGE_L) > Temporal.CUT_FRACTION
-        l_before = l_now
-        predicted = (truth + rng.normal(0, 8, truth.shape)).astype(np.float32)  # per-frame flicker
-        out = temporal(l_now, predicted, i / 25)
-        if i >= 10:  # interior only: cells entering at the right edge have no past
-            raw_error.append(np.abs(predicted - truth)[..., 4:-12].mean())
-            held_error.append(np.abs(out - truth)[..., 4:-12].mean())
-    assert np.mean(held_error) < 0.75 * np.mean(raw_error)  # 0.58 measured; a reset every frame: 1
-
-    # a cut to a photo (a cut to another random texture of the same statistics can be matched by the flow)
-    photo = cv2.resize(rgb_to_lab(data.coffee())[..., 0], (width, 48), interpolation=cv2.INTER_AREA)
-    predicted = np.stack([photo - 50, 50 - photo]).astype(np.float32)
-    assert np.array_equal(temporal(photo.astype(np.float32), predicted, 20 / 25), predicted)
-
-
 def test_chroma_table_is_built_once_for_cameras_starting_together():
     """Every camera's first frame asks for the table at the same moment: one build, one shared table."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from streamd import colour
+    from streamd import chroma
 
-    colour._cached_chroma_table.cache_clear()
+    chroma._cached_chroma_table.cache_clear()
     with ThreadPoolExecutor(8) as pool:
-        tables = list(pool.map(lambda _: colour.chroma_table("bt601", False), range(8)))
+        tables = list(pool.map(lambda _: chroma.chroma_table("bt601", False), range(8)))
     assert all(t is tables[0] for t in tables)
-    assert colour._cached_chroma_table.cache_info().misses == 1
+    assert chroma._cached_chroma_table.cache_info().misses == 1

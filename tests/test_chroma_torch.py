@@ -1,4 +1,4 @@
-"""The GPU colour stage (streamd.colour_torch), run on PyTorch's CPU device: the same planes as the CPU
+"""The GPU colour stage (streamd.chroma_torch), run on PyTorch's CPU device: the same planes as the CPU
 path, from many camera threads at once, and through the real pipeline."""
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from skimage import data
 
-from streamd.colour import chroma_planes, guide_coefficients, luma_at_chroma_size, luma_to_lightness
-from streamd.colour_torch import ChromaBatcher, TorchChromaPlanes
+from streamd.chroma import chroma_planes, guide_coefficients
+from streamd.chroma_torch import ChromaBatcher, TorchChromaPlanes
 from streamd.frame import Frame
+from streamd.lightness import luma_at_chroma_size, luma_to_lightness
 
 
 def photo_frame(image: np.ndarray, matrix: str = "bt709", full_range: bool = False) -> tuple[Frame, np.ndarray]:

@@ -1,0 +1,177 @@
+"""Temporal stabilisation, per camera, on the network's ab grid: colour kept steady where the scene is, and
+carried along the optical flow where it moves (Temporal); the network skipped on frames whose last prediction
+still holds, as it is or carried along the flow (Reuse)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from streamd.frame import Frame
+
+
+def grid_flow() -> cv2.DISOpticalFlow:
+    """DIS optical flow for the ab grid. ULTRAFAST at full grid resolution: the grid is already the input
+    downscaled 4x, so the preset's own finest scale (a further 4x) would leave a flow vector per 4x4 cells,
+    coarser than objects."""
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+    dis.setFinestScale(0)
+    return dis
+
+
+def lightness_to_gray(lightness: np.ndarray) -> np.ndarray:
+    """L 0..100 -> the 8 bits DIS takes."""
+    return np.clip(lightness * 2.55 + 0.5, 0, 255).astype(np.uint8)
+
+
+def warp_along_flow(dis: cv2.DISOpticalFlow, gray: np.ndarray, prev_gray: np.ndarray, prev_lightness: np.ndarray,
+                    prev_ab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An earlier frame's L (h, w) and ab (2, h, w) carried onto the current one along the optical flow
+    between their 8-bit L (`gray`, `prev_gray`): the warped L, the warped ab as (h, w, 2), and where the flow
+    points outside the earlier frame (nothing to carry there)."""
+    flow = dis.calc(gray, prev_gray, None)  # current(x) ~ previous(x + flow(x))
+    h, w = gray.shape
+    flow[..., 0] += np.arange(w, dtype=np.float32)
+    flow[..., 1] += np.arange(h, dtype=np.float32)[:, None]
+    # bicubic: the held colour is resampled again every frame, and bilinear's blur, compounded over the
+    # ~20 frames it is held, washed it out (DAVIS colourfulness -5.3 % against -3.5 %, docs/temporal.md)
+    carried = cv2.remap(np.dstack([prev_lightness, np.moveaxis(prev_ab, 0, -1)]), flow, None, cv2.INTER_CUBIC,
+                        borderMode=cv2.BORDER_REPLICATE)
+    outside = (flow[..., 0] < 0) | (flow[..., 0] > w - 1) | (flow[..., 1] < 0) | (flow[..., 1] > h - 1)
+    return carried[..., 0], carried[..., 1:], outside
+
+
+class Temporal:
+    """Keeps a camera's colour still where its scene is still, and lets it follow what moves.
+
+    Works on the network's low-resolution output (the ab grid). The previous result and the previous L are
+    first carried along the motion onto the current frame (optical flow from the current L to the previous
+    one, OpenCV's DIS on the grid), then each frame's predicted ab is blended with that warped result, per
+    cell, by how little L differs from the warped previous L: ab = w * previous + (1 - w) * predicted, with
+    w = HOLD * exp(-(dL / CHANGE_L)^2) and dL the locally averaged difference. So a still wall keeps its
+    colour (w near HOLD, an exponential average over about 20 frames), and so does a car or a wall the
+    camera pans across, since the flow brings their previous colour along; where the flow is wrong, an
+    object is uncovered or something enters the frame, L does not match and the new prediction is taken
+    at once, so nothing leaves a coloured ghost. A scene cut (L does not match even after warping, almost
+    everywhere), a new frame size or a gap in time starts afresh; so does a day between two nights, since
+    colour frames pass through without touching this state. Costs about a millisecond per frame on a CPU
+    (docs/temporal.md).
+    """
+
+    HOLD = 0.95  # weight of the past where nothing changed (docs/temporal.md: the sweep that chose it)
+    CHANGE_L = 6.0  # L units: a difference this large keeps only 1/e of the past
+    CUT_FRACTION = 0.6  # frames where this share of the picture does not match even after warping are a cut
+    MAX_GAP_S = 1.0
+
+    def __init__(self) -> None:
+        self._dis = grid_flow()
+        self.reset()
+
+    def reset(self) -> None:
+        self._lightness: np.ndarray | None = None
+        self._gray: np.ndarray | None = None  # the previous L as 8-bit, for the flow
+        self._ab: np.ndarray | None = None
+        self._time = 0.0
+
+    def __call__(self, lightness: np.ndarray, ab: np.ndarray, now: float) -> np.ndarray:
+        """lightness (h, w) on the ab grid, ab (2, h, w) -> the stabilised ab (2, h, w)."""
+        gray = lightness_to_gray(lightness)
+        fresh = self._ab is None or self._ab.shape != ab.shape or now - self._time > self.MAX_GAP_S
+        out = ab
+        if not fresh:
+            prev_l, previous, outside = warp_along_flow(self._dis, gray, self._gray, self._lightness, self._ab)
+            change = cv2.blur(np.abs(lightness - prev_l), (3, 3))
+            change[outside] = np.inf  # entered the frame: nothing of it in the past
+            if (change > self.CHANGE_L).mean() < self.CUT_FRACTION:
+                weight = (self.HOLD * np.exp(-(change / self.CHANGE_L) ** 2))[..., None]
+                out = np.moveaxis(weight * previous + (1.0 - weight) * np.moveaxis(ab, 0, -1), -1, 0)
+                out = np.ascontiguousarray(out, dtype=np.float32)
+        self._lightness, self._gray, self._ab, self._time = lightness, gray, out, now
+        return out
+
+
+@dataclass(frozen=True)
+class _Prediction:
+    cells: np.ndarray  # the L input, area-averaged onto the ab grid
+    gray: np.ndarray  # the same as 8 bits, for the optical flow
+    ab: np.ndarray
+    model_id: str | None
+    arrival: float
+
+
+class Reuse:
+    """Decides, per camera, whether a gray frame needs the network or can reuse the last prediction.
+
+    Still scenes: a fixed camera at night mostly films a scene that does not change, and running the
+    network again there buys nothing (Temporal would keep 95 % of the old colour anyway). A frame reuses
+    the last prediction as it is when no cell of the ab grid changed by more than CHANGE_L since the frame
+    that was predicted - anything that moves, appears or lights up, even one cell, is predicted afresh -
+    for at most `still_s` seconds.
+
+    Moving scenes: up to `carry_frames` frames in a row get the last prediction carried along the optical
+    flow (DIS on the ab grid, a fraction of a millisecond) instead of the network, when after that warp at
+    most CARRY_MISMATCH of the cells differ by more than CHANGE_L (3x3 mean, as in Temporal) and the
+    prediction is under CARRY_MAX_AGE_S old: much content that entered or was uncovered since, a cut, a light
+    switched on or a stalled stream sends the frame to the network. Colour is smooth in time (Temporal keeps
+    most of it from frame to frame anyway), so most of what the network would say again is known.
+
+    Either way the reused ab is fitted to the frame's own luma by the guided upsampling. Driven by the
+    inference thread, on the frames of each batch in order (a batch's checks may run on the pipeline's pool,
+    one thread per camera, before its `remember` calls), so a frame that skips the network never overtakes
+    one that does not.
+    """
+
+    CHANGE_L = Temporal.CHANGE_L  # the same scale of change that makes Temporal take the new prediction
+    # Share of the cells the warp may leave unexplained. Frame to frame, DIS on the coarse grid leaves
+    # 3-18 % of DAVIS's hand-held cells (median per video) off by more than CHANGE_L: 5 % carried almost
+    # nothing there, 10 % over half the frames; 15 % cost colourfulness (docs/temporal.md)
+    CARRY_MISMATCH = 0.10
+    CARRY_MAX_AGE_S = Temporal.MAX_GAP_S  # after a longer gap the past is not carried over
+
+    def __init__(self, still_s: float, carry_frames: int = 0) -> None:
+        self.still_s, self.carry_frames = still_s, carry_frames
+        self._last: _Prediction | None = None
+        self._carried = 0  # frames carried since the last prediction
+        self._dis = grid_flow() if carry_frames else None
+        self.reused = 0
+        self.carried = 0
+
+    def try_reuse(self, frame: Frame) -> bool:
+        """If the frame can reuse the last prediction, give it that prediction and return True."""
+        last = self._last
+        if last is None or frame.lightness is None:
+            return False
+        cells = cv2.resize(frame.lightness, last.cells.shape[::-1], interpolation=cv2.INTER_AREA)
+        if frame.arrival - last.arrival <= self.still_s and np.abs(cells - last.cells).max() <= self.CHANGE_L:
+            frame.prediction, frame.model_id = (frame.lightness, last.ab), last.model_id
+            self.reused += 1
+            return True
+        if self._carried < self.carry_frames and frame.arrival - last.arrival <= self.CARRY_MAX_AGE_S:
+            ab = self._carry(last, cells)
+            if ab is not None:
+                frame.prediction, frame.model_id = (frame.lightness, ab), last.model_id
+                self._carried += 1
+                self.carried += 1
+                return True
+        return False
+
+    def _carry(self, last: _Prediction, cells: np.ndarray) -> np.ndarray | None:
+        """The last prediction warped onto these cells, or None where the warp does not explain them."""
+        warped_l, warped_ab, outside = warp_along_flow(self._dis, lightness_to_gray(cells), last.gray, last.cells,
+                                                       last.ab)
+        unexplained = (cv2.blur(np.abs(warped_l - cells), (3, 3)) > self.CHANGE_L) | outside
+        if unexplained.mean() > self.CARRY_MISMATCH:
+            return None
+        return np.ascontiguousarray(np.moveaxis(warped_ab, -1, 0))
+
+    def remember(self, frame: Frame) -> None:
+        """A frame came back from the network with its prediction."""
+        lightness, ab = frame.prediction
+        cells = cv2.resize(lightness, (ab.shape[2], ab.shape[1]), interpolation=cv2.INTER_AREA)
+        self._last = _Prediction(cells, lightness_to_gray(cells), ab, frame.model_id, frame.arrival)
+        self._carried = 0
+
+    def forget(self) -> None:
+        """Predict the next frame afresh (the model changed)."""
+        self._last = None
