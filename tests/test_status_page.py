@@ -14,7 +14,6 @@ import urllib.error
 import urllib.request
 import zipfile
 from collections import deque
-from pathlib import Path
 
 import cv2
 import numpy as np
