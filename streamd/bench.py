@@ -17,7 +17,8 @@ colour work batched on the GPU ([colour] device = "cuda"), and no outputs. `--de
 run on the CPU with 1 and 2 cameras at 360p and colour on the CPU: small enough for the test suite, which is
 how the GPU path is tested without a GPU. `--processes P --cameras C` runs only that pipeline, as P processes
 of C cameras each started together (streamd.bench_processes); `--frame-cost WxH` only the CPU time of each
-per-frame step of one camera (streamd.bench_frame_cost).
+per-frame step of one camera (streamd.bench_frame_cost); `--triton HOST:PORT` only the network and the
+pipeline on a Triton server against ONNX Runtime in the process (streamd.bench_triton).
 
 Every number is the median over `--repeats` runs. The inputs are gray H.264 clips made here from the
 synthetic camera (real photos, panned and zoomed), so no file has to be shipped or downloaded.
@@ -745,6 +746,10 @@ def report(result: dict) -> str:
         from streamd import bench_frame_cost
 
         parts.append(bench_frame_cost.report(result["frame_cost"]))
+    if "triton" in result:
+        from streamd import bench_triton
+
+        parts.append(bench_triton.report(result["triton"]))
     if "error" in result.get("torch_pipeline", {}):
         parts.append(f"the real pipeline: FAILED, {result['torch_pipeline']['error']}")
     elif "torch_pipeline" in result:
@@ -767,6 +772,7 @@ def command_line(args: argparse.Namespace) -> str:
     """The command that repeats this run (the process's own argv may be a test runner's)."""
     words = ["streamd", "bench", "--device", args.device]
     words += ["--frame-cost", args.frame_cost] if args.frame_cost else []
+    words += ["--triton", args.triton, "--triton-model", args.triton_model] if args.triton else []
     words += ["--cameras", *map(str, args.cameras)] if args.cameras else []
     words += ["--processes", str(args.processes)] if args.processes > 1 else []
     words += ["--hwaccel", args.hwaccel] if args.hwaccel else []
@@ -786,6 +792,13 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
         make_clip(clip, size, (FRAME_COST_FRAMES_SHORT if args.short else FRAME_COST_FRAMES) / CLIP_FPS)
         result["machine"] = machine_info(None)
         result["frame_cost"] = {"resolution": f"{size[0]}x{size[1]}", **frame_cost(clip)}
+        return result
+    if args.triton:
+        from streamd.bench_triton import triton_section
+
+        result["machine"] = machine_info("CPUExecutionProvider")
+        result["triton"] = triton_section(args.triton, args.triton_model, args.short,
+                                          args.repeats or (SHORT if args.short else FULL)["repeats"], work)
         return result
     if args.device in TORCH_PLANS:
         plan = TORCH_PLANS[args.device]
@@ -833,6 +846,10 @@ def usage_error(args: argparse.Namespace) -> str | None:
         return f"{', '.join(torch_only)}: only with --device {' or '.join(TORCH_PLANS)}"
     if args.processes < 1 or any(c < 1 for c in args.cameras or []):
         return "--processes and --cameras must be 1 or more"
+    if args.frame_cost and args.triton:
+        return "--frame-cost and --triton are separate runs: give one"
+    if args.triton and args.device != "cpu":
+        return "--triton compares the server with ONNX Runtime on this host's CPU: leave --device at cpu"
     if args.frame_cost:
         if args.device != "cpu":
             return "--frame-cost times the CPU's steps: leave --device at cpu"
@@ -870,6 +887,8 @@ def main(args: argparse.Namespace) -> int:
         engine = f"PyTorch on {m['provider']} in {result['torch_processes']['processes']} processes"
     elif "frame_cost" in result:
         engine = "the per-frame steps, no network"
+    elif "triton" in result:
+        engine = f"Triton at {result['triton']['url']} against onnxruntime {m['onnxruntime']} on the CPU"
     else:
         engine = f"onnxruntime {m['onnxruntime']} on {m['provider']}"
     print(f"\nstreamd bench, {result['date']}: {m['cpu']}, {m['cores']} cores, {engine}\n")

@@ -607,6 +607,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "NVDEC (falling back to the CPU where it does not open)")
     b.add_argument("--frame-cost", metavar="WxH", help="only the CPU time of each per-frame step of one camera "
                    "of this size, the network replaced by a fixed prediction (--short: 25 frames, else 100)")
+    b.add_argument("--triton", metavar="HOST:PORT", help="only the network and the pipeline on this Triton "
+                   "server's gRPC endpoint against ONNX Runtime in this process, the same model on both sides")
+    b.add_argument("--triton-model", default="streamd", metavar="NAME", help="--triton: the model's name on the "
+                   "server (default: streamd)")
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -202,6 +202,8 @@ def test_frame_cost_runs_every_frame_through_the_daemons_steps(tmp_path, capsys)
     (["--frame-cost", "wide"], "not WIDTHxHEIGHT"),
     (["--cameras", "4"], "only with --device"),
     (["--device", "torch-cpu", "--processes", "0"], "1 or more"),
+    (["--triton", "127.0.0.1:8001", "--frame-cost", "640x360"], "separate runs"),
+    (["--triton", "127.0.0.1:8001", "--device", "torch-cpu"], "leave --device at cpu"),
 ])
 def test_bad_bench_options_exit_2_naming_the_option(argv, problem, capsys):
     assert main(["bench", *argv]) == 2

@@ -72,6 +72,32 @@ def test_export_writes_a_repository_that_triton_parses(tmp_path):
     assert main(["export", "--triton", str(tmp_path), "--triton-name", ".."]) == 2
 
 
+def test_bench_measures_the_triton_path_against_the_local_one(triton, tmp_path, capsys):
+    """`streamd bench --triton` on a real server: the network per batch on both providers, the server's own
+    time read from its statistics (one request per call), and the paced pipeline on both, every camera's
+    frames published. Speed itself is not asserted."""
+    server = triton()
+    out = tmp_path / "triton.json"
+    assert main(["bench", "--triton", server.url, "--short", "--repeats", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["triton"]
+    assert result["model_id"] == read_info(MODEL).model_id
+    assert [row["batch"] for row in result["network"]] == [1, 4, 8]
+    for row in result["network"]:
+        assert row["local_ms"] > 0 and row["triton_ms"] > 0
+        assert row["server_requests_per_call"] == 1 and row["server_compute_infer_ms"] > 0
+    assert [(row["cameras"], row["provider"]) for row in result["pipeline"]] == [
+        (1, "local"), (1, "triton"), (2, "local"), (2, "triton")]
+    for row in result["pipeline"]:
+        assert row["published"] > 0 and row["frames_per_batch"] >= 1
+    assert "on Triton at " + server.url in capsys.readouterr().out
+
+
+def test_bench_against_a_server_that_is_not_there_exits_2_naming_it(capsys):
+    url = f"127.0.0.1:{free_port()}"
+    assert main(["bench", "--triton", url, "--short"]) == 2
+    assert url in capsys.readouterr().err
+
+
 def test_a_server_that_is_not_there_leaves_inference_unavailable_and_retries():
     """No server at the address: the provider starts (the cameras flow gray), says why, fails fast, and tries
     again only after its back-off."""

@@ -1,4 +1,4 @@
-"""A real Triton Inference Server for the tests and scripts/triton_cost.py: nvidia-pytriton's tritonserver
+"""A real Triton Inference Server for the tests: nvidia-pytriton's tritonserver
 binary, in its own environment (scripts/triton-server-env), started by server.py with the repository that
 `streamd export --triton` writes, served through the Python backend by model.py (ONNX Runtime inside)."""
 from __future__ import annotations

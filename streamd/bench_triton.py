@@ -1,0 +1,119 @@
+"""`streamd bench --triton HOST:PORT`: what inference on a Triton server costs against ONNX Runtime in the
+process ([model] provider = "triton" against "cpu"), on this host.
+
+Two measurements, both against the same model on both sides (the server must serve the model this process
+would run, `streamd export --triton`; the local side runs it in fp32, as the server does):
+* the network call alone per batch, the two providers called in turn; the server's own time in the model
+  (queueing for a batch, input, compute, output) comes from its inference statistics, so the rest of the
+  Triton call is the protocol: serialisation, gRPC, the backend's transfer;
+* the real Pipeline with paced cameras on each provider: delivered fps, latency, inference time per batch and
+  this process's CPU cores (what a camera host without a GPU spends when the network runs elsewhere).
+"""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from streamd import bench
+from streamd.infer import Colorizer
+
+SERVER_STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
+NETWORK_BATCHES = (1, 4, 8)
+CAMERAS, CAMERAS_SHORT = (1, 4, 8), (1, 2)
+ROUNDS, ROUNDS_SHORT = 30, 5
+CLIP_S, CLIP_S_SHORT = 6.0, 2.0
+CLIP_SIZE = (640, 360)
+TIMEOUT_S = 30.0  # a batch of 8 on a loaded CPU server takes about a second; this only bounds a hung one
+
+
+def remote_colorizer(url: str, model: str):
+    """The Triton provider, connected; BenchUnavailable when tritonclient is missing or the server or its
+    model cannot be reached (the reason named)."""
+    try:
+        from streamd.infer_triton import TritonColorizer
+    except ImportError as e:
+        raise bench.BenchUnavailable(f"--triton needs {e.name}, which is not installed here: "
+                                     "pip install 'streamd[triton]'") from None
+    remote = TritonColorizer(url, model, timeout_s=TIMEOUT_S)
+    if remote.unavailable:
+        raise bench.BenchUnavailable(remote.unavailable)
+    return remote
+
+
+def server_ms(url: str, model: str) -> dict[str, float]:
+    """The server's cumulative milliseconds per stage of `model` and its count of successful requests."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]["inference_stats"]
+    finally:
+        client.close()
+    totals = {stage: int(stats.get(stage, {}).get("ns", 0)) / 1e6 for stage in SERVER_STAGES}
+    return {**totals, "requests": int(stats.get("success", {}).get("count", 0))}
+
+
+def network_rows(local: Colorizer, remote, url: str, model: str, rounds: int) -> list[dict]:
+    """Per batch size: median ms of the call in this process and on the server (interleaved), and the Triton
+    call's mean split into the server's time in the model and the rest."""
+    rows = []
+    for batch in NETWORK_BATCHES:
+        lightness = bench.lightness_batch((local.info.input_height, local.info.input_width), batch)
+        for run in (local, remote):  # warm-up: sessions, the server's first request of this shape
+            run(lightness)
+        before = server_ms(url, model)
+        seconds = bench.time_interleaved({"local": local, "triton": remote}, lightness, rounds)
+        after = server_ms(url, model)
+        requests = max(1, after["requests"] - before["requests"])  # a batch over max_batch_size is split
+        per_call = len(seconds["triton"])
+        stages = {stage: (after[stage] - before[stage]) / per_call for stage in SERVER_STAGES}
+        server_model_ms = sum(stages.values())
+        rows.append({"batch": batch, "local_ms": statistics.median(seconds["local"]) * 1000,
+                     "triton_ms": statistics.median(seconds["triton"]) * 1000,
+                     "server_requests_per_call": requests / per_call, "server_model_ms": server_model_ms,
+                     **{f"server_{stage}_ms": ms for stage, ms in stages.items()},
+                     "protocol_ms": statistics.fmean(seconds["triton"]) * 1000 - server_model_ms})
+    return rows
+
+
+def pipeline_rows(local: Colorizer, remote, clip: Path, cameras: tuple[int, ...], work: Path,
+                  repeats: int) -> list[dict]:
+    """The paced Pipeline with each camera count on each provider (no outputs encoded: the network's side
+    is what differs)."""
+    rows = []
+    for count in cameras:
+        for provider, colorizer in (("local", local), ("triton", remote)):
+            result = bench.repeated(lambda: bench.run_paced(clip, count, colorizer, work, encode=False), repeats)
+            rows.append({"cameras": count, "provider": provider,
+                         **{key: value for key, value in result.items() if key != "runs"}})
+    return rows
+
+
+def triton_section(url: str, model: str, short: bool, repeats: int, work: Path) -> dict:
+    remote = remote_colorizer(url, model)
+    local = Colorizer(int8="off")
+    if remote.info.model_id != local.info.model_id:
+        raise bench.BenchUnavailable(f"Triton at {url} serves {remote.info.model_id}, this process would run "
+                                     f"{local.info.model_id}: export the same model (streamd export --triton)")
+    clip = work / "triton-clip.mp4"
+    bench.make_clip(clip, CLIP_SIZE, CLIP_S_SHORT if short else CLIP_S)
+    return {"url": url, "model": model, "model_id": local.info.model_id,
+            "clip": f"{CLIP_SIZE[0]}x{CLIP_SIZE[1]}",
+            "network": network_rows(local, remote, url, model, ROUNDS_SHORT if short else ROUNDS),
+            "pipeline": pipeline_rows(local, remote, clip, CAMERAS_SHORT if short else CAMERAS, work, repeats)}
+
+
+def report(section: dict) -> str:
+    network = bench.table(
+        ["batch", "local ms", "Triton ms", "server's model ms", "of it queueing", "protocol ms (mean)"],
+        [[r["batch"], r["local_ms"], r["triton_ms"], r["server_model_ms"], r["server_queue_ms"], r["protocol_ms"]]
+         for r in section["network"]])
+    pipeline = bench.table(
+        ["cameras", "provider", "fps/camera", "p50 ms", "p99 ms", "infer ms/batch", "frames/batch", "dropped",
+         "CPU cores"],
+        [[r["cameras"], r["provider"], r["delivered_fps_per_camera"], r["latency_p50_ms"], r["latency_p99_ms"],
+          r["inference_ms_per_batch"], r["frames_per_batch"], r["dropped"], r["cpu_cores"]]
+         for r in section["pipeline"]])
+    return (f"The network, in this process and on Triton at {section['url']} (model {section['model']}, "
+            f"{section['model_id']}):\n{network}\n\nThe paced Pipeline, {section['clip']} cameras at "
+            f"{bench.CLIP_FPS:g} fps:\n{pipeline}")
