@@ -145,7 +145,9 @@ def adapt(sources: list[Path], out: Path, budget_minutes: float = 8.0, holdout: 
         weights = load_weights(weights_path)
         candidate = Path(work) / "adapted.onnx"
         generic = Colorizer(generic_path, "cpu")
-        export(weights_path, candidate, temperature=generic.info.temperature,  # the generic model's decoding
+        # The generic model's decoding, less its cast correction: an adapted network has learned its camera's
+        # own mean colour (a corridor's warm light), which the correction is there to doubt in scenes it guesses
+        export(weights_path, candidate, temperature=generic.info.temperature,
                input_size=(generic.info.input_height, generic.info.input_width),
                prior_correction=generic.info.prior_correction, shrink=generic.info.shrink,
                model_id=f"{out.stem}-adapted")

@@ -369,7 +369,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         from streamd.model.export import export
 
         meta = export(args.weights, args.output, args.temperature, (args.height, args.width),
-                      prior_correction=args.prior_correction, shrink=args.shrink)
+                      prior_correction=args.prior_correction, shrink=args.shrink,
+                      cast_correction=args.cast_correction)
         print(f"wrote {args.output} ({meta['model_id']}); max |ab| difference to PyTorch: "
               f"{meta['max_ab_difference']:.5f}")
         model = args.output
@@ -542,6 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--shrink", type=float, default=0.0, metavar="K",
                    help="shrink colour the distribution does not single out towards gray (0: off; "
                         "models/streamd-base.md)")
+    e.add_argument("--cast-correction", type=float, default=0.0, metavar="BETA",
+                   help="remove this share of each frame's mean colour, a frame-wide cast (0: off, 1: gray "
+                        "world; models/streamd-base.md)")
     e.add_argument("--width", type=int, default=320)
     e.add_argument("--height", type=int, default=192)
     e.set_defaults(func=cmd_export)
@@ -581,8 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model", type=Path, default=None, help="an ONNX model (default: the shipped one), or "
                    "weights (.pt) to decode in PyTorch as --decode says")
     v.add_argument("--temperature", type=float, nargs="*", default=None, help="ONNX: one or more T to compare")
-    v.add_argument("--decode", nargs="*", default=None, metavar="T:ALPHA",
-                   help="weights: the decodings to compare, as streamd export would bake them (default 2:0.5)")
+    v.add_argument("--decode", nargs="*", default=None, metavar="T:ALPHA[:SHRINK[:CAST]]",
+                   help="weights: the decodings to compare, as streamd export would bake them with --temperature, "
+                        "--prior-correction, --shrink and --cast-correction (default 2:0.5)")
     v.add_argument("--json", type=Path)
     v.add_argument("--sheets", type=Path, help="write a contact sheet per subset here (gray | ours | truth)")
     v.add_argument("--limit", type=int, default=0, help="at most this many images, pairs or videos per subset, "

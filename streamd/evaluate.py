@@ -606,10 +606,10 @@ def find_subset(folder: Path) -> Subset:
     return Subset(folder.name or str(folder), kind, folder)
 
 
-def decoding_label(temperature: float, prior_correction: float, shrink: float) -> str:
-    """How a model's rows are labelled: 'ours T=2 alpha=0.5 shrink=1' (zero settings left out)."""
+def decoding_label(temperature: float, prior_correction: float, shrink: float, cast_correction: float) -> str:
+    """How a model's rows are labelled: 'ours T=2 alpha=0.5 shrink=1 cast=0.5' (zero settings left out)."""
     return (f"ours T={temperature:g}" + (f" alpha={prior_correction:g}" if prior_correction else "")
-            + (f" shrink={shrink:g}" if shrink else ""))
+            + (f" shrink={shrink:g}" if shrink else "") + (f" cast={cast_correction:g}" if cast_correction else ""))
 
 
 def model_colorizers(args: argparse.Namespace) -> dict[str, Colorizer]:
@@ -631,7 +631,8 @@ def model_colorizers(args: argparse.Namespace) -> dict[str, Colorizer]:
     colorizers = {}
     for t in dict.fromkeys(args.temperature or [None]):
         c = Colorizer(args.model, temperature=t)
-        colorizers[decoding_label(c.info.temperature, c.info.prior_correction, c.info.shrink)] = c
+        colorizers[decoding_label(c.info.temperature, c.info.prior_correction, c.info.shrink,
+                                  c.info.cast_correction)] = c
     return colorizers
 
 

@@ -60,6 +60,7 @@ class ModelInfo:
     temperature: float
     prior_correction: float = 0.0  # baked into the graph by export; the Torch runtime rebuilds it from this
     shrink: float = 0.0  # likewise (streamd.model.network.AnnealedMean)
+    cast_correction: float = 0.0  # likewise
 
 
 def session_info(session: ort.InferenceSession, path: Path, temperature: float | None = None) -> ModelInfo:
@@ -68,7 +69,8 @@ def session_info(session: ort.InferenceSession, path: Path, temperature: float |
     return ModelInfo(meta.get("model_id", path.stem), int(meta.get("input_height", 192)),
                      int(meta.get("input_width", 320)),
                      temperature if temperature is not None else float(meta.get("temperature", 0.38)),
-                     float(meta.get("prior_correction", 0.0)), float(meta.get("shrink", 0.0)))
+                     float(meta.get("prior_correction", 0.0)), float(meta.get("shrink", 0.0)),
+                     float(meta.get("cast_correction", 0.0)))
 
 
 def read_info(path: Path, temperature: float | None = None) -> ModelInfo:

@@ -106,7 +106,7 @@ def load_torch_colorizer(path: Path | None = None, device: str = "cuda",
         raise FileNotFoundError(f"no training weights at {weights_path} (streamd train writes them)")
     info = read_info(onnx_path, temperature)
     weights = load_weights(weights_path)
-    decoder = build_decoder(weights, info.temperature, info.prior_correction, info.shrink)
+    decoder = build_decoder(weights, info.temperature, info.prior_correction, info.shrink, info.cast_correction)
     colorizer = TorchColorizer(decoder, info, weights_path,
                                device)
     log.info("model %s through PyTorch on %s (%s), input %dx%d, T=%.2f", info.model_id, colorizer.device,

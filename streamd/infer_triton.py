@@ -63,7 +63,8 @@ def model_info(config: dict, name: str) -> tuple[ModelInfo, int]:
         info = ModelInfo(params.get("model_id", f"triton:{name}"),
                          int(params.get("input_height", DEFAULT_INPUT[0])),
                          int(params.get("input_width", DEFAULT_INPUT[1])),
-                         float(params.get("temperature", 0.0)), float(params.get("prior_correction", 0.0)))
+                         float(params.get("temperature", 0.0)), float(params.get("prior_correction", 0.0)),
+                         float(params.get("shrink", 0.0)), float(params.get("cast_correction", 0.0)))
     except ValueError as e:
         raise ModelMismatch(f"Triton model {name!r}: a {PARAMETER_PREFIX}* parameter is not a number ({e})") from e
     return info, max_batch

@@ -305,27 +305,51 @@ def test_shrink_keeps_colour_the_distribution_is_sure_of_and_grays_the_rest():
     assert torch.allclose(plain[0, :, 0, 0], torch.tensor([10.0, 0.0]), atol=0.01)
 
 
+def test_cast_correction_removes_its_share_of_the_frames_mean_colour_and_keeps_the_differences():
+    """Hand-checkable: one pixel sure of (50, 0), the other of (0, 50): the frame's mean is (25, 25); a
+    correction of 0.5 moves both by (-12.5, -12.5), so the two still differ by (50, -50). Frames of a batch are
+    corrected each by its own mean."""
+    bins = torch.tensor([[50.0, 0.0], [0.0, 50.0], [-50.0, 0.0]])
+
+    class TwoPixels(torch.nn.Module):
+        def forward(self, lightness):
+            logits = torch.full((lightness.shape[0], 3, 1, 2), -30.0)
+            logits[:, 0, 0, 0] = logits[:, 1, 0, 1] = 0.0
+            logits[1:, :, :, 1] = torch.tensor([-30.0, -30.0, 0.0])[:, None]  # the second frame: (50,0), (-50,0)
+            return logits
+
+    ab = AnnealedMean(TwoPixels(), bins, 1.0, cast_correction=0.5)(torch.zeros(2, 1, 1, 2))
+    assert torch.allclose(ab[0, :, 0, 0], torch.tensor([37.5, -12.5]), atol=0.01)
+    assert torch.allclose(ab[0, :, 0, 1], torch.tensor([-12.5, 37.5]), atol=0.01)
+    assert torch.allclose(ab[1, :, 0, :], torch.tensor([[50.0, -50.0], [0.0, 0.0]]), atol=0.01)  # mean 0: as is
+
+
 def test_export_bakes_the_shrink_and_keeps_the_hand_written_card(tmp_path):
-    """streamd export --shrink: ONNX Runtime and both Python runtimes read it back; the card's facts block is
-    rewritten in place, everything a person wrote around it stays."""
+    """streamd export --shrink --cast-correction: ONNX Runtime and both Python runtimes read them back; the
+    card's facts block is rewritten in place, everything a person wrote around it stays."""
     shipped = Path(__file__).parents[1] / "models" / "streamd-base.pt"
     model = tmp_path / "m.onnx"
     model.with_suffix(".md").write_text("# Card\n\nintro\n\n<!-- facts written by streamd export -->STALE-FACTS"
                                         "<!-- end of export facts -->\n\n## Scores\nkept\n")
     assert main(["export", str(shipped), "-o", str(model), "--temperature", "2", "--prior-correction", "1",
-                 "--shrink", "1"]) == 0
+                 "--shrink", "1", "--cast-correction", "0.5"]) == 0
     card = model.with_suffix(".md").read_text()
     assert card.startswith("# Card\n\nintro") and card.endswith("## Scores\nkept\n") and "STALE-FACTS" not in card
-    assert "k = 1" in card and "../" not in card
+    assert "k = 1" in card and "0.5 of each frame's mean colour removed" in card and "../" not in card
     colorizer = Colorizer(model)
-    assert colorizer.info.shrink == 1.0
+    assert colorizer.info.shrink == 1.0 and colorizer.info.cast_correction == 0.5
     weights = load_weights(shipped)
     rgb = cv2.resize(data.coffee(), (320, 192), interpolation=cv2.INTER_AREA)
     lightness = rgb_to_lab(rgb)[None, None, ..., 0].astype(np.float32)
     with torch.no_grad():
-        shrunk = build_decoder(weights, 2.0, 1.0, 1.0).eval()(torch.from_numpy(lightness)).numpy()
+        shrunk = build_decoder(weights, 2.0, 1.0, 1.0, 0.5).eval()(torch.from_numpy(lightness)).numpy()
         plain = build_decoder(weights, 2.0, 1.0).eval()(torch.from_numpy(lightness)).numpy()
+        uncorrected = build_decoder(weights, 2.0, 1.0, 1.0).eval()(torch.from_numpy(lightness)).numpy()
     assert np.abs(colorizer(lightness) - shrunk).max() < 0.05
-    assert np.linalg.norm(shrunk, axis=1).mean() < 0.9 * np.linalg.norm(plain, axis=1).mean()
+    # the cast correction is in the graph, not only in its metadata: half of the frame's mean colour is gone
+    frame_mean = uncorrected.mean(axis=(2, 3))
+    assert np.abs(frame_mean).max() > 0.5
+    assert np.allclose(colorizer(lightness).mean(axis=(2, 3)), 0.5 * frame_mean, atol=0.05)
+    assert np.linalg.norm(uncorrected, axis=1).mean() < 0.9 * np.linalg.norm(plain, axis=1).mean()
     shutil.copy(shipped, model.with_suffix(".pt"))
     assert np.abs(load_torch_colorizer(model, device="cpu")(lightness) - shrunk).max() < 0.05

@@ -64,6 +64,8 @@ def test_export_writes_a_repository_that_triton_parses(tmp_path):
         assert params["streamd.model_id"] == info.model_id
         assert float(params["streamd.temperature"]) == info.temperature
         assert float(params["streamd.prior_correction"]) == info.prior_correction
+        assert float(params["streamd.shrink"]) == info.shrink
+        assert float(params["streamd.cast_correction"]) == info.cast_correction
         assert (int(params["streamd.input_height"]), int(params["streamd.input_width"])) == (192, 320)
     assert not configs["config.pbtxt"].optimization.execution_accelerators.gpu_execution_accelerator
     accelerators = configs["configs/tensorrt.pbtxt"].optimization.execution_accelerators.gpu_execution_accelerator

@@ -40,12 +40,14 @@ class CachedNetwork(torch.nn.Module):
 
 class Decoding:
     """Quacks like a Colorizer (L in, ab out): the annealed mean at `temperature` after dividing the class
-    rebalancing out to the power `alpha`, in front of a shared CachedNetwork."""
+    rebalancing out to the power `alpha` (then `shrink` and `cast_correction` as AnnealedMean's), in front of
+    a shared CachedNetwork."""
 
     def __init__(self, network: CachedNetwork, weights: dict, info: ModelInfo, temperature: float,
-                 alpha: float, shrink: float = 0.0) -> None:
-        self.info = ModelInfo(info.model_id, info.input_height, info.input_width, temperature, alpha, shrink)
-        self.decoder = build_decoder(weights, temperature, alpha, shrink).eval()
+                 alpha: float, shrink: float = 0.0, cast_correction: float = 0.0) -> None:
+        self.info = ModelInfo(info.model_id, info.input_height, info.input_width, temperature, alpha, shrink,
+                              cast_correction)
+        self.decoder = build_decoder(weights, temperature, alpha, shrink, cast_correction).eval()
         self.decoder.net = network
 
     def __call__(self, lightness: np.ndarray) -> np.ndarray:
@@ -53,20 +55,21 @@ class Decoding:
             return self.decoder(torch.from_numpy(lightness)).numpy()
 
 
-def parse_decode(spec: str) -> tuple[float, float, float]:
-    """'T[:ALPHA[:SHRINK]]' -> (T, ALPHA, SHRINK); T > 0, SHRINK >= 0 (streamd.model.network.AnnealedMean)."""
+def parse_decode(spec: str) -> tuple[float, float, float, float]:
+    """'T[:ALPHA[:SHRINK[:CAST]]]' -> (T, ALPHA, SHRINK, CAST); T > 0, SHRINK >= 0, 0 <= CAST <= 1
+    (streamd.model.network.AnnealedMean)."""
     try:
-        t, alpha, shrink = ([float(x) for x in spec.split(":")] + [0.0, 0.0])[:3]
-        if spec.count(":") > 2 or not t > 0 or not shrink >= 0:
+        t, alpha, shrink, cast = ([float(x) for x in spec.split(":")] + [0.0, 0.0, 0.0])[:4]
+        if spec.count(":") > 3 or not t > 0 or not shrink >= 0 or not 0 <= cast <= 1:
             raise ValueError
     except ValueError:
-        raise ValueError(f"--decode {spec!r}: expected T[:ALPHA[:SHRINK]] with T > 0 and SHRINK >= 0, "
-                         "e.g. 2:0.5") from None
-    return t, alpha, shrink
+        raise ValueError(f"--decode {spec!r}: expected T[:ALPHA[:SHRINK[:CAST]]] with T > 0, SHRINK >= 0 and "
+                         "CAST from 0 to 1, e.g. 2:0.5") from None
+    return t, alpha, shrink, cast
 
 
 def decodings(weights: dict, info: ModelInfo, specs: list[str]) -> dict[str, Decoding]:
-    """One Decoding per 'T[:ALPHA[:SHRINK]]' spec, by label, all reading one network; `info` names the
+    """One Decoding per 'T[:ALPHA[:SHRINK[:CAST]]]' spec, by label, all reading one network; `info` names the
     weights and gives the network's input size."""
     network = CachedNetwork(weights)
     from streamd.evaluate import decoding_label

@@ -33,9 +33,10 @@ def reference_images() -> list[np.ndarray]:
 
 
 def export(weights_path: Path, out: Path, temperature: float = 0.38, input_size: tuple[int, int] = (192, 320),
-           model_id: str | None = None, prior_correction: float = 0.0, shrink: float = 0.0) -> dict:
+           model_id: str | None = None, prior_correction: float = 0.0, shrink: float = 0.0,
+           cast_correction: float = 0.0) -> dict:
     weights = load_weights(weights_path)
-    decoder = build_decoder(weights, temperature, prior_correction, shrink).eval()
+    decoder = build_decoder(weights, temperature, prior_correction, shrink, cast_correction).eval()
     dummy = torch.zeros(1, 1, *input_size)
     torch.onnx.export(decoder, dummy, str(out), input_names=["L"], output_names=["ab"], opset_version=OPSET,
                       dynamic_axes={"L": {0: "batch", 2: "height", 3: "width"},
@@ -43,7 +44,7 @@ def export(weights_path: Path, out: Path, temperature: float = 0.38, input_size:
     digest = hashlib.sha256(out.read_bytes()).hexdigest()[:12]
     model_id = model_id or f"{out.stem}-{digest}"
     meta = {"model_id": model_id, "temperature": temperature, "prior_correction": prior_correction,
-            "shrink": shrink, "input_height": input_size[0],
+            "shrink": shrink, "cast_correction": cast_correction, "input_height": input_size[0],
             "input_width": input_size[1], "steps": int(weights["steps"]), "widths": list(weights["widths"]),
             "bins": len(weights["bins"])}
     model = store_weights_fp16(onnx.load(str(out)))
@@ -73,7 +74,7 @@ def write_card(path: Path, meta: dict, weights: dict, n_params: int) -> None:
 | --- | --- |
 | model id | {meta['model_id']} |
 | architecture | streamd ColorNet: VGG-style conv + ReLU + BatchNorm blocks, no pooling, strided-conv downsampling to 1/16, dilated context, transposed-conv upsampling to 1/4 with encoder skips{'; a global-context branch (the frame mean of the 1/16 features, through a two-layer MLP, added back everywhere)' if weights.get('context') else ''}; widths {meta['widths']}; {n_params / 1e6:.2f}M parameters |
-| output | distribution over {meta['bins']} in-gamut ab bins (10-unit grid), decoded inside the graph by the annealed mean, T = {meta['temperature']} (overridable at run time), after dividing the class-rebalancing weights out to the power {meta['prior_correction']}{f"; colour the distribution does not single out shrunk towards gray (k = {meta['shrink']})" if meta['shrink'] else ''} |
+| output | distribution over {meta['bins']} in-gamut ab bins (10-unit grid), decoded inside the graph by the annealed mean, T = {meta['temperature']} (overridable at run time), after dividing the class-rebalancing weights out to the power {meta['prior_correction']}{f"; colour the distribution does not single out shrunk towards gray (k = {meta['shrink']})" if meta['shrink'] else ''}{f"; {meta['cast_correction']:g} of each frame's mean colour removed" if meta['cast_correction'] else ''} |
 | input | L (0..100), N x 1 x H x W, H and W multiples of 16; streamd feeds {meta['input_width']}x{meta['input_height']} |
 | loss | cross-entropy on soft-encoded targets (5 nearest bins, sigma 5), weighted by class rebalancing ({f"on, lambda {cfg.get('class_mix', 0.5)}" if cfg.get('rebalance', True) else 'off'}) x gradient prior ({f"on, lambda {cfg.get('gradient_mix', 0.5)}" if cfg.get('gradient_prior', True) else 'off'}) |
 | training | {meta['steps']} steps, {weights.get('samples', 0)} samples ({cfg.get('crop', '?')} px crops, batch {cfg.get('batch', '?')}), {hours:.2f} h of compute; data folders: {folders} |

@@ -95,13 +95,20 @@ class AnnealedMean(nn.Module):
     the (corrected) distribution at T = 1 and its spread V = E|ab - m|^2 give each pixel the gain
     |m|^2 / (|m|^2 + k V), a Wiener-style shrinkage towards gray of colours the distribution does not single
     out. Zero leaves the annealed mean as it is.
+
+    `cast_correction` beta > 0 removes that share of each frame's mean ab: a frame-wide colour. The network
+    paints a scene it does not know with one tint as confidently as one it does (a neutral shop front came
+    out sepia, as warm as a corridor whose warmth is real), and the per-pixel spread cannot tell the two
+    apart, so half a gray-world correction takes half of any frame-wide tint and leaves the colours that
+    differ within the frame. Zero leaves the frame's mean colour as it is.
     """
 
     def __init__(self, net: nn.Module, bins: torch.Tensor, temperature: float,
-                 log_correction: torch.Tensor | None = None, shrink: float = 0.0) -> None:
+                 log_correction: torch.Tensor | None = None, shrink: float = 0.0,
+                 cast_correction: float = 0.0) -> None:
         super().__init__()
         self.net = net
-        self.shrink = shrink
+        self.shrink, self.cast_correction = shrink, cast_correction
         self.register_buffer("bins", bins.float())  # (Q, 2)
         self.register_buffer("temperature", torch.tensor([temperature], dtype=torch.float32))
         correction = torch.zeros(len(bins)) if log_correction is None else log_correction.float()
@@ -110,13 +117,15 @@ class AnnealedMean(nn.Module):
     def forward(self, lightness: torch.Tensor) -> torch.Tensor:
         logits = self.net(lightness).float() + self.log_correction
         ab = torch.einsum("nqhw,qc->nchw", torch.softmax(logits / self.temperature, dim=1), self.bins)
-        if not self.shrink:
-            return ab
-        probs = torch.softmax(logits, dim=1)
-        mean = torch.einsum("nqhw,qc->nchw", probs, self.bins)
-        power = (mean ** 2).sum(1, keepdim=True)
-        spread = torch.einsum("nqhw,q->nhw", probs, (self.bins ** 2).sum(1))[:, None] - power
-        return ab * power / (power + self.shrink * spread.clamp_min(0.0) + 1e-6)
+        if self.shrink:
+            probs = torch.softmax(logits, dim=1)
+            mean = torch.einsum("nqhw,qc->nchw", probs, self.bins)
+            power = (mean ** 2).sum(1, keepdim=True)
+            spread = torch.einsum("nqhw,q->nhw", probs, (self.bins ** 2).sum(1))[:, None] - power
+            ab = ab * power / (power + self.shrink * spread.clamp_min(0.0) + 1e-6)
+        if self.cast_correction:
+            ab = ab - self.cast_correction * ab.mean(dim=(2, 3), keepdim=True)
+        return ab
 
 
 class ECCV16(nn.Module):

@@ -36,9 +36,10 @@ from streamd.offline import gray_frame
 
 log = logging.getLogger(__name__)
 
-# what follows the classifier's logits: the annealed mean, and the shrinkage towards gray where export adds it
-DECODING_OPS = {"Cast", "Add", "Div", "Softmax", "Einsum", "Mul", "Sub", "Pow", "ReduceSum", "Unsqueeze", "Clip",
-                "Constant"}
+# what follows the classifier's logits: the annealed mean, and the shrinkage towards gray and the cast
+# correction where export adds them
+DECODING_OPS = {"Cast", "Add", "Div", "Softmax", "Einsum", "Mul", "Sub", "Pow", "ReduceSum", "ReduceMean",
+                "Unsqueeze", "Clip", "Constant"}
 
 
 def calibration_inputs(images: list[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:

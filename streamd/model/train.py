@@ -112,9 +112,10 @@ def build_net(weights: dict, context: bool | None = None) -> ColorNet:
 
 
 def build_decoder(weights: dict, temperature: float, prior_correction: float = 0.0,
-                  shrink: float = 0.0) -> AnnealedMean:
+                  shrink: float = 0.0, cast_correction: float = 0.0) -> AnnealedMean:
     """The network behind the annealed mean, with the class-rebalancing weights it was trained with divided
-    out of its distribution to the power `prior_correction` (0: the seed's decoding, 1: all of them)."""
+    out of its distribution to the power `prior_correction` (0: the seed's decoding, 1: all of them);
+    `shrink` and `cast_correction` as AnnealedMean's."""
     bins, cfg = np.asarray(weights["bins"]), weights.get("config", {})
     correction = None
     if prior_correction and cfg.get("rebalance", True):
@@ -122,7 +123,7 @@ def build_decoder(weights: dict, temperature: float, prior_correction: float = 0
         class_w = priors.class_weights(bins, cfg.get("class_mix", 0.5))
         # A bin no training pixel came near has weight 0 and is never predicted: leave its logit alone.
         correction = torch.from_numpy(-prior_correction * np.log(np.where(class_w > 0, class_w, 1.0)))
-    return AnnealedMean(build_net(weights), torch.from_numpy(bins), temperature, correction, shrink)
+    return AnnealedMean(build_net(weights), torch.from_numpy(bins), temperature, correction, shrink, cast_correction)
 
 
 def progress(step: int, seconds: float, cfg: TrainConfig) -> float:

@@ -47,7 +47,8 @@ def metadata_parameters(info: ModelInfo) -> dict[str, str]:
     """The model's metadata as Triton model-configuration parameters (strings, as Triton keeps them)."""
     return {f"{PARAMETER_PREFIX}{key}": str(value) for key, value in (
         ("model_id", info.model_id), ("temperature", info.temperature),
-        ("prior_correction", info.prior_correction), ("input_height", info.input_height),
+        ("prior_correction", info.prior_correction), ("shrink", info.shrink),
+        ("cast_correction", info.cast_correction), ("input_height", info.input_height),
         ("input_width", info.input_width))}
 
 
