@@ -385,6 +385,10 @@ def test_eval_needs_an_input(tmp_path, capsys):
     assert "not a folder" in capsys.readouterr().err
     assert cli_main(["eval", str(tmp_path), "--decode", "2:0.5"]) == 2  # an ONNX model's decoding is baked in
     assert "--decode needs weights" in capsys.readouterr().err
+    weights = str(SHIPPED.with_suffix(".pt"))
+    for spec in ("0:0.5", "2:0.5:-1", "2:0.5:0:1.5", "2:0.5:0:0.5:1", "warm"):
+        assert cli_main(["eval", str(tmp_path), "--model", weights, "--decode", spec]) == 2
+        assert f"--decode {spec!r}: expected T[:ALPHA[:SHRINK[:CAST]]]" in capsys.readouterr().err
 
 
 def test_colour_cast_is_the_distance_between_mean_colours():
@@ -452,20 +456,25 @@ def test_subsets_are_scored_apart_pairs_on_colour_only(tmp_path, model_args):
 
 
 def test_eval_decodes_weights_as_export_would(tmp_path):
-    """--model WEIGHTS.pt --decode T:ALPHA scores the decodings of one network side by side, and each equals
-    the ONNX model streamd export makes at that T and ALPHA."""
+    """--model WEIGHTS.pt --decode T:ALPHA[:SHRINK[:CAST]] scores the decodings of one network side by side,
+    and each equals the ONNX model streamd export makes with those settings."""
     pytest.importorskip("torch")
     weights = SHIPPED.with_suffix(".pt")
     photos = tmp_path / "photos"
     photos.mkdir()
     write_png(photos / "astronaut.png", cv2.resize(data.astronaut(), (160, 160), interpolation=cv2.INTER_AREA))
     out = tmp_path / "eval.json"
-    assert cli_main(["eval", str(photos), "--model", str(weights), "--decode", "2:0.5", "1", "--json", str(out)]) == 0
+    assert cli_main(["eval", str(photos), "--model", str(weights), "--decode", "2:0.5", "1", "1:0.5:0:0.5", "--json",
+                     str(out)]) == 0
     rows = json.loads(out.read_text())["subsets"]["photos"]["rows"]
-    assert "ours T=2 alpha=0.5" in rows and "ours T=1" in rows
+    assert {"ours T=2 alpha=0.5", "ours T=1", "ours T=1 alpha=0.5 cast=0.5"} <= set(rows)
     assert rows["ours T=1"]["colorfulness"] > rows["ours T=2 alpha=0.5"]["colorfulness"]
-    model = tmp_path / "m.onnx"
-    assert cli_main(["export", str(weights), "-o", str(model), "--temperature", "2", "--prior-correction", "0.5"]) == 0
-    assert cli_main(["eval", str(photos), "--model", str(model), "--json", str(out)]) == 0
-    onnx_row = json.loads(out.read_text())["subsets"]["photos"]["rows"]["ours T=2 alpha=0.5"]
-    assert onnx_row["psnr"] == pytest.approx(rows["ours T=2 alpha=0.5"]["psnr"], abs=0.05)
+    for label, settings in (("ours T=2 alpha=0.5", []), ("ours T=1 alpha=0.5 cast=0.5", ["--cast-correction", "0.5"])):
+        model = tmp_path / "m.onnx"
+        temperature = "2" if "T=2" in label else "1"
+        assert cli_main(["export", str(weights), "-o", str(model), "--temperature", temperature,
+                         "--prior-correction", "0.5", *settings]) == 0
+        assert cli_main(["eval", str(photos), "--model", str(model), "--json", str(out)]) == 0
+        onnx_row = json.loads(out.read_text())["subsets"]["photos"]["rows"][label]
+        assert onnx_row["psnr"] == pytest.approx(rows[label]["psnr"], abs=0.05)
+        assert onnx_row["cast"] == pytest.approx(rows[label]["cast"], abs=0.05)
