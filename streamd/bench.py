@@ -302,6 +302,7 @@ def run_paced(clip: Path, cameras: int, colorizer: Colorizer | TorchColorizer, o
             "published": sum(r.outputs.published for r in runtimes),
             "dropped": sum(pipeline.dropped(name) for name in pipeline.cameras),
             "reused": sum(r.reuse.reused for r in runtimes if r.reuse),
+            "uncolorized": sum(r.uncolorized for r in runtimes),
             "carried": sum(r.reuse.carried for r in runtimes if r.reuse),
             "latency_p50_ms": float(np.percentile(latencies, 50)),
             "latency_p99_ms": float(np.percentile(latencies, 99)),
@@ -518,7 +519,8 @@ def torch_network_section(colorizer: TorchColorizer, plan: dict) -> dict:
         print(f"network x{cameras}: ours {row['ours']['ms_per_batch']:.2f} ms/batch, "
               f"ECCV16 {row['eccv16']['ms_per_batch']:.2f} ms/batch, preprocess {preprocess_ms:.1f} ms", flush=True)
     return {"device": colorizer.device_name, "torch": torch.__version__, "precision": colorizer.precision,
-            "input": f"{NETWORK_INPUT[1]}x{NETWORK_INPUT[0]}", "weights": str(colorizer.path), "rows": rows}
+            "input": f"{NETWORK_INPUT[1]}x{NETWORK_INPUT[0]}", "weights": colorizer.path.name,  # the file's name: a result names no install path
+            "model": colorizer.info.model_id, "rows": rows}
 
 
 def ort_network_section(plan: dict, work: Path, temperature: float) -> dict:

@@ -12,10 +12,11 @@ would run, `streamd export --triton`; the local side runs it in fp32, as the ser
 from __future__ import annotations
 
 import statistics
+import time
 from pathlib import Path
 
 from streamd import bench
-from streamd.infer import Colorizer
+from streamd.infer import Colorizer, InferenceUnavailable
 
 SERVER_STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
 NETWORK_BATCHES = (1, 4, 8)
@@ -24,17 +25,21 @@ ROUNDS, ROUNDS_SHORT = 30, 5
 CLIP_S, CLIP_S_SHORT = 6.0, 2.0
 CLIP_SIZE = (640, 360)
 TIMEOUT_S = 30.0  # a batch of 8 on a loaded CPU server takes about a second; this only bounds a hung one
+STATS_WAIT_S = 5.0  # the server counts a request after its response has left: wait for the last ones
 
 
 def remote_colorizer(url: str, model: str):
-    """The Triton provider, connected; BenchUnavailable when tritonclient is missing or the server or its
-    model cannot be reached (the reason named)."""
+    """The Triton provider, connected; BenchUnavailable when tritonclient is missing, the server or its
+    model cannot be reached, or the model is not streamd's (the reason named)."""
     try:
-        from streamd.infer_triton import TritonColorizer
+        from streamd.infer_triton import ModelMismatch, TritonColorizer
     except ImportError as e:
         raise bench.BenchUnavailable(f"--triton needs {e.name}, which is not installed here: "
                                      "pip install 'streamd[triton]'") from None
-    remote = TritonColorizer(url, model, timeout_s=TIMEOUT_S)
+    try:
+        remote = TritonColorizer(url, model, timeout_s=TIMEOUT_S)
+    except ModelMismatch as e:
+        raise bench.BenchUnavailable(str(e)) from None
     if remote.unavailable:
         raise bench.BenchUnavailable(remote.unavailable)
     return remote
@@ -43,34 +48,55 @@ def remote_colorizer(url: str, model: str):
 def server_ms(url: str, model: str) -> dict[str, float]:
     """The server's cumulative milliseconds per stage of `model` and its count of successful requests."""
     import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
 
     client = grpcclient.InferenceServerClient(url)
     try:
-        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]["inference_stats"]
+        stats = client.get_inference_statistics(model, as_json=True, client_timeout=TIMEOUT_S)
+        stats = stats["model_stats"][0]["inference_stats"]
+    except (InferenceServerException, KeyError, IndexError) as e:
+        raise bench.BenchUnavailable(f"Triton at {url}: no inference statistics for model {model!r} ({e})") from None
     finally:
         client.close()
     totals = {stage: int(stats.get(stage, {}).get("ns", 0)) / 1e6 for stage in SERVER_STAGES}
     return {**totals, "requests": int(stats.get("success", {}).get("count", 0))}
 
 
+def server_ms_after(url: str, model: str, requests: int) -> dict[str, float]:
+    """server_ms once the server has counted at least `requests` (it counts a request after responding)."""
+    deadline = time.monotonic() + STATS_WAIT_S
+    while True:
+        stats = server_ms(url, model)
+        if stats["requests"] >= requests or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.05)
+
+
 def network_rows(local: Colorizer, remote, url: str, model: str, rounds: int) -> list[dict]:
     """Per batch size: median ms of the call in this process and on the server (interleaved), and the Triton
-    call's mean split into the server's time in the model and the rest."""
+    call's mean split into the server's time in the model and the rest. A batch larger than the server's
+    max_batch_size goes as several concurrent requests, whose summed server time then exceeds the call's."""
     rows = []
     for batch in NETWORK_BATCHES:
         lightness = bench.lightness_batch((local.info.input_height, local.info.input_width), batch)
-        for run in (local, remote):  # warm-up: sessions, the server's first request of this shape
-            run(lightness)
-        before = server_ms(url, model)
-        seconds = bench.time_interleaved({"local": local, "triton": remote}, lightness, rounds)
-        after = server_ms(url, model)
-        requests = max(1, after["requests"] - before["requests"])  # a batch over max_batch_size is split
-        per_call = len(seconds["triton"])
-        stages = {stage: (after[stage] - before[stage]) / per_call for stage in SERVER_STAGES}
+        try:
+            for run in (local, remote):  # warm-up: sessions, the server's first request of this shape
+                run(lightness)
+            before = server_ms(url, model)
+            seconds = bench.time_interleaved({"local": local, "triton": remote}, lightness, rounds)
+        except InferenceUnavailable as e:
+            raise bench.BenchUnavailable(f"Triton at {url} failed during the measurement: {e}") from None
+        calls = len(seconds["triton"])
+        after = server_ms_after(url, model, before["requests"] + calls)
+        requests = after["requests"] - before["requests"]
+        if requests < calls:
+            raise bench.BenchUnavailable(f"Triton at {url} counted {requests} requests for {calls} calls: its "
+                                         "statistics do not cover this measurement")
+        stages = {stage: (after[stage] - before[stage]) / calls for stage in SERVER_STAGES}
         server_model_ms = sum(stages.values())
         rows.append({"batch": batch, "local_ms": statistics.median(seconds["local"]) * 1000,
                      "triton_ms": statistics.median(seconds["triton"]) * 1000,
-                     "server_requests_per_call": requests / per_call, "server_model_ms": server_model_ms,
+                     "server_requests_per_call": requests / calls, "server_model_ms": server_model_ms,
                      **{f"server_{stage}_ms": ms for stage, ms in stages.items()},
                      "protocol_ms": statistics.fmean(seconds["triton"]) * 1000 - server_model_ms})
     return rows
@@ -79,11 +105,16 @@ def network_rows(local: Colorizer, remote, url: str, model: str, rounds: int) ->
 def pipeline_rows(local: Colorizer, remote, clip: Path, cameras: tuple[int, ...], work: Path,
                   repeats: int) -> list[dict]:
     """The paced Pipeline with each camera count on each provider (no outputs encoded: the network's side
-    is what differs)."""
+    is what differs). A server lost on the way would let the cameras pass frames through gray, which would
+    time nothing: that ends the measurement."""
     rows = []
     for count in cameras:
         for provider, colorizer in (("local", local), ("triton", remote)):
             result = bench.repeated(lambda: bench.run_paced(clip, count, colorizer, work, encode=False), repeats)
+            lost = max(run["uncolorized"] for run in result["runs"])
+            if lost:
+                raise bench.BenchUnavailable(f"{provider} inference was unavailable for {lost} frames of a "
+                                             f"{count}-camera run: {remote.unavailable or 'see the log'}")
             rows.append({"cameras": count, "provider": provider,
                          **{key: value for key, value in result.items() if key != "runs"}})
     return rows
@@ -91,7 +122,7 @@ def pipeline_rows(local: Colorizer, remote, clip: Path, cameras: tuple[int, ...]
 
 def triton_section(url: str, model: str, short: bool, repeats: int, work: Path) -> dict:
     remote = remote_colorizer(url, model)
-    local = Colorizer(int8="off")
+    local = Colorizer(provider="cpu", int8="off")  # what the server runs, on this host's CPU
     if remote.info.model_id != local.info.model_id:
         raise bench.BenchUnavailable(f"Triton at {url} serves {remote.info.model_id}, this process would run "
                                      f"{local.info.model_id}: export the same model (streamd export --triton)")
