@@ -368,6 +368,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.weights:
         from streamd.model.export import export
 
+        if not 0 <= args.cast_correction <= 1:
+            print(f"streamd export: --cast-correction {args.cast_correction:g}: give a share of the frame's mean "
+                  "colour from 0 (off) to 1 (gray world)", file=sys.stderr)
+            return EXIT_USAGE
+
         meta = export(args.weights, args.output, args.temperature, (args.height, args.width),
                       prior_correction=args.prior_correction, shrink=args.shrink,
                       cast_correction=args.cast_correction)
@@ -587,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--temperature", type=float, nargs="*", default=None, help="ONNX: one or more T to compare")
     v.add_argument("--decode", nargs="*", default=None, metavar="T:ALPHA[:SHRINK[:CAST]]",
                    help="weights: the decodings to compare, as streamd export would bake them with --temperature, "
-                        "--prior-correction, --shrink and --cast-correction (default 2:0.5)")
+                        "--prior-correction, --shrink and --cast-correction (default: the shipped model's)")
     v.add_argument("--json", type=Path)
     v.add_argument("--sheets", type=Path, help="write a contact sheet per subset here (gray | ours | truth)")
     v.add_argument("--limit", type=int, default=0, help="at most this many images, pairs or videos per subset, "

@@ -614,7 +614,8 @@ def decoding_label(temperature: float, prior_correction: float, shrink: float, c
 
 def model_colorizers(args: argparse.Namespace) -> dict[str, Colorizer]:
     """The methods to score, by label: an ONNX model at each --temperature, or weights (.pt) decoded in
-    PyTorch at each --decode T:ALPHA (streamd.model.decoding)."""
+    PyTorch at each --decode T:ALPHA[:SHRINK[:CAST]] (streamd.model.decoding; by default as the shipped
+    model is decoded)."""
     if args.model is not None and args.model.suffix == ".pt":
         try:
             from streamd.model.decoding import decodings
@@ -623,8 +624,10 @@ def model_colorizers(args: argparse.Namespace) -> dict[str, Colorizer]:
             raise ValueError(f"decoding weights needs {e.name}, which is not installed here: "
                              "pip install 'streamd[train]'") from None
 
-        info = dataclasses.replace(Colorizer().info, model_id=args.model.stem)  # the shipped input size
-        return decodings(load_weights(args.model), info, args.decode or ["2:0.5"])
+        shipped = Colorizer().info
+        info = dataclasses.replace(shipped, model_id=args.model.stem)  # the shipped input size
+        default = f"{shipped.temperature:g}:{shipped.prior_correction:g}:{shipped.shrink:g}:{shipped.cast_correction:g}"
+        return decodings(load_weights(args.model), info, args.decode or [default])
     if args.decode:
         raise ValueError("--decode needs weights (--model WEIGHTS.pt); an ONNX model's decoding is set at export "
                          "(its temperature can be overridden with --temperature)")

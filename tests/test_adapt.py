@@ -71,6 +71,10 @@ def test_adapt_learns_colours_the_generic_model_cannot_know(purple):
     assert report.current_model == Colorizer(int8="auto", provider="cpu").info.model_id  # the generic one
     assert report.kept and report.model == str(out) and out.exists()
     assert report.adapted.cast < report.current.cast  # the frame-wide colour moved towards the truth
+    # the generic model's decoding, less the cast correction: this scene's purple is its own, not a guess
+    generic, adapted = Colorizer(provider="cpu").info, Colorizer(out, "cpu").info
+    assert generic.cast_correction > 0 and adapted.cast_correction == 0
+    assert (adapted.temperature, adapted.prior_correction) == (generic.temperature, generic.prior_correction)
     quantized = Colorizer(out, "cpu", int8="on")
     assert quantized.path == int8_copy(out) and quantized.info.model_id == "purple-adapted-int8"
     assert report.int8 == str(int8_copy(out)) and report.int8_error is None

@@ -215,10 +215,11 @@ def finite_rows(rows: dict) -> list[str]:
     return labels
 
 
-def alpha(model_args: list[str]) -> str:
-    """The label's part that names the model's prior correction, if it has one."""
-    correction = read_info(Path(model_args[-1]) if model_args else SHIPPED).prior_correction
-    return f" alpha={correction:g}" if correction else ""
+def decoding(model_args: list[str]) -> str:
+    """The label's part after the temperature: the model's baked-in decoding (prior correction, shrink, cast
+    correction), as its rows are labelled."""
+    info = read_info(Path(model_args[-1]) if model_args else SHIPPED)
+    return ev.decoding_label(1.0, info.prior_correction, info.shrink, info.cast_correction)[len("ours T=1"):]
 
 
 def test_eval_end_to_end(tmp_path, model_args):
@@ -232,7 +233,7 @@ def test_eval_end_to_end(tmp_path, model_args):
     assert result["subsets"]["images"]["count"] == 3 and result["model_id"]
     rows = result["subsets"]["images"]["rows"]
     (label,) = finite_rows(rows)
-    assert result["methods"] == [label] and label.startswith("ours T=") and label.endswith(alpha(model_args) or "")
+    assert result["methods"] == [label] and label.startswith("ours T=") and label.endswith(decoding(model_args))
     assert rows["gray"]["colorfulness_ratio"] < 0.01 and rows["truth"]["colorfulness"] > 10
     assert rows[label]["delta_psnr"] == pytest.approx(rows[label]["psnr"] - rows["gray"]["psnr"])
     assert result["summary"][label]["images"]["delta_psnr"] == rows[label]["delta_psnr"]
@@ -260,8 +261,8 @@ def test_eval_odd_inputs_videos_and_temperatures(tmp_path, model_args, capsys):
     assert code == 0
     result = json.loads(out.read_text())
     assert result["subsets"]["images"]["count"] == 3
-    assert finite_rows(result["subsets"]["images"]["rows"]) == [f"ours T=0.2{alpha(model_args)}",
-                                                                f"ours T=1{alpha(model_args)}"]
+    assert finite_rows(result["subsets"]["images"]["rows"]) == [f"ours T=0.2{decoding(model_args)}",
+                                                                f"ours T=1{decoding(model_args)}"]
     videos_result = result["subsets"]["videos"]
     assert videos_result["kind"] == "videos"
     assert videos_result["count"] == 2 and videos_result["frames"] == 11
@@ -478,3 +479,7 @@ def test_eval_decodes_weights_as_export_would(tmp_path):
         onnx_row = json.loads(out.read_text())["subsets"]["photos"]["rows"][label]
         assert onnx_row["psnr"] == pytest.approx(rows[label]["psnr"], abs=0.05)
         assert onnx_row["cast"] == pytest.approx(rows[label]["cast"], abs=0.05)
+    # without --decode, the weights are decoded as the shipped model is
+    assert cli_main(["eval", str(photos), "--model", str(weights), "--json", str(out)]) == 0
+    (label,) = [key for key in json.loads(out.read_text())["subsets"]["photos"]["rows"] if key.startswith("ours")]
+    assert label == f"ours T={read_info(SHIPPED).temperature:g}" + decoding([])

@@ -331,6 +331,7 @@ def test_export_bakes_the_shrink_and_keeps_the_hand_written_card(tmp_path):
     model = tmp_path / "m.onnx"
     model.with_suffix(".md").write_text("# Card\n\nintro\n\n<!-- facts written by streamd export -->STALE-FACTS"
                                         "<!-- end of export facts -->\n\n## Scores\nkept\n")
+    assert main(["export", str(shipped), "-o", str(model), "--cast-correction", "1.5"]) == 2  # 0 to 1
     assert main(["export", str(shipped), "-o", str(model), "--temperature", "2", "--prior-correction", "1",
                  "--shrink", "1", "--cast-correction", "0.5"]) == 0
     card = model.with_suffix(".md").read_text()

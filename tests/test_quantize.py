@@ -38,6 +38,9 @@ def test_quantized_model_loads_in_colorizer_and_stays_close(tmp_path):
     graph = onnx.load(str(out)).graph
     assert any(n.op_type == "DequantizeLinear" for n in graph.node)
     assert next(n for n in graph.node if n.op_type == "Softmax").input[0] == "/Div_output_0"  # decoding in fp32
+    assert int8.info.cast_correction == fp32.info.cast_correction > 0
+    frame_mean = next(n for n in graph.node if n.op_type == "ReduceMean")  # the cast correction, in fp32 too
+    assert not any(n.op_type == "DequantizeLinear" and n.output[0] in frame_mean.input for n in graph.node)
 
     # A photo that was not among the calibration images, batched as the daemon batches.
     lightness = np.concatenate(calibration_inputs([cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)] * 2, (192, 320)))

@@ -163,7 +163,7 @@ def test_triton_and_local_inference_agree_on_the_same_frames(triton, tmp_path):
     frames = [Frame.from_av("clip", seq, f) for seq, f in enumerate(decode_av(SourceSettings("clip", str(clip))))]
     lightness = np.stack([luma_to_lightness(f, (192, 320)) for f in frames[:10]])[:, None]
     remote = TritonColorizer(server.url, "streamd", timeout_s=20.0)
-    assert remote.unavailable is None and remote.info.model_id == read_info(MODEL).model_id
+    assert remote.unavailable is None and remote.info == read_info(MODEL)  # the decoding's settings too
     local = Colorizer(MODEL, "cpu", int8="off")
     ab_remote, ab_local = remote(lightness), local(lightness)
     assert ab_remote.shape == ab_local.shape == (10, 2, 48, 80)
