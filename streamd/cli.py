@@ -343,12 +343,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"streamd train: {e}", file=sys.stderr)
         return 2
+    if min(args.luma_mix, args.nir_like) < 0 or args.luma_mix + args.nir_like > 1:
+        print("streamd train: --luma-mix and --nir-like are shares of the crops: each at least 0, at most 1 "
+              "together", file=sys.stderr)
+        return 2
     cfg = TrainConfig(data=data, out=str(args.out), steps=args.steps, batch=args.batch,
                       crop=args.crop, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=args.device,
                       rebalance=not args.no_rebalance, gradient_prior=not args.no_gradient_prior,
                       gradient_mix=args.gradient_mix, class_mix=args.class_mix, init=str(args.init) if args.init else None, checkpoint_every=args.checkpoint_every,
                       widths=tuple(args.widths), max_seconds=args.max_minutes * 60 if args.max_minutes else None,
-                      augment=args.augment, context=args.context, luma_mix=args.luma_mix,
+                      augment=args.augment, context=args.context, luma_mix=args.luma_mix, nir_like=args.nir_like,
                       folder_weights=folder_weights)
     weights = train(cfg)
     print(f"weights: {weights}")
@@ -517,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--luma-mix", type=float, default=0.0, metavar="SHARE",
                    help="this share of crops gets an L made of a random mix of R, G and B (robustness to "
                         "near-infrared luma)")
+    t.add_argument("--nir-like", type=float, default=0.0, metavar="SHARE",
+                   help="this share of crops gets an L that imitates a near-infrared camera's: red and foliage "
+                        "bright, blue sky dark (with --luma-mix, at most 1 together)")
     t.add_argument("--weight", action="append", default=[], metavar="FOLDER=FACTOR",
                    help="draw the images of one of the data folders FACTOR times as often (repeatable)")
     t.add_argument("--context", action="store_true",

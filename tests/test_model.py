@@ -281,6 +281,24 @@ def test_folder_weights_and_luma_mix_shape_what_training_draws(tmp_path):
     plain = lightness_table(True)[luma]
     share = np.mean([abs(value - plain) > 1.0 for value in lightness])
     assert 0.25 < share < 0.75
+    assert main(["train", folders[0], "--luma-mix", "0.6", "--nir-like", "0.6", "-o", str(tmp_path / "x")]) == 2
+
+
+def test_near_infrared_like_luma_brightens_foliage_and_red_and_darkens_a_blue_sky():
+    """What a near-infrared camera shows that the day luma does not: against BT.601 luma, foliage green and a
+    red dye come out brighter, a blue sky darker; a neutral gray keeps its level."""
+    from streamd.model.data import CropSampler, near_infrared_like
+
+    patches = {"foliage": (60, 120, 40), "red": (200, 30, 30), "sky": (90, 150, 230), "gray": (128, 128, 128)}
+    rgb = np.array([[patches[name] for name in patches]], np.uint8)
+    day = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[0].astype(int)
+    night = near_infrared_like(rgb, foliage_gain=2.0)[0].astype(int)
+    foliage, red, sky, gray = range(4)
+    assert night[foliage] > day[foliage] + 30 and night[red] > day[red] + 30 and night[sky] < day[sky] - 20
+    assert abs(night[gray] - day[gray]) <= 1
+    sampler = CropSampler([np.repeat(np.repeat(rgb, 64, 0), 16, 1)], 64, np.random.default_rng(0), nir_like=1.0)
+    lightness = sampler.batch(1)[0]
+    assert lightness.shape == (1, 1, 64, 64) and lightness.std() > 5  # the patches stay apart in L
 
 
 def test_shrink_keeps_colour_the_distribution_is_sure_of_and_grays_the_rest():

@@ -52,6 +52,19 @@ def load_folder(folder: Path, max_side: int = 320, video_every: int = 8) -> list
     return images
 
 
+def near_infrared_like(rgb: np.ndarray, foliage_gain: float) -> np.ndarray:
+    """A gray image of `rgb` as a camera's silicon sensor sees it under infrared light, roughly: long
+    wavelengths weigh most (red dyes and skin bright), a blue sky is dark (its light is scattered short
+    wavelengths) by half its excess of blue, and foliage, which reflects near-infrared strongly
+    (chlorophyll's red edge), is brighter by `foliage_gain` times its excess of green. An approximation
+    from visible colour alone, for training on day photos; neutral grays keep their level."""
+    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
+    foliage = np.maximum(g - np.maximum(r, b), 0.0)
+    sky = np.maximum(b - np.maximum(r, g), 0.0)
+    luma = 0.55 * r + 0.35 * g + 0.10 * b + foliage_gain * foliage - 0.5 * sky
+    return np.clip(luma + 0.5, 0, 255).astype(np.uint8)
+
+
 class CropSampler:
     """Random square Lab crops: random scale, position and horizontal flip.
 
@@ -62,17 +75,20 @@ class CropSampler:
     """
 
     def __init__(self, images: list[np.ndarray], crop: int, rng: np.random.Generator, augment: bool = False,
-                 weights: list[float] | None = None, luma_mix: float = 0.0) -> None:
+                 weights: list[float] | None = None, luma_mix: float = 0.0, nir_like: float = 0.0) -> None:
         """`weights`: how often each image is drawn relative to the others (None: all alike). `luma_mix`: the
         share of crops whose L comes from a random mix of R, G and B instead of the BT.601 luma (see
-        `crop_luma`)."""
+        `crop_luma`); `nir_like` the share whose L imitates a near-infrared camera's (`near_infrared_like`)."""
         if not images:
             raise ValueError("no training images found")
         if crop % 16:
             raise ValueError(f"crop size {crop} must be a multiple of 16")
         if weights is not None and (len(weights) != len(images) or min(weights) < 0 or sum(weights) <= 0):
             raise ValueError("image weights must be one non-negative number per image, not all zero")
-        self.images, self.crop, self.rng, self.augment, self.luma_mix = images, crop, rng, augment, luma_mix
+        if luma_mix < 0 or nir_like < 0 or luma_mix + nir_like > 1:
+            raise ValueError("the shares of crops with another luma must be from 0 to 1 together")
+        self.images, self.crop, self.rng, self.augment = images, crop, rng, augment
+        self.luma_mix, self.nir_like = luma_mix, nir_like
         self.p = None if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
 
     def crop_one(self, rgb: np.ndarray) -> np.ndarray:
@@ -103,9 +119,12 @@ class CropSampler:
         gray levels of materials are not those of the day luma. Training on other mixes keeps the network from
         reading a colour off a gray level alone."""
         rgb = np.ascontiguousarray(rgb)
-        if self.luma_mix and self.rng.random() < self.luma_mix:
+        draw = self.rng.random() if self.luma_mix or self.nir_like else 1.0
+        if draw < self.luma_mix:
             weights = self.rng.dirichlet((1.0, 1.0, 1.0))
             return np.clip(rgb.astype(np.float32) @ weights.astype(np.float32) + 0.5, 0, 255).astype(np.uint8)
+        if draw < self.luma_mix + self.nir_like:
+            return near_infrared_like(rgb, self.rng.uniform(1.0, 3.0))
         return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
 
     def vary_lightness(self, lightness: np.ndarray) -> np.ndarray:

@@ -50,6 +50,7 @@ class TrainConfig:
     max_seconds: float | None = None  # a time budget: training ends, and its schedule is laid out, by it
     augment: bool = False  # random gamma, contrast and noise on L (night frames differ from day ones)
     luma_mix: float = 0.0  # share of crops whose L is a random mix of R, G and B (near-infrared luma differs)
+    nir_like: float = 0.0  # share of crops whose L imitates a near-infrared camera's (data.near_infrared_like)
     folder_weights: dict[str, float] = field(default_factory=dict)  # a data folder's images drawn this many
     # times as often as the others' (camera scenes are a minority of most photo collections)
     train_only: tuple[str, ...] = ()  # names of the network's children to train; () = all. The rest stays as
@@ -159,7 +160,8 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
     weights = None
     if images is None:
         images, weights = load_training_data(cfg)
-    sampler = CropSampler(images, cfg.crop, rng, augment=cfg.augment, weights=weights, luma_mix=cfg.luma_mix)
+    sampler = CropSampler(images, cfg.crop, rng, augment=cfg.augment, weights=weights, luma_mix=cfg.luma_mix,
+                          nir_like=cfg.nir_like)
     bins = torch.from_numpy(ab_bins())
     log.info("%d training images from %s; %d ab bins", len(images), ", ".join(cfg.data) or "the caller",
              len(bins))
