@@ -138,16 +138,16 @@ def test_store_failure_does_not_stop_the_camera(tmp_path):
 
 
 def test_daemon_collects_day_frames_and_adapts_a_camera_on_request(tmp_path):
-    from tests.test_operations import http_get, start_streamd, stop_streamd
+    from tests.test_operations import http_get, start_streamd, stop_streamd, write_config
 
     clip = write_video(tmp_path / "day.mp4", "colour", seconds=4)
     state, http = tmp_path / "state", free_port()
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[zmq]\nendpoint = ""\n[http]\nlisten = "127.0.0.1:{http}"\n'
-                   f'[adapt]\nstate_dir = "{state}"\ncollect_every_s = 0.1\nmin_frames = 12\nmax_frames = 40\n'
-                   f'budget_minutes = 0.3\n'
-                   f'[[camera]]\nname = "yard"\nurl = "{clip}"\nloop = true\n'
-                   f'[[camera]]\nname = "private"\nurl = "{clip}"\nloop = true\ncollect = false\n')
+    write_config(cfg, "", http,
+                 f'[adapt]\nstate_dir = "{state}"\ncollect_every_s = 0.1\nmin_frames = 12\nmax_frames = 40\n'
+                 f'budget_minutes = 0.3\n'
+                 f'[[camera]]\nname = "yard"\nurl = "{clip}"\nloop = true\n'
+                 f'[[camera]]\nname = "private"\nurl = "{clip}"\nloop = true\ncollect = false\n')
     proc = start_streamd("run", "-c", str(cfg))
     try:
         end = time.monotonic() + 60

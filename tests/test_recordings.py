@@ -21,7 +21,7 @@ from streamd.pipeline import Pipeline
 from streamd.recording import reserve, segment_key
 from streamd.systemd import unit_settings
 from tests.conftest import ROOT, write_video
-from tests.test_operations import free_port, http_get, metric_value, start_streamd, stop_streamd
+from tests.test_operations import free_port, http_get, metric_value, start_streamd, stop_streamd, write_config
 
 UNIT = ROOT / "systemd" / "streamd@.service"
 SHARD_UNIT = ROOT / "systemd" / "streamd-shard@.service"
@@ -171,9 +171,10 @@ def test_an_encoder_that_does_not_open_falls_back_to_libx264_once_per_writer(tmp
     clip = write_video(tmp_path / "c.mp4", "colour", seconds=2)
     http = free_port()
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[zmq]\nendpoint = ""\n[http]\nlisten = "127.0.0.1:{http}"\n[[camera]]\nname = "gate"\n'
-                   f'url = "{clip}"\nloop = true\nfile_out = "{tmp_path / "rec"}"\nfile_segment_s = 1.0\n'
-                   f'encoder = "nvenc"\n')
+    write_config(cfg, "", http,
+                 f'[[camera]]\nname = "gate"\n'
+                 f'url = "{clip}"\nloop = true\nfile_out = "{tmp_path / "rec"}"\nfile_segment_s = 1.0\n'
+                 f'encoder = "nvenc"\n')
     proc = start_streamd("run", "-c", str(cfg))
     gate = tmp_path / "rec" / "gate"
     try:
@@ -261,9 +262,10 @@ def test_rtsp_output_that_loses_its_server_reconnects(rtsp_servers, publishers, 
     target = rtsp_servers()
     http = free_port()
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[zmq]\nendpoint = ""\n[http]\nlisten = "127.0.0.1:{http}"\n[[camera]]\nname = "gate"\n'
-                   f'url = "{source.play_url("gate")}"\ntransport = "udp"\n'
-                   f'rtsp_out = "{target.publish_url("colour")}"\n')
+    write_config(cfg, "", http,
+                 f'[[camera]]\nname = "gate"\n'
+                 f'url = "{source.play_url("gate")}"\ntransport = "udp"\n'
+                 f'rtsp_out = "{target.publish_url("colour")}"\n')
     proc = start_streamd("run", "-c", str(cfg))
 
     def reconnects() -> float:

@@ -11,7 +11,7 @@ import pytest
 
 from streamd.redact import redact
 from tests.conftest import ROOT, free_port
-from tests.test_operations import http_get, start_streamd, stop_streamd
+from tests.test_operations import http_get, start_streamd, stop_streamd, write_config
 
 # name -> (URL with {hostport} and {path}, the secrets in it). Every secret is a string found nowhere else.
 FORMS = {
@@ -87,7 +87,7 @@ def test_no_credential_form_leaks_from_failing_cameras(rtsp_server, publishers, 
         cameras += (f'[[camera]]\nname = "lost_{form}"\nurl = "{url.format(hostport=live, path="live")}"\n'
                     f'transport = "udp"\nread_timeout_s = 1.0\ncollect = false\n')
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[zmq]\nendpoint = ""\n[http]\nlisten = "127.0.0.1:{http}"\n{cameras}')
+    write_config(cfg, "", http, cameras)
     proc = start_streamd("-v", "run", "-c", str(cfg), "--report-every", "2")
     log = lambda: Path(proc.log_path).read_text()  # noqa: E731
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from streamd.systemd import Notifier
 from tests.conftest import ROOT, free_port, write_video
-from tests.test_operations import http_get, start_streamd, stop_streamd
+from tests.test_operations import http_get, start_streamd, stop_streamd, write_config
 
 
 def unit_seconds(key: str) -> float:
@@ -142,9 +142,9 @@ def test_a_camera_that_stops_sending_is_silent_in_healthz_before_any_timeout(rts
     publisher = publishers(rtsp_server.publish_url("porch"), mode="colour", seconds=120)
     http = free_port()
     cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[zmq]\nendpoint = ""\n[http]\nlisten = "127.0.0.1:{http}"\n'
-                   f'[[camera]]\nname = "porch"\nurl = "{rtsp_server.play_url("porch")}"\ntransport = "udp"\n'
-                   f'read_timeout_s = 10.0\nstall_timeout_s = 10.0\ncollect = false\n')
+    write_config(cfg, "", http,
+                 f'[[camera]]\nname = "porch"\nurl = "{rtsp_server.play_url("porch")}"\ntransport = "udp"\n'
+                 f'read_timeout_s = 10.0\nstall_timeout_s = 10.0\ncollect = false\n')
     proc = start_streamd("run", "-c", str(cfg))
     try:
         end = time.monotonic() + 60

@@ -74,4 +74,5 @@ def decodings(weights: dict, info: ModelInfo, specs: list[str]) -> dict[str, Dec
     network = CachedNetwork(weights)
     from streamd.evaluate import decoding_label
 
-    return {decoding_label(*parse_decode(spec)): Decoding(network, weights, info, *parse_decode(spec)) for spec in specs}
+    settings = [parse_decode(spec) for spec in specs]
+    return {decoding_label(*each): Decoding(network, weights, info, *each) for each in settings}
