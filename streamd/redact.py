@@ -3,7 +3,9 @@ message, a traceback, a metric or a page.
 
 Forms removed (separators also percent-encoded, as in a URL inside another URL's query):
 - user:password@ in the authority, up to the last "@" before the path: a password may hold "@" or ":"
-  (FFmpeg splits at the last "@");
+  (FFmpeg splits at the last "@"), and "/" written as %2F. Only a literal "/" ends the authority, so in a
+  URL nested in another's query, whose "/" are all %2F, an "@" in the nested path hides that path too:
+  better a word too many than a password;
 - key=value pairs whose key names a credential, in the query (`?user=admin&password=x`, `?usr=..&pwd=..`,
   `?token=`, `?auth=`, `?key=`, `?secret=`...) or in the path (`/user=admin_password=x_channel=1`, as some
   camera brands take them). A value ends where the next `name=` begins or the URL ends, so an unencoded
@@ -16,9 +18,8 @@ import re
 
 _SLASH, _AT, _EQUALS = r"(?:/|%2[fF])", r"(?:@|%40)", r"(?:=|%3[dD])"
 
-# scheme://userinfo@ ; greedy up to the last "@" before a "/" or a space
-_USERINFO = re.compile(
-    rf"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*(?::|%3[aA]){_SLASH}{_SLASH})(?:(?!%2[fF])[^/\s])*{_AT}")
+# scheme://userinfo@ ; greedy up to the last "@" before a literal "/" or a space
+_USERINFO = re.compile(rf"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*(?::|%3[aA]){_SLASH}{_SLASH})[^/\s]*{_AT}")
 
 _CREDENTIAL_KEY = (r"user(?:name|id)?|usr|login(?:use|pas)?|pass(?:word|wd|phrase)?|pwd|psw|"
                    r"(?:access|auth|api|id|refresh|session)?token|auth(?:orization|key)?|(?:api)?key|secret|"

@@ -24,6 +24,7 @@ FORMS = {
     "key": ("rtsp://{hostport}/{path}?key=Ky7abc&stream=1", ["Ky7abc"]),
     "secret": ("rtsp://{hostport}/{path}?secret=Sc8abc", ["Sc8abc"]),
     "path_tokens": ("rtsp://{hostport}/user=admin_password=Pt9_x_channel=1_stream=0.sdp", ["Pt9"]),
+    "slash": ("rtsp://admin:Sl13%2Fq@{hostport}/{path}", ["Sl13"]),
     "percent": ("rtsp://adm%69n:Pc10%40%3Aq@{hostport}/{path}?src=rtsp%3A%2F%2Fadmin%3APc11%40cam%2Fs%3Fpassword%3DPc12",
                 ["Pc10", "Pc11", "Pc12"]),
 }
@@ -42,6 +43,7 @@ SECRETS = [secret for _, secrets in FORMS.values() for secret in secrets]
      "rtsp://h:554/user=***_password=***_channel=1_stream=0.sdp?real_stream"),
     ("rtsp://h/x?access_token=a&x-auth-token=b&apikey=c&sig=d", "rtsp://h/x?access_token=***&x-auth-token=***&apikey=***&sig=***"),
     ("rtsp://admin:p%40ss@h/", "rtsp://***@h/"),
+    ("rtsp://admin:pa%2Fss@h/x and rtsp://admin:pa%2fss@h/y", "rtsp://***@h/x and rtsp://***@h/y"),  # "/" in it
     ("http://nvr/p?src=rtsp%3A%2F%2Fadmin%3Ahunter2%40cam%2Fs%3Fpassword%3Dhunter3%26x%3D1 end",
      "http://nvr/p?src=rtsp%3A%2F%2F***@cam%2Fs%3Fpassword%3D***%26x%3D1 end"),
     ("OSError: [Errno 5] Input/output error: 'rtsp://h/s?token=abc'", "OSError: [Errno 5] Input/output error: 'rtsp://h/s?token=***'"),
