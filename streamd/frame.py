@@ -13,6 +13,11 @@ MATRICES = {"bt709": (0.2126, 0.0722), "bt601": (0.299, 0.114)}
 _AV_COLORSPACE = {"bt709": "itu709", "bt601": "itu601"}
 
 
+def plane_array(plane: av.video.plane.VideoPlane) -> np.ndarray:
+    """A plane's pixels without its row padding, as a view (PyAV's to_ndarray refuses odd sizes)."""
+    return np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)[:plane.height, :plane.width]
+
+
 @dataclass
 class Frame:
     camera: str
@@ -49,11 +54,9 @@ class Frame:
         matrix = "bt601" if frame.colorspace in (5, 6) or (frame.colorspace == 2 and frame.height < 720) else "bt709"
         if frame.format.name != "yuv420p":
             frame = frame.reformat(format="yuv420p")
-        w, h = frame.width - frame.width % 2, frame.height - frame.height % 2
-        planes = frame.to_ndarray()  # (H * 3/2, W): Y rows, then U and V as quarter-size blocks
-        y = planes[:frame.height, :w][:h]
-        chroma = planes[frame.height:].reshape(2, frame.height // 2, frame.width // 2)
-        u, v = chroma[0][:h // 2, :w // 2], chroma[1][:h // 2, :w // 2]
+        w, h = frame.width - frame.width % 2, frame.height - frame.height % 2  # an odd size loses its last row/column
+        y, u, v = (plane_array(plane)[:rows, :cols]
+                   for plane, rows, cols in zip(frame.planes, (h, h // 2, h // 2), (w, w // 2, w // 2)))
         return cls(camera, seq, np.ascontiguousarray(y), np.ascontiguousarray(u), np.ascontiguousarray(v),
                    full_range=full, matrix=matrix, pts=float(frame.time) if frame.time is not None else None, **kw)
 

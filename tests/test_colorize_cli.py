@@ -74,3 +74,23 @@ def test_two_inputs_with_one_output_name_are_refused(tmp_path, capsys):
     clip, other = write_video(tmp_path / "day1" / "yard.mp4", seconds=1), write_video(tmp_path / "day2" / "yard.mkv", seconds=1)
     assert main(["colorize", str(clip), str(other), "-o", str(tmp_path / "out")]) == 2
     assert "would both be written" in capsys.readouterr().err
+
+
+def test_a_video_of_odd_size_is_colorized_without_its_last_row_and_column(tmp_path):
+    """Codecs other than H.264 carry odd sizes (MJPEG here); the frame drops a row and a column rather than
+    failing (PyAV's to_ndarray refuses odd 4:2:0 frames)."""
+    video = tmp_path / "odd.avi"
+    gray = cv2.cvtColor(cv2.resize(data.astronaut(), (161, 121)), cv2.COLOR_RGB2GRAY)
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("mjpeg", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 161, 121, "yuvj420p"
+        for _ in range(5):
+            frame = av.VideoFrame.from_ndarray(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR), format="bgr24")
+            container.mux(stream.encode(frame.reformat(format="yuvj420p")))
+        container.mux(stream.encode())
+    out = tmp_path / "night.mp4"
+    assert main(["colorize", str(video), "-o", str(out), "--every-frame"]) == 0
+    with av.open(str(out)) as c:
+        frames = [f.to_ndarray(format="yuv420p") for f in c.decode(video=0)]
+    assert len(frames) == 5 and frames[0].shape == (120 * 3 // 2, 160)
+    assert min(float(f[120:].std()) for f in frames) > 2.0  # in colour
