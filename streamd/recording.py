@@ -7,9 +7,9 @@ camera changes resolution: the next frame starts a new segment at the new size. 
 (a fragment per keyframe, a second of video; each written out as it is made), so a process killed mid-segment
 (SIGKILL, an OOM kill, a power cut) leaves every closed segment complete and the current one readable up to
 its last fragment. A file is never overwritten: a segment starting in a second that already has one (a
-restart, a resolution change) gets -1, -2, ... after its time. As each segment closes, the camera's segments
-older than `file_retain_days`, then the oldest beyond `file_retain_gb` in all, are deleted; files of other names are
-never touched.
+restart, a resolution change) gets -1, -2, ... after its time. As each segment closes or fails, the camera's
+segments older than `file_retain_days`, then the oldest beyond `file_retain_gb` in all, are deleted; files of
+other names are never touched.
 """
 from __future__ import annotations
 
@@ -158,16 +158,22 @@ class Recorder:
                 self.path)
 
     def _abandon(self) -> None:
-        """A segment that failed: closed as far as it goes; removed if nothing of it was written."""
+        """A segment that failed: closed as far as it goes; removed if nothing of it was written. Retention
+        runs as when a segment closes: while writes fail (a full disk) no segment closes, and the old ones
+        must still go."""
         self._writer.close()
         if self._frames == 0 and self.path is not None:
             self.path.unlink(missing_ok=True)
         self.path, self._retry_at = None, time.monotonic() + RETRY_S
+        self._retain()
 
     def _finish(self) -> None:
         self._writer.close()
         self.path = None
         self.closed += 1
+        self._retain()
+
+    def _retain(self) -> None:
         try:
             deleted = apply_retention(self.folder, self.max_age_s, self.max_bytes)
         except OSError as e:

@@ -163,6 +163,27 @@ def test_retention_deletes_by_age_then_by_size_and_nothing_else(tmp_path):
     assert notes.exists() and other_camera.exists()
 
 
+def test_retention_goes_on_while_writes_fail(tmp_path):
+    """A disk that refuses writes (here the process's file size limit, RLIMIT_FSIZE) means no segment closes;
+    the camera's expired segments are still deleted, so a full disk recovers."""
+    rec = tmp_path / "rec"
+    (rec / "gate").mkdir(parents=True)
+    expired = reserve(rec / "gate", time.time() - 30 * 86400)
+    expired.write_bytes(b"\0" * 1000)
+    clip = write_video(tmp_path / "c.mp4", "colour", seconds=2)
+    cameras = [{"name": "gate", "url": str(clip), "file_out": str(rec), "file_retain_days": 7.0}]
+    script = ("import resource, signal\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (4000, 4000))\n"
+              "from tests.test_recordings import run_until_finished\n"
+              f"run_until_finished({cameras!r})\n")
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "File too large" in run.stderr  # the writes did fail
+    assert not expired.exists()
+    assert all(p.stat().st_size <= 4000 for p in recorded(rec / "gate"))
+
+
 @pytest.mark.skipif(Path("/dev/nvidia0").exists(), reason="this host has an NVIDIA GPU: NVENC may well open")
 def test_an_encoder_that_does_not_open_falls_back_to_libx264_once_per_writer(tmp_path):
     """encoder = "nvenc" where NVENC cannot open (no NVIDIA driver, as in CI; on a GPU host, all of its
