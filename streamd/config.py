@@ -11,6 +11,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
 from streamd import fleet
@@ -187,6 +188,14 @@ def _section(cls: type, raw: Any, where: str) -> Any:
     return cls(**values)
 
 
+def _host_and_port_ok(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        return bool(parts.hostname) and parts.port != 0  # .port raises on a port outside 0-65535 or not a number
+    except ValueError:
+        return False
+
+
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
@@ -277,6 +286,8 @@ def validate(cfg: Config) -> Config:
         _check(c.rtsp_out_transport in ("", "tcp", "udp"), f"{where}.rtsp_out_transport", "must be tcp or udp")
         _check(not c.rtsp_out or c.rtsp_out.startswith(("rtsp://", "rtsps://")), f"{where}.rtsp_out",
                "must be an rtsp:// URL")
+        _check(not c.rtsp_out or _host_and_port_ok(c.rtsp_out), f"{where}.rtsp_out",
+               "needs a host, and a port (if any) from 1 to 65535")
         _check(not c.model or Path(c.model).is_file(), f"{where}.model", f"no model file at {c.model}")
         _check(not c.file_out or not (Path(c.file_out).suffix.lower() == ".mp4" or Path(c.file_out).is_file()),
                f"{where}.file_out", f"names a folder for the recording's segments, not a file ({c.file_out})")

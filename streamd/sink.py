@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -306,7 +306,8 @@ class OutputWorker:
         self.recording = targets.recording
         self.published = 0
         self.dropped = 0
-        self.failures = 0  # frames whose output raised (logged the first time and every 250th)
+        self.failures = 0  # output steps that raised, all outputs together
+        self._failures_by: Counter[str] = Counter()  # by output: each logged the first time and every 250th
         self.latencies_ms: deque[float] = deque(maxlen=1000)  # capture-to-publish, the most recent frames
         self._slot: Frame | None = None
         self._newest_seq: int | None = None  # the newest frame ever put: an older one never follows it
@@ -374,18 +375,33 @@ class OutputWorker:
     def _emit(self, frame: Frame) -> None:
         t = self.targets
         try:
-            frame = self.prepare(frame)
-            if t.zmq:
-                t.zmq.publish(frame, t.zmq_format)
-            latency = time.monotonic() - frame.arrival
-            self.observe_latency(latency)
-            self.latencies_ms.append(latency * 1000.0)
-            self.published += 1
-            if self.rtsp:
-                self.rtsp.write(frame)
-            if self.recording:
-                self.recording.write(frame)
-        except Exception:  # one bad frame must not end this camera's outputs
-            self.failures += 1
-            if self.failures == 1 or self.failures % 250 == 0:  # a lasting fault (disk full) must not flood the log
-                log.exception("camera %s: output failed (%d times so far)", self.camera, self.failures)
+            frame = self.prepare(frame)  # the colour planes, JPEG or not: what every output sends
+        except Exception:
+            self._failed("colour recombination")
+            return
+        if t.zmq:
+            self._attempt("ZeroMQ output", lambda: t.zmq.publish(frame, t.zmq_format))
+        latency = time.monotonic() - frame.arrival
+        self.observe_latency(latency)
+        self.latencies_ms.append(latency * 1000.0)
+        self.published += 1
+        if self.rtsp:
+            self._attempt("RTSP output", lambda: self.rtsp.write(frame))
+        if self.recording:
+            self._attempt("recording", lambda: self.recording.write(frame))
+
+    def _attempt(self, what: str, send: Callable[[], None]) -> None:
+        """Run one output's step; a failure is counted and logged, and the camera's other outputs go on (one
+        bad frame, or one output's lasting fault, must not end the others)."""
+        try:
+            send()
+        except Exception:
+            self._failed(what)
+
+    def _failed(self, what: str) -> None:
+        """Count a failure of `what` and log it with its traceback, the first time and every 250th."""
+        self.failures += 1
+        self._failures_by[what] += 1
+        count = self._failures_by[what]
+        if count == 1 or count % 250 == 0:  # a lasting fault (disk full) must not flood the log
+            log.exception("camera %s: %s failed (%d times so far)", self.camera, what, count)
