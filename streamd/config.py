@@ -11,8 +11,10 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any
+from urllib.parse import urlsplit
+
+import zmq.auth
 
 from streamd import fleet
 from streamd.sink import ENCODERS, FORMATS
@@ -188,6 +190,20 @@ def _section(cls: type, raw: Any, where: str) -> Any:
     return cls(**values)
 
 
+def _curve_secret_problem(path: str) -> str | None:
+    """Why `path` is not a CURVE secret certificate, or None. A public one would turn encryption off without a
+    word (it has no secret key), so it is refused."""
+    if not Path(path).is_file():
+        return f"no key file at {path}"
+    try:
+        _, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as e:
+        return f"{path} is not a ZeroMQ certificate ({e})"
+    if not secret:
+        return f"{path} holds only a public key: give the secret certificate (the .key_secret file)"
+    return None
+
+
 def _host_and_port_ok(url: str) -> bool:
     parts = urlsplit(url)
     try:
@@ -244,8 +260,9 @@ def validate(cfg: Config) -> Config:
            'must be a ZeroMQ endpoint such as "tcp://127.0.0.1:5555", or "" for none')
     _check(cfg.zmq.format in FORMATS, "zmq.format", f"must be one of {', '.join(FORMATS)}")
     _check(cfg.zmq.hwm >= 1, "zmq.hwm", "must be at least 1")
-    _check(not cfg.zmq.curve_secret_key_file or Path(cfg.zmq.curve_secret_key_file).is_file(),
-           "zmq.curve_secret_key_file", f"no key file at {cfg.zmq.curve_secret_key_file}")
+    if cfg.zmq.curve_secret_key_file:
+        problem = _curve_secret_problem(cfg.zmq.curve_secret_key_file)
+        _check(problem is None, "zmq.curve_secret_key_file", problem or "")
     if cfg.http.listen:
         host, _, port = cfg.http.listen.rpartition(":")
         _check(bool(host) and port.isdigit() and 0 <= int(port) < 65536, "http.listen", "must be HOST:PORT")

@@ -409,6 +409,17 @@ def test_curve_encrypted_output(tmp_path):
     context.term()
 
 
+def test_a_public_certificate_in_place_of_the_secret_one_is_refused(tmp_path):
+    """The public certificate has no secret key: taken as it is, the socket would publish unencrypted."""
+    import zmq.auth
+
+    public_file, secret_file = zmq.auth.create_certificates(str(tmp_path), "server")
+    with pytest.raises(cfgmod.ConfigError, match=r"zmq\.curve_secret_key_file.*only a public key"):
+        cfgmod.parse({"camera": [{"name": "a", "url": "x.mp4"}], "zmq": {"curve_secret_key_file": public_file}})
+    parsed = cfgmod.parse({"camera": [{"name": "a", "url": "x.mp4"}], "zmq": {"curve_secret_key_file": secret_file}})
+    assert parsed.zmq.curve_secret_key_file == secret_file
+
+
 def test_reload_swaps_a_cameras_model_without_a_gap(tmp_path):
     from streamd.cli import main as streamd_main
 
