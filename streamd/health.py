@@ -173,13 +173,16 @@ def is_open(path: str) -> bool:
     return path in ("/healthz", "/livez", "/") or path.startswith("/static/")
 
 
+REQUEST_TIMEOUT_S = 20.0  # the longest a connection may wait on one read or write (a half-open client)
+
+
 class HealthServer:
     """Serves /healthz, /livez, /metrics and the status page, and takes adaptation requests, on its own
     thread; `phase` and `beat` (monotonic time of its last round) are set by the daemon's main loop. With a
     `token`, every other path wants it."""
 
     def __init__(self, pipeline, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 9090,
-                 token: str = "") -> None:
+                 token: str = "", request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
         self.phase = "starting"
         self.beat = time.monotonic()
         registry.register(PipelineCollector(pipeline))
@@ -188,6 +191,8 @@ class HealthServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = request_timeout_s  # a client that connects and sends nothing must not hold a thread for good
+
             def do_GET(self) -> None:  # noqa: N802 - the http.server API
                 path, _, query = self.path.partition("?")
                 if not self._allowed(path, query):

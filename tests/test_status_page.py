@@ -273,3 +273,27 @@ def test_the_page_ships_in_the_package(tmp_path):
     assert served.returncode == 0, served.stderr[-2000:]
     lines = served.stdout.splitlines()
     assert lines[0].startswith(str(site)) and "<title>streamd</title>" in served.stdout and lines[-1] == "200"
+
+
+def test_a_client_that_sends_nothing_is_disconnected(tmp_path):
+    """A connection that never sends its request (or goes half-open) is closed after the request time-out
+    instead of holding a server thread and a file descriptor for good; other clients are served meanwhile."""
+    import socket
+
+    from streamd.health import HealthServer
+    from streamd.pipeline import Pipeline
+
+    pipeline = Pipeline(cfgmod.parse({"camera": [{"name": "a", "url": "synthetic:"}], "zmq": {"endpoint": ""}}))
+    server = HealthServer(pipeline, pipeline.instruments.registry, port=free_port(), request_timeout_s=1.0)
+    server.start()
+    try:
+        host, port = server.address
+        silent = socket.create_connection((host, port), timeout=10)
+        with urllib.request.urlopen(f"http://{host}:{port}/livez", timeout=5) as reply:
+            assert reply.status in (200, 503)
+        start = time.monotonic()
+        assert silent.recv(1) == b""  # closed by the server
+        assert time.monotonic() - start < 5
+        silent.close()
+    finally:
+        server.stop()
