@@ -22,6 +22,7 @@ import numpy as np
 
 from streamd import config as cfgmod
 from streamd import fleet
+from streamd.infer import ModelError
 from streamd.redact import RedactingFormatter, redact
 from streamd.source import State
 
@@ -657,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     except cfgmod.ConfigError as e:
         print(f"config error: {redact(str(e))}", file=sys.stderr)
         return EXIT_USAGE
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ModelError) as e:
         print(f"streamd: {redact(str(e))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

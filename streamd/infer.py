@@ -63,14 +63,40 @@ class ModelInfo:
     cast_correction: float = 0.0  # likewise
 
 
+class ModelError(ValueError):
+    """A model file that is not a colorization model streamd can run: the message names the file and what is
+    wrong with it."""
+
+
+# The metadata `streamd export` writes that a runtime reads, and the type of each; other keys are left alone.
+METADATA = {"model_id": str, "input_height": int, "input_width": int, "temperature": float,
+            "prior_correction": float, "shrink": float, "cast_correction": float}
+
+
 def session_info(session: ort.InferenceSession, path: Path, temperature: float | None = None) -> ModelInfo:
-    """What `streamd export` wrote into the model's metadata; `temperature` overrides the model's own."""
-    meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
-    return ModelInfo(meta.get("model_id", path.stem), int(meta.get("input_height", 192)),
-                     int(meta.get("input_width", 320)),
-                     temperature if temperature is not None else float(meta.get("temperature", 0.38)),
-                     float(meta.get("prior_correction", 0.0)), float(meta.get("shrink", 0.0)),
-                     float(meta.get("cast_correction", 0.0)))
+    """What `streamd export` wrote into the model's metadata; `temperature` overrides the model's own. Raises
+    ModelError for a graph without the L input and ab output, or metadata that does not fit it."""
+    inputs, outputs = {i.name: i for i in session.get_inputs()}, {o.name for o in session.get_outputs()}
+    if "L" not in inputs or "ab" not in outputs:
+        raise ModelError(f"model {path}: not a streamd colorization model (it needs an input named L and an output "
+                         f"named ab; it has inputs {sorted(inputs)} and outputs {sorted(outputs)})")
+    meta = {}
+    for key, value in session.get_modelmeta().custom_metadata_map.items():
+        if key in METADATA:
+            try:
+                meta[key] = METADATA[key](json.loads(value))
+            except (ValueError, TypeError):
+                raise ModelError(f"model {path}: metadata {key} = {value!r} is not a {METADATA[key].__name__}") from None
+    info = ModelInfo(meta.get("model_id", path.stem), meta.get("input_height", 192), meta.get("input_width", 320),
+                     temperature if temperature is not None else meta.get("temperature", 0.38),
+                     meta.get("prior_correction", 0.0), meta.get("shrink", 0.0), meta.get("cast_correction", 0.0))
+    shape = inputs["L"].shape
+    expected = [None, 1, info.input_height, info.input_width]  # None: any batch size
+    if len(shape) != 4 or any(isinstance(got, int) and want is not None and got != want
+                              for got, want in zip(shape, expected)):
+        raise ModelError(f"model {path}: input L has shape {shape}; streamd feeds N x 1 x {info.input_height} x "
+                         f"{info.input_width} (its input_height and input_width metadata)")
+    return info
 
 
 def read_info(path: Path, temperature: float | None = None) -> ModelInfo:

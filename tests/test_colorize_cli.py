@@ -94,3 +94,42 @@ def test_a_video_of_odd_size_is_colorized_without_its_last_row_and_column(tmp_pa
         frames = [f.to_ndarray(format="yuv420p") for f in c.decode(video=0)]
     assert len(frames) == 5 and frames[0].shape == (120 * 3 // 2, 160)
     assert min(float(f[120:].std()) for f in frames) > 2.0  # in colour
+
+
+def small_onnx(path, input_name="L", output_name="ab", shape=("batch", 1, "height", "width"), **metadata):
+    """A one-node ONNX graph (an average pool: N x 1 x H x W in, N x 1 x H/4 x W/4 out) under the given names."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("AveragePool", [input_name], [output_name], kernel_shape=[4, 4], strides=[4, 4])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("model,words", [
+    (dict(input_name="x", output_name="y"), "needs an input named L and an output named ab"),
+    (dict(input_width='"wide"'), "metadata input_width"),
+    (dict(shape=(1, 1, 100, 100)), "input L has shape [1, 1, 100, 100]"),
+])
+def test_a_model_streamd_cannot_run_is_refused_naming_the_file_and_the_fault(tmp_path, capsys, model, words):
+    bad = small_onnx(tmp_path / "bad.onnx", **model)
+    assert main(["colorize", str(gray_photo(tmp_path / "p.png")), "-o", str(tmp_path / "out.jpg"),
+                 "--model", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert f"model {bad}" in err and words in err and "unexpected error" not in err
+
+
+def test_metadata_of_other_tools_is_left_alone(tmp_path):
+    """Keys streamd does not write (an author, a licence) are not streamd's to parse."""
+    from streamd.infer import Colorizer
+
+    model = small_onnx(tmp_path / "m.onnx", author="someone", licence="CC BY 4.0", model_id='"pool"')
+    colorizer = Colorizer(model)
+    assert colorizer.info.model_id == "pool"
+    assert colorizer(np.zeros((2, 1, 192, 320), np.float32)).shape == (2, 1, 48, 80)
