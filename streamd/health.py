@@ -118,7 +118,8 @@ class PipelineCollector:
 def health(pipeline, phase: str) -> tuple[int, dict]:
     """(HTTP status, body). starting/stopping: 503; running: 200; degraded (a camera is down, or silent:
     running but delivering nothing, streamd.pipeline.CameraRuntime.state; or inference unavailable, with the
-    reason): 503; stalled (inference or the GPU colour stage hung): 503, with the reason. A process that runs
+    reason; or a model failing batch after batch, its frames dropped): 503; stalled (inference or the GPU
+    colour stage hung): 503, with the reason. A process that runs
     a shard of its config says which ("shard": "1/3")."""
     now = time.monotonic()
     cameras = {name: r.state(now) for name, r in list(pipeline.cameras.items())}
@@ -131,6 +132,8 @@ def health(pipeline, phase: str) -> tuple[int, dict]:
         body.update(status="stalled", reason=stalled)
     elif unavailable:
         body.update(status="degraded", reason=f"inference unavailable: {unavailable}")
+    elif failing := (pipeline.failing() if phase == "running" else None):
+        body.update(status="degraded", reason=failing)
     elif phase == "running" and any(s != State.RUNNING.value for s in cameras.values()):
         body["status"] = "degraded"
     return (200 if body["status"] == "running" else 503), body

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 CAMERA_STOP_S = 5.0  # cameras removed or restarted together get this long, all at once, to end their threads
 OUTPUTS_CLOSE_S = 5.0  # all cameras' outputs together: an RTSP peer's time-out (rtsp_out_timeout_s) fits
 SILENT_INTERVALS = 10  # a running camera that has delivered nothing for this many frame intervals is silent
+FAILING_BATCHES = 3  # a model that failed this many batches in a row (and none since) makes /healthz degraded
 
 
 def source_settings(c: CameraConfig) -> SourceSettings:
@@ -196,6 +197,7 @@ class Pipeline:
         self._reuse_pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="reuse")
         self._batch_since: float | None = None  # monotonic time the inference thread took its current batch
         self._model_failures: dict[str, int] = {}  # failed batches by model id (inference thread only)
+        self._failing_models: dict[str, int] = {}  # failed batches in a row, by model id, while it fails
         self._infer_thread = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
 
     def _load_model(self, path: str) -> Colorizer:
@@ -490,11 +492,13 @@ class Pipeline:
         for colorizer, frames, reuses in by_model.values():
             try:
                 predicted += predict_or_reuse(colorizer, frames, reuses, self.input_size(colorizer), self._reuse_pool)
+                self._failing_models.pop(colorizer.info.model_id, None)
             except InferenceUnavailable:  # an inference server away: the cameras keep flowing, gray
                 gray.update(id(f) for f in frames if f.prediction is None)  # the others reuse a prediction
             except Exception:  # one model failing (a camera's own, say) costs its frames, not the others'
                 model_id = colorizer.info.model_id
                 count = self._model_failures[model_id] = self._model_failures.get(model_id, 0) + 1
+                self._failing_models[model_id] = self._failing_models.get(model_id, 0) + 1
                 if count == 1 or count % 100 == 0:  # a model that fails on every batch must not flood the log
                     log.exception("model %s failed on a batch of %d frames (cameras %s; %d failed batches so far);"
                                   " they are dropped", colorizer.info.model_id, len(frames),
@@ -536,6 +540,12 @@ class Pipeline:
     def unavailable(self) -> str | None:
         """Why inference cannot run now (an inference server that went away), or None."""
         return next((c.unavailable for c in list(self._models.values()) if c.unavailable), None)
+
+    def failing(self) -> str | None:
+        """Which models fail batch after batch now (FAILING_BATCHES in a row or more), or None: their cameras'
+        night frames are being dropped."""
+        failing = {m: n for m, n in dict(self._failing_models).items() if n >= FAILING_BATCHES}
+        return "; ".join(f"model {m} failed its last {n} batches" for m, n in sorted(failing.items())) or None
 
     def dropped(self, name: str) -> int:
         runtime = self.cameras[name]

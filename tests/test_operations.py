@@ -451,6 +451,42 @@ def test_reload_swaps_a_cameras_model_without_a_gap(tmp_path):
     assert "model of yard is now yard-adapted" in log
 
 
+def test_a_model_that_fails_every_batch_makes_health_degraded_and_spares_the_other_camera(tmp_path):
+    """A camera's own model that loads but fails on every batch (here a graph whose reshape cannot fit the
+    input): its frames are dropped, and /healthz says degraded, naming the model, instead of running; the
+    camera on the generic model keeps being colorized."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from streamd.health import health
+    from streamd.pipeline import Pipeline
+
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 61441])  # 192 x 320 = 61440 per frame
+    graph = helper.make_graph([helper.make_node("Reshape", ["L", "shape"], ["ab"])], "broken",
+                              [helper.make_tensor_value_info("L", TensorProto.FLOAT, ["n", 1, "h", "w"])],
+                              [helper.make_tensor_value_info("ab", TensorProto.FLOAT, None)], [shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model.metadata_props.add(key="model_id", value='"broken"')
+    onnx.save(model, str(tmp_path / "broken.onnx"))
+    camera = {"url": "synthetic:", "width": 320, "height": 240}
+    cfg = cfgmod.parse({"camera": [{"name": "gate", **camera, "model": str(tmp_path / "broken.onnx")},
+                                   {"name": "yard", **camera}], "zmq": {"endpoint": ""}})
+    pipeline = Pipeline(cfg)
+    pipeline.start()
+    try:
+        end = time.monotonic() + 30
+        while pipeline.failing() is None and time.monotonic() < end:
+            time.sleep(0.1)
+        code, body = health(pipeline, "running")
+        colorized = pipeline.cameras["yard"].colorized
+        time.sleep(1.0)
+        assert pipeline.cameras["yard"].colorized > colorized
+    finally:
+        pipeline.stop()
+    assert code == 503 and body["status"] == "degraded" and "model broken failed its last" in body["reason"]
+
+
 def test_a_hung_network_is_reported_and_ends_the_daemon():
     """A GPU or driver that hangs inside a network call: /healthz says "stalled" with the reason, and the
     main loop stops (no more watchdog pings) so that systemd restarts the process. The hang is injected by
