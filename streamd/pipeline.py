@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -168,6 +168,7 @@ class Pipeline:
         # inference thread: loads are serialised (each file loaded once), and a swap waits for the batch in
         # progress, so that no batch mixes a camera's old model with its reset Reuse.
         self._models_lock = threading.Lock()
+        self._loading: dict[str, Future] = {}  # models being loaded, by path: a second asker waits for the first
         self._batch_lock = threading.Lock()
         # Full-resolution chroma: on the cameras' output threads, or one GPU batch for all of them
         self.colour_stage = colour_stage
@@ -217,10 +218,27 @@ class Pipeline:
         with self._models_lock:
             if path in self._models:
                 return self._models[path]
-        with keepalive(f"loading model {path}", self.config.model.load_timeout_s), self._models_lock:
-            if path not in self._models:
-                self._models[path] = self._load_model(path)
-            return self._models[path]
+            loading = self._loading.get(path)
+            mine = loading is None
+            if mine:
+                loading = self._loading[path] = Future()
+        # The lock is not held while a model loads (a TensorRT engine build takes minutes): the main thread
+        # must stay free to look up and release other models meanwhile.
+        with keepalive(f"loading model {path}", self.config.model.load_timeout_s):
+            if not mine:
+                return loading.result()
+            try:
+                model = self._load_model(path)
+            except BaseException as e:
+                with self._models_lock:
+                    del self._loading[path]
+                loading.set_exception(e)
+                raise
+            with self._models_lock:
+                self._models[path] = model
+                del self._loading[path]
+            loading.set_result(model)
+            return model
 
     def mine(self, config: Config) -> tuple[CameraConfig, ...]:
         """The config's cameras that this process runs: its shard's, or all of them."""
