@@ -164,6 +164,7 @@ class Daemon:
 def cmd_run(args: argparse.Namespace) -> int:
     from streamd.health import HealthServer
     from streamd.pipeline import Pipeline
+    from streamd.recording import space_warnings
     from streamd.systemd import Notifier
 
     if bool(args.config) == bool(args.source):
@@ -174,6 +175,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         shard = fleet.resolve(args.shard or cfg.fleet.shard, os.environ)
     except ValueError as e:
         raise cfgmod.ConfigError(f"{'--shard' if args.shard else 'fleet.shard'}: {e}") from e
+    for warning in space_warnings({c.name: (Path(c.file_out).absolute() / c.name, c.file_retain_gb)
+                                   for c in fleet.mine(cfg.cameras, shard) if c.file_out}):
+        log.warning(warning)
     notifier = Notifier()
     pipeline = Pipeline(cfg, keepalive=notifier.working, shard=shard)
     http = None
@@ -254,6 +258,8 @@ def recording_problems(cfg: cfgmod.Config, instance: str, unit: Path | None) -> 
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from streamd.recording import space_warnings
+
     cfg = cfgmod.load(args.config)
     if args.shards is not None and not 1 <= args.shards <= fleet.MAX_SHARDS:
         print(f"streamd check: --shards must be between 1 and {fleet.MAX_SHARDS}", file=sys.stderr)
@@ -265,6 +271,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         if c.file_out:
             print(f"camera {c.name}: recording to {Path(c.file_out) / c.name} in {c.file_segment_s:g} s segments, "
                   f"kept {c.file_retain_days:g} days and {c.file_retain_gb:g} GB at most (0: no limit)")
+    for warning in space_warnings({c.name: (Path(c.file_out).absolute() / c.name, c.file_retain_gb)
+                                   for c in cfg.cameras if c.file_out}):
+        print(f"warning: {warning}", file=sys.stderr)
     problems = recording_problems(cfg, args.instance or args.config.stem, unit)
     for problem in problems:
         print(f"config error: {problem}", file=sys.stderr)

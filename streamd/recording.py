@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -103,6 +105,28 @@ def folder_problem(folder: Path) -> str | None:
         where = "" if existing == folder else f" (to create {folder} in)"
         return f"{existing} is not writable{where} by user {os.getuid()}"
     return None
+
+
+def space_warnings(folders: dict[str, tuple[Path, float]]) -> list[str]:
+    """Where the cameras' recording limits (`file_retain_gb`; 0 for none) add up to more than the file system
+    they record on holds: that disk fills before retention deletes anything, and stays full. `folders` maps
+    a camera to (its recording folder, its file_retain_gb)."""
+    by_disk: dict[int, tuple[Path, list[str], float]] = {}
+    for camera, (folder, retain_gb) in folders.items():
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if existing is None:
+            continue
+        device = existing.stat().st_dev
+        anchor, cameras, total_gb = by_disk.get(device, (existing, [], 0.0))
+        by_disk[device] = (anchor, [*cameras, camera], total_gb + (retain_gb or math.inf))
+    warnings = []
+    for anchor, cameras, total_gb in by_disk.values():
+        disk_gb = shutil.disk_usage(anchor).total / 1e9
+        if total_gb > disk_gb:
+            limit = "no size limit" if math.isinf(total_gb) else f"up to {total_gb:g} GB"
+            warnings.append(f"the recordings of {', '.join(cameras)} may take {limit} on the file system of "
+                            f"{anchor}, which holds {disk_gb:.0f} GB in all: lower file_retain_gb so that they fit")
+    return warnings
 
 
 class Recorder:

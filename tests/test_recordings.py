@@ -322,6 +322,20 @@ def camera_config(path: Path, file_out: Path | str) -> Path:
     return path
 
 
+def test_check_warns_when_the_recording_limits_exceed_the_disk(tmp_path):
+    """Two cameras that may keep 1 PB each cannot fit: the disk would fill before retention deleted anything."""
+    cameras = "".join(f'[[camera]]\nname = "{name}"\nurl = "x.mp4"\nfile_out = "{tmp_path / "rec"}"\n'
+                      f"file_retain_gb = 1000000\n" for name in ("gate", "yard"))
+    (tmp_path / "big.toml").write_text(f'[zmq]\nendpoint = ""\n{cameras}')
+    proc = check(tmp_path / "big.toml")
+    assert proc.returncode == 0, proc.stderr  # a warning: the operator may know better (a disk to be grown)
+    assert "warning: the recordings of gate, yard may take up to 2e+06 GB on the file system of" in proc.stderr
+    assert "lower file_retain_gb" in proc.stderr
+    proc = check(camera_config(tmp_path / "small.toml", tmp_path / "rec"))  # the default 50 GB
+    if shutil.disk_usage(tmp_path).total > 50e9:
+        assert "warning" not in proc.stderr
+
+
 def test_check_reports_recording_folders_the_service_cannot_write(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
