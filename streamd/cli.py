@@ -325,19 +325,25 @@ def parse_folder_weight(spec: str, data: list[str]) -> tuple[str, float]:
     return folder, weight
 
 
+def missing_train_extra(command: str, modules: tuple[str, ...]) -> str | None:
+    """The one line to print when one of `modules` (of the `train` extra) is not installed, or None."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return f"streamd {command}: needs {module}, which is not installed here: pip install 'streamd[train]'"
+    return None
+
+
 def needs_train_extra(*modules: str):
     """For commands that need the `train` extra: without one of its `modules`, the command says in one line
     what to install and exits with EXIT_USAGE, before it starts any work."""
     def decorate(command):
         @functools.wraps(command)
         def checked(args: argparse.Namespace) -> int:
-            for module in modules:
-                try:
-                    importlib.import_module(module)
-                except ImportError:
-                    print(f"streamd {args.command}: needs {module}, which is not installed here: "
-                          "pip install 'streamd[train]'", file=sys.stderr)
-                    return EXIT_USAGE
+            if missing := missing_train_extra(args.command, modules):
+                print(missing, file=sys.stderr)
+                return EXIT_USAGE
             return command(args)
         return checked
     return decorate
@@ -369,8 +375,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-@needs_train_extra("torch", "onnx")
 def cmd_export(args: argparse.Namespace) -> int:
+    """WEIGHTS -o OUTPUT needs the train extra; --triton alone only packages an ONNX model, and does not."""
     if bool(args.weights) != bool(args.output):
         print("streamd export: give WEIGHTS with -o OUTPUT (and optionally --triton DIR), or only --triton DIR "
               "(with --model, default the shipped one)", file=sys.stderr)
@@ -380,6 +386,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     model = args.model
     if args.weights:
+        if missing := missing_train_extra(args.command, ("torch", "onnx")):
+            print(missing, file=sys.stderr)
+            return EXIT_USAGE
         from streamd.model.export import export
 
         if not 0 <= args.cast_correction <= 1:

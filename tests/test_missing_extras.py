@@ -37,3 +37,14 @@ def test_a_missing_train_extra_is_one_line_not_a_traceback(tmp_path, args, missi
     assert lines == [f"streamd {args[0]}: needs {named}, which is not installed here: pip install 'streamd[train]'"], \
         run.stderr
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_triton_repository_is_written_without_the_train_extra(tmp_path):
+    """`streamd export --triton DIR` packages the shipped ONNX model: an image with `streamd[triton]` only (a
+    Kubernetes init container) can run it."""
+    path = shadow(tmp_path / "shadow", ("torch", "onnx"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(path), str(ROOT)])}
+    run = subprocess.run([sys.executable, "-m", "streamd", "export", "--triton", str(tmp_path / "repo")], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "repo" / "streamd" / "1" / "model.onnx").is_file()
