@@ -71,7 +71,7 @@ class ZmqConfig:
 @dataclass(frozen=True)
 class HttpConfig:
     listen: str = ""  # "127.0.0.1:9090" serves the status page, /healthz and /metrics; "" = off
-    # Required when `listen` is not on localhost: every path but /healthz then wants it (the page shows the
+    # Required when `listen` is not on localhost: every path but /healthz and /livez then wants it (the page shows the
     # cameras' pictures, POST /adapt starts work), as "Authorization: Bearer TOKEN" or "?token=TOKEN"
     token: str = ""
 
