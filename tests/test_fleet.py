@@ -200,7 +200,11 @@ def test_kubernetes_manifests_agree_with_streamd():
     shards by pod ordinal and points at the Triton Service; STREAMD_SHARDS is the replica count; the probes
     and scrape port are streamd's; the Triton init container's command writes a repository."""
     objects = manifests()
-    config = cfgmod.parse(tomllib.loads(objects[("Secret", "streamd-cameras")]["stringData"]["cameras.toml"]))
+    raw = tomllib.loads(objects[("Secret", "streamd-cameras")]["stringData"]["cameras.toml"])
+    with pytest.raises(cfgmod.ConfigError, match="http.token"):  # the placeholder must be replaced
+        cfgmod.parse(raw)
+    raw["http"]["token"] = "0123456789abcdef0123456789abcdef"
+    config = cfgmod.parse(raw)
     assert config.fleet.shard == "auto" and config.model.provider == "triton"
     triton_service = objects[("Service", "triton")]
     host, port = config.model.triton_url.split(":")
