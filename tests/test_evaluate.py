@@ -330,12 +330,12 @@ def shipped_colorizer():
 
 
 def test_temporal_mode_is_steadier_than_per_frame(shipped_colorizer):
-    still = [shifted_clip()[0]] * 6
-    assert ev.warp_error(colorize_clip(shipped_colorizer, still, temporal=True), still) == pytest.approx(0.0, abs=1e-9)
+    """On a panning clip the per-frame colours flicker along the motion; the temporal mode's hold them (its
+    warp error was about two thirds of per-frame mode's when measured: a fifth less is required)."""
     clip = shifted_clip()
     per_frame = ev.warp_error(colorize_clip(shipped_colorizer, clip, temporal=False), clip)
     temporal = ev.warp_error(colorize_clip(shipped_colorizer, clip, temporal=True), clip)
-    assert temporal <= per_frame
+    assert per_frame > 0 and temporal < 0.8 * per_frame
 
 
 def test_temporal_mode_leaves_no_ghost(shipped_colorizer, monkeypatch):

@@ -8,6 +8,7 @@ model.onnx through ONNX Runtime; the configuration Triton parses is otherwise th
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import numpy as np
@@ -103,19 +104,51 @@ def test_bench_against_a_server_that_is_not_there_exits_2_naming_it(capsys):
 def test_a_server_that_is_not_there_leaves_inference_unavailable_and_retries():
     """No server at the address: the provider starts (the cameras flow gray), says why, fails fast, and tries
     again only after its back-off."""
+    import socket
+
     from streamd.infer_triton import RETRY_FIRST_S, TritonColorizer
 
+    listener = socket.create_server(("127.0.0.1", 0))  # takes each connection and closes it: no gRPC server
+    accepted = []
+
+    def refuse() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # the listener closed: the test is over
+                return
+            accepted.append(time.monotonic())
+            connection.close()
+
+    threading.Thread(target=refuse, daemon=True).start()
+
+    def connections_after(call) -> int:
+        before = len(accepted)
+        call()
+        time.sleep(0.3)  # a connection the call started has been accepted by now
+        return len(accepted) - before
+
     now = [100.0]
-    colorizer = TritonColorizer(f"127.0.0.1:{free_port()}", "streamd", timeout_s=2.0, clock=lambda: now[0])
-    assert colorizer.unavailable and "127.0.0.1" in colorizer.unavailable
     lightness = np.zeros((2, 1, 192, 320), np.float32)
-    start = time.monotonic()
-    with pytest.raises(InferenceUnavailable):  # within the back-off: no network at all
-        colorizer(lightness)
-    now[0] += RETRY_FIRST_S + 0.01
-    with pytest.raises(InferenceUnavailable):  # a new attempt, refused
-        colorizer(lightness)
-    assert time.monotonic() - start < 2.0  # refused, not timed out
+    try:
+        made = []
+        assert connections_after(lambda: made.append(TritonColorizer(
+            f"127.0.0.1:{listener.getsockname()[1]}", "streamd", timeout_s=2.0, clock=lambda: now[0]))) >= 1
+        colorizer = made[0]
+        assert colorizer.unavailable and "127.0.0.1" in colorizer.unavailable
+
+        def call() -> None:
+            with pytest.raises(InferenceUnavailable):
+                colorizer(lightness)
+
+        assert connections_after(call) == 0  # within the back-off: no network at all
+        now[0] += RETRY_FIRST_S + 0.01
+        start = time.monotonic()
+        assert connections_after(call) >= 1  # after it: a new attempt, refused
+        assert time.monotonic() - start < 2.0  # failed fast, not at the time-out
+        assert connections_after(call) == 0  # and the next back-off (doubled) holds again
+    finally:
+        listener.close()
 
 
 @pytest.mark.parametrize("model, key", [
