@@ -157,3 +157,20 @@ def write_video(path: Path, mode: str = "gray", seconds: float = 2.0, size: str 
                     "--size", size, "--fps", str(fps), "--start-s", str(start_s)], cwd=ROOT, check=True,
                    capture_output=True)
     return path
+
+
+def write_failing_model(path: Path, model_id: str = "broken") -> Path:
+    """A real ONNX model with streamd's L input and ab output that loads, and fails on every batch: it reshapes
+    L to rows of 61441 values, which no 320x192 frame (61440 values) fills."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 61441])
+    graph = helper.make_graph([helper.make_node("Reshape", ["L", "shape"], ["ab"])], "fails",
+                              [helper.make_tensor_value_info("L", TensorProto.FLOAT, ["n", 1, "h", "w"])],
+                              [helper.make_tensor_value_info("ab", TensorProto.FLOAT, None)], [shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model.metadata_props.add(key="model_id", value=f'"{model_id}"')
+    onnx.save(model, str(path))
+    return path

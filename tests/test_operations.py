@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from streamd import config as cfgmod
 from streamd.client import Subscriber, WireError, decode
 from streamd.redact import redact
-from tests.conftest import ROOT, free_port, write_video
+from tests.conftest import ROOT, free_port, write_failing_model, write_video
 
 
 class Recorder:
@@ -455,22 +455,12 @@ def test_a_model_that_fails_every_batch_makes_health_degraded_and_spares_the_oth
     """A camera's own model that loads but fails on every batch (here a graph whose reshape cannot fit the
     input): its frames are dropped, and /healthz says degraded, naming the model, instead of running; the
     camera on the generic model keeps being colorized."""
-    import onnx
-    from onnx import TensorProto, helper
-
     from streamd.health import health
     from streamd.pipeline import Pipeline
 
-    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 61441])  # 192 x 320 = 61440 per frame
-    graph = helper.make_graph([helper.make_node("Reshape", ["L", "shape"], ["ab"])], "broken",
-                              [helper.make_tensor_value_info("L", TensorProto.FLOAT, ["n", 1, "h", "w"])],
-                              [helper.make_tensor_value_info("ab", TensorProto.FLOAT, None)], [shape])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    model.metadata_props.add(key="model_id", value='"broken"')
-    onnx.save(model, str(tmp_path / "broken.onnx"))
     camera = {"url": "synthetic:", "width": 320, "height": 240}
-    cfg = cfgmod.parse({"camera": [{"name": "gate", **camera, "model": str(tmp_path / "broken.onnx")},
+    broken = write_failing_model(tmp_path / "broken.onnx")
+    cfg = cfgmod.parse({"camera": [{"name": "gate", **camera, "model": str(broken)},
                                    {"name": "yard", **camera}], "zmq": {"endpoint": ""}})
     pipeline = Pipeline(cfg)
     pipeline.start()
@@ -485,6 +475,7 @@ def test_a_model_that_fails_every_batch_makes_health_degraded_and_spares_the_oth
     finally:
         pipeline.stop()
     assert code == 503 and body["status"] == "degraded" and "model broken failed its last" in body["reason"]
+    assert pipeline.cameras["gate"].colorized == 0 and pipeline.dropped("gate") > 0
 
 
 def test_a_hung_network_is_reported_and_ends_the_daemon():

@@ -15,7 +15,7 @@ from streamd import config as cfgmod
 from streamd.client import Subscriber
 from streamd.pipeline import Pipeline
 from streamd.recording import segment_key
-from tests.conftest import ROOT, free_port, write_video
+from tests.conftest import ROOT, free_port, write_failing_model, write_video
 
 
 def collect(sub: Subscriber, n: int, timeout: float = 30.0) -> list[tuple[dict, np.ndarray]]:
@@ -186,27 +186,15 @@ def test_bad_sources_fail_alone_while_others_run(tmp_path):
 
 
 def test_a_failing_model_costs_only_its_own_cameras_frames(tmp_path):
-    """One camera's own model fails on every batch (as a corrupt or mismatched one would): the other camera,
-    batched with it, is colorized throughout; the failed frames are counted as dropped; nothing stalls."""
-    import dataclasses
-
-    class Broken:
-        def __init__(self, real) -> None:
-            self.info = dataclasses.replace(real.info, model_id="broken-model")
-
-        def __call__(self, lightness: np.ndarray) -> np.ndarray:
-            raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : the model does not fit")
-
-    class OneBrokenModel(Pipeline):
-        def model_for(self, c):
-            model = super().model_for(c)
-            return Broken(model) if c.name == "broken" else model
-
+    """One camera's own model fails on every batch (a real ONNX model whose graph cannot take the input): the
+    other camera, batched with it, is colorized throughout; the failed frames are counted as dropped; nothing
+    stalls."""
     videos = [write_video(tmp_path / f"gray{i}.mp4", "gray", seconds=2) for i in range(2)]
+    broken_model = write_failing_model(tmp_path / "broken.onnx")
     cfg = cfgmod.parse({"camera": [{"name": "good", "url": str(videos[0]), "reuse_still_s": 0.0, "carry_frames": 0},
-                                   {"name": "broken", "url": str(videos[1])}],
+                                   {"name": "broken", "url": str(videos[1]), "model": str(broken_model)}],
                         "zmq": {"endpoint": ""}})
-    pipeline = OneBrokenModel(cfg)
+    pipeline = Pipeline(cfg)
     pipeline.start()
     deadline = time.monotonic() + 60
     try:
