@@ -477,12 +477,15 @@ def test_a_failing_camera_backs_off(tmp_path, caplog):
 
 def test_an_adapted_model_that_cannot_be_used_is_recorded_once_and_removed(tmp_path, monkeypatch):
     """The adaptation run says it kept a model, but the camera cannot load it: the camera keeps its model,
-    the run counts as failed once, and the file is gone, so that a restart does not pick it up."""
+    the run counts as failed once, and the file is gone, so that a restart does not pick it up. The child is
+    a stand-in that writes what a run leaves (a garbage model and its report); the swap is the daemon's."""
     import subprocess
     import sys
 
+    from streamd import config as cfgmod
     from streamd import schedule
     from streamd.config import AdaptConfig
+    from streamd.pipeline import Pipeline
 
     (tmp_path / "yard").mkdir()
     for i in range(3):
@@ -495,12 +498,13 @@ def test_an_adapted_model_that_cannot_be_used_is_recorded_once_and_removed(tmp_p
         report.write_text(json.dumps({"kept": True}))
         return popen([sys.executable, "-c", "pass"], **kwargs)
 
-    def swap_in(camera: str, path: Path) -> None:
-        raise ValueError(f"{path.name} is not a model")
-
+    pipeline = Pipeline(cfgmod.parse({"camera": [{"name": "yard", "url": "synthetic:", "width": 320, "height": 240}],
+                                      "zmq": {"endpoint": ""}, "adapt": {"state_dir": str(tmp_path / "daemon")}}))
+    pipeline.start()
+    generic = pipeline.cameras["yard"].colorizer
     monkeypatch.setattr(schedule.subprocess, "Popen", adapt_run)
     scheduler = schedule.AdaptationScheduler(tmp_path, AdaptConfig(every_h=0.0, min_frames=2), lambda: ["yard"],
-                                             swap_in)
+                                             pipeline.use_adapted)
     scheduler.start()
     try:
         assert scheduler.request("yard") == "queued"
@@ -509,7 +513,9 @@ def test_an_adapted_model_that_cannot_be_used_is_recorded_once_and_removed(tmp_p
             time.sleep(0.05)
     finally:
         scheduler.stop()
+        pipeline.stop()
+    assert pipeline.cameras["yard"].colorizer is generic
     state = scheduler.state("yard")
-    assert state["outcome"] == "failed" and "is not a model" in state["detail"]
+    assert state["outcome"] == "failed" and state["detail"].startswith("the adapted model cannot be used"), state
     assert scheduler.results == {"kept": 0, "rejected": 0, "failed": 1, "timeout": 0}
     assert not list((tmp_path / "yard").glob("*.onnx"))
