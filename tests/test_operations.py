@@ -207,9 +207,9 @@ def test_slow_subscriber_does_not_slow_others(tmp_path):
     rec = Recorder(endpoint)
     try:
         assert rec.wait_for("cam", 5, timeout=30)
-        start = time.monotonic()
-        assert rec.wait_for("cam", 60, timeout=20)  # 25 fps colour pass-through: 60 frames in ~2.4 s
-        assert time.monotonic() - start < 10
+        # 25 fps colour pass-through: 60 more frames in about 2.4 s; a publisher blocked by the stuck
+        # subscriber would deliver none
+        assert rec.wait_for("cam", 60, timeout=20)
     finally:
         rec.close()
         stuck.close()
@@ -237,10 +237,13 @@ def test_overload_drops_frames_and_latency_stays_bounded(tmp_path):
 
     dropped = [int(line.split("dropped ")[1].split(",")[0]) for line in log.splitlines() if "dropped" in line]
     assert dropped and max(dropped) > 0, log  # 100 frames/s of 720p cannot all be colorized on 2 cores
+    skips = [y["seq"] - x["seq"] > 1 for cam in rec.frames.values() for (_, x), (_, y) in zip(cam, cam[1:])]
+    assert any(skips)  # newer frames overtake older ones: skipped, not queued
     early, late = median_latency(0, 4), median_latency(8, 12)
-    # Bounded: only the newest frame of a camera waits, so latency does not creep up as frames keep coming
-    # (a queue would add the whole backlog: seconds by now). Absolute numbers depend on the machine's load.
-    assert late < 1.5 * early + 300, (early, late)
+    # Not a speed check: a queue instead of the newest-frame slot would hold the backlog, which grows by
+    # several seconds of frames for every second of overload; latency that stays within 2 s of where it
+    # started means it does not grow.
+    assert late < early + 2000, (early, late)
 
 
 def test_reload_adds_and_removes_cameras_without_a_gap(tmp_path):
