@@ -102,7 +102,8 @@ def test_an_adapted_model_swapped_in_during_a_batch_never_lets_the_old_predictio
         assert network.entered.wait(30)
         swap = threading.Thread(target=pipeline.use_adapted, args=("gate", MODEL))
         swap.start()
-        swap.join(1.0)  # the swap may not complete while the batch is in the network...
+        swap.join(1.0)
+        assert swap.is_alive()  # the swap may not complete while the batch is in the network...
         network.release.set()
         batch.join(30)
         swap.join(30)
