@@ -483,7 +483,7 @@ def test_a_model_that_fails_every_batch_makes_health_degraded_and_spares_the_oth
 
 def test_a_hung_network_is_reported_and_ends_the_daemon():
     """A GPU or driver that hangs inside a network call: /healthz says "stalled" with the reason, and the
-    main loop stops (no more watchdog pings) so that systemd restarts the process. The hang is injected by
+    main loop, which sends the watchdog pings, ends, so that systemd restarts the process. The hang is injected by
     a network whose call blocks until released, around the shipped model."""
     from streamd.cli import Daemon
     from streamd.health import health

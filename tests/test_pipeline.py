@@ -349,6 +349,7 @@ def test_a_panning_camera_carries_predictions_between_network_runs(tmp_path):
 def test_colorize_a_video_file_as_a_camera_would(tmp_path):
     """`streamd colorize` on a gray H.264 file: every frame comes out in colour, and the network runs only on
     the frames a camera of the daemon would run it on (--every-frame: on all)."""
+    from streamd.bench_frame_cost import frame_cost
     from streamd.cli import main
     from streamd.config import CameraConfig
     from streamd.infer import Colorizer
@@ -367,6 +368,7 @@ def test_colorize_a_video_file_as_a_camera_would(tmp_path):
     colorizer = Colorizer()
     frames, runs = colorize_video(colorizer, video, tmp_path / "reuse.mp4", reuse=reuse_for(CameraConfig("t", "")))
     assert frames == 50 and 0 < runs < frames
+    assert runs == frame_cost(video)["network_runs"]  # the daemon's steps decide alike on the same clip
     assert colorize_video(colorizer, video, tmp_path / "every.mp4", reuse=None) == (50, 50)
 
 
