@@ -224,3 +224,16 @@ def test_torch_backend_computes_what_the_onnx_model_computes(one_torch_thread):
     ab = torch_backend(lightness)
     assert ab.shape == (2, 2, 48, 80) and ab.dtype == np.float32
     assert np.abs(ab - onnx(lightness)).max() < 0.01  # ab units span about -110..110
+
+
+@pytest.mark.parametrize("delivered,busy,cores,expected", [
+    (24.9, 0.99, 2.0, "none (keeps up)"),  # every frame through, however busy
+    (10.0, 0.95, 1.2, "inference"),  # the inference thread busy most of the time, the cores not
+    (10.0, 0.50, 1.9, "CPU (decode + colour)"),  # the cores taken, the network waiting
+    (10.0, 0.50, 1.0, "neither saturated (threads)"),
+])
+def test_the_limiting_stage_is_named_from_the_measurements(delivered, busy, cores, expected):
+    from streamd.bench import limiting_stage
+
+    row = {"delivered_fps_per_camera": delivered, "camera_fps": 25.0, "inference_busy": busy, "cpu_cores": cores}
+    assert limiting_stage(row, usable_cores=2) == expected
