@@ -65,7 +65,7 @@ def purple(tmp_path_factory):
 
 def test_adapt_learns_colours_the_generic_model_cannot_know(purple):
     """Known in advance: no photo taught the generic model that this scene is purple, its own frames do, so
-    the adapted model must be kept; it comes with an int8 copy, calibrated on those frames."""
+    the adapted model must be kept; it comes with an int8 copy that the CPU runtime picks up."""
     _, out, report = purple
     assert report.train_frames == 14 and report.held_out_frames == 10 and report.steps == 40
     assert report.current_model == Colorizer(int8="auto", provider="cpu").info.model_id  # the generic one

@@ -181,7 +181,8 @@ def test_processes_wait_for_each_other_and_account_for_every_frame(tmp_path, cap
 
 def test_frame_cost_runs_every_frame_through_the_daemons_steps(tmp_path, capsys):
     """--frame-cost: every frame of a moving clip through each step, the network (a fixed stand-in) deciding
-    as the daemon's default camera does: run on the first frame, then carried for at most carry_frames."""
+    as the daemon's default camera does: each frame either runs the network or is carried along the flow,
+    on average at most carry_frames carried per run."""
     from streamd.bench_frame_cost import STEPS
     from streamd.config import CameraConfig
 
