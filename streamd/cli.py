@@ -116,10 +116,14 @@ class Daemon:
             return
         self.notifier.reloading()
         try:
-            changes = self.pipeline.apply(self.load(self.config_path))
-            log.info("reload: %s", "; ".join(changes) or "no camera changed")
+            config = self.load(self.config_path)
         except cfgmod.ConfigError as e:
             log.error("reload refused, the running configuration stays: %s", e)
+        except Exception:  # a fault in reading a config must not end a daemon that runs on a good one
+            log.exception("reload refused, the running configuration stays: reading %s failed", self.config_path)
+        else:
+            changes = self.pipeline.apply(config)
+            log.info("reload: %s", "; ".join(changes) or "no camera changed")
         self.notifier.ready(summary(self.pipeline))
 
     def run(self) -> None:
@@ -414,6 +418,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         try:
             folder = write_repository(model, args.triton, args.triton_name, args.triton_max_batch)
+        except ModelError:
+            raise  # names the model file, not the option
         except ValueError as e:
             print(f"streamd export: --triton-name: {e}", file=sys.stderr)
             return EXIT_USAGE

@@ -12,12 +12,11 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import zmq.auth
 
 from streamd import fleet
-from streamd.sink import ENCODERS, FORMATS
+from streamd.sink import ENCODERS, FORMATS, rtsp_address
 
 
 class ConfigError(ValueError):
@@ -196,18 +195,20 @@ def _curve_secret_problem(path: str) -> str | None:
     if not Path(path).is_file():
         return f"no key file at {path}"
     try:
-        _, secret = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as e:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError, IndexError) as e:  # pyzmq's parser raises IndexError on a "key" line without "="
         return f"{path} is not a ZeroMQ certificate ({e})"
     if not secret:
         return f"{path} holds only a public key: give the secret certificate (the .key_secret file)"
+    if len(secret) != 40 or len(public or b"") != 40:
+        return f"{path}: a CURVE key is 40 characters (Z85) long"
     return None
 
 
 def _host_and_port_ok(url: str) -> bool:
-    parts = urlsplit(url)
     try:
-        return bool(parts.hostname) and parts.port != 0  # .port raises on a port outside 0-65535 or not a number
+        rtsp_address(url)
+        return True
     except ValueError:
         return False
 

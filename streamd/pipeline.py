@@ -165,8 +165,9 @@ class Pipeline:
             self.colorizer = colorizer or self._load_model(m.path)
         self._models: dict[str, Colorizer] = {"": self.colorizer}  # per-camera models, by path
         # Models are loaded and swapped from the reload thread and the adaptation scheduler's, and used by the
-        # inference thread: loads are serialised (each file loaded once), and a swap waits for the batch in
-        # progress, so that no batch mixes a camera's old model with its reset Reuse.
+        # inference thread: each file is loaded once (a second asker waits for the first load; different files
+        # load side by side, without the lock), and a swap waits for the batch in progress, so that no batch
+        # mixes a camera's old model with its reset Reuse.
         self._models_lock = threading.Lock()
         self._loading: dict[str, Future] = {}  # models being loaded, by path: a second asker waits for the first
         self._batch_lock = threading.Lock()
@@ -224,21 +225,22 @@ class Pipeline:
                 loading = self._loading[path] = Future()
         # The lock is not held while a model loads (a TensorRT engine build takes minutes): the main thread
         # must stay free to look up and release other models meanwhile.
-        with keepalive(f"loading model {path}", self.config.model.load_timeout_s):
-            if not mine:
+        if not mine:
+            with keepalive(f"waiting for model {path}", self.config.model.load_timeout_s):
                 return loading.result()
-            try:
+        try:
+            with keepalive(f"loading model {path}", self.config.model.load_timeout_s):
                 model = self._load_model(path)
-            except BaseException as e:
-                with self._models_lock:
-                    del self._loading[path]
-                loading.set_exception(e)
-                raise
+        except BaseException as e:  # whoever waits for this load hears why it failed, and a later ask tries anew
             with self._models_lock:
-                self._models[path] = model
                 del self._loading[path]
-            loading.set_result(model)
-            return model
+            loading.set_exception(e)
+            raise
+        with self._models_lock:
+            self._models[path] = model
+            del self._loading[path]
+        loading.set_result(model)
+        return model
 
     def mine(self, config: Config) -> tuple[CameraConfig, ...]:
         """The config's cameras that this process runs: its shard's, or all of them."""
@@ -274,7 +276,11 @@ class Pipeline:
         runtime = self.cameras.get(camera)
         if runtime is None:
             return
-        self._swap_model(runtime, self._model(str(path), no_keepalive))
+        model = self._model(str(path), no_keepalive)
+        if self.cameras.get(camera) is not runtime or runtime.config.model:  # removed, restarted or given a
+            self._release_unused(model)  # model of its own by a reload while this one loaded: not for it now
+            return
+        self._swap_model(runtime, model)
         log.info("camera %s now uses its adapted model %s", camera, runtime.colorizer.info.model_id)
 
     def _swap_model(self, runtime: CameraRuntime, model: Colorizer) -> None:
@@ -560,9 +566,11 @@ class Pipeline:
         return next((c.unavailable for c in list(self._models.values()) if c.unavailable), None)
 
     def failing(self) -> str | None:
-        """Which models fail batch after batch now (FAILING_BATCHES in a row or more), or None: their cameras'
-        night frames are being dropped."""
-        failing = {m: n for m, n in dict(self._failing_models).items() if n >= FAILING_BATCHES}
+        """Which models in use fail batch after batch now (FAILING_BATCHES in a row or more), or None: their
+        cameras' night frames are being dropped. A model no camera runs any more (the config fixed, the camera
+        removed) does not count, whatever it did before."""
+        in_use = {r.colorizer.info.model_id for r in list(self.cameras.values())}
+        failing = {m: n for m, n in dict(self._failing_models).items() if n >= FAILING_BATCHES and m in in_use}
         return "; ".join(f"model {m} failed its last {n} batches" for m, n in sorted(failing.items())) or None
 
     def dropped(self, name: str) -> int:

@@ -35,8 +35,10 @@ _PARAM = re.compile(
 
 def redact(text: str) -> str:
     """`text` with the credentials of every URL in it replaced by ***."""
-    text = _USERINFO.sub(r"\g<scheme>***@", text)
-    return _PARAM.sub(lambda m: m["key"] + "***" if m["value"] else m[0], text)
+    # key=value pairs first: the user:password pattern may run on to an "@" inside a nested URL's query
+    # value (%40), taking the key with it, and leave the rest of that value behind
+    text = _PARAM.sub(lambda m: m["key"] + "***" if m["value"] else m[0], text)
+    return _USERINFO.sub(r"\g<scheme>***@", text)
 
 
 class RedactingFormatter(logging.Formatter):

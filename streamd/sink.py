@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import av
 import cv2
@@ -197,6 +197,17 @@ class H264Writer:
             self._container, self._stream, self._size = None, None, None
 
 
+def rtsp_address(url: str) -> tuple[str, int]:
+    """(host, port) of an rtsp:// URL, read after its credentials are cut off (a password may hold "[", which
+    urlsplit takes for an IPv6 address). Raises ValueError for a URL without a host or with a bad port."""
+    authority = url.partition("://")[2].split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
+    parts = urlsplit("rtsp://" + authority)
+    port = parts.port  # raises ValueError outside 0-65535 or not a number
+    if not parts.hostname or port == 0:
+        raise ValueError("no host, or port 0")
+    return parts.hostname, port or 554
+
+
 def rtsp_answers(url: str, timeout_s: float) -> None:
     """Raise OSError unless the RTSP server at `url` answers an OPTIONS request within `timeout_s`.
 
@@ -204,12 +215,13 @@ def rtsp_answers(url: str, timeout_s: float) -> None:
     never answers (or a host that is down) would freeze every thread of the process, the watchdog's too,
     for the whole time-out. This question is asked from Python, whose socket calls release the GIL, before
     FFmpeg connects."""
-    parts = urlsplit(url)
-    if parts.scheme != "rtsp":  # rtsps: TLS first; left to FFmpeg
+    if not url.startswith("rtsp://"):  # rtsps: TLS first; left to FFmpeg
         return
-    target = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))  # no credentials
+    host, port = rtsp_address(url)
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    target = f"rtsp://{netloc}/{url.partition('://')[2].partition('/')[2]}"  # no credentials
     try:
-        with socket.create_connection((parts.hostname, parts.port or 554), timeout=timeout_s) as sock:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
             sock.sendall(f"OPTIONS {target} RTSP/1.0\r\nCSeq: 1\r\nUser-Agent: streamd\r\n\r\n".encode())
             answer = b""
             while len(answer) < 5:

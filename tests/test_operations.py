@@ -333,6 +333,7 @@ def test_credentials_never_leak(rtsp_server):
     ({"camera": [{"name": "..", "url": "x.mp4"}]}, "camera[0].name"),
     ({"camera": [{"name": "a", "url": "x.mp4", "file_out": "/nonexistent/out.mp4"}]}, "camera[0].file_out"),
     ({"camera": [{"name": "a", "url": "x.mp4", "rtsp_out": "rtsp://127.0.0.1:85540/a"}]}, "camera[0].rtsp_out"),
+    ({"camera": [{"name": "a", "url": "x.mp4", "rtsp_out": "rtsp://u:p@/a"}]}, "camera[0].rtsp_out"),
 ])
 def test_config_rejects_at_load_what_would_fail_later(raw, key):
     """Each of these once passed `streamd check` and failed at run time (or escaped the state folder)."""
@@ -412,6 +413,22 @@ def test_curve_encrypted_output(tmp_path):
     context.term()
 
 
+def test_an_rtsp_out_password_with_a_bracket_is_taken():
+    """FFmpeg takes "[" in a password; urlsplit would call it a broken IPv6 address."""
+    c = cfgmod.parse({"camera": [{"name": "a", "url": "x.mp4", "rtsp_out": "rtsp://admin:pa[ss@host:8554/a"}]})
+    assert c.cameras[0].rtsp_out.endswith("host:8554/a")
+
+
+def test_a_broken_certificate_is_a_config_error(tmp_path):
+    """pyzmq's own parser fails on these with an IndexError, or accepts a key CURVE cannot use."""
+    for name, text in [("bare", "metadata\ncurve\n    public-key\n    secret-key\n"),
+                       ("short", 'curve\n    public-key = "abc"\n    secret-key = "short"\n')]:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(cfgmod.ConfigError, match=r"zmq\.curve_secret_key_file"):
+            cfgmod.parse({"camera": [{"name": "a", "url": "x.mp4"}],
+                          "zmq": {"curve_secret_key_file": str(tmp_path / name)}})
+
+
 def test_a_public_certificate_in_place_of_the_secret_one_is_refused(tmp_path):
     """The public certificate has no secret key: taken as it is, the socket would publish unencrypted."""
     import zmq.auth
@@ -475,10 +492,18 @@ def test_a_model_that_fails_every_batch_makes_health_degraded_and_spares_the_oth
         colorized = pipeline.cameras["yard"].colorized
         time.sleep(1.0)
         assert pipeline.cameras["yard"].colorized > colorized
+        assert pipeline.cameras["gate"].colorized == 0 and pipeline.dropped("gate") > 0
+        # the operator fixes the config: the camera runs the generic model, and health clears with it
+        pipeline.apply(cfgmod.parse({"camera": [{"name": "gate", **camera}, {"name": "yard", **camera}],
+                                     "zmq": {"endpoint": ""}}))
+        end = time.monotonic() + 30
+        while pipeline.cameras["gate"].colorized == 0 and time.monotonic() < end:
+            time.sleep(0.1)
+        fixed = health(pipeline, "running")
     finally:
         pipeline.stop()
     assert code == 503 and body["status"] == "degraded" and "model broken failed its last" in body["reason"]
-    assert pipeline.cameras["gate"].colorized == 0 and pipeline.dropped("gate") > 0
+    assert fixed[1].get("reason") is None and pipeline.cameras["gate"].colorized > 0, fixed
 
 
 def test_a_hung_network_is_reported_and_ends_the_daemon():

@@ -140,3 +140,43 @@ def test_a_model_asked_for_by_two_threads_at_once_is_loaded_once(monkeypatch):
         assert loads == [str(MODEL)]
     finally:
         pipeline.stop()
+
+
+def test_a_model_being_loaded_does_not_hold_up_another(tmp_path, monkeypatch):
+    """An adapted model that takes long to load (a TensorRT engine build: minutes) must not block the reload
+    thread's load of another file, nor its lookups; whoever waits on the slow file gets it once it is there."""
+    import shutil
+
+    from streamd.config import CameraConfig
+    from streamd.pipeline import Pipeline
+    from tests.conftest import MODEL
+
+    pipeline = idle_pipeline()
+    slow, other = tmp_path / "slow.onnx", tmp_path / "other.onnx"
+    shutil.copy(MODEL, slow), shutil.copy(MODEL, other)
+    entered, release, load = threading.Event(), threading.Event(), Pipeline._load_model
+
+    def held(self, path):
+        if path == str(slow):
+            entered.set()
+            assert release.wait(60)
+        return load(self, path)
+
+    monkeypatch.setattr(Pipeline, "_load_model", held)
+    got = {}
+    try:
+        builder = threading.Thread(target=lambda: got.setdefault("slow", pipeline.model_for(
+            CameraConfig("gate", "x", model=str(slow)))))
+        builder.start()
+        assert entered.wait(30)
+        waiter = threading.Thread(target=lambda: got.setdefault("waited", pipeline.model_for(
+            CameraConfig("yard", "x", model=str(slow)))))
+        waiter.start()
+        other_model = pipeline.model_for(CameraConfig("door", "x", model=str(other)))  # while slow.onnx loads
+        assert other_model.path == other and builder.is_alive() and waiter.is_alive()
+        release.set()
+        builder.join(60), waiter.join(60)
+        assert got["slow"] is got["waited"] and got["slow"].path == slow
+    finally:
+        release.set()
+        pipeline.stop()

@@ -44,6 +44,10 @@ SECRETS = [secret for _, secrets in FORMS.values() for secret in secrets]
     ("rtsp://h/x?access_token=a&x-auth-token=b&apikey=c&sig=d", "rtsp://h/x?access_token=***&x-auth-token=***&apikey=***&sig=***"),
     ("rtsp://admin:p%40ss@h/", "rtsp://***@h/"),
     ("rtsp://admin:pa%2Fss@h/x and rtsp://admin:pa%2fss@h/y", "rtsp://***@h/x and rtsp://***@h/y"),  # "/" in it
+    ("http://nvr/p?src=rtsp%3A%2F%2Fcam%2Fs%3Fpassword%3Dhun%40ter end",  # an "@" in a nested query's password
+     "http://nvr/p?src=rtsp%3A%2F%2Fcam%2Fs%3Fpassword%3D*** end"),
+    ("http://nvr/p?src=rtsp%3A%2F%2Fcam%2Fs%3Ftoken%3DaB%40cD%26ch%3D1 end",
+     "http://nvr/p?src=rtsp%3A%2F%2Fcam%2Fs%3Ftoken%3D***%26ch%3D1 end"),
     ("http://nvr/p?src=rtsp%3A%2F%2Fadmin%3Ahunter2%40cam%2Fs%3Fpassword%3Dhunter3%26x%3D1 end",
      "http://nvr/p?src=rtsp%3A%2F%2F***@cam%2Fs%3Fpassword%3D***%26x%3D1 end"),
     ("OSError: [Errno 5] Input/output error: 'rtsp://h/s?token=abc'", "OSError: [Errno 5] Input/output error: 'rtsp://h/s?token=***'"),
