@@ -275,8 +275,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         if c.file_out:
             print(f"camera {c.name}: recording to {Path(c.file_out) / c.name} in {c.file_segment_s:g} s segments, "
                   f"kept {c.file_retain_days:g} days and {c.file_retain_gb:g} GB at most (0: no limit)")
+    try:  # a shard host records only its shard's cameras (the shard units check the whole fleet.toml)
+        shard = fleet.resolve(cfg.fleet.shard, os.environ)
+    except ValueError:
+        shard = None
     for warning in space_warnings({c.name: (Path(c.file_out).absolute() / c.name, c.file_retain_gb)
-                                   for c in cfg.cameras if c.file_out}):
+                                   for c in fleet.mine(cfg.cameras, shard) if c.file_out}):
         print(f"warning: {warning}", file=sys.stderr)
     problems = recording_problems(cfg, args.instance or args.config.stem, unit)
     for problem in problems:

@@ -55,10 +55,11 @@ class Frame:
         if frame.format.name != "yuv420p":
             frame = frame.reformat(format="yuv420p")
         w, h = frame.width - frame.width % 2, frame.height - frame.height % 2  # an odd size loses its last row/column
-        y, u, v = (plane_array(plane)[:rows, :cols]
+        # copies: the decoder's picture may be a reference frame it still reads, and must not be pinned or written
+        y, u, v = (plane_array(plane)[:rows, :cols].copy()
                    for plane, rows, cols in zip(frame.planes, (h, h // 2, h // 2), (w, w // 2, w // 2)))
-        return cls(camera, seq, np.ascontiguousarray(y), np.ascontiguousarray(u), np.ascontiguousarray(v),
-                   full_range=full, matrix=matrix, pts=float(frame.time) if frame.time is not None else None, **kw)
+        return cls(camera, seq, y, u, v, full_range=full, matrix=matrix,
+                   pts=float(frame.time) if frame.time is not None else None, **kw)
 
     def to_av(self) -> av.VideoFrame:
         frame = av.VideoFrame(self.width, self.height, "yuv420p")

@@ -90,12 +90,9 @@ def session_info(session: ort.InferenceSession, path: Path, temperature: float |
     info = ModelInfo(meta.get("model_id", path.stem), meta.get("input_height", 192), meta.get("input_width", 320),
                      temperature if temperature is not None else meta.get("temperature", 0.38),
                      meta.get("prior_correction", 0.0), meta.get("shrink", 0.0), meta.get("cast_correction", 0.0))
-    shape = inputs["L"].shape
-    expected = [None, 1, info.input_height, info.input_width]  # None: any batch size
-    if len(shape) != 4 or any(isinstance(got, int) and want is not None and got != want
-                              for got, want in zip(shape, expected)):
-        raise ModelError(f"model {path}: input L has shape {shape}; streamd feeds N x 1 x {info.input_height} x "
-                         f"{info.input_width} (its input_height and input_width metadata)")
+    shape = inputs["L"].shape  # its sides may be fixed: [model] input_width and input_height can match them
+    if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 1):
+        raise ModelError(f"model {path}: input L has shape {shape}; streamd feeds N x 1 x HEIGHT x WIDTH")
     return info
 
 

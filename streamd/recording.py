@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
 import re
 import shutil
@@ -108,24 +107,25 @@ def folder_problem(folder: Path) -> str | None:
 
 
 def space_warnings(folders: dict[str, tuple[Path, float]]) -> list[str]:
-    """Where the cameras' recording limits (`file_retain_gb`; 0 for none) add up to more than the file system
-    they record on holds: that disk fills before retention deletes anything, and stays full. `folders` maps
-    a camera to (its recording folder, its file_retain_gb)."""
+    """Where the cameras' recording size limits (`file_retain_gb`) add up to more than the file system they
+    record on holds in all: that disk fills before retention deletes anything. `folders` maps a camera to
+    (its recording folder, its file_retain_gb); a camera without a size limit (0) is bounded by its age limit
+    alone, which says nothing of size, and is left out."""
     by_disk: dict[int, tuple[Path, list[str], float]] = {}
     for camera, (folder, retain_gb) in folders.items():
         existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-        if existing is None:
+        if existing is None or not retain_gb:
             continue
         device = existing.stat().st_dev
         anchor, cameras, total_gb = by_disk.get(device, (existing, [], 0.0))
-        by_disk[device] = (anchor, [*cameras, camera], total_gb + (retain_gb or math.inf))
+        by_disk[device] = (anchor, [*cameras, camera], total_gb + retain_gb)
     warnings = []
     for anchor, cameras, total_gb in by_disk.values():
         disk_gb = shutil.disk_usage(anchor).total / 1e9
         if total_gb > disk_gb:
-            limit = "no size limit" if math.isinf(total_gb) else f"up to {total_gb:g} GB"
-            warnings.append(f"the recordings of {', '.join(cameras)} may take {limit} on the file system of "
-                            f"{anchor}, which holds {disk_gb:.0f} GB in all: lower file_retain_gb so that they fit")
+            warnings.append(f"the recordings of {', '.join(cameras)} may take up to {total_gb:g} GB on the file "
+                            f"system of {anchor}, which holds {disk_gb:.0f} GB in all: lower file_retain_gb so "
+                            "that they fit")
     return warnings
 
 
@@ -174,6 +174,7 @@ class Recorder:
             self.path = reserve(self.folder, frame.capture_time)
         except OSError as e:
             self._retry_at = time.monotonic() + RETRY_S
+            self._retain()  # a disk too full to create a file in: the expired segments must still go
             raise OSError(e.errno, f"camera {self.camera}: cannot record into {self.folder}: {e.strerror}") from e
         self._writer.target = str(self.path)
         self._frames, self._started = 0, frame.arrival

@@ -391,24 +391,25 @@ class OutputWorker:
         except Exception:
             self._failed("colour recombination")
             return
-        if t.zmq:
-            self._attempt("ZeroMQ output", lambda: t.zmq.publish(frame, t.zmq_format))
-        latency = time.monotonic() - frame.arrival
-        self.observe_latency(latency)
-        self.latencies_ms.append(latency * 1000.0)
-        self.published += 1
+        if not t.zmq or self._attempt("ZeroMQ output", lambda: t.zmq.publish(frame, t.zmq_format)):
+            latency = time.monotonic() - frame.arrival
+            self.latencies_ms.append(latency * 1000.0)
+            self.published += 1
+            self._attempt("latency metric", lambda: self.observe_latency(latency))
         if self.rtsp:
             self._attempt("RTSP output", lambda: self.rtsp.write(frame))
         if self.recording:
             self._attempt("recording", lambda: self.recording.write(frame))
 
-    def _attempt(self, what: str, send: Callable[[], None]) -> None:
+    def _attempt(self, what: str, send: Callable[[], None]) -> bool:
         """Run one output's step; a failure is counted and logged, and the camera's other outputs go on (one
-        bad frame, or one output's lasting fault, must not end the others)."""
+        bad frame, or one output's lasting fault, must not end the others). True when it went through."""
         try:
             send()
+            return True
         except Exception:
             self._failed(what)
+            return False
 
     def _failed(self, what: str) -> None:
         """Count a failure of `what` and log it with its traceback, the first time and every 250th."""

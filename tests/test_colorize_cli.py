@@ -115,7 +115,7 @@ def small_onnx(path, input_name="L", output_name="ab", shape=("batch", 1, "heigh
 @pytest.mark.parametrize("model,words", [
     (dict(input_name="x", output_name="y"), "needs an input named L and an output named ab"),
     (dict(input_width='"wide"'), "metadata input_width"),
-    (dict(shape=(1, 1, 100, 100)), "input L has shape [1, 1, 100, 100]"),
+    (dict(shape=(1, 3, 100, 100)), "input L has shape [1, 3, 100, 100]"),
 ])
 def test_a_model_streamd_cannot_run_is_refused_naming_the_file_and_the_fault(tmp_path, capsys, model, words):
     bad = small_onnx(tmp_path / "bad.onnx", **model)

@@ -101,12 +101,20 @@ def quantize(source: Path, out: Path, calibration: Path, count: int = 64) -> dic
     return quantize_images(source, out, calibration_images(calibration, count))
 
 
+def metadata_value(text: str):
+    """A metadata value as streamd writes it (JSON), or as another tool did (kept as the text it is)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def quantize_images(source: Path, out: Path, images: list[np.ndarray]) -> dict:
     """`quantize`, calibrated on the given BGR images (an adapted model: its camera's own frames)."""
     if not images:
         raise ValueError("no calibration images")
     model = onnx.load(str(source))
-    meta = {p.key: json.loads(p.value) for p in model.metadata_props}
+    meta = {p.key: metadata_value(p.value) for p in model.metadata_props}
     size = (int(meta.get("input_height", 192)), int(meta.get("input_width", 320)))
     inputs = calibration_inputs(images, size)
     excluded = decoding_nodes(model)
