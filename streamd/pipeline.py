@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 CAMERA_STOP_S = 5.0  # cameras removed or restarted together get this long, all at once, to end their threads
 OUTPUTS_CLOSE_S = 5.0  # all cameras' outputs together: an RTSP peer's time-out (rtsp_out_timeout_s) fits
 SILENT_INTERVALS = 10  # a running camera that has delivered nothing for this many frame intervals is silent
-FAILING_BATCHES = 3  # a model that failed this many batches in a row (and none since) makes /healthz degraded
+FAILING_BATCHES = 3  # a model that failed this many batches in a row (and none since) makes /healthz degraded...
+FAILING_RECENT_S = 600.0  # ...while its last failure is this recent (at day a night model runs on nothing)
 
 
 def source_settings(c: CameraConfig) -> SourceSettings:
@@ -199,7 +200,8 @@ class Pipeline:
         self._reuse_pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="reuse")
         self._batch_since: float | None = None  # monotonic time the inference thread took its current batch
         self._model_failures: dict[str, int] = {}  # failed batches by model id (inference thread only)
-        self._failing_models: dict[str, int] = {}  # failed batches in a row, by model id, while it fails
+        # failed batches in a row and the monotonic time of the last, by model id, while it fails
+        self._failing_models: dict[str, tuple[int, float]] = {}
         self._infer_thread = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
 
     def _load_model(self, path: str) -> Colorizer:
@@ -522,7 +524,8 @@ class Pipeline:
             except Exception:  # one model failing (a camera's own, say) costs its frames, not the others'
                 model_id = colorizer.info.model_id
                 count = self._model_failures[model_id] = self._model_failures.get(model_id, 0) + 1
-                self._failing_models[model_id] = self._failing_models.get(model_id, 0) + 1
+                in_a_row = self._failing_models.get(model_id, (0, 0.0))[0] + 1
+                self._failing_models[model_id] = (in_a_row, time.monotonic())
                 if count == 1 or count % 100 == 0:  # a model that fails on every batch must not flood the log
                     log.exception("model %s failed on a batch of %d frames (cameras %s; %d failed batches so far);"
                                   " they are dropped", colorizer.info.model_id, len(frames),
@@ -568,9 +571,12 @@ class Pipeline:
     def failing(self) -> str | None:
         """Which models in use fail batch after batch now (FAILING_BATCHES in a row or more), or None: their
         cameras' night frames are being dropped. A model no camera runs any more (the config fixed, the camera
-        removed) does not count, whatever it did before."""
+        removed) does not count, whatever it did before, nor one that has not failed for FAILING_RECENT_S
+        (it may have had nothing to run on since: day frames pass by the network)."""
         in_use = {r.colorizer.info.model_id for r in list(self.cameras.values())}
-        failing = {m: n for m, n in dict(self._failing_models).items() if n >= FAILING_BATCHES and m in in_use}
+        recent = time.monotonic() - FAILING_RECENT_S
+        failing = {m: n for m, (n, last) in dict(self._failing_models).items()
+                   if n >= FAILING_BATCHES and last > recent and m in in_use}
         return "; ".join(f"model {m} failed its last {n} batches" for m, n in sorted(failing.items())) or None
 
     def dropped(self, name: str) -> int:
