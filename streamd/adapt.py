@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -111,6 +112,19 @@ def make_int8_copy(model: Path, frames: list[np.ndarray]) -> str | None:
         return f"{type(e).__name__}: {e}"
 
 
+def write_whole(source: Path, target: Path) -> None:
+    """Copy `source` to `target` so that `target` is either absent or complete: written under a temporary name,
+    flushed to the disk, then renamed (a full disk or a kill mid-copy leaves no half model to be loaded)."""
+    part = target.with_name(f".{target.name}.part")
+    try:
+        shutil.copyfile(source, part)
+        with open(part, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(part, target)
+    finally:
+        part.unlink(missing_ok=True)
+
+
 def adapt(sources: list[Path], out: Path, budget_minutes: float = 8.0, holdout: float = 0.4,
           init: Path | None = None, crop: int = 160, batch: int = 16, lr: float = 5e-4, seed: int = 0,
           device: str = "auto", max_steps: int | None = None, head_only: bool = False,
@@ -159,10 +173,10 @@ def adapt(sources: list[Path], out: Path, budget_minutes: float = 8.0, holdout: 
         if kept:
             out.parent.mkdir(parents=True, exist_ok=True)
             if int8_error is None:  # first, so that the model never appears without the copy it runs as
-                shutil.copyfile(int8_copy(candidate), int8_copy(out))
-            shutil.copyfile(weights_path, out.with_suffix(".pt"))
-            shutil.copyfile(candidate.with_suffix(".md"), out.with_suffix(".md"))
-            shutil.copyfile(candidate, out)
+                write_whole(int8_copy(candidate), int8_copy(out))
+            write_whole(weights_path, out.with_suffix(".pt"))
+            write_whole(candidate.with_suffix(".md"), out.with_suffix(".md"))
+            write_whole(candidate, out)  # last: a model file that exists is whole, and so is all it needs
     return AdaptReport(len(fit), len(held), int(weights["steps"]), float(weights["train_seconds"]),
                        current.info.model_id, current_scores, adapted_scores, score(None, held), kept,
                        str(out) if kept else None, str(int8_copy(out)) if kept and int8_error is None else None,

@@ -460,9 +460,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 @needs_train_extra("torch", "onnx")
 def cmd_adapt(args: argparse.Namespace) -> int:
-    if args.idle_priority:  # before torch and ONNX Runtime start their threads (which would inherit it anyway)
-        from streamd.schedule import lowest_priority
+    from streamd.schedule import end_with_parent, lowest_priority
 
+    if args.parent:
+        end_with_parent(args.parent)
+    if args.idle_priority:  # before torch and ONNX Runtime start their threads (which would inherit it anyway)
         lowest_priority()
     from streamd import adapt
 
@@ -616,6 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--threads", type=int, default=0, help="CPU threads for training and scoring (0: all cores)")
     a.add_argument("--idle-priority", action="store_true",
                    help="run in the idle CPU class (nice 19 where unavailable), as the daemon's runs do")
+    a.add_argument("--parent", type=int, default=0, metavar="PID",
+                   help="end when this process ends (the daemon that started the run)")
     a.add_argument("--json", type=Path)
     a.set_defaults(func=cmd_adapt)
 

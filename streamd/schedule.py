@@ -46,6 +46,7 @@ POLL_S = 30.0  # how often the schedule is looked at when nothing is requested
 BACKOFF_FIRST_S = 30.0  # a failure keeps the camera out of the schedule this long, doubling with each one
 BACKOFF_MAX_S = 3600.0
 DAY_S = 24 * 3600.0  # the daily budget's window
+CLOCK_SLACK_S = 300.0  # a time this far ahead of the clock is of a clock that was wrong, not of a small correction
 WAIT_STEP_S = 0.25  # how often a running child is looked at (its exit, its deadline, a stop)
 OUTCOMES = ("kept", "rejected", "failed", "timeout")
 
@@ -69,6 +70,20 @@ def lowest_priority() -> None:
             os.setpriority(os.PRIO_PROCESS, tid, 19)
         except ProcessLookupError:
             pass
+
+
+def end_with_parent(parent_pid: int) -> None:
+    """Have the kernel kill this process (SIGKILL) when the daemon that started it ends, however it ends (a
+    crash or SIGKILL outside systemd's control group): a run nobody waits for must not go on, or a restarted
+    daemon's next run of the same camera would share its files. Linux only; elsewhere nothing happens."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the daemon ended before the request took effect
+        os._exit(1)
 
 
 def adapted_model(camera_dir: Path) -> Path | None:
@@ -108,11 +123,11 @@ class CpuLedger:
 
     def spent(self, now: float | None = None) -> float:
         now = time.time() if now is None else now
-        return sum(s for t, s in self.runs if now - t < DAY_S)
+        return sum(s for t, s in self._today(now))
 
     def add(self, cpu_s: float, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        self.runs = [(t, s) for t, s in self.runs if now - t < DAY_S] + [(now, cpu_s)]
+        self.runs = self._today(now) + [(now, cpu_s)]
         try:
             tmp = self.path.with_name(f".{self.path.name}.part")
             tmp.write_text(json.dumps(self.runs))
@@ -120,6 +135,12 @@ class CpuLedger:
         except OSError as e:
             log.error("adaptation: cannot write the CPU ledger %s (%s); a restart will not know today's runs",
                       self.path, e)
+
+    def _today(self, now: float) -> list[tuple[float, float]]:
+        """The runs of the last 24 hours. A run dated later than now was recorded under a clock that was wrong
+        (set ahead, then corrected): it is dropped, or it would hold the budget for as long as the clock was
+        ahead."""
+        return [(t, s) for t, s in self.runs if 0 <= now - t + CLOCK_SLACK_S and now - t < DAY_S]
 
 
 class AdaptationScheduler:
@@ -214,10 +235,13 @@ class AdaptationScheduler:
             if not last:
                 return f"its store holds {len(frames)} day frames over {span_h:.1f} h"
             seen = last.get("newest_frame")
+            if seen is not None and capture_time(Path(seen)) > now + CLOCK_SLACK_S:
+                seen = None  # named under a clock that was ahead: every frame named since would look older
             new = sum(1 for f in frames if seen is None or f.name > seen) / len(frames)
             if new >= s.readapt_share:
                 return f"{new:.0%} of its {len(frames)} stored frames are newer than its last run"
-        if s.every_h > 0 and now - last.get("finished", 0.0) >= s.every_h * 3600:
+        finished = last.get("finished", 0.0)
+        if s.every_h > 0 and (now - finished >= s.every_h * 3600 or finished > now + CLOCK_SLACK_S):
             return f"its last run is more than {s.every_h:g} h old"
         return None
 
@@ -312,7 +336,7 @@ class AdaptationScheduler:
         current = self.current_model(camera)
         cmd = [sys.executable, "-m", "streamd", "adapt", str(folder), "-o", str(out), "--json", str(report),
                "--budget-minutes", f"{budget_s / 60:.4f}", "--device", s.device, "--threads", str(self.threads),
-               "--idle-priority"]
+               "--idle-priority", "--parent", str(os.getpid())]
         if self.init:
             cmd += ["--init", str(self.init)]
         if current:
@@ -339,6 +363,7 @@ class AdaptationScheduler:
         if self._stop.is_set():
             return  # killed by the daemon's stop: no outcome
         if timed_out:
+            remove_model(out)  # whatever the killed run had begun to write
             self.results["timeout"] += 1
             log.error("adaptation of %s still running %.1f min after it started; killed (its process group)",
                       camera, deadline_s / 60)
@@ -365,6 +390,7 @@ class AdaptationScheduler:
             self._record(camera, "rejected", "not better than the current model on held-back frames", started,
                          report, seen)
         else:
+            remove_model(out)  # whatever the failed run had begun to write
             self.results["failed"] += 1
             tail = (folder / "adapt.log").read_text(errors="replace")[-500:]
             log.error("adaptation of %s failed (exit status %s): %s", camera, code, tail)
@@ -399,7 +425,12 @@ class AdaptationScheduler:
         self._last[camera] = doc
         log.info("adaptation of %s: %s (%s)", camera, outcome, detail)
         path = self.state_dir / camera / "adapted.json"
-        try:
-            path.write_text(json.dumps(doc, indent=2))
+        part = path.with_name(".adapted.json.part")
+        try:  # whole or not at all: a power cut mid-write must not make the camera look never adapted
+            with open(part, "w") as f:
+                f.write(json.dumps(doc, indent=2))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(part, path)
         except OSError as e:
             raise RecordError(f"cannot write {path}: {e.strerror or e}") from e

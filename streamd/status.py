@@ -192,7 +192,7 @@ def _last_adaptation(state: dict) -> dict | None:
         return None
     last = {"outcome": state.get("outcome"), "detail": state.get("detail"), "finished": state.get("finished")}
     report = state.get("report") or {}
-    for which in ("generic", "adapted"):
+    for which in ("current", "adapted"):  # the model the run had to beat, and the one it trained
         if isinstance(report.get(which), dict):
             last[which] = report[which]
     return last
@@ -240,7 +240,7 @@ class StatusPage:
         self.snapshots.forget_others(set(self.pipeline.cameras))
         is_input = params.get("input", ["0"])[-1] in ("1", "true", "yes")
         width = params.get("width", ["0"])[-1]
-        if not width.isdigit():
+        if not (width.isascii() and width.isdigit()):
             return _text(400, "width: a number of pixels")
         width = max(MIN_WIDTH, int(width)) if int(width) else 0
         frame = runtime.latest.input if is_input else runtime.latest.output

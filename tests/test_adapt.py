@@ -293,7 +293,7 @@ def test_adapt_settings_are_checked_at_the_edge(key, value, message):
         cfgmod.parse({"adapt": {key: value}, "camera": [{"name": "yard", "url": "synthetic:"}]})
 
 
-T0 = 1_800_000_000.0  # a store's first frame (2027-01-15)
+T0 = 1_700_000_000.0  # a store's first frame (2023-11-14: in the past, as a store's frames are)
 
 
 def scheduler_for(state: Path, cameras: list[str], on_adapted=lambda camera, path: None, init: Path | None = None,
@@ -519,3 +519,122 @@ def test_an_adapted_model_that_cannot_be_used_is_recorded_once_and_removed(tmp_p
     assert state["outcome"] == "failed" and state["detail"].startswith("the adapted model cannot be used"), state
     assert scheduler.results == {"kept": 0, "rejected": 0, "failed": 1, "timeout": 0}
     assert not list((tmp_path / "yard").glob("*.onnx"))
+
+
+def test_the_status_page_reads_the_scores_an_adaptation_report_holds():
+    """The page shows "PSNR a -> b, AuC a -> b" from the run's report: the keys it reads are the report's."""
+    import dataclasses
+
+    from streamd.adapt import AdaptReport, Scores
+    from streamd.status import _last_adaptation
+
+    report = AdaptReport(30, 20, 400, 240.0, "streamd-base", Scores(1.0, 20.0, 9.0), Scores(4.0, 24.0, 3.0),
+                         Scores(0.0, 22.0, 5.0), True, "yard.onnx", None)
+    last = _last_adaptation({"outcome": "kept", "detail": "yard.onnx", "finished": 0.0,
+                             "report": json.loads(json.dumps(dataclasses.asdict(report)))})
+    assert last["current"]["psnr"] == 20.0 and last["adapted"]["auc_rebalanced"] == 4.0
+    page = (Path(__file__).resolve().parent.parent / "streamd" / "static" / "status.js").read_text()
+    assert "last.current.psnr" in page and "last.adapted.psnr" in page
+
+
+def test_a_run_that_fails_or_is_killed_leaves_no_model_behind(tmp_path, monkeypatch):
+    """A child that had begun to write its model when it failed (a full disk) or was killed: the half file
+    is removed, so that neither a restart nor the next run's comparison loads it."""
+    import subprocess
+    import sys
+
+    from streamd import schedule
+    from streamd.config import AdaptConfig
+
+    (tmp_path / "yard").mkdir()
+    for i in range(3):
+        (tmp_path / "yard" / f"{i}.jpg").write_bytes(b"")
+    popen = subprocess.Popen
+
+    def half_written(cmd, **kwargs):
+        out = Path(cmd[cmd.index("-o") + 1])
+        out.write_bytes(b"\x08\x07")  # the first bytes of a model, then the disk was full
+        return popen([sys.executable, "-c", "raise SystemExit(1)"], **kwargs)
+
+    monkeypatch.setattr(schedule.subprocess, "Popen", half_written)
+    scheduler = schedule.AdaptationScheduler(tmp_path, AdaptConfig(every_h=0.0, min_frames=2), lambda: ["yard"],
+                                             lambda camera, path: None)
+    scheduler.start()
+    try:
+        assert scheduler.request("yard") == "queued"
+        deadline = time.monotonic() + 60
+        while not scheduler.state("yard") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        scheduler.stop()
+    assert scheduler.state("yard")["outcome"] == "failed"
+    assert not list((tmp_path / "yard").glob("*.onnx")) and schedule.adapted_model(tmp_path / "yard") is None
+    assert json.loads((tmp_path / "yard" / "adapted.json").read_text())["outcome"] == "failed"
+
+
+def test_a_clock_that_was_ahead_does_not_hold_the_schedule(tmp_path):
+    """Runs and frames recorded while the clock was a year ahead (then corrected by NTP): the year-ahead run
+    no longer takes the day's budget, and the store's turnover since is seen."""
+    from datetime import datetime, timezone
+
+    from streamd import schedule
+    from streamd.collect import STAMP
+    from streamd.config import AdaptConfig
+
+    def name(t: float) -> str:
+        return datetime.fromtimestamp(t, timezone.utc).strftime(STAMP) + ".jpg"
+
+    now = 1_800_000_000.0
+    ledger = schedule.CpuLedger(tmp_path / "ledger.json")
+    ledger.add(3600.0, now=now + 365 * 86400)  # a run recorded under the wrong clock
+    ledger.add(60.0, now=now - 3600)  # and one an hour ago
+    assert ledger.spent(now) == 60.0
+    store = tmp_path / "yard"
+    store.mkdir()
+    for hours in range(0, 24, 2):  # today's frames, named by the right clock
+        (store / name(now - hours * 3600)).write_bytes(b"")
+    scheduler = schedule.AdaptationScheduler(tmp_path, AdaptConfig(min_frames=5, min_span_h=1.0), lambda: ["yard"],
+                                             lambda camera, path: None)
+    scheduler._last["yard"] = {"outcome": "kept", "newest_frame": name(now + 365 * 86400),
+                               "finished": now + 365 * 86400}
+    assert "newer than its last run" in (scheduler.why_due("yard", now=now) or "")
+
+
+def test_an_adaptation_child_ends_with_the_daemon_that_started_it(tmp_path):
+    """The daemon killed outside a control group (SIGKILL, run by hand): its run, a process group of its own,
+    ends with it instead of running on unwatched."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    child_pid = tmp_path / "child.pid"
+    daemon = ("import os, subprocess, sys, time\n"
+              "child = subprocess.Popen([sys.executable, '-c', 'import os, sys, time; "
+              "from streamd.schedule import end_with_parent; end_with_parent(int(sys.argv[1])); "
+              f"open(sys.argv[2], \"w\").write(str(os.getpid())); time.sleep(120)', str(os.getpid()), "
+              f"{str(child_pid)!r}], start_new_session=True)\n"
+              "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", daemon], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        while not (child_pid.exists() and child_pid.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pid = int(child_pid.read_text())
+
+        def running() -> bool:  # a killed orphan may stay a zombie until its new parent reaps it
+            try:
+                return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            except FileNotFoundError:
+                return False
+
+        assert running()
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running()
+    finally:
+        parent.kill()

@@ -21,9 +21,9 @@ function adaptationText(a) {
   const last = a.last;
   if (!last) return a.available ? "never run" : "not adapted here (the camera does not collect, or its config fixes its model)";
   let text = `${last.outcome} ${when(last.finished)}`;
-  if (last.generic && last.adapted) {
-    text += ` (PSNR ${fmt(last.generic.psnr, 2)} → ${fmt(last.adapted.psnr, 2)} dB, ` +
-      `AuC ${fmt(last.generic.auc_rebalanced, 3)} → ${fmt(last.adapted.auc_rebalanced, 3)})`;
+  if (last.current && last.adapted) {
+    text += ` (PSNR ${fmt(last.current.psnr, 2)} → ${fmt(last.adapted.psnr, 2)} dB, ` +
+      `AuC ${fmt(last.current.auc_rebalanced, 3)} → ${fmt(last.adapted.auc_rebalanced, 3)})`;
   } else if (last.detail && last.outcome !== "kept") {
     text += `: ${last.detail}`;
   }
