@@ -106,11 +106,13 @@ class Snapshots:
             return data
 
     def forget_others(self, cameras: set[str]) -> None:
-        """Drop what is kept for cameras that are gone (a reload removed them)."""
+        """Drop what is kept for cameras that are gone (a reload removed them), their metric series too."""
         with self._lock:
             for key in [k for k in self._cache if k[0] not in cameras]:
                 del self._cache[key]
                 self._locks.pop(key, None)
+            for camera in [c for c in self.encodes if c not in cameras]:
+                del self.encodes[camera]
 
     def collect(self):
         """The prometheus_client collector interface."""

@@ -203,6 +203,8 @@ def test_a_frame_is_encoded_once_however_many_viewers_ask():
     assert cv2.imdecode(np.frombuffer(pictures[0], np.uint8), cv2.IMREAD_COLOR).shape == (120, 160, 3)
     snapshots.jpeg("gate", frames[1], False, 0)  # another size of the same frame is another picture
     assert snapshots.encodes == {"gate": 3}
+    snapshots.forget_others({"yard"})  # a reload removed the camera: its pictures and its metric series go
+    assert snapshots.encodes == {} and not list(snapshots.collect())[0].samples
 
 
 def test_frame_rates_come_from_the_recent_frames():
