@@ -123,8 +123,12 @@ def test_store_keeps_distinct_day_frames_spaced_and_capped(tmp_path):
     assert files[0].name.startswith(datetime.fromtimestamp(t0 + 10, timezone.utc).strftime("%Y%m%dT%H%M%S"))
     image = cv2.imread(str(files[-1]))
     assert max(image.shape[:2]) == 320 and image.std() > 10  # small, and a real picture
-    # A store opened again (a restart) remembers what it holds: the same view is still a duplicate.
+    # A store opened again (a restart) remembers what it holds: the same view is still a duplicate; a frame
+    # being written when the process was killed is cleared away.
+    killed_mid_write = tmp_path / "yard" / ".20270115T000000.000000Z.part"
+    killed_mid_write.write_bytes(b"\xff\xd8")
     again = FrameStore(tmp_path / "yard", every_s=0, min_change=3, max_frames=3)
+    assert not killed_mid_write.exists() and len(again.frames()) == 3
     assert not again.offer(day_frame(3, t0 + 100), now=0)
     assert again.offer(day_frame(4, t0 + 101), now=1)
 
