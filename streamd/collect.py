@@ -69,7 +69,7 @@ class FrameStore:
     def __init__(self, folder: Path, every_s: float, min_change: float, max_frames: int) -> None:
         self.folder, self.every_s, self.min_change, self.max_frames = folder, every_s, min_change, max_frames
         folder.mkdir(parents=True, exist_ok=True)
-        for leftover in folder.glob(".*.part"):  # a frame being written when the process was killed
+        for leftover in folder.glob(".*Z.part"):  # a frame being written when the process was killed
             leftover.unlink(missing_ok=True)
         self._files = deque(self.frames())
         # Fingerprints of what is already stored, so a restart does not store the same view again.

@@ -147,6 +147,8 @@ class Colorizer:
         self.session = ort.InferenceSession(str(path), options, providers=providers,
                                             disabled_optimizers=disabled_optimizers)
         self.info = session_info(self.session, path, temperature)
+        sides = self.session.get_inputs()[0].shape[2:]
+        self.fixed_sides = tuple(sides) if all(isinstance(s, int) for s in sides) else None  # (H, W), or any
         log.info("model %s on %s (%s), input %dx%d, T=%.2f", self.info.model_id, self.provider, why,
                  self.info.input_width, self.info.input_height, self.info.temperature)
 

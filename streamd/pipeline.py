@@ -34,7 +34,7 @@ from streamd.config import CameraConfig, Config, ConfigError, ModelConfig
 from streamd.daynight import DayNight
 from streamd.frame import Frame
 from streamd.health import Instruments
-from streamd.infer import Colorizer, InferenceUnavailable
+from streamd.infer import Colorizer, InferenceUnavailable, ModelError
 from streamd.recording import Recorder
 from streamd.schedule import AdaptationScheduler, adapted_model
 from streamd.sink import OutputTargets, OutputWorker, ZmqPublisher
@@ -212,8 +212,14 @@ class Pipeline:
             return torch_model(path, m.temperature or None)
         # With Triton, a camera's own model (its config's, or adapted to it here) runs in this process.
         provider = "auto" if m.provider == "triton" else m.provider
-        return Colorizer(Path(path) if path else None, provider, m.temperature or None, m.threads,
-                         Path(m.cache_dir) if m.cache_dir else None, m.int8)
+        colorizer = Colorizer(Path(path) if path else None, provider, m.temperature or None, m.threads,
+                              Path(m.cache_dir) if m.cache_dir else None, m.int8)
+        fed = self.input_size(colorizer)
+        if colorizer.fixed_sides and colorizer.fixed_sides != fed:  # it would fail on every batch
+            raise ModelError(f"model {colorizer.path}: its input is fixed at {colorizer.fixed_sides[1]}x"
+                             f"{colorizer.fixed_sides[0]}, and this config feeds {fed[1]}x{fed[0]} ([model] "
+                             "input_width and input_height)")
+        return colorizer
 
     def _model(self, path: str, keepalive: Keepalive) -> Colorizer:
         """The model at `path` ("": the generic one), loaded once however many threads ask for it at the

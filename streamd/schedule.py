@@ -97,6 +97,7 @@ def remove_model(model: Path) -> None:
     """An adapted model and what belongs to it: its weights, card and int8 copy."""
     for sibling in (model, model.with_suffix(".pt"), model.with_suffix(".md"), int8_copy(model)):
         sibling.unlink(missing_ok=True)
+        sibling.with_name(f".{sibling.name}.part").unlink(missing_ok=True)  # one a killed run was writing
 
 
 def backoff_s(failures: int) -> float:
@@ -234,10 +235,13 @@ class AdaptationScheduler:
         if s.auto:
             if not last:
                 return f"its store holds {len(frames)} day frames over {span_h:.1f} h"
+            # Frames named under a clock that was ahead sort after every frame named since: they are neither
+            # "new" nor a valid mark of what the last run saw
+            future = now + CLOCK_SLACK_S
             seen = last.get("newest_frame")
-            if seen is not None and capture_time(Path(seen)) > now + CLOCK_SLACK_S:
-                seen = None  # named under a clock that was ahead: every frame named since would look older
-            new = sum(1 for f in frames if seen is None or f.name > seen) / len(frames)
+            if seen is not None and capture_time(Path(seen)) > future:
+                seen = None
+            new = sum(1 for f in frames if capture_time(f) <= future and (seen is None or f.name > seen)) / len(frames)
             if new >= s.readapt_share:
                 return f"{new:.0%} of its {len(frames)} stored frames are newer than its last run"
         finished = last.get("finished", 0.0)
@@ -358,7 +362,9 @@ class AdaptationScheduler:
                 self.running, self._child = None, None
         self.cpu_seconds += cpu_s
         self.ledger.add(cpu_s)
-        seen = {"newest_frame": frames[-1].name, "frames": len(frames), "cpu_seconds": round(cpu_s, 2),
+        future = time.time() + CLOCK_SLACK_S  # frames named under a clock that was ahead do not mark what it saw
+        newest = next((f for f in reversed(frames) if capture_time(f) <= future), frames[-1])
+        seen = {"newest_frame": newest.name, "frames": len(frames), "cpu_seconds": round(cpu_s, 2),
                 "budget_minutes": round(budget_s / 60, 4)}
         if self._stop.is_set():
             return  # killed by the daemon's stop: no outcome

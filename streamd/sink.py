@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -200,7 +201,7 @@ class H264Writer:
 def rtsp_address(url: str) -> tuple[str, int]:
     """(host, port) of an rtsp:// URL, read after its credentials are cut off (a password may hold "[", which
     urlsplit takes for an IPv6 address). Raises ValueError for a URL without a host or with a bad port."""
-    authority = url.partition("://")[2].split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
+    authority = re.split(r"[/?#]", url.partition("://")[2], maxsplit=1)[0].rpartition("@")[2]  # as FFmpeg splits
     parts = urlsplit("rtsp://" + authority)
     port = parts.port  # raises ValueError outside 0-65535 or not a number
     if not parts.hostname or port == 0:

@@ -17,6 +17,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from urllib.parse import parse_qs
@@ -84,7 +85,9 @@ class Snapshots:
     input and output is kept with the frame it shows, so viewers of an unchanged frame share one encode; a
     lock per camera and picture makes concurrent viewers of a new frame wait for that one encode."""
 
-    def __init__(self) -> None:
+    def __init__(self, cameras: Callable[[], set[str]] | None = None) -> None:
+        """`cameras` names the cameras running now: /metrics leaves out those a reload removed."""
+        self._cameras = cameras
         self._lock = threading.Lock()
         self._locks: dict[tuple[str, bool], threading.Lock] = {}
         self._cache: dict[tuple[str, bool], tuple[Frame, int, bytes]] = {}  # (frame shown, width, JPEG)
@@ -116,6 +119,8 @@ class Snapshots:
 
     def collect(self):
         """The prometheus_client collector interface."""
+        if self._cameras is not None:
+            self.forget_others(self._cameras())
         family = CounterMetricFamily("streamd_snapshot_encodes", "JPEG snapshots encoded for the status page "
                                      "(once per frame, however many viewers)", labels=["camera"])
         with self._lock:
@@ -216,7 +221,7 @@ class StatusPage:
     def __init__(self, pipeline, phase) -> None:
         """`phase()` is the daemon's phase (starting, running, stopping)."""
         self.pipeline, self.phase = pipeline, phase
-        self.snapshots = Snapshots()
+        self.snapshots = Snapshots(lambda: set(pipeline.cameras))
         # Read once: a broken install fails at start, not when someone opens the page
         self.files = {"/": (_static("status.html"), "text/html; charset=utf-8")}
         for name, ctype in _STATIC.items():

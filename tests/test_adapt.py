@@ -127,8 +127,10 @@ def test_store_keeps_distinct_day_frames_spaced_and_capped(tmp_path):
     # being written when the process was killed is cleared away.
     killed_mid_write = tmp_path / "yard" / ".20270115T000000.000000Z.part"
     killed_mid_write.write_bytes(b"\xff\xd8")
+    model_being_written = tmp_path / "yard" / ".yard-20270115T000000Z.onnx.part"  # an adaptation run's, not ours
+    model_being_written.write_bytes(b"\x08")
     again = FrameStore(tmp_path / "yard", every_s=0, min_change=3, max_frames=3)
-    assert not killed_mid_write.exists() and len(again.frames()) == 3
+    assert not killed_mid_write.exists() and model_being_written.exists() and len(again.frames()) == 3
     assert not again.offer(day_frame(3, t0 + 100), now=0)
     assert again.offer(day_frame(4, t0 + 101), now=1)
 
@@ -602,6 +604,17 @@ def test_a_clock_that_was_ahead_does_not_hold_the_schedule(tmp_path):
     scheduler._last["yard"] = {"outcome": "kept", "newest_frame": name(now + 365 * 86400),
                                "finished": now + 365 * 86400}
     assert "newer than its last run" in (scheduler.why_due("yard", now=now) or "")
+    # Frames stored while the clock was ahead sort last: they are not "new" after the next run, which marks
+    # the newest frame of the right clock as seen, so the camera is not due again and again
+    for days in (1, 2):
+        (store / name(now + days * 86400)).write_bytes(b"")
+    scheduler._last["yard"] = {"outcome": "kept", "newest_frame": name(now), "finished": now}
+    assert scheduler.why_due("yard", now=now + 60) is None
+    # and a run recorded as finished in the clock's future does not put off `every_h` for as long
+    hourly = schedule.AdaptationScheduler(tmp_path, AdaptConfig(min_frames=5, min_span_h=1.0, auto=False, every_h=1.0),
+                                          lambda: ["yard"], lambda camera, path: None)
+    hourly._last["yard"] = {"outcome": "kept", "newest_frame": name(now), "finished": now + 365 * 86400}
+    assert "more than 1 h old" in (hourly.why_due("yard", now=now) or "")
 
 
 def test_an_adaptation_child_ends_with_the_daemon_that_started_it(tmp_path):

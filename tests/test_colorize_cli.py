@@ -133,3 +133,18 @@ def test_metadata_of_other_tools_is_left_alone(tmp_path):
     colorizer = Colorizer(model)
     assert colorizer.info.model_id == "pool"
     assert colorizer(np.zeros((2, 1, 192, 320), np.float32)).shape == (2, 1, 48, 80)
+
+
+def test_a_cameras_model_of_another_fixed_size_falls_back_to_the_generic_one(tmp_path, caplog):
+    """A model whose input is fixed at 100x100, where the config feeds 320x192: it would fail on every batch,
+    so it is refused at load, with both sizes named, and the camera runs the generic model."""
+    from streamd import config as cfgmod
+    from streamd.pipeline import Pipeline
+
+    fixed = small_onnx(tmp_path / "fixed.onnx", shape=(1, 1, 100, 100), model_id='"fixed"')
+    pipeline = Pipeline(cfgmod.parse({"camera": [{"name": "gate", "url": "synthetic:", "model": str(fixed)}],
+                                      "zmq": {"endpoint": ""}}))
+    with caplog.at_level("ERROR", logger="streamd.pipeline"):
+        model = pipeline.model_for(pipeline.config.cameras[0])
+    assert model is pipeline.colorizer
+    assert any("fixed at 100x100" in r.getMessage() and "feeds 320x192" in r.getMessage() for r in caplog.records)

@@ -334,6 +334,7 @@ def test_credentials_never_leak(rtsp_server):
     ({"camera": [{"name": "a", "url": "x.mp4", "file_out": "/nonexistent/out.mp4"}]}, "camera[0].file_out"),
     ({"camera": [{"name": "a", "url": "x.mp4", "rtsp_out": "rtsp://127.0.0.1:85540/a"}]}, "camera[0].rtsp_out"),
     ({"camera": [{"name": "a", "url": "x.mp4", "rtsp_out": "rtsp://u:p@/a"}]}, "camera[0].rtsp_out"),
+    ({"camera": [{"name": "a", "url": "x.mp4", "rtsp_out": "rtsp://u:p#w@host/a"}]}, "camera[0].rtsp_out"),
 ])
 def test_config_rejects_at_load_what_would_fail_later(raw, key):
     """Each of these once passed `streamd check` and failed at run time (or escaped the state folder)."""

@@ -184,7 +184,8 @@ def test_a_frame_is_encoded_once_however_many_viewers_ask():
     """Eight viewers of one frame at the same moment: one encode, one picture; a new frame: one more."""
     camera = SyntheticCamera((320, 240), 25.0)
     frames = [Frame.from_bgr("gate", i, camera.render(i)) for i in range(2)]
-    snapshots = Snapshots()
+    running = {"gate"}
+    snapshots = Snapshots(lambda: running)
     start = threading.Barrier(8)
     pictures: list[bytes] = []
 
@@ -203,8 +204,8 @@ def test_a_frame_is_encoded_once_however_many_viewers_ask():
     assert cv2.imdecode(np.frombuffer(pictures[0], np.uint8), cv2.IMREAD_COLOR).shape == (120, 160, 3)
     snapshots.jpeg("gate", frames[1], False, 0)  # another size of the same frame is another picture
     assert snapshots.encodes == {"gate": 3}
-    snapshots.forget_others({"yard"})  # a reload removed the camera: its pictures and its metric series go
-    assert snapshots.encodes == {} and not list(snapshots.collect())[0].samples
+    running.discard("gate")  # a reload removed the camera: at the next scrape its series is gone
+    assert not list(snapshots.collect())[0].samples and snapshots.encodes == {}
 
 
 def test_frame_rates_come_from_the_recent_frames():
