@@ -179,8 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         shard = fleet.resolve(args.shard or cfg.fleet.shard, os.environ)
     except ValueError as e:
         raise cfgmod.ConfigError(f"{'--shard' if args.shard else 'fleet.shard'}: {e}") from e
-    for warning in space_warnings({c.name: (Path(c.file_out).absolute() / c.name, c.file_retain_gb)
-                                   for c in fleet.mine(cfg.cameras, shard) if c.file_out}):
+    for warning in space_warnings(fleet.mine(cfg.cameras, shard)):
         log.warning(warning)
     notifier = Notifier()
     pipeline = Pipeline(cfg, keepalive=notifier.working, shard=shard)
@@ -279,8 +278,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         shard = fleet.resolve(cfg.fleet.shard, os.environ)
     except ValueError:
         shard = None
-    for warning in space_warnings({c.name: (Path(c.file_out).absolute() / c.name, c.file_retain_gb)
-                                   for c in fleet.mine(cfg.cameras, shard) if c.file_out}):
+    for warning in space_warnings(fleet.mine(cfg.cameras, shard)):
         print(f"warning: {warning}", file=sys.stderr)
     problems = recording_problems(cfg, args.instance or args.config.stem, unit)
     for problem in problems:

@@ -19,12 +19,13 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
 import av
 
+from streamd.config import CameraConfig
 from streamd.frame import Frame
 from streamd.sink import H264Writer, encoder_candidates
 
@@ -106,19 +107,21 @@ def folder_problem(folder: Path) -> str | None:
     return None
 
 
-def space_warnings(folders: dict[str, tuple[Path, float]]) -> list[str]:
-    """Where the cameras' recording size limits (`file_retain_gb`) add up to more than the file system they
-    record on holds in all: that disk fills before retention deletes anything. `folders` maps a camera to
-    (its recording folder, its file_retain_gb); a camera without a size limit (0) is bounded by its age limit
-    alone, which says nothing of size, and is left out."""
+def space_warnings(cameras: Iterable[CameraConfig]) -> list[str]:
+    """Where the recording size limits (`file_retain_gb`) of the cameras that record add up to more than the
+    file system they record on holds in all: that disk fills before retention deletes anything. A camera
+    without a size limit (0) is bounded by its age limit alone, which says nothing of size, and is left out."""
     by_disk: dict[int, tuple[Path, list[str], float]] = {}
-    for camera, (folder, retain_gb) in folders.items():
+    for c in cameras:
+        if not c.file_out or not c.file_retain_gb:
+            continue
+        folder = Path(c.file_out).absolute() / c.name
         existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-        if existing is None or not retain_gb:
+        if existing is None:
             continue
         device = existing.stat().st_dev
-        anchor, cameras, total_gb = by_disk.get(device, (existing, [], 0.0))
-        by_disk[device] = (anchor, [*cameras, camera], total_gb + retain_gb)
+        anchor, names, total_gb = by_disk.get(device, (existing, [], 0.0))
+        by_disk[device] = (anchor, [*names, c.name], total_gb + c.file_retain_gb)
     warnings = []
     for anchor, cameras, total_gb in by_disk.values():
         disk_gb = shutil.disk_usage(anchor).total / 1e9

@@ -159,18 +159,29 @@ def write_video(path: Path, mode: str = "gray", seconds: float = 2.0, size: str 
     return path
 
 
-def write_failing_model(path: Path, model_id: str = "broken") -> Path:
-    """A real ONNX model with streamd's L input and ab output that loads, and fails on every batch: it reshapes
-    L to rows of 61441 values, which no 320x192 frame (61440 values) fills."""
+def write_onnx(path: Path, op: str, inputs: list[str], initializers: list = (), input_name: str = "L",
+               output_name: str = "ab", shape=("batch", 1, "height", "width"), metadata: dict | None = None,
+               **attributes) -> Path:
+    """A one-node ONNX model: `op` on the input `input_name` of `shape` (and `inputs` after it, from the
+    initializers), giving `output_name`, with the metadata given (values as stored: streamd's are JSON)."""
     import onnx
     from onnx import TensorProto, helper
 
-    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 61441])
-    graph = helper.make_graph([helper.make_node("Reshape", ["L", "shape"], ["ab"])], "fails",
-                              [helper.make_tensor_value_info("L", TensorProto.FLOAT, ["n", 1, "h", "w"])],
-                              [helper.make_tensor_value_info("ab", TensorProto.FLOAT, None)], [shape])
+    node = helper.make_node(op, [input_name, *inputs], [output_name], **attributes)
+    graph = helper.make_graph([node], op, [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, None)], list(initializers))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    model.metadata_props.add(key="model_id", value=f'"{model_id}"')
+    for key, value in (metadata or {}).items():
+        model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(path))
     return path
+
+
+def write_failing_model(path: Path, model_id: str = "broken") -> Path:
+    """A real ONNX model with streamd's L input and ab output that loads, and fails on every batch: it reshapes
+    L to rows of 61441 values, which no 320x192 frame (61440 values) fills."""
+    from onnx import TensorProto, helper
+
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 61441])
+    return write_onnx(path, "Reshape", ["shape"], [shape], metadata={"model_id": f'"{model_id}"'})

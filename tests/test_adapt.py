@@ -481,36 +481,28 @@ def test_a_failing_camera_backs_off(tmp_path, caplog):
     assert wait_for_child(os.getpid(), "adapt", timeout=0.2) is None
 
 
-def test_an_adapted_model_that_cannot_be_used_is_recorded_once_and_removed(tmp_path, monkeypatch):
-    """The adaptation run says it kept a model, but the camera cannot load it: the camera keeps its model,
-    the run counts as failed once, and the file is gone, so that a restart does not pick it up. The child is
-    a stand-in that writes what a run leaves (a garbage model and its report); the swap is the daemon's."""
+def adapt_once_with_a_stand_in_child(state: Path, monkeypatch, leave, exit_code: int, on_adapted):
+    """One requested run for camera "yard" (three stored frames) whose child is a stand-in: `leave(out,
+    report)` writes what the run leaves behind, then a process exits with `exit_code`. Returns the scheduler,
+    stopped once the run has an outcome."""
     import subprocess
     import sys
 
-    from streamd import config as cfgmod
     from streamd import schedule
     from streamd.config import AdaptConfig
-    from streamd.pipeline import Pipeline
 
-    (tmp_path / "yard").mkdir()
+    (state / "yard").mkdir()
     for i in range(3):
-        (tmp_path / "yard" / f"{i}.jpg").write_bytes(b"")
+        (state / "yard" / f"{i}.jpg").write_bytes(b"")
     popen = subprocess.Popen
 
-    def adapt_run(cmd, **kwargs):  # the child's part of the contract: the model file and the report
-        out, report = Path(cmd[cmd.index("-o") + 1]), Path(cmd[cmd.index("--json") + 1])
-        out.write_bytes(b"not an ONNX model")
-        report.write_text(json.dumps({"kept": True}))
-        return popen([sys.executable, "-c", "pass"], **kwargs)
+    def child(cmd, **kwargs):
+        leave(Path(cmd[cmd.index("-o") + 1]), Path(cmd[cmd.index("--json") + 1]))
+        return popen([sys.executable, "-c", f"raise SystemExit({exit_code})"], **kwargs)
 
-    pipeline = Pipeline(cfgmod.parse({"camera": [{"name": "yard", "url": "synthetic:", "width": 320, "height": 240}],
-                                      "zmq": {"endpoint": ""}, "adapt": {"state_dir": str(tmp_path / "daemon")}}))
-    pipeline.start()
-    generic = pipeline.cameras["yard"].colorizer
-    monkeypatch.setattr(schedule.subprocess, "Popen", adapt_run)
-    scheduler = schedule.AdaptationScheduler(tmp_path, AdaptConfig(every_h=0.0, min_frames=2), lambda: ["yard"],
-                                             pipeline.use_adapted)
+    monkeypatch.setattr(schedule.subprocess, "Popen", child)
+    scheduler = schedule.AdaptationScheduler(state, AdaptConfig(every_h=0.0, min_frames=2), lambda: ["yard"],
+                                             on_adapted)
     scheduler.start()
     try:
         assert scheduler.request("yard") == "queued"
@@ -519,6 +511,27 @@ def test_an_adapted_model_that_cannot_be_used_is_recorded_once_and_removed(tmp_p
             time.sleep(0.05)
     finally:
         scheduler.stop()
+    return scheduler
+
+
+def test_an_adapted_model_that_cannot_be_used_is_recorded_once_and_removed(tmp_path, monkeypatch):
+    """The adaptation run says it kept a model, but the camera cannot load it: the camera keeps its model,
+    the run counts as failed once, and the file is gone, so that a restart does not pick it up. The child is
+    a stand-in that writes what a run leaves (a garbage model and its report); the swap is the daemon's."""
+    from streamd import config as cfgmod
+    from streamd.pipeline import Pipeline
+
+    def kept_garbage(out: Path, report: Path) -> None:  # the child's part of the contract: model and report
+        out.write_bytes(b"not an ONNX model")
+        report.write_text(json.dumps({"kept": True}))
+
+    pipeline = Pipeline(cfgmod.parse({"camera": [{"name": "yard", "url": "synthetic:", "width": 320, "height": 240}],
+                                      "zmq": {"endpoint": ""}, "adapt": {"state_dir": str(tmp_path / "daemon")}}))
+    pipeline.start()
+    generic = pipeline.cameras["yard"].colorizer
+    try:
+        scheduler = adapt_once_with_a_stand_in_child(tmp_path, monkeypatch, kept_garbage, 0, pipeline.use_adapted)
+    finally:
         pipeline.stop()
     assert pipeline.cameras["yard"].colorizer is generic
     state = scheduler.state("yard")
@@ -546,33 +559,12 @@ def test_the_status_page_reads_the_scores_an_adaptation_report_holds():
 def test_a_run_that_fails_or_is_killed_leaves_no_model_behind(tmp_path, monkeypatch):
     """A child that had begun to write its model when it failed (a full disk) or was killed: the half file
     is removed, so that neither a restart nor the next run's comparison loads it."""
-    import subprocess
-    import sys
-
     from streamd import schedule
-    from streamd.config import AdaptConfig
 
-    (tmp_path / "yard").mkdir()
-    for i in range(3):
-        (tmp_path / "yard" / f"{i}.jpg").write_bytes(b"")
-    popen = subprocess.Popen
-
-    def half_written(cmd, **kwargs):
-        out = Path(cmd[cmd.index("-o") + 1])
+    def half_written(out: Path, report: Path) -> None:
         out.write_bytes(b"\x08\x07")  # the first bytes of a model, then the disk was full
-        return popen([sys.executable, "-c", "raise SystemExit(1)"], **kwargs)
 
-    monkeypatch.setattr(schedule.subprocess, "Popen", half_written)
-    scheduler = schedule.AdaptationScheduler(tmp_path, AdaptConfig(every_h=0.0, min_frames=2), lambda: ["yard"],
-                                             lambda camera, path: None)
-    scheduler.start()
-    try:
-        assert scheduler.request("yard") == "queued"
-        deadline = time.monotonic() + 60
-        while not scheduler.state("yard") and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        scheduler.stop()
+    scheduler = adapt_once_with_a_stand_in_child(tmp_path, monkeypatch, half_written, 1, lambda camera, path: None)
     assert scheduler.state("yard")["outcome"] == "failed"
     assert not list((tmp_path / "yard").glob("*.onnx")) and schedule.adapted_model(tmp_path / "yard") is None
     assert json.loads((tmp_path / "yard" / "adapted.json").read_text())["outcome"] == "failed"

@@ -9,7 +9,7 @@ import pytest
 from skimage import data
 
 from streamd.cli import main
-from tests.conftest import write_video
+from tests.conftest import write_onnx, write_video
 
 
 def chroma_spread(path) -> list[float]:
@@ -98,18 +98,8 @@ def test_a_video_of_odd_size_is_colorized_without_its_last_row_and_column(tmp_pa
 
 def small_onnx(path, input_name="L", output_name="ab", shape=("batch", 1, "height", "width"), **metadata):
     """A one-node ONNX graph (an average pool: N x 1 x H x W in, N x 1 x H/4 x W/4 out) under the given names."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    node = helper.make_node("AveragePool", [input_name], [output_name], kernel_shape=[4, 4], strides=[4, 4])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(shape))],
-                              [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    for key, value in metadata.items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(path))
-    return path
+    return write_onnx(path, "AveragePool", [], input_name=input_name, output_name=output_name, shape=shape,
+                      metadata=metadata, kernel_shape=[4, 4], strides=[4, 4])
 
 
 @pytest.mark.parametrize("model,words", [
