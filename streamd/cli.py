@@ -309,12 +309,53 @@ def cmd_colorize(args: argparse.Namespace) -> int:
         print(f"streamd colorize: {e}", file=sys.stderr)
         return EXIT_USAGE
     colorizer = Colorizer(args.model, temperature=args.temperature, int8=args.int8)
+    by_reference = None
+    if args.reference:
+        from streamd.infer import REFERENCE_MODEL, shipped_model
+        from streamd.reference import ReferenceError, from_source
+        from streamd.reference_store import CameraReference
+        from streamd.steps import ReferenceColouring
+
+        try:
+            reference = from_source(args.reference)
+        except ReferenceError as e:
+            print(f"streamd colorize: --reference {e}", file=sys.stderr)
+            return EXIT_USAGE
+        model = Colorizer(args.reference_model or shipped_model(REFERENCE_MODEL), int8=args.int8)
+        if not model.takes_reference:
+            print(f"streamd colorize: --reference-model {model.path} takes no day reference", file=sys.stderr)
+            return EXIT_USAGE
+        by_reference = ReferenceColouring(model, CameraReference("colorize", None, None, reference=reference))
     try:
-        written = colorize_paths(colorizer, jobs, temporal=not args.no_temporal, every_frame=args.every_frame)
+        written = colorize_paths(colorizer, jobs, temporal=not args.no_temporal, every_frame=args.every_frame,
+                                 by_reference=by_reference)
     except ValueError as e:
         print(f"streamd colorize: {e}", file=sys.stderr)
         return EXIT_FAILED
     print(f"wrote {len(written)} file(s) to {args.output}" if len(written) != 1 else f"wrote {written[0]}")
+    return 0
+
+
+def cmd_reference_build(args: argparse.Namespace) -> int:
+    from streamd.reference import ReferenceError, from_source
+
+    if args.output.suffix.lower() != ".npz":
+        print(f"streamd reference build: -o {args.output}: a reference file is named .npz", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        reference = from_source(args.day)
+    except ReferenceError as e:
+        print(f"streamd reference build: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    reference.save(args.output)
+    import cv2
+
+    if args.picture and not cv2.imwrite(str(args.picture), cv2.cvtColor(reference.picture(), cv2.COLOR_RGB2BGR)):
+        print(f"streamd reference build: {args.picture}: could not be written", file=sys.stderr)
+        return EXIT_FAILED
+    width, height = reference.source_size
+    print(f"wrote {args.output}: {reference.frames} day frames of {width}x{height}, mean confidence "
+          f"{reference.confidence.mean():.2f}")
     return 0
 
 
@@ -375,7 +416,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       gradient_mix=args.gradient_mix, class_mix=args.class_mix, init=str(args.init) if args.init else None, checkpoint_every=args.checkpoint_every,
                       widths=tuple(args.widths), max_seconds=args.max_minutes * 60 if args.max_minutes else None,
                       augment=args.augment, context=args.context, luma_mix=args.luma_mix, nir_like=args.nir_like,
-                      folder_weights=folder_weights)
+                      folder_weights=folder_weights, reference=bool(args.scenes), scenes=[str(d) for d in args.scenes])
     weights = train(cfg)
     print(f"weights: {weights}")
     return 0
@@ -445,6 +486,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.reference:
+        from streamd import evaluate_reference
+
+        return evaluate_reference.main(args)
     from streamd import evaluate
 
     return evaluate.main(args)
@@ -530,7 +575,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "still and moving scenes reuse or carry the last prediction, as the daemon's cameras do)")
     z.add_argument("--int8", choices=["auto", "on", "off"], default="auto",
                    help="auto (as the daemon): on the CPU, the model's int8 copy <name>-int8.onnx if it has one")
+    z.add_argument("--reference", type=Path, metavar="DAY",
+                   help="colour from a day reference of the same view: a folder of colour images, a colour video "
+                        "or a reference file (streamd reference build); inputs it does not fit get the model's colour")
+    z.add_argument("--reference-model", type=Path, default=None,
+                   help="the model that colours from the reference (default: the shipped streamd-reference.onnx)")
     z.set_defaults(func=cmd_colorize)
+
+    r = sub.add_parser("reference", help="a camera's day reference: its still scene in colour, per pixel")
+    rsub = r.add_subparsers(dest="action", required=True)
+    rb = rsub.add_parser("build", help="build a reference from a camera's colour (day) frames")
+    rb.add_argument("day", type=Path, metavar="DAY", help="a folder of colour images or a colour video, one view")
+    rb.add_argument("-o", "--output", type=Path, required=True, help="the reference file to write (.npz)")
+    rb.add_argument("--picture", type=Path, help="also write the reference as a picture (.png, .jpg)")
+    rb.set_defaults(func=cmd_reference_build)
 
     t = sub.add_parser("train", help="train the network (needs the train extra: torch)")
     t.add_argument("data", nargs="+", type=Path, help="folders of images and videos")
@@ -558,6 +616,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--context", action="store_true",
                    help="a global-context branch (the frame's mean deep features); added, starting at zero, to "
                         "--init weights without one")
+    t.add_argument("--scenes", action="append", type=Path, default=[], metavar="FOLDER",
+                   help="train a reference network (for cameras with a day reference): FOLDER holds fixed-camera "
+                        "frame sequences (SCENE_000123.jpg), whose references are built from some of their frames "
+                        "and tried on the others; the data folders give photos with synthetic references "
+                        "(repeatable; start from generic weights with --init)")
     t.add_argument("--no-rebalance", action="store_true", help="ablation: no class rebalancing")
     t.add_argument("--no-gradient-prior", action="store_true", help="ablation: no gradient prior")
     t.add_argument("--gradient-mix", type=float, default=0.5,
@@ -638,6 +701,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-frames", type=int, default=120, help="at most the first N frames of each video")
     v.add_argument("--carry-frames", type=int, help="temporal mode: a camera's carry_frames (default: the "
                    "daemon's); 0 runs the network on every moving frame")
+    v.add_argument("--reference", action="store_true",
+                   help="score colour from a day reference: each scene of the folders (frames SCENE_000123.jpg) is "
+                        "split into its day (the first 60 %%, the reference) and its night, given as gray and as "
+                        "near-infrared-like luma, with a wrong reference and under other light; beside gray, the "
+                        "copy of the reference and the generic model")
+    v.add_argument("--masks", type=Path, help="--reference: foreground masks named as the frames (PNG, 255 = moving "
+                   "object, 0 = background): moving objects and background are scored apart")
+    v.add_argument("--reference-model", type=Path, default=None,
+                   help="--reference: the reference model (default: the shipped streamd-reference.onnx)")
     v.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="measure pass-through, pipeline and network speed on this machine")

@@ -104,6 +104,16 @@ class AdaptConfig:
 
 
 @dataclass(frozen=True)
+class ReferenceConfig:
+    """Colour from each camera's own day reference (streamd.reference, docs/reference.md)."""
+
+    model: str = ""  # the reference model; "" = the shipped streamd-reference.onnx
+    min_frames: int = 20  # a camera's first reference is built once its day store holds this many frames
+    max_frames: int = 240  # the newest stored day frames (evenly spaced) a reference is a median of
+    rebuild_every_h: float = 6.0  # a reference is rebuilt at most this often, when the camera turns to night
+
+
+@dataclass(frozen=True)
 class FleetConfig:
     """One config file for a whole fleet: each process runs its shard of the cameras (streamd.fleet)."""
 
@@ -144,6 +154,10 @@ class CameraConfig:
     # optical flow instead of running the network; 0 = off (docs/temporal.md)
     model: str = ""  # this camera's own ONNX model (`streamd adapt`); "" = its adapted one if any, else [model].path
     collect: bool = True  # keep day frames in the state directory for adaptation (false: nothing is stored)
+    # Colour the night from the camera's own day reference, built from its stored day frames (needs collect), or
+    # the one named by reference_file; false: the generic (or adapted, or own) model alone
+    reference: bool = True
+    reference_file: str = ""  # a reference of this camera's view (`streamd reference build`); never rebuilt
 
 
 @dataclass(frozen=True)
@@ -156,6 +170,7 @@ class Config:
     daynight: DayNightConfig = field(default_factory=DayNightConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
 
 
@@ -292,6 +307,11 @@ def validate(cfg: Config) -> Config:
     _check(0 < a.readapt_share <= 1, "adapt.readapt_share", "must be more than 0 and at most 1")
     _check(a.device in ("cpu", "cuda", "auto"), "adapt.device", "must be cpu, cuda or auto")
     _check(a.threads >= 0, "adapt.threads", "must be 0 (one per core) or more")
+    r = cfg.reference
+    _check(not r.model or Path(r.model).is_file(), "reference.model", f"no model file at {r.model}")
+    _check(r.min_frames >= 8, "reference.min_frames", "must be at least 8 (a median of fewer is no reference)")
+    _check(r.max_frames >= r.min_frames, "reference.max_frames", "must be at least reference.min_frames")
+    _check(r.rebuild_every_h >= 0, "reference.rebuild_every_h", "must be 0 (at every nightfall) or more")
     _check(len(cfg.cameras) > 0, "camera", "at least one [[camera]] is needed")
     seen = set()
     for i, c in enumerate(cfg.cameras):
@@ -307,6 +327,10 @@ def validate(cfg: Config) -> Config:
         _check(not c.rtsp_out or _host_and_port_ok(c.rtsp_out), f"{where}.rtsp_out",
                "needs a host, and a port (if any) from 1 to 65535")
         _check(not c.model or Path(c.model).is_file(), f"{where}.model", f"no model file at {c.model}")
+        _check(not c.reference_file or Path(c.reference_file).is_file(), f"{where}.reference_file",
+               f"no reference file at {c.reference_file} (make one with: streamd reference build DAY -o FILE)")
+        _check(c.reference or not c.reference_file, f"{where}.reference_file",
+               "is set, but reference = false turns the camera's reference off")
         _check(not c.file_out or not (Path(c.file_out).suffix.lower() == ".mp4" or Path(c.file_out).is_file()),
                f"{where}.file_out", f"names a folder for the recording's segments, not a file ({c.file_out})")
         _check(c.file_segment_s >= 1, f"{where}.file_segment_s", "must be at least 1")
@@ -327,7 +351,7 @@ def validate(cfg: Config) -> Config:
 
 
 def parse(raw: dict) -> Config:
-    known = {"model", "colour", "batch", "zmq", "daynight", "http", "adapt", "fleet", "camera"}
+    known = {"model", "colour", "batch", "zmq", "daynight", "http", "adapt", "reference", "fleet", "camera"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(sorted(known))})")
@@ -343,6 +367,7 @@ def parse(raw: dict) -> Config:
         daynight=_section(DayNightConfig, raw.get("daynight", {}), "daynight"),
         http=_section(HttpConfig, raw.get("http", {}), "http"),
         adapt=_section(AdaptConfig, raw.get("adapt", {}), "adapt"),
+        reference=_section(ReferenceConfig, raw.get("reference", {}), "reference"),
         fleet=_section(FleetConfig, raw.get("fleet", {}), "fleet"),
     ))
 

@@ -38,6 +38,8 @@ class Frame:
     prediction: tuple[np.ndarray, np.ndarray] | None = None  # (network input L, predicted ab), until recombined
     luma_half: np.ndarray | None = None  # Y' at chroma size, computed once (streamd.lightness)
     lightness: np.ndarray | None = None  # L at the network's input size, computed once (streamd.steps)
+    reference_planes: np.ndarray | None = None  # the camera's day reference at that size, where it fits (streamd.reference)
+    reference_info: dict | None = None  # that reference's age and day-frame count, for the frame's header
 
     @property
     def width(self) -> int:

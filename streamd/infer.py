@@ -15,16 +15,21 @@ log = logging.getLogger(__name__)
 PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
 
-def shipped_model() -> Path:
-    """The default model: next to the package in a checkout, or under <prefix>/share after `pip install`."""
+GENERIC_MODEL = "streamd-base.onnx"  # colour from the night's L alone
+REFERENCE_MODEL = "streamd-reference.onnx"  # colour from the night's L beside the camera's day reference
+
+
+def shipped_model(name: str = GENERIC_MODEL) -> Path:
+    """A shipped model (by default the generic one): next to the package in a checkout, or under
+    <prefix>/share after `pip install`."""
     import sys
 
     here = Path(__file__).resolve().parent
     for candidate in (here.parent / "models", Path(sys.prefix) / "share" / "streamd" / "models"):
-        path = candidate / "streamd-base.onnx"
+        path = candidate / name
         if path.exists():
             return path
-    raise FileNotFoundError("the shipped model streamd-base.onnx was found neither in models/ beside the "
+    raise FileNotFoundError(f"the shipped model {name} was found neither in models/ beside the "
                             f"package nor in {Path(sys.prefix) / 'share' / 'streamd' / 'models'}")
 
 
@@ -63,6 +68,10 @@ class ModelInfo:
     cast_correction: float = 0.0  # likewise
 
 
+REFERENCE_INPUT = "reference"  # a reference model's second input: the day reference's planes (streamd.reference)
+REFERENCE_PLANES = 4
+
+
 class ModelError(ValueError):
     """A model file that is not a colorization model streamd can run: the message names the file and what is
     wrong with it."""
@@ -77,7 +86,7 @@ def session_info(session: ort.InferenceSession, path: Path, temperature: float |
     """What `streamd export` wrote into the model's metadata; `temperature` overrides the model's own. Raises
     ModelError for a graph without the L input and ab output, or metadata that does not fit it."""
     inputs, outputs = {i.name: i for i in session.get_inputs()}, {o.name for o in session.get_outputs()}
-    if "L" not in inputs or "ab" not in outputs:
+    if "L" not in inputs or "ab" not in outputs or set(inputs) - {"L", REFERENCE_INPUT}:
         raise ModelError(f"model {path}: not a streamd colorization model (it needs an input named L and an output "
                          f"named ab; it has inputs {sorted(inputs)} and outputs {sorted(outputs)})")
     meta = {}
@@ -93,6 +102,11 @@ def session_info(session: ort.InferenceSession, path: Path, temperature: float |
     shape = inputs["L"].shape  # its sides may be fixed: [model] input_width and input_height can match them
     if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 1):
         raise ModelError(f"model {path}: input L has shape {shape}; streamd feeds N x 1 x HEIGHT x WIDTH")
+    if REFERENCE_INPUT in inputs:
+        shape = inputs[REFERENCE_INPUT].shape
+        if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != REFERENCE_PLANES):
+            raise ModelError(f"model {path}: input {REFERENCE_INPUT} has shape {shape}; streamd feeds N x "
+                             f"{REFERENCE_PLANES} x HEIGHT x WIDTH (a day reference's L, a, b and confidence)")
     return info
 
 
@@ -105,6 +119,7 @@ class Colorizer:
     """Runs the network on batches of L (N, 1, H, W) float32 and returns ab (N, 2, H/4, W/4)."""
 
     unavailable: str | None = None  # why inference cannot run now: never, for a model in this process
+    takes_reference = False  # a reference model (streamd.reference): L and the camera's day reference in
 
     def __init__(self, path: Path | None = None, provider: str = "auto", temperature: float | None = None,
                  threads: int = 0, cache_dir: Path | None = None, int8: str = "off") -> None:
@@ -147,10 +162,18 @@ class Colorizer:
         self.session = ort.InferenceSession(str(path), options, providers=providers,
                                             disabled_optimizers=disabled_optimizers)
         self.info = session_info(self.session, path, temperature)
+        # A reference model also takes the camera's day reference (streamd.reference) and returns ab at the input's size
+        self.takes_reference = any(i.name == REFERENCE_INPUT for i in self.session.get_inputs())
         sides = self.session.get_inputs()[0].shape[2:]
         self.fixed_sides = tuple(sides) if all(isinstance(s, int) for s in sides) else None  # (H, W), or any
         log.info("model %s on %s (%s), input %dx%d, T=%.2f", self.info.model_id, self.provider, why,
                  self.info.input_width, self.info.input_height, self.info.temperature)
 
-    def __call__(self, lightness: np.ndarray) -> np.ndarray:
-        return self.session.run(["ab"], {"L": lightness})[0]
+    def __call__(self, lightness: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+        """L (N, 1, H, W) -> ab; a reference model also needs the references' planes (N, 4, H, W)."""
+        feed = {"L": lightness}
+        if self.takes_reference:
+            if reference is None:
+                raise ValueError(f"model {self.info.model_id} colours from a day reference and got none")
+            feed[REFERENCE_INPUT] = reference
+        return self.session.run(["ab"], feed)[0]

@@ -15,7 +15,7 @@ from streamd.frame import Frame
 from streamd.infer import Colorizer
 from streamd.model.data import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from streamd.sink import H264Writer
-from streamd.steps import colour_frame, predict, predict_or_reuse, reuse_for
+from streamd.steps import ReferenceColouring, colour_frame, model_for_frame, predict, predict_or_reuse, reuse_for
 from streamd.temporal import Reuse, Temporal
 
 log = logging.getLogger(__name__)
@@ -37,19 +37,23 @@ def gray_frame(bgr: np.ndarray, name: str = "image") -> tuple[Frame, tuple[int, 
     return frame, (h, w)
 
 
-def colorize_images(colorizer: Colorizer, images: list[np.ndarray]) -> list[np.ndarray]:
-    """BGR images -> colorized BGR images of the same sizes (the colours of the input are ignored)."""
+def colorize_images(colorizer: Colorizer, images: list[np.ndarray],
+                    by_reference: ReferenceColouring | None = None) -> list[np.ndarray]:
+    """BGR images -> colorized BGR images of the same sizes (the colours of the input are ignored); with
+    `by_reference`, from a day reference of their view where it fits them."""
     area = colorizer.info.input_height * colorizer.info.input_width
     out = []
     for bgr in images:
         frame, (h, w) = gray_frame(bgr)
-        predict(colorizer, [frame], input_size_for(frame.width, frame.height, area))
+        size = input_size_for(frame.width, frame.height, area)
+        predict(model_for_frame(frame, colorizer, by_reference, size), [frame], size)
         out.append(colour_frame(frame).to_bgr()[:h, :w])
     return out
 
 
 def colorize_sequence(colorizer: Colorizer, frames: list[np.ndarray], temporal: bool = True,
-                      reuse: Reuse | None = None, fps: float = 25.0) -> list[np.ndarray]:
+                      reuse: Reuse | None = None, fps: float = 25.0,
+                      by_reference: ReferenceColouring | None = None) -> list[np.ndarray]:
     """Consecutive BGR frames of one video -> colorized BGR frames, with or without temporal stabilisation,
     running the network only where `reuse` cannot stand in for it (as a camera of the daemon does)."""
     area = colorizer.info.input_height * colorizer.info.input_width
@@ -58,7 +62,9 @@ def colorize_sequence(colorizer: Colorizer, frames: list[np.ndarray], temporal: 
     for i, bgr in enumerate(frames):
         frame, (h, w) = gray_frame(bgr)
         frame.arrival = i / fps
-        predict_or_reuse(colorizer, [frame], [reuse], input_size_for(frame.width, frame.height, area))
+        size = input_size_for(frame.width, frame.height, area)
+        model = model_for_frame(frame, colorizer, by_reference, size, reuse)
+        predict_or_reuse(model, [frame], [reuse], size)
         out.append(colour_frame(frame, state).to_bgr()[:h, :w])
     return out
 
@@ -72,7 +78,7 @@ def _decode(path: Path) -> Iterator[Frame]:
 
 
 def colorize_video(colorizer: Colorizer, src: Path, dst: Path, temporal: bool = True,
-                   reuse: Reuse | None = None) -> tuple[int, int]:
+                   reuse: Reuse | None = None, by_reference: ReferenceColouring | None = None) -> tuple[int, int]:
     """A video file -> a colorized H.264 MP4, frame by frame as a camera of the daemon: the network runs only
     where `reuse` cannot stand in for it (None: on every frame). Returns (frames, network runs)."""
     with av.open(str(src)) as probe:
@@ -85,7 +91,8 @@ def colorize_video(colorizer: Colorizer, src: Path, dst: Path, temporal: bool = 
     try:
         for frame in tqdm(_decode(src), total=total, unit="frame", desc=src.name, leave=False):
             frame.arrival = frame.pts if frame.pts is not None else count / rate  # the source's timing
-            runs += predict_or_reuse(colorizer, [frame], [reuse], size)
+            model = model_for_frame(frame, colorizer, by_reference, size, reuse)
+            runs += predict_or_reuse(model, [frame], [reuse], size)
             writer.write(colour_frame(frame, state))
             count += 1
     finally:
@@ -134,7 +141,7 @@ def plan(inputs: list[Path], output: str) -> list[tuple[Path, Path]]:
 
 
 def colorize_paths(colorizer: Colorizer, jobs: list[tuple[Path, Path]], temporal: bool = True,
-                   every_frame: bool = False) -> list[Path]:
+                   every_frame: bool = False, by_reference: ReferenceColouring | None = None) -> list[Path]:
     """Each (input, output) of `plan`: images keep their sizes; videos become H.264 MP4, the network skipped
     on frames where a camera of the daemon would skip it (`every_frame`: never)."""
     written = []
@@ -144,11 +151,12 @@ def colorize_paths(colorizer: Colorizer, jobs: list[tuple[Path, Path]], temporal
             bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if bgr is None:
                 raise ValueError(f"{path}: not a readable image")
-            if not cv2.imwrite(str(dst), colorize_images(colorizer, [bgr])[0]):
+            if not cv2.imwrite(str(dst), colorize_images(colorizer, [bgr], by_reference)[0]):
                 raise ValueError(f"{dst}: could not be written")
         else:
             reuse = None if every_frame else reuse_for(CameraConfig(path.stem, str(path)))
-            frames, runs = colorize_video(colorizer, path, dst, temporal=temporal, reuse=reuse)
+            frames, runs = colorize_video(colorizer, path, dst, temporal=temporal, reuse=reuse,
+                                          by_reference=by_reference)
             log.info("%s: %d frames, the network ran on %d", path.name, frames, runs)
         written.append(dst)
     return written

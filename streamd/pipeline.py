@@ -2,10 +2,13 @@
 
     Camera (decode thread per camera)
       -> DayNight: colour frames go straight to the camera's outputs, gray ones to the batcher
+      -> CameraReference: the camera's day reference joins a night frame where it shows the reference's view
       -> Batcher: newest frame per camera, one batch per deadline
-      -> Colorizer (the inference thread): L batch -> ab batch
+      -> Colorizer (the inference thread): L batch (+ references) -> ab batch; the reference model for frames
+                                           with a reference, the camera's own model for the others
       -> OutputWorker (thread per camera): ab + untouched Y -> colour frame -> ZeroMQ, RTSP, MP4
                                            day frames, now and then -> FrameStore (the camera's own colours)
+    reference Builder (one idle-priority thread): store -> the camera's day reference, at nightfall
     AdaptationScheduler (thread + low-priority child process): store -> adapted model -> swapped in
 
 The Pipeline owns every thread and queue it starts, and stops them all in `stop()`.
@@ -34,8 +37,9 @@ from streamd.config import CameraConfig, Config, ConfigError, ModelConfig
 from streamd.daynight import DayNight
 from streamd.frame import Frame
 from streamd.health import Instruments
-from streamd.infer import Colorizer, InferenceUnavailable, ModelError
+from streamd.infer import REFERENCE_MODEL, Colorizer, InferenceUnavailable, ModelError, shipped_model
 from streamd.recording import Recorder
+from streamd.reference_store import Builder, CameraReference
 from streamd.schedule import AdaptationScheduler, adapted_model
 from streamd.sink import OutputTargets, OutputWorker, ZmqPublisher
 from streamd.source import Camera, SourceSettings, State
@@ -115,6 +119,8 @@ class CameraRuntime:
     store: FrameStore | None  # None: the camera does not collect
     reuse: Reuse | None  # None: every gray frame goes to the network
     colorizer: Colorizer  # swapped in place when the camera's model changes
+    reference: CameraReference | None = None  # its day reference; None: the camera colours without one
+    was_day: bool = True  # whether its last frame was a day frame: nightfall rebuilds a reference when due
     passed_through: int = 0
     colorized: int = 0
     failed: int = 0  # frames lost because the camera's model failed on them (counted in `dropped`)
@@ -203,6 +209,28 @@ class Pipeline:
         # failed batches in a row and the monotonic time of the last, by model id, while it fails
         self._failing_models: dict[str, tuple[int, float]] = {}
         self._infer_thread = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
+        self.reference_builder = Builder()
+        self.reference_model = self._load_reference_model()
+
+    def _load_reference_model(self) -> Colorizer | None:
+        """The model that colours from a day reference, if a camera may use one; None (logged) where it
+        cannot be loaded: those cameras then colour without their references."""
+        if not any(c.reference for c in self.mine(self.config)):
+            return None
+        m, path = self.config.model, self.config.reference.model
+        try:
+            with self._keepalive("loading the reference model", m.load_timeout_s):
+                provider = "auto" if m.provider in ("triton", "torch-cuda") else m.provider  # it runs here
+                model = Colorizer(Path(path) if path else shipped_model(REFERENCE_MODEL), provider,
+                                  m.temperature or None, m.threads, Path(m.cache_dir) if m.cache_dir else None, m.int8)
+        except (OSError, ModelError, RuntimeError) as e:
+            log.error("reference model cannot be loaded (%s): cameras colour without their day references", e)
+            return None
+        if not model.takes_reference:
+            log.error("reference.model %s takes no day reference: cameras colour without their day references",
+                      model.path)
+            return None
+        return model
 
     def _load_model(self, path: str) -> Colorizer:
         m = self.config.model
@@ -267,9 +295,17 @@ class Pipeline:
             return self.colorizer
 
     def model_kind(self, runtime: CameraRuntime, model_id: str | None = None) -> str:
-        """Which kind of model the camera runs now (or made a frame, by the frame's model id): "generic" (the
-        [model] one, also when the camera's own could not be loaded), "camera" (the one its config names), or
-        "adapted" (learned from its own day frames)."""
+        """Which kind of model the camera runs now (or made a frame, by the frame's model id): "reference" (the
+        reference model, from the camera's day reference, where it fits the night), "generic" (the [model] one,
+        also when the camera's own could not be loaded), "camera" (the one its config names), or "adapted"
+        (learned from its own day frames)."""
+        if self.reference_model is not None:
+            if model_id is None:
+                reference = runtime.reference
+                if reference is not None and reference.reference is not None and reference.fits:
+                    return "reference"
+            elif model_id == self.reference_model.info.model_id:
+                return "reference"
         if runtime.colorizer is self.colorizer if model_id is None else model_id == self.colorizer.info.model_id:
             return "generic"
         return "camera" if runtime.config.model else "adapted"
@@ -355,7 +391,7 @@ class Pipeline:
                                observe_latency=self.instruments.latency.labels(c.name).observe, fps=fps)
         runtime = CameraRuntime(c, None, DayNight(self.config.daynight.to_night_s, self.config.daynight.to_day_s),
                                 outputs, temporal, store, reuse_for(c),
-                                self.model_for(c), latest=latest)
+                                self.model_for(c), self._reference_for(c, store), latest=latest)
         runtime.source = Camera(source_settings(c), lambda frame, r=runtime: self._on_frame(r, frame))
         self.cameras[c.name] = runtime
         kind = self.model_kind(runtime)
@@ -367,6 +403,15 @@ class Pipeline:
         log.info("camera %s: %s model %s%s", c.name, kind, runtime.colorizer.info.model_id, until)
         self._update_batching()
         runtime.source.start()
+
+    def _reference_for(self, c: CameraConfig, store: FrameStore | None) -> CameraReference | None:
+        """The camera's day reference (its file, or the one built from its store), if it colours from one."""
+        if not c.reference or self.reference_model is None or (store is None and not c.reference_file):
+            return None
+        r = self.config.reference
+        return CameraReference(c.name, None if c.reference_file else store.folder, self.reference_builder,
+                               Path(c.reference_file) if c.reference_file else None, r.min_frames, r.max_frames,
+                               r.rebuild_every_h)
 
     def _store_for(self, c: CameraConfig) -> FrameStore | None:
         if not c.collect:
@@ -427,7 +472,7 @@ class Pipeline:
             elif name not in old:
                 self.add_camera(c)
                 changes.append(f"added {name}")
-        for section in ("model", "colour", "batch", "zmq", "http", "adapt", "fleet"):
+        for section in ("model", "colour", "batch", "zmq", "http", "adapt", "reference", "fleet"):
             if getattr(new, section) != getattr(self.config, section):
                 log.warning("reload: [%s] changed; that takes effect at the next restart", section)
         if new.daynight != self.config.daynight:
@@ -442,6 +487,7 @@ class Pipeline:
         for runtime in runtimes:  # all at once: a camera stuck opening a dead host must not hold up the rest
             runtime.source.request_stop()
         self.adaptation.stop()
+        self.reference_builder.shutdown()
         deadline = time.monotonic() + CAMERA_STOP_S
         for runtime in runtimes:
             runtime.source.stop(timeout=max(0.0, deadline - time.monotonic()))
@@ -473,8 +519,17 @@ class Pipeline:
         runtime.latest.keep_input(frame)
         if runtime.daynight.update(frame, frame.arrival):
             runtime.passed_through += 1
+            runtime.was_day = True
             runtime.outputs.put(frame)
             return
+        if runtime.reference is not None:  # nightfall: yesterday's day frames make tonight's reference
+            if runtime.was_day:
+                runtime.reference.rebuild_if_due()
+            frame.reference_planes = runtime.reference.planes_for(
+                frame.width, frame.height, lightness_of(frame, self.input_size(self.reference_model)))
+            if frame.reference_planes is not None:
+                frame.reference_info = runtime.reference.status()
+        runtime.was_day = False
         if runtime.reuse is not None:  # Reuse compares it; computed here, in parallel across cameras
             lightness_of(frame, self.input_size(runtime.colorizer))
         self.batcher.put(frame)
@@ -516,9 +571,14 @@ class Pipeline:
         for frame in batch:
             runtime = self.cameras.get(frame.camera)
             colorizer = runtime.colorizer if runtime else self.colorizer
+            if frame.reference_planes is not None and self.reference_model is not None:
+                colorizer = self.reference_model
+            reuse = runtime.reuse if runtime else None
+            if reuse is not None and reuse.last_model_id not in (None, colorizer.info.model_id):
+                reuse.forget()  # the other model's colour is not this frame's to reuse
             _, frames, reuses = by_model.setdefault(id(colorizer), (colorizer, [], []))
             frames.append(frame)
-            reuses.append(runtime.reuse if runtime else None)
+            reuses.append(reuse)
         t0 = time.perf_counter()
         predicted, failed, gray = 0, set(), set()
         for colorizer, frames, reuses in by_model.values():

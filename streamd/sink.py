@@ -44,6 +44,8 @@ def header(frame: Frame, fmt: str) -> dict:
             "capture_time": frame.capture_time, "width": frame.width, "height": frame.height, "format": fmt,
             "colorized": frame.colorized, "model": frame.model_id if frame.colorized else None,
             "model_kind": frame.model_kind if frame.colorized else None,
+            "reference": ({"age_s": frame.reference_info["age_s"], "frames": frame.reference_info["frames"]}
+                          if frame.colorized and frame.model_kind == "reference" and frame.reference_info else None),
             "full_range": frame.full_range, "matrix": frame.matrix,
             "latency_ms": round((time.monotonic() - frame.arrival) * 1000.0, 2)}
 

@@ -4,6 +4,7 @@ prediction, and recombination into the frame's chroma planes."""
 from __future__ import annotations
 
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -12,6 +13,7 @@ from streamd.config import CameraConfig
 from streamd.frame import Frame
 from streamd.infer import Colorizer
 from streamd.lightness import luma_to_lightness
+from streamd.reference_store import CameraReference
 from streamd.temporal import Reuse, Temporal
 
 
@@ -24,10 +26,48 @@ def lightness_of(frame: Frame, input_size: tuple[int, int]) -> np.ndarray:
 
 def predict(colorizer: Colorizer, frames: list[Frame], input_size: tuple[int, int]) -> None:
     """Run the network on a batch of gray frames; each frame keeps (its L input, predicted ab)."""
-    lightness = np.stack([lightness_of(f, input_size) for f in frames])
-    for frame, l_in, ab in zip(frames, lightness, colorizer(lightness[:, None])):
+    lightness = np.stack([lightness_of(f, input_size) for f in frames])[:, None]
+    if colorizer.takes_reference:  # a reference model: each frame's camera's day reference beside its L
+        ab_batch = colorizer(lightness, np.stack([f.reference_planes for f in frames]))
+    else:
+        ab_batch = colorizer(lightness)
+    for frame, l_in, ab in zip(frames, lightness[:, 0], ab_batch):
         frame.prediction = (l_in, ab)
         frame.model_id = colorizer.info.model_id
+
+
+@dataclass
+class ReferenceColouring:
+    """A camera's colour from its day reference: the reference model and the camera's reference."""
+
+    model: Colorizer
+    reference: CameraReference
+
+
+def model_for_frame(frame: Frame, own: Colorizer, by_reference: ReferenceColouring | None,
+                    input_size: tuple[int, int], reuse: Reuse | None = None) -> Colorizer:
+    """`choose_model` with the reference model and reference of `by_reference`, if any."""
+    if by_reference is None:
+        return choose_model(frame, own, None, None, input_size, reuse)
+    return choose_model(frame, own, by_reference.model, by_reference.reference, input_size, reuse)
+
+
+def choose_model(frame: Frame, own: Colorizer, reference_model: Colorizer | None,
+                 reference: CameraReference | None, input_size: tuple[int, int],
+                 reuse: Reuse | None = None) -> Colorizer:
+    """The model for a gray frame: the reference model, with the camera's day reference attached to the frame
+    (frame.reference_planes), where the reference fits the frame; else the camera's `own` model. A Reuse
+    holding the other model's prediction forgets it: a frame is never given the colour of a model it was
+    not meant to get."""
+    model = own
+    frame.reference_planes = None
+    if reference_model is not None and reference is not None:
+        frame.reference_planes = reference.planes_for(frame.width, frame.height, lightness_of(frame, input_size))
+        if frame.reference_planes is not None:
+            model = reference_model
+    if reuse is not None and reuse.last_model_id not in (None, model.info.model_id):
+        reuse.forget()
+    return model
 
 
 def reuse_for(camera: CameraConfig) -> Reuse | None:

@@ -175,3 +175,8 @@ class Reuse:
     def forget(self) -> None:
         """Predict the next frame afresh (the model changed)."""
         self._last = None
+
+    @property
+    def last_model_id(self) -> str | None:
+        """The model that made the prediction a frame would reuse, or None."""
+        return self._last.model_id if self._last else None

@@ -109,9 +109,10 @@ def rtsp_server(rtsp_servers):
 class Publisher:
     """A test camera process pushing H.264 into an RTSP server (see tests/publish.py)."""
 
-    def __init__(self, url: str, mode: str = "gray", seconds: float = 30.0, size: str = "320x240") -> None:
+    def __init__(self, url: str, mode: str = "gray", seconds: float = 30.0, size: str = "320x240",
+                 scene: str = "photos") -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.publish", url, "--mode", mode,
-                                      "--seconds", str(seconds), "--size", size], cwd=ROOT,
+                                      "--seconds", str(seconds), "--size", size, "--scene", scene], cwd=ROOT,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def stop(self) -> None:
@@ -151,10 +152,10 @@ def model_path() -> Path:
 
 
 def write_video(path: Path, mode: str = "gray", seconds: float = 2.0, size: str = "320x240", fps: float = 25.0,
-                start_s: float = 0.0) -> Path:
+                start_s: float = 0.0, scene: str = "photos") -> Path:
     """A real H.264 MP4 made by the test camera's frame generator; its first frame at `start_s`."""
     subprocess.run([sys.executable, "-m", "tests.publish", str(path), "--mode", mode, "--seconds", str(seconds),
-                    "--size", size, "--fps", str(fps), "--start-s", str(start_s)], cwd=ROOT, check=True,
+                    "--size", size, "--fps", str(fps), "--start-s", str(start_s), "--scene", scene], cwd=ROOT, check=True,
                    capture_output=True)
     return path
 

@@ -18,7 +18,8 @@ import torch
 
 from streamd.infer import int8_copy
 from streamd.lab import rgb_to_lab
-from streamd.model.network import AnnealedMean
+from streamd.infer import REFERENCE_INPUT
+from streamd.model.network import AnnealedMean, ReferenceDecoder
 from streamd.model.train import build_decoder, load_weights
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,17 @@ def export(weights_path: Path, out: Path, temperature: float = 0.38, input_size:
            cast_correction: float = 0.0) -> dict:
     weights = load_weights(weights_path)
     decoder = build_decoder(weights, temperature, prior_correction, shrink, cast_correction).eval()
-    dummy = torch.zeros(1, 1, *input_size)
-    torch.onnx.export(decoder, dummy, str(out), input_names=["L"], output_names=["ab"], opset_version=OPSET,
-                      dynamic_axes={"L": {0: "batch", 2: "height", 3: "width"},
-                                    "ab": {0: "batch", 2: "height_4", 3: "width_4"}}, dynamo=False)
+    sides = {0: "batch", 2: "height", 3: "width"}
+    if weights.get("reference"):  # L and the day reference in, ab at the input's resolution out
+        decoder = ReferenceDecoder(decoder).eval()
+        dummy = (torch.zeros(1, 1, *input_size), torch.zeros(1, 4, *input_size))
+        names, axes = ["L", REFERENCE_INPUT], {"L": sides, REFERENCE_INPUT: sides,
+                                                "ab": sides}
+    else:
+        dummy = (torch.zeros(1, 1, *input_size),)
+        names, axes = ["L"], {"L": sides, "ab": {0: "batch", 2: "height_4", 3: "width_4"}}
+    torch.onnx.export(decoder, dummy, str(out), input_names=names, output_names=["ab"], opset_version=OPSET,
+                      dynamic_axes=axes, dynamo=False)
     digest = hashlib.sha256(out.read_bytes()).hexdigest()[:12]
     model_id = model_id or f"{out.stem}-{digest}"
     meta = {"model_id": model_id, "temperature": temperature, "prior_correction": prior_correction,
@@ -51,7 +59,8 @@ def export(weights_path: Path, out: Path, temperature: float = 0.38, input_size:
     onnx.helper.set_model_props(model, {k: json.dumps(v) for k, v in meta.items()})
     onnx.save(model, str(out))
     meta["max_ab_difference"] = check_against_torch(decoder, out)
-    write_card(out.with_suffix(".md"), meta, weights, sum(p.numel() for p in decoder.net.parameters()))
+    network = decoder.decoder.net if isinstance(decoder, ReferenceDecoder) else decoder.net
+    write_card(out.with_suffix(".md"), meta, weights, sum(p.numel() for p in network.parameters()))
     stale = int8_copy(out)
     if stale.exists():  # an int8 copy of the weights this export replaced: the daemon would prefer it
         stale.unlink()
@@ -73,9 +82,9 @@ def write_card(path: Path, meta: dict, weights: dict, n_params: int) -> None:
 | | |
 | --- | --- |
 | model id | {meta['model_id']} |
-| architecture | streamd ColorNet: VGG-style conv + ReLU + BatchNorm blocks, no pooling, strided-conv downsampling to 1/16, dilated context, transposed-conv upsampling to 1/4 with encoder skips{'; a global-context branch (the frame mean of the 1/16 features, through a two-layer MLP, added back everywhere)' if weights.get('context') else ''}; widths {meta['widths']}; {n_params / 1e6:.2f}M parameters |
+| architecture | streamd ColorNet: VGG-style conv + ReLU + BatchNorm blocks, no pooling, strided-conv downsampling to 1/16, dilated context, transposed-conv upsampling to 1/4 with encoder skips{'; a global-context branch (the frame mean of the 1/16 features, through a two-layer MLP, added back everywhere)' if weights.get('context') else ''}{'; the day reference (L, a, b, confidence) as four more input planes, and a per-position trust that blends the reference colour with its own at the input resolution' if weights.get('reference') else ''}; widths {meta['widths']}; {n_params / 1e6:.2f}M parameters |
 | output | distribution over {meta['bins']} in-gamut ab bins (10-unit grid), decoded inside the graph by the annealed mean, T = {meta['temperature']} (overridable at run time), after dividing the class-rebalancing weights out to the power {meta['prior_correction']}{f"; colour the distribution does not single out shrunk towards gray (k = {meta['shrink']})" if meta['shrink'] else ''}{f"; {meta['cast_correction']:g} of each frame's mean colour removed" if meta['cast_correction'] else ''} |
-| input | L (0..100), N x 1 x H x W, H and W multiples of 16; streamd feeds {meta['input_width']}x{meta['input_height']} |
+| input | L (0..100), N x 1 x H x W, H and W multiples of 16{'; reference, N x 4 x H x W (a camera' + "'" + 's day reference: L, a, b, confidence 0..1)' if weights.get('reference') else ''}; streamd feeds {meta['input_width']}x{meta['input_height']} |
 | loss | cross-entropy on soft-encoded targets (5 nearest bins, sigma 5), weighted by class rebalancing ({f"on, lambda {cfg.get('class_mix', 0.5)}" if cfg.get('rebalance', True) else 'off'}) x gradient prior ({f"on, lambda {cfg.get('gradient_mix', 0.5)}" if cfg.get('gradient_prior', True) else 'off'}) |
 | training | {meta['steps']} steps, {weights.get('samples', 0)} samples ({cfg.get('crop', '?')} px crops, batch {cfg.get('batch', '?')}), {hours:.2f} h of compute; data folders: {folders} |
 | export check | max abs ab difference between ONNX Runtime and PyTorch on scikit-image photos: {meta['max_ab_difference']:.4f} (weights stored as fp16) |
@@ -110,18 +119,22 @@ def store_weights_fp16(model: onnx.ModelProto, min_size: int = 1024) -> onnx.Mod
     return model
 
 
-def check_against_torch(decoder: AnnealedMean, onnx_path: Path) -> float:
-    """Largest ab difference between ONNX Runtime and PyTorch on real photos, batched, at two sizes."""
+def check_against_torch(decoder: AnnealedMean | ReferenceDecoder, onnx_path: Path) -> float:
+    """Largest ab difference between ONNX Runtime and PyTorch on real photos, batched, at two sizes (a
+    reference model with each photo's own colours, half trusted, as its reference)."""
     import cv2
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     worst = 0.0
     for size in [(192, 320), (256, 256)]:
-        batch = np.stack([rgb_to_lab(cv2.resize(img, size[::-1], interpolation=cv2.INTER_AREA))[None, ..., 0]
-                          for img in reference_images()]).astype(np.float32)
+        labs = np.stack([rgb_to_lab(cv2.resize(img, size[::-1], interpolation=cv2.INTER_AREA))
+                         for img in reference_images()]).transpose(0, 3, 1, 2).astype(np.float32)
+        feed = {"L": labs[:, :1]}
+        if isinstance(decoder, ReferenceDecoder):
+            feed[REFERENCE_INPUT] = np.concatenate([labs, np.full_like(labs[:, :1], 0.5)], axis=1)
         with torch.no_grad():
-            expected = decoder(torch.from_numpy(batch)).numpy()
-        got = session.run(["ab"], {"L": batch})[0]
+            expected = decoder(*(torch.from_numpy(x) for x in feed.values())).numpy()
+        got = session.run(["ab"], feed)[0]
         worst = max(worst, float(np.abs(got - expected).max()))
     return worst

@@ -58,11 +58,11 @@ class ColorNet(nn.Module):
     """
 
     def __init__(self, n_bins: int, widths: tuple[int, int, int, int] = (24, 48, 96, 192),
-                 context: bool = False) -> None:
+                 context: bool = False, in_channels: int = 1) -> None:
         super().__init__()
         w1, w2, w3, w4 = widths
         self.widths = widths
-        self.enc_half = conv_block(1, w1, 2, stride=2)
+        self.enc_half = conv_block(in_channels, w1, 2, stride=2)
         self.enc_quarter = conv_block(w1, w2, 2, stride=2)
         self.enc_eighth = conv_block(w2, w3, 3, stride=2)
         self.enc_sixteenth = nn.Sequential(  # the dilated blocks see most of a 224-pixel frame
@@ -75,13 +75,68 @@ class ColorNet(nn.Module):
         self.up_quarter = UpMerge(w3, w2)
         self.classify = nn.Conv2d(w2, n_bins, 1)
 
-    def forward(self, lightness: torch.Tensor) -> torch.Tensor:
-        quarter = self.enc_quarter(self.enc_half((lightness - 50.0) / 100.0))
+    def features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The normalised input planes -> the features at 1/4 that the classifier reads."""
+        quarter = self.enc_quarter(self.enc_half(inputs))
         eighth = self.enc_eighth(quarter)
         deep = self.enc_sixteenth(eighth)
         if self.context is not None:
             deep = self.context(deep)
-        return self.classify(self.up_quarter(self.up_eighth(deep, eighth), quarter))
+        return self.up_quarter(self.up_eighth(deep, eighth), quarter)
+
+    def forward(self, lightness: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features((lightness - 50.0) / 100.0))
+
+
+REFERENCE_PLANES = 4  # a day reference's planes at the input size: L, a, b and confidence (streamd.reference)
+
+
+class ReferenceColorNet(ColorNet):
+    """ColorNet that also sees the camera's day reference beside the night's L, and says per position how far
+    to trust it: logits over the ab bins (its own colour, for what the reference does not show) and a trust
+    logit, both at 1/4. The reference enters as input planes at the network's own resolution: a fixed
+    camera's correspondence to its own day is the identity, so no matching subnet is needed (unlike exemplar
+    methods for arbitrary references, He et al. 2018)."""
+
+    def __init__(self, n_bins: int, widths: tuple[int, int, int, int] = (24, 48, 96, 192),
+                 context: bool = False) -> None:
+        super().__init__(n_bins, widths, context, in_channels=1 + REFERENCE_PLANES)
+        self.trust = nn.Conv2d(widths[1], 1, 1)
+
+    @staticmethod
+    def inputs(lightness: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """L (N, 1, H, W) and the reference (N, 4, H, W) -> the network's input planes, each about -1..1."""
+        return torch.cat([(lightness - 50.0) / 100.0, (reference[:, :1] - 50.0) / 100.0,
+                          reference[:, 1:3] / 50.0, reference[:, 3:]], dim=1)
+
+    def forward(self, lightness: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.features(self.inputs(lightness, reference))
+        return self.classify(features), self.trust(features)
+
+    def take_generic(self, generic: ColorNet) -> None:
+        """Start from a generic network's weights: the reference planes' first-layer weights and the trust start
+        at zero, so the network first predicts exactly what the generic one did, trusting half and half."""
+        state = generic.state_dict()
+        first = "enc_half.0.weight"
+        widened = torch.zeros_like(self.state_dict()[first])
+        widened[:, :1] = state[first]
+        state[first] = widened
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("trust.") for k in missing):
+            raise ValueError(f"generic weights do not fit: missing {missing}, unexpected {unexpected}")
+        nn.init.zeros_(self.trust.weight)
+        nn.init.zeros_(self.trust.bias)
+
+
+def blend_with_reference(own: torch.Tensor, trust_logit: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """The colour of a reference network: per position, the reference's ab where trusted and the network's own
+    (decoded) ab where not, at the input's resolution: the reference's colour is known finer than the
+    network's own 1/4 grid, and a wall's edge should not blur into the road."""
+    size = reference.shape[2:]
+    own = nn.functional.interpolate(own, size=size, mode="bilinear", align_corners=False)
+    trust = torch.sigmoid(nn.functional.interpolate(trust_logit.float(), size=size, mode="bilinear",
+                                                    align_corners=False))
+    return trust * reference[:, 1:3] + (1.0 - trust) * own
 
 
 class AnnealedMean(nn.Module):
@@ -115,7 +170,11 @@ class AnnealedMean(nn.Module):
         self.register_buffer("log_correction", correction[:, None, None])  # (Q, 1, 1): broadcasts over pixels
 
     def forward(self, lightness: torch.Tensor) -> torch.Tensor:
-        logits = self.net(lightness).float() + self.log_correction
+        return self.decode(self.net(lightness))
+
+    def decode(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits (N, Q, h, w) -> ab (N, 2, h, w), as described above."""
+        logits = logits.float() + self.log_correction
         ab = torch.einsum("nqhw,qc->nchw", torch.softmax(logits / self.temperature, dim=1), self.bins)
         if self.shrink:
             probs = torch.softmax(logits, dim=1)
@@ -126,6 +185,20 @@ class AnnealedMean(nn.Module):
         if self.cast_correction:
             ab = ab - self.cast_correction * ab.mean(dim=(2, 3), keepdim=True)
         return ab
+
+
+class ReferenceDecoder(nn.Module):
+    """A reference network and its decoding: L (N, 1, H, W) and the day reference (N, 4, H, W) in, ab
+    (N, 2, H, W) out. `decoder` is an AnnealedMean around the ReferenceColorNet: its own colour is
+    decoded exactly as a generic model's."""
+
+    def __init__(self, decoder: AnnealedMean) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, lightness: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        logits, trust = self.decoder.net(lightness, reference)
+        return blend_with_reference(self.decoder.decode(logits), trust, reference)
 
 
 class ECCV16(nn.Module):

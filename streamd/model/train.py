@@ -21,7 +21,7 @@ from tqdm import tqdm
 from streamd.lab import ab_bins
 from streamd.model.data import CropSampler, load_folder
 from streamd.model.loss import Priors, WeightedCrossEntropy
-from streamd.model.network import AnnealedMean, ColorNet
+from streamd.model.network import AnnealedMean, ColorNet, ReferenceColorNet, blend_with_reference
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,9 @@ class TrainConfig:
     nir_like: float = 0.0  # share of crops whose L imitates a near-infrared camera's (data.near_infrared_like)
     folder_weights: dict[str, float] = field(default_factory=dict)  # a data folder's images drawn this many
     # times as often as the others' (camera scenes are a minority of most photo collections)
+    reference: bool = False  # train a reference network (ReferenceColorNet) instead of a generic one
+    scenes: list[str] = field(default_factory=list)  # folders of fixed-camera frame sequences, for references
+    trust_weight: float = 1.0  # the weight of the blended colour's error (ab units / 10) beside the cross-entropy
     train_only: tuple[str, ...] = ()  # names of the network's children to train; () = all. The rest stays as
     # initialised, BatchNorm statistics included, so models adapted this way share it exactly
     extra: dict = field(default_factory=dict)
@@ -68,7 +71,7 @@ def save_weights(path: Path, net: ColorNet, priors: Priors, cfg: TrainConfig, st
                  samples: int) -> None:
     """The shippable weights: fp16 (half the size; training upcasts), with everything export needs."""
     state = {k: v.half() if v.is_floating_point() else v for k, v in net.state_dict().items()}
-    torch.save({"model": state, "widths": list(net.widths),
+    torch.save({"model": state, "widths": list(net.widths), "reference": isinstance(net, ReferenceColorNet),
                 "context": net.context is not None, "bins": ab_bins(), "bin_prior": priors.bin_prior,
                 "gradient_prior": priors.gradient_prior, "steps": step, "train_seconds": seconds,
                 "samples": samples, "config": asdict(cfg)}, path)
@@ -103,7 +106,8 @@ def build_net(weights: dict, context: bool | None = None) -> ColorNet:
     """The network of shipped weights; `context=True` gives weights without the global-context branch a
     new one that starts at zero (so the network still computes what the weights did)."""
     has_context = weights.get("context", False)
-    net = ColorNet(len(weights["bins"]), tuple(weights["widths"]), has_context if context is None else context)
+    kind = ReferenceColorNet if weights.get("reference") else ColorNet
+    net = kind(len(weights["bins"]), tuple(weights["widths"]), has_context if context is None else context)
     state = {k: v.float() if v.is_floating_point() else v for k, v in weights["model"].items()}
     missing, unexpected = net.load_state_dict(state, strict=False)
     missing = [k for k in missing if has_context or not k.startswith("context.")]  # a new branch: left at zero
@@ -119,12 +123,24 @@ def build_decoder(weights: dict, temperature: float, prior_correction: float = 0
     `shrink` and `cast_correction` as AnnealedMean's."""
     bins, cfg = np.asarray(weights["bins"]), weights.get("config", {})
     correction = None
-    if prior_correction and cfg.get("rebalance", True):
+    if cfg.get("rebalance", True):
         priors = Priors(weights["bin_prior"], weights["gradient_prior"])
-        class_w = priors.class_weights(bins, cfg.get("class_mix", 0.5))
-        # A bin no training pixel came near has weight 0 and is never predicted: leave its logit alone.
-        correction = torch.from_numpy(-prior_correction * np.log(np.where(class_w > 0, class_w, 1.0)))
+        correction = log_correction(priors, bins, cfg.get("class_mix", 0.5), prior_correction)
     return AnnealedMean(build_net(weights), torch.from_numpy(bins), temperature, correction, shrink, cast_correction)
+
+
+def log_correction(priors: Priors, bins: np.ndarray, class_mix: float, prior_correction: float) -> torch.Tensor | None:
+    """Minus `prior_correction` times the log class-rebalancing weights (AnnealedMean's log_correction)."""
+    if not prior_correction:
+        return None
+    class_w = priors.class_weights(bins, class_mix)
+    # A bin no training pixel came near has weight 0 and is never predicted: leave its logit alone.
+    return torch.from_numpy(-prior_correction * np.log(np.where(class_w > 0, class_w, 1.0)))
+
+
+# The decoding a reference network's own colour is blended with while it trains: the shipped models' (T 2,
+# half the rebalancing divided out), so that its trust is learnt against the colour it will be blended with.
+REFERENCE_TRAINING_DECODE = (2.0, 0.5)
 
 
 def progress(step: int, seconds: float, cfg: TrainConfig) -> float:
@@ -139,6 +155,23 @@ def lr_at(step: int, seconds: float, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     t = min(1.0, progress(step, seconds, cfg))
     return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def reference_loss(model: torch.nn.Module, batch: tuple[np.ndarray, ...], criterion: WeightedCrossEntropy,
+                   own_colour: AnnealedMean, trust_weight: float, device: torch.device) -> torch.Tensor:
+    """A reference network's loss: the cross-entropy of its own distribution (what it predicts where the
+    reference is wrong) plus the error of the blended colour, which trains the trust alone (its own colour
+    enters detached, decoded as it will be at run time)."""
+    lightness, planes, ab_quarter, ab_full = (torch.from_numpy(x) for x in batch)
+    planes_in = planes.to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        logits, trust = model(lightness.to(device).contiguous(memory_format=torch.channels_last),
+                              planes_in.contiguous(memory_format=torch.channels_last))
+    logits, trust = logits.float().cpu(), trust.float().cpu()
+    with torch.no_grad():
+        own = own_colour.decode(logits)
+    blended = blend_with_reference(own, trust, planes)
+    return criterion(logits, ab_quarter) + trust_weight * (blended - ab_full).abs().mean() / 10.0
 
 
 def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
@@ -160,8 +193,16 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
     weights = None
     if images is None:
         images, weights = load_training_data(cfg)
-    sampler = CropSampler(images, cfg.crop, rng, augment=cfg.augment, weights=weights, luma_mix=cfg.luma_mix,
-                          nir_like=cfg.nir_like)
+    if cfg.reference:
+        from streamd.model.reference_data import ReferenceSampler, load_scenes
+
+        scenes = [scene for folder in cfg.scenes for scene in load_scenes(Path(folder))]
+        sampler = ReferenceSampler(images, scenes, cfg.crop, rng, nir_like=cfg.nir_like, augment=cfg.augment)
+        log.info("%d fixed-camera scenes from %s", len(scenes), ", ".join(cfg.scenes) or "nowhere")
+        images = images or [frame for scene in scenes for frame in scene]
+    else:
+        sampler = CropSampler(images, cfg.crop, rng, augment=cfg.augment, weights=weights, luma_mix=cfg.luma_mix,
+                              nir_like=cfg.nir_like)
     bins = torch.from_numpy(ab_bins())
     log.info("%d training images from %s; %d ab bins", len(images), ", ".join(cfg.data) or "the caller",
              len(bins))
@@ -177,18 +218,27 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
         same_on_every_rank = CropSampler(images, cfg.crop, np.random.default_rng(cfg.seed))
         priors = Priors.measure([torch.from_numpy(same_on_every_rank.batch(64)[1]) for _ in range(16)], bins)
 
+    kind = ReferenceColorNet if cfg.reference else ColorNet
     if resume.exists():  # the network that was trained, whatever cfg or --init says now
-        net = ColorNet(len(bins), tuple(ckpt.get("widths", cfg.widths)), ckpt.get("context", cfg.context))
+        kind = ReferenceColorNet if ckpt.get("reference") else ColorNet
+        net = kind(len(bins), tuple(ckpt.get("widths", cfg.widths)), ckpt.get("context", cfg.context))
     elif init is not None:
         net = build_net(init, cfg.context or None)
+        if cfg.reference and not isinstance(net, ReferenceColorNet):
+            generic = net
+            net = ReferenceColorNet(len(bins), generic.widths, generic.context is not None)
+            net.take_generic(generic)
     else:
-        net = ColorNet(len(bins), cfg.widths, cfg.context)
+        net = kind(len(bins), cfg.widths, cfg.context)
     net = net.to(device).to(memory_format=torch.channels_last)
     frozen = [m for name, m in net.named_children() if cfg.train_only and name not in cfg.train_only]
     for module in frozen:
         module.requires_grad_(False)
     criterion = WeightedCrossEntropy(bins, priors, cfg.rebalance, cfg.gradient_prior, cfg.gradient_mix,
                                      cfg.class_mix)
+    temperature, alpha = REFERENCE_TRAINING_DECODE
+    own_colour = AnnealedMean(torch.nn.Identity(), bins, temperature,
+                              log_correction(priors, bins.numpy(), cfg.class_mix, alpha if cfg.rebalance else 0.0))
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     step, seconds, samples = 0, 0.0, 0
@@ -213,12 +263,15 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
         module.eval()  # frozen BatchNorm keeps its running statistics too
     while progress(step, seconds, cfg) < 1.0:
         t0 = time.perf_counter()
-        lightness, ab = (torch.from_numpy(x) for x in sampler.batch(cfg.batch))
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, seconds, cfg)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            logits = model(lightness.to(device).contiguous(memory_format=torch.channels_last))
-        loss = criterion(logits.float().cpu() if device.type != "cpu" else logits, ab)
+        if isinstance(net, ReferenceColorNet):
+            loss = reference_loss(model, sampler.batch(cfg.batch), criterion, own_colour, cfg.trust_weight, device)
+        else:
+            lightness, ab = (torch.from_numpy(x) for x in sampler.batch(cfg.batch))
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                logits = model(lightness.to(device).contiguous(memory_format=torch.channels_last))
+            loss = criterion(logits.float().cpu() if device.type != "cpu" else logits, ab)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -236,6 +289,7 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
         last = progress(step, seconds, cfg) >= 1.0
         if rank == 0 and (step % cfg.checkpoint_every == 0 or last):
             torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                        "reference": isinstance(net, ReferenceColorNet),
                         "seconds": seconds, "samples": samples, "rng": rng.bit_generator.state,
                         "torch_rng": torch.get_rng_state(), "bin_prior": priors.bin_prior,
                         "widths": list(net.widths), "context": net.context is not None,

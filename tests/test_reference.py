@@ -1,0 +1,257 @@
+"""A camera's day reference: built from its own colour frames, checked against the night, and the colour it
+gives through the shipped reference model, offline and in the daemon with a real RTSP camera."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import zmq
+from skimage import data
+
+from streamd.client import Subscriber
+from streamd.infer import REFERENCE_MODEL, Colorizer, shipped_model
+from streamd.lab import rgb_to_lab
+from streamd.model.data import near_infrared_like
+from streamd.offline import colorize_images
+from streamd.reference import FIT_THRESHOLD, DayReference, ReferenceError, build, fit
+from streamd.reference_store import CameraReference
+from streamd.steps import ReferenceColouring
+from tests.conftest import ROOT, free_port, write_video
+from tests.publish import FixedScene
+
+SIZE = (320, 240)
+
+
+def scene_frames(count: int, start: int = 0, fps: float = 5.0) -> list[np.ndarray]:
+    """A fixed camera's frames, RGB: a still view that an object crosses in some of them."""
+    scene = FixedScene(SIZE, fps)
+    return [cv2.cvtColor(scene.render(start + i), cv2.COLOR_BGR2RGB) for i in range(count)]
+
+
+def still_view() -> np.ndarray:
+    return cv2.cvtColor(FixedScene(SIZE, 5.0).still, cv2.COLOR_BGR2RGB)
+
+
+def ab_error(out_rgb: np.ndarray, truth_rgb: np.ndarray) -> float:
+    return float(np.hypot(*np.moveaxis(rgb_to_lab(out_rgb)[..., 1:] - rgb_to_lab(truth_rgb)[..., 1:], -1, 0)).mean())
+
+
+def test_a_reference_is_the_still_scene_without_what_crossed_it():
+    frames = scene_frames(40)  # the object is in view in half of them, each time somewhere else
+    reference = build(frames)
+    truth = rgb_to_lab(cv2.resize(still_view(), reference.size, interpolation=cv2.INTER_AREA))
+    error = np.hypot(*(reference.ab - truth[..., 1:].transpose(2, 0, 1)))
+    assert reference.frames == 40 and reference.source_size == SIZE
+    assert np.percentile(error, 99) < 2.0, "the median kept the passing object's colour"
+    assert np.abs(reference.lightness - truth[..., 0]).mean() < 1.0
+    assert reference.confidence.min() > 0.9  # something passing now and then leaves the still scene certain
+
+
+def test_a_reference_is_less_sure_where_the_colour_changes_all_day():
+    rng = np.random.default_rng(1)
+    frames = scene_frames(24)
+    for rgb in frames:  # a busy corner (a crowd, a screen, swaying leaves): another colour in every frame
+        rgb[:80, :100] = rng.integers(0, 256, 3)
+    reference = build(frames)
+    corner = np.zeros(reference.lightness.shape, bool)
+    corner[:75, :95] = True  # at the working size, 320 wide: the same scale
+    assert reference.confidence[corner].mean() < 0.3 < 0.9 < reference.confidence[~corner].mean()
+
+
+def test_a_reference_needs_enough_frames_of_one_view():
+    with pytest.raises(ReferenceError, match="at least 8"):
+        build(scene_frames(5))
+    with pytest.raises(ReferenceError, match="two views: 320x240 and 200x300"):
+        build(scene_frames(8) + [np.zeros((300, 200, 3), np.uint8)])
+
+
+def test_fit_tells_the_same_view_from_another_also_in_near_infrared():
+    reference = build(scene_frames(16))
+
+    def lightness(rgb: np.ndarray) -> np.ndarray:
+        return cv2.resize(rgb_to_lab(rgb)[..., 0], (320, 192), interpolation=cv2.INTER_AREA)
+
+    same = still_view()
+    darker = np.clip(same.astype(np.float32) * 0.6, 0, 255).astype(np.uint8)  # another exposure
+    nir = cv2.cvtColor(near_infrared_like(same, 2.0), cv2.COLOR_GRAY2RGB)  # an infrared-lit night
+    for rgb in (same, darker, nir):
+        assert fit(reference, lightness(rgb)) >= FIT_THRESHOLD
+    for other in (data.astronaut(), data.chelsea(), data.rocket()):
+        moved = cv2.resize(other, SIZE, interpolation=cv2.INTER_AREA)
+        assert fit(reference, lightness(moved)) < FIT_THRESHOLD
+
+
+def test_a_reference_file_is_written_whole_and_read_back(tmp_path):
+    reference = build(scene_frames(12))
+    path = tmp_path / "cam" / "reference.npz"
+    reference.save(path)
+    assert [p.name for p in path.parent.iterdir()] == ["reference.npz"]  # no temporary file left
+    again = DayReference.load(path)
+    assert again.frames == 12 and again.source_size == SIZE
+    assert np.abs(again.ab - reference.ab).max() < 0.1  # stored as fp16
+    (tmp_path / "broken.npz").write_bytes(b"not a reference")
+    with pytest.raises(ReferenceError, match="broken.npz: not a streamd day reference"):
+        DayReference.load(tmp_path / "broken.npz")
+
+
+def test_a_reference_of_another_frame_size_is_rescaled_or_refused():
+    reference = build(scene_frames(10))
+    assert reference.for_frame_size(640, 480).source_size == (640, 480)  # the same view, finer
+    with pytest.raises(ReferenceError, match="built from 320x240 frames; these are 640x360"):
+        reference.for_frame_size(640, 360)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return Colorizer(), Colorizer(shipped_model(REFERENCE_MODEL))
+
+
+def test_the_reference_model_keeps_the_reference_colour_and_a_wrong_one_is_not_used(models):
+    generic, model = models
+    assert model.takes_reference and not generic.takes_reference
+    day, night = scene_frames(30), scene_frames(6, start=40)
+    reference = build(day)
+    given = [cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) for rgb in night]
+    by_reference = ReferenceColouring(model, CameraReference("cam", None, None, reference=reference))
+    ours = [cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) for bgr in colorize_images(generic, given, by_reference)]
+    plain = [cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) for bgr in colorize_images(generic, given)]
+    ours_error = np.mean([ab_error(o, t) for o, t in zip(ours, night)])
+    plain_error = np.mean([ab_error(o, t) for o, t in zip(plain, night)])
+    assert ours_error < 6.0 and ours_error < 0.5 * plain_error, (ours_error, plain_error)
+
+    wrong = build([cv2.resize(data.astronaut(), SIZE, interpolation=cv2.INTER_AREA)] * 10)
+    keeper = CameraReference("cam", None, None, reference=wrong)
+    wrongly = colorize_images(generic, given[:2], ReferenceColouring(model, keeper))
+    assert keeper.misfits == 2 and not keeper.fits
+    assert all(np.array_equal(a, b) for a, b in zip(wrongly, plain[:2]))  # exactly the generic colour
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "streamd", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_colorize_with_a_reference_from_a_folder_a_video_or_a_file(tmp_path):
+    day, night, out = tmp_path / "day", tmp_path / "night", tmp_path / "out"
+    day.mkdir(), night.mkdir()
+    for i, rgb in enumerate(scene_frames(20)):
+        cv2.imwrite(str(day / f"day_{i:03d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    truth = scene_frames(3, start=60)
+    for i, rgb in enumerate(truth):
+        cv2.imwrite(str(night / f"night_{i}.png"), cv2.cvtColor(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2BGR))
+    done = run_cli("colorize", "--reference", str(day), *sorted(str(p) for p in night.iterdir()), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    errors = [ab_error(cv2.cvtColor(cv2.imread(str(out / f"night_{i}.png")), cv2.COLOR_BGR2RGB), t)
+              for i, t in enumerate(truth)]
+    assert max(errors) < 6.0, errors
+
+    video = write_video(tmp_path / "day.mp4", "colour", seconds=3, scene="fixed")
+    done = run_cli("reference", "build", str(video), "-o", str(tmp_path / "ref.npz"), "--picture",
+                   str(tmp_path / "ref.png"))
+    assert done.returncode == 0, done.stderr
+    assert "75 day frames of 320x240" in done.stdout and cv2.imread(str(tmp_path / "ref.png")).shape == (240, 320, 3)
+    done = run_cli("colorize", "--reference", str(tmp_path / "ref.npz"), str(night / "night_0.png"), "-o",
+                   str(tmp_path / "one.png"))
+    assert done.returncode == 0, done.stderr
+    # the H.264 day is limited-range BT.601, the night a full-range PNG: the same colours all the same
+    assert ab_error(cv2.cvtColor(cv2.imread(str(tmp_path / "one.png")), cv2.COLOR_BGR2RGB), truth[0]) < 6.0
+
+
+def test_reference_inputs_that_cannot_work_are_named(tmp_path):
+    gray_day = tmp_path / "gray"
+    gray_day.mkdir()
+    for i, rgb in enumerate(scene_frames(10)):
+        cv2.imwrite(str(gray_day / f"{i}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+    done = run_cli("reference", "build", str(gray_day), "-o", str(tmp_path / "r.npz"))
+    assert done.returncode == 2 and "the day frames are gray" in done.stderr and str(gray_day) in done.stderr
+    done = run_cli("colorize", "--reference", str(tmp_path / "missing"), str(gray_day / "0.png"), "-o",
+                   str(tmp_path / "o.png"))
+    assert done.returncode == 2 and "missing: no such file or folder" in done.stderr
+    done = run_cli("reference", "build", str(gray_day), "-o", str(tmp_path / "r.jpg"))
+    assert done.returncode == 2 and "named .npz" in done.stderr
+
+
+def test_eval_scores_the_reference_beside_gray_the_copy_and_the_generic_model(tmp_path):
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    for i, rgb in enumerate(scene_frames(20)):
+        cv2.imwrite(str(scenes / f"coffee_{i:06d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    other = cv2.resize(data.chelsea(), SIZE, interpolation=cv2.INTER_AREA)
+    for i in range(20):
+        moved = np.roll(other, 3 * i, axis=1)  # a second scene, panning: a wrong reference for the first
+        cv2.imwrite(str(scenes / f"cat_{i:06d}.png"), cv2.cvtColor(moved, cv2.COLOR_RGB2BGR))
+    done = run_cli("eval", "--reference", str(scenes), "--json", str(tmp_path / "r.json"), "--sheets",
+                   str(tmp_path / "sheets"))
+    assert done.returncode == 0, done.stderr
+    assert "| gray night | reference |" in done.stdout and "goals:" in done.stdout
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert set(rows) == {"gray night", "nir night", "wrong reference", "other light"}
+    night = rows["gray night"]
+    assert night["copy"]["psnr"] > night["gray"]["psnr"] + 3
+    assert night["reference"]["psnr"] > night["generic"]["psnr"] + 3
+    assert (tmp_path / "sheets" / "reference.jpg").exists()
+
+
+def night_chroma_error(msg_header: dict, image: np.ndarray, still_bgr: np.ndarray) -> float:
+    """Mean ab error of a received (BGR) frame against the fixed scene's still view, away from the object."""
+    out, truth = rgb_to_lab(cv2.cvtColor(image, cv2.COLOR_BGR2RGB)), rgb_to_lab(cv2.cvtColor(still_bgr, cv2.COLOR_BGR2RGB))
+    error = np.hypot(*np.moveaxis(out[..., 1:] - truth[..., 1:], -1, 0))
+    rows = np.r_[0:SIZE[1] // 3, 2 * SIZE[1] // 3:SIZE[1]]  # the object crosses the middle third
+    return float(error[rows].mean())
+
+
+def receive(endpoint: str, camera: str, seconds: float, until=None) -> list[tuple[dict, np.ndarray]]:
+    got = []
+    end = time.monotonic() + seconds
+    with Subscriber(endpoint, camera, context=zmq.Context()) as sub:
+        while time.monotonic() < end:
+            msg = sub.recv(timeout=0.5)
+            if msg:
+                got.append(msg)
+                if until and until(got):
+                    break
+    return got
+
+
+def test_the_daemon_colours_a_camera_s_night_from_its_own_day_and_keeps_the_reference(rtsp_server, publishers,
+                                                                                        tmp_path):
+    from tests.test_operations import start_streamd, stop_streamd, write_config
+
+    state, endpoint, http = tmp_path / "state", f"tcp://127.0.0.1:{free_port()}", free_port()
+    cfg = write_config(tmp_path / "c.toml", endpoint, http,
+                       f'[adapt]\nstate_dir = "{state}"\ncollect_every_s = 0.1\nmin_change = 0\nauto = false\n'
+                       f'[reference]\nmin_frames = 10\nrebuild_every_h = 0\n'
+                       f'[[camera]]\nname = "yard"\nurl = "{rtsp_server.play_url("yard")}"\n')
+    day_then_night = publishers(rtsp_server.publish_url("yard"), mode="switch", seconds=16, scene="fixed")
+    still = FixedScene(SIZE, 25.0).still
+    proc = start_streamd("run", "-c", str(cfg))
+    try:
+        got = receive(endpoint, "yard", 40, until=lambda got: sum(h["model_kind"] == "reference" for h, _ in got) >= 10)
+    finally:
+        log = stop_streamd(proc)
+    night = [(h, img) for h, img in got if h["colorized"]]
+    coloured = [(h, img) for h, img in night if h["model_kind"] == "reference"]
+    assert len(coloured) >= 10, log
+    assert all(h["reference"]["frames"] >= 10 and h["reference"]["age_s"] >= 0 for h, _ in coloured)
+    assert np.median([night_chroma_error(h, img, still) for h, img in coloured]) < 6.0
+    assert "day reference rebuilt from" in log
+    assert (state / "yard" / "reference.npz").exists()
+
+    # a restart at night: the reference is read back from the state directory and used from the first frame
+    day_then_night.stop()
+    publishers(rtsp_server.publish_url("yard"), mode="gray", seconds=20, scene="fixed")
+    proc = start_streamd("run", "-c", str(cfg))
+    try:
+        got = receive(endpoint, "yard", 30, until=lambda got: len(got) >= 20)
+    finally:
+        log = stop_streamd(proc)
+    night = [(h, img) for h, img in got if h["colorized"]]
+    assert len(night) >= 10 and all(h["model_kind"] == "reference" for h, _ in night), log
+    assert np.median([night_chroma_error(h, img, still) for h, img in night]) < 6.0
+    assert "day reference rebuilt" not in log  # nothing new to build it from: the kept one serves
