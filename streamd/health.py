@@ -110,9 +110,27 @@ class PipelineCollector:
         adapt_cpu = CounterMetricFamily("streamd_adaptation_cpu_seconds", "CPU time of the adaptation runs' "
                                         "child processes (the daily budget counts this)")
         adapt_cpu.add_metric([], p.adaptation.cpu_seconds)
+        by_colour = CounterMetricFamily("streamd_frames_colour", "Frames colorized, by the colour they got: reference "
+                                        "(from the camera's day reference), generic, adapted or camera",
+                                        labels=["camera", "kind"])
+        reference_frames = GaugeMetricFamily("streamd_reference_day_frames", "Day frames the camera's day reference "
+                                             "is the median of (absent while it has none)", labels=["camera"])
+        reference_age = GaugeMetricFamily("streamd_reference_age_seconds", "Seconds since the camera's day reference "
+                                          "was built", labels=["camera"])
+        reference_fits = GaugeMetricFamily("streamd_reference_fits", "1 while the camera's night shows its day "
+                                           "reference's view, 0 while it does not (moved, another preset)",
+                                           labels=["camera"])
+        for name, r in list(p.cameras.items()):
+            for kind, n in sorted(dict(r.by_colour).items()):
+                by_colour.add_metric([name, kind], n)
+            status = r.reference.status() if r.reference else None
+            if status:
+                reference_frames.add_metric([name], status["frames"])
+                reference_age.add_metric([name], status["age_s"])
+                reference_fits.add_metric([name], 1.0 if status["fits"] else 0.0)
         yield from (frames, colorized, passed, reused, carried, uncolorized, dropped, published, reconnects,
                     out_reconnects, fallbacks, state, age, queue, provider, stored, available, shard, shard_cameras,
-                    adaptations, adapt_cpu)
+                    adaptations, adapt_cpu, by_colour, reference_frames, reference_age, reference_fits)
 
 
 def health(pipeline, phase: str) -> tuple[int, dict]:

@@ -121,6 +121,7 @@ class CameraRuntime:
     colorizer: Colorizer  # swapped in place when the camera's model changes
     reference: CameraReference | None = None  # its day reference; None: the camera colours without one
     was_day: bool = True  # whether its last frame was a day frame: nightfall rebuilds a reference when due
+    by_colour: dict[str, int] = field(default_factory=dict)  # colorized frames by the colour they got (model kind)
     passed_through: int = 0
     colorized: int = 0
     failed: int = 0  # frames lost because the camera's model failed on them (counted in `dropped`)
@@ -613,6 +614,7 @@ class Pipeline:
                 runtime.outputs.put(frame)
                 continue
             frame.model_kind = self.model_kind(runtime, frame.model_id)  # of the model that made its colour
+            runtime.by_colour[frame.model_kind] = runtime.by_colour.get(frame.model_kind, 0) + 1
             runtime.colorized += 1
             runtime.outputs.put(frame)
 

@@ -167,5 +167,5 @@ class CameraReference:
         reference = self.reference
         if reference is None:
             return None
-        return {"frames": reference.frames, "age_s": round(reference.age_s(), 1), "fits": self.fits,
-                "misfit_frames": self.misfits, "file": str(self.path), "fixed": self.fixed}
+        return {"frames": reference.frames, "age_s": round(reference.age_s(), 1), "built_at": reference.built_at,
+                "fits": self.fits, "misfit_frames": self.misfits, "fixed": self.fixed}

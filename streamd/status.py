@@ -34,6 +34,7 @@ RATE_FRAMES = 1024  # the arrival times kept: a few seconds of a fast camera
 RATE_WINDOW_S = 5.0  # frame rates are measured over this long: a decoder catching up after a stall evens out
 MIN_WIDTH = 16  # the narrowest picture ?width= may ask for
 _SNAPSHOT_PATH = re.compile(r"^/snapshot/(?P<name>[^/]+)\.jpg$")
+_REFERENCE_PATH = re.compile(r"^/reference/(?P<name>[^/]+)\.jpg$")
 _STATIC = {"status.js": "text/javascript; charset=utf-8", "status.css": "text/css; charset=utf-8"}
 # The page loads only its own script, style and pictures (blob: URLs made from fetched snapshots)
 _PAGE_HEADERS = {
@@ -144,13 +145,6 @@ def _percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
 
 
-def model_kind(pipeline, runtime) -> str:
-    """generic (the daemon's model), configured (the camera's config names its own) or adapted."""
-    if runtime.colorizer is pipeline.colorizer:
-        return "generic"
-    return "configured" if runtime.config.model else "adapted"
-
-
 def rate(times: deque[float], now: float) -> float:
     """Frames per second over the recent frames; 0 for a stream that went quiet."""
     recent = [t for t in list(times) if now - t <= RATE_WINDOW_S]
@@ -186,10 +180,11 @@ def camera_card(pipeline, name: str, runtime, now: float) -> dict:
         "reconnects": stats.reconnects,
         "seq": {"input": latest.input.seq if latest.input else None,
                 "output": latest.output.seq if latest.output else None},
-        "model": {"id": runtime.colorizer.info.model_id, "kind": model_kind(pipeline, runtime),
+        "model": {"id": runtime.colorizer.info.model_id, "kind": pipeline.model_kind(runtime),
                   "provider": runtime.colorizer.provider},
         "adaptation": {"available": name in pipeline.adaptable(), "running": adaptation.running == name,
                        "last": _last_adaptation(adaptation.state(name))},
+        "reference": runtime.reference.status() if runtime.reference else None,
     }
 
 
@@ -222,6 +217,7 @@ class StatusPage:
         """`phase()` is the daemon's phase (starting, running, stopping)."""
         self.pipeline, self.phase = pipeline, phase
         self.snapshots = Snapshots(lambda: set(pipeline.cameras))
+        self._references: dict[str, tuple] = {}  # camera -> (the reference shown, its JPEG)
         # Read once: a broken install fails at start, not when someone opens the page
         self.files = {"/": (_static("status.html"), "text/html; charset=utf-8")}
         for name, ctype in _STATIC.items():
@@ -238,7 +234,26 @@ class StatusPage:
         match = _SNAPSHOT_PATH.match(path)
         if match:
             return self.snapshot(match["name"], parse_qs(query))
+        match = _REFERENCE_PATH.match(path)
+        if match:
+            return self.reference_picture(match["name"])
         return None
+
+    def reference_picture(self, name: str) -> Reply:
+        """The camera's day reference as a JPEG, encoded once per reference."""
+        runtime = self.pipeline.cameras.get(name)
+        if runtime is None:
+            return _text(404, "no such camera")
+        reference = runtime.reference.reference if runtime.reference else None
+        if reference is None:
+            return _text(404, f"camera {name}: no day reference")
+        cached = self._references.get(name)
+        if cached is None or cached[0] is not reference:
+            ok, data = cv2.imencode(".jpg", cv2.cvtColor(reference.picture(), cv2.COLOR_RGB2BGR),
+                                    [cv2.IMWRITE_JPEG_QUALITY, 90])
+            cached = self._references[name] = (reference, data.tobytes())
+        return Reply(200, cached[1], "image/jpeg", {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+                                                    "X-Reference-Built": f"{reference.built_at:.3f}"})
 
     def snapshot(self, name: str, params: dict[str, list[str]]) -> Reply:
         runtime = self.pipeline.cameras.get(name)  # names are dictionary keys: nothing else is looked up

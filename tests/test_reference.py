@@ -206,6 +206,13 @@ def night_chroma_error(msg_header: dict, image: np.ndarray, still_bgr: np.ndarra
     return float(error[rows].mean())
 
 
+def http_get_bytes(url: str) -> tuple[int, bytes]:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return reply.status, reply.read()
+
+
 def receive(endpoint: str, camera: str, seconds: float, until=None) -> list[tuple[dict, np.ndarray]]:
     got = []
     end = time.monotonic() + seconds
@@ -221,20 +228,27 @@ def receive(endpoint: str, camera: str, seconds: float, until=None) -> list[tupl
 
 def test_the_daemon_colours_a_camera_s_night_from_its_own_day_and_keeps_the_reference(rtsp_server, publishers,
                                                                                         tmp_path):
-    from tests.test_operations import start_streamd, stop_streamd, write_config
+    from tests.test_operations import http_get, metric_value, start_streamd, stop_streamd, write_config
 
     state, endpoint, http = tmp_path / "state", f"tcp://127.0.0.1:{free_port()}", free_port()
     cfg = write_config(tmp_path / "c.toml", endpoint, http,
                        f'[adapt]\nstate_dir = "{state}"\ncollect_every_s = 0.1\nmin_change = 0\nauto = false\n'
                        f'[reference]\nmin_frames = 10\nrebuild_every_h = 0\n'
-                       f'[[camera]]\nname = "yard"\nurl = "{rtsp_server.play_url("yard")}"\n')
+                       f'[[camera]]\nname = "yard"\nurl = "{rtsp_server.play_url("yard")}"\ntransport = "udp"\n')
     day_then_night = publishers(rtsp_server.publish_url("yard"), mode="switch", seconds=16, scene="fixed")
     still = FixedScene(SIZE, 25.0).still
     proc = start_streamd("run", "-c", str(cfg))
     try:
         got = receive(endpoint, "yard", 40, until=lambda got: sum(h["model_kind"] == "reference" for h, _ in got) >= 10)
+        card = json.loads(http_get(f"http://127.0.0.1:{http}/api/cameras")[1])["cameras"][0]
+        code, picture = http_get_bytes(f"http://127.0.0.1:{http}/reference/yard.jpg")
+        metrics = http_get(f"http://127.0.0.1:{http}/metrics")[1]
     finally:
         log = stop_streamd(proc)
+    assert card["model"]["kind"] == "reference" and card["reference"]["frames"] >= 10 and card["reference"]["fits"]
+    assert code == 200 and cv2.imdecode(np.frombuffer(picture, np.uint8), cv2.IMREAD_COLOR).shape == (240, 320, 3)
+    assert metric_value(metrics, 'streamd_frames_colour_total{camera="yard",kind="reference"}') >= 10
+    assert metric_value(metrics, 'streamd_reference_day_frames{camera="yard"}') >= 10
     night = [(h, img) for h, img in got if h["colorized"]]
     coloured = [(h, img) for h, img in night if h["model_kind"] == "reference"]
     assert len(coloured) >= 10, log

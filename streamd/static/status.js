@@ -30,6 +30,34 @@ function adaptationText(a) {
   return text;
 }
 
+function referenceText(r) {
+  if (!r) return "none yet (built from the camera's day frames at nightfall)";
+  const hours = r.age_s / 3600;
+  const age = hours < 1 ? `${fmt(r.age_s / 60)} min` : `${fmt(hours, 1)} h`;
+  const fit = r.fits ? "fits the view" : `does not fit the view (${r.misfit_frames} frames): generic colour`;
+  return `${r.frames} day frames, ${age} old; ${fit}`;
+}
+
+async function loadReference(card, name, builtAt) {
+  card.loading.reference = true;
+  try {
+    const reply = await fetch(`reference/${encodeURIComponent(name)}.jpg`, { headers: authorization, cache: "no-store" });
+    if (!reply.ok) return;
+    const url = URL.createObjectURL(await reply.blob());
+    const img = card.el.querySelector("img.reference");
+    await new Promise((resolve) => { img.onload = img.onerror = resolve; img.src = url; });
+    if (card.url.reference) URL.revokeObjectURL(card.url.reference);
+    card.url.reference = url;
+    card.shown.reference = builtAt;
+    img.dataset.loaded = img.naturalWidth > 0 ? "yes" : "no";
+    card.el.querySelector(".day-reference").hidden = false;
+  } catch (e) {
+    // the next refresh tries again
+  } finally {
+    card.loading.reference = false;
+  }
+}
+
 function newCard(name) {
   const el = document.getElementById("card").content.firstElementChild.cloneNode(true);
   el.dataset.camera = name;
@@ -52,6 +80,11 @@ function show(card, cam) {
   set(".dropped", `${cam.dropped} of ${cam.frames}`);
   set(".model", `${cam.model.kind}: ${cam.model.id} (${cam.model.provider})`);
   set(".adaptation", adaptationText(cam.adaptation));
+  set(".reference", referenceText(cam.reference));
+  if (cam.reference && cam.reference.built_at !== card.shown.reference && !card.loading.reference) {
+    loadReference(card, cam.name, cam.reference.built_at);
+  }
+  if (!cam.reference) card.el.querySelector(".day-reference").hidden = true;
   set(".error", cam.state === "running" ? "" : cam.error || "");
   const button = el.querySelector(".adapt");
   button.disabled = !cam.adaptation.available || cam.adaptation.running;
