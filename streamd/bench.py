@@ -17,7 +17,8 @@ colour work batched on the GPU ([colour] device = "cuda"), and no outputs. `--de
 run on the CPU with 1 and 2 cameras at 360p and colour on the CPU: small enough for the test suite, which is
 how the GPU path is tested without a GPU. `--processes P --cameras C` runs only that pipeline, as P processes
 of C cameras each started together (streamd.bench_processes); `--frame-cost WxH` only the CPU time of each
-per-frame step of one camera (streamd.bench_frame_cost); `--triton HOST:PORT` only the network and the
+per-frame step of one camera (streamd.bench_frame_cost); `--reference WxH` what colour from a day reference costs
+per frame against the generic path (streamd.bench_reference); `--triton HOST:PORT` only the network and the
 pipeline on a Triton server against ONNX Runtime in the process (streamd.bench_triton).
 
 Every number is the median over `--repeats` runs. The inputs are gray H.264 clips made here from the
@@ -748,6 +749,10 @@ def report(result: dict) -> str:
         from streamd import bench_frame_cost
 
         parts.append(bench_frame_cost.report(result["frame_cost"]))
+    if "reference_cost" in result:
+        from streamd import bench_reference
+
+        parts.append(bench_reference.report(result["reference_cost"]))
     if "triton" in result:
         from streamd import bench_triton
 
@@ -774,6 +779,7 @@ def command_line(args: argparse.Namespace) -> str:
     """The command that repeats this run (the process's own argv may be a test runner's)."""
     words = ["streamd", "bench", "--device", args.device]
     words += ["--frame-cost", args.frame_cost] if args.frame_cost else []
+    words += ["--reference", args.reference] if args.reference else []
     words += ["--triton", args.triton, "--triton-model", args.triton_model] if args.triton else []
     words += ["--cameras", *map(str, args.cameras)] if args.cameras else []
     words += ["--processes", str(args.processes)] if args.processes > 1 else []
@@ -794,6 +800,12 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
         make_clip(clip, size, (FRAME_COST_FRAMES_SHORT if args.short else FRAME_COST_FRAMES) / CLIP_FPS)
         result["machine"] = machine_info(None)
         result["frame_cost"] = {"resolution": f"{size[0]}x{size[1]}", **frame_cost(clip)}
+        return result
+    if args.reference:
+        from streamd.bench_reference import reference_cost
+
+        result["machine"] = machine_info("CPUExecutionProvider")
+        result["reference_cost"] = reference_cost(resolution(args.reference), work, args.short)
         return result
     if args.triton:
         from streamd.bench_triton import triton_section
@@ -848,8 +860,15 @@ def usage_error(args: argparse.Namespace) -> str | None:
         return f"{', '.join(torch_only)}: only with --device {' or '.join(TORCH_PLANS)}"
     if args.processes < 1 or any(c < 1 for c in args.cameras or []):
         return "--processes and --cameras must be 1 or more"
-    if args.frame_cost and args.triton:
-        return "--frame-cost and --triton are separate runs: give one"
+    if sum(bool(x) for x in (args.frame_cost, args.triton, args.reference)) > 1:
+        return "--frame-cost, --reference and --triton are separate runs: give one"
+    if args.reference:
+        if args.device != "cpu":
+            return "--reference times the CPU path: leave --device at cpu"
+        try:
+            resolution(args.reference)
+        except ValueError as e:
+            return f"--reference {e}"
     if args.triton and args.device != "cpu":
         return "--triton compares the server with ONNX Runtime on this host's CPU: leave --device at cpu"
     if args.frame_cost:

@@ -727,6 +727,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "NVDEC (falling back to the CPU where it does not open)")
     b.add_argument("--frame-cost", metavar="WxH", help="only the CPU time of each per-frame step of one camera "
                    "of this size, the network replaced by a fixed prediction (--short: 25 frames, else 100)")
+    b.add_argument("--reference", metavar="WxH", help="only what colour from a day reference costs per frame of one "
+                   "camera of this size, against the generic path, in turns (--short: 20 frames, else 60)")
     b.add_argument("--triton", metavar="HOST:PORT", help="only the network and the pipeline on this Triton "
                    "server's gRPC endpoint against ONNX Runtime in this process, the same model on both sides")
     b.add_argument("--triton-model", default="streamd", metavar="NAME", help="--triton: the model's name on the "

@@ -20,6 +20,12 @@ def grid_flow() -> cv2.DISOpticalFlow:
     return dis
 
 
+# The flow is computed on at most this many cells across: the generic model's grid (80 at its default input)
+# as it is; a reference model's colour, at its full input size, on a 4x coarser copy (DIS at 320x192 cost 36x
+# more, for motion that the coarse grid resolves as well: the colour there comes from the reference)
+FLOW_MAX_WIDTH = 96
+
+
 def lightness_to_gray(lightness: np.ndarray) -> np.ndarray:
     """L 0..100 -> the 8 bits DIS takes."""
     return np.clip(lightness * 2.55 + 0.5, 0, 255).astype(np.uint8)
@@ -30,8 +36,15 @@ def warp_along_flow(dis: cv2.DISOpticalFlow, gray: np.ndarray, prev_gray: np.nda
     """An earlier frame's L (h, w) and ab (2, h, w) carried onto the current one along the optical flow
     between their 8-bit L (`gray`, `prev_gray`): the warped L, the warped ab as (h, w, 2), and where the flow
     points outside the earlier frame (nothing to carry there)."""
-    flow = dis.calc(gray, prev_gray, None)  # current(x) ~ previous(x + flow(x))
     h, w = gray.shape
+    scale = min(1.0, FLOW_MAX_WIDTH / w)
+    if scale < 1:  # a finer grid (a reference model's, at its input size): the flow on a coarser copy of it
+        small = (round(w * scale), max(1, round(h * scale)))
+        flow = dis.calc(cv2.resize(gray, small, interpolation=cv2.INTER_AREA),
+                        cv2.resize(prev_gray, small, interpolation=cv2.INTER_AREA), None)
+        flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR) * np.float32(w / small[0])
+    else:
+        flow = dis.calc(gray, prev_gray, None)  # current(x) ~ previous(x + flow(x))
     flow[..., 0] += np.arange(w, dtype=np.float32)
     flow[..., 1] += np.arange(h, dtype=np.float32)[:, None]
     # bicubic: the held colour is resampled again every frame, and bilinear's blur, compounded over the
