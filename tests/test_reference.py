@@ -269,3 +269,63 @@ def test_the_daemon_colours_a_camera_s_night_from_its_own_day_and_keeps_the_refe
     assert len(night) >= 10 and all(h["model_kind"] == "reference" for h, _ in night), log
     assert np.median([night_chroma_error(h, img, still) for h, img in night]) < 6.0
     assert "day reference rebuilt" not in log  # nothing new to build it from: the kept one serves
+
+
+def store_day_frames(folder: Path, frames: list[np.ndarray], first: float, step_s: float = 60.0) -> None:
+    """Frames written as a camera's store keeps them: JPEGs named by their UTC capture time."""
+    from datetime import datetime, timezone
+
+    from streamd.collect import STAMP
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, rgb in enumerate(frames):
+        stamp = datetime.fromtimestamp(first + i * step_s, timezone.utc).strftime(STAMP)
+        cv2.imwrite(str(folder / f"{stamp}.jpg"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+def test_a_reference_is_rebuilt_at_nightfall_when_due_and_from_later_days_after_a_misfit(tmp_path):
+    from streamd.reference_store import Builder
+
+    folder, builder = tmp_path / "yard", Builder()
+    try:
+        day = time.time() - 86400
+        store_day_frames(folder, scene_frames(15), day)
+        keeper = CameraReference("yard", folder, builder, min_frames=20, rebuild_every_h=6)
+        assert keeper.rebuild_if_due() is None  # 15 frames: not enough yet
+        store_day_frames(folder, scene_frames(10, start=15), day + 15 * 60)
+        first = keeper.rebuild_if_due().result(timeout=60)
+        assert first.frames == 25 and keeper.reference is first and (folder / "reference.npz").exists()
+        assert keeper.rebuild_if_due() is None  # just built
+        store_day_frames(folder, scene_frames(5, start=30), day + 30 * 60)
+        assert keeper.rebuild_if_due(now=time.time() + 3600) is None  # newer frames, but not 6 h later
+        assert keeper.rebuild_if_due(now=time.time() + 7 * 3600).result(timeout=60).frames == 30
+
+        # the camera is turned: its night no longer shows the reference's view
+        moved = cv2.resize(data.astronaut(), SIZE, interpolation=cv2.INTER_AREA)
+        lightness = cv2.resize(rgb_to_lab(moved)[..., 0], (320, 192), interpolation=cv2.INTER_AREA)
+        assert keeper.planes_for(*SIZE, lightness) is None and not keeper.fits
+        assert keeper.rebuild_if_due(now=time.time() + 7 * 3600) is None  # no day frame since it moved
+        store_day_frames(folder, [moved] * 20, time.time() + 60)  # the next day, of the new view
+        rebuilt = keeper.rebuild_if_due().result(timeout=60)
+        assert rebuilt.frames == 20 and keeper.fits  # of the new view's frames alone
+        assert keeper.planes_for(*SIZE, lightness) is not None
+        assert DayReference.load(folder / "reference.npz").frames == 20  # and kept for the next start
+    finally:
+        builder.shutdown()
+
+
+def test_references_are_built_at_the_idle_cpu_priority():
+    import os
+    import threading
+
+    from streamd.reference_store import Builder
+
+    def priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before, builder = priority(), Builder()
+    try:
+        assert builder.submit(priority).result() == 19
+    finally:
+        builder.shutdown()
+    assert priority() == before < 19  # the rest of the process keeps its own
