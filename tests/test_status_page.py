@@ -124,9 +124,9 @@ def test_status_page_in_a_browser(rtsp_server, publishers, tmp_path):
         assert {c["model"]["kind"] for c in doc.values()} == {"generic"}
 
         # Snapshots: the night camera's output is colour, its input gray; the day camera's output is its own colour
-        status, headers, output = request(f"{base}/snapshot/night.jpg?width=200")
+        status, headers, output = request(f"{base}/snapshot/night.jpg?width=160")
         assert status == 200 and headers["Content-Type"] == "image/jpeg" and headers["X-Frame-Seq"].isdigit()
-        assert cv2.imdecode(np.frombuffer(output, np.uint8), cv2.IMREAD_COLOR).shape[1] == 200
+        assert cv2.imdecode(np.frombuffer(output, np.uint8), cv2.IMREAD_COLOR).shape[1] == 160
         status, _, gray = request(f"{base}/snapshot/night.jpg?input=1")
         assert status == 200 and chroma_spread(gray) < 1.0 < chroma_spread(output), (chroma_spread(gray), chroma_spread(output))
         assert chroma_spread(request(f"{base}/snapshot/day.jpg")[2]) > 3.0

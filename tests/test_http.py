@@ -1,0 +1,202 @@
+"""The HTTP server against hostile clients, on real sockets on 127.0.0.1: one deadline for a request's head,
+the token checked at the line that carries it, Host and Origin checks against DNS rebinding and cross-site
+requests, adaptation requests within the daily budget and a rate, snapshot widths, errors of a request in
+the log, and a real daemon under a flood of slow clients."""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from streamd import config as cfgmod
+from streamd.health import ADAPT_POSTS, HealthServer
+from streamd.pipeline import Pipeline
+from tests.conftest import free_port
+
+TOKEN = "base64+made/token=0123456789"  # as `openssl rand -base64` makes them: '+', '/' and '='
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """A HealthServer on a running pipeline whose one camera, gate, has not delivered a frame yet (its host
+    accepts the connection and never answers); stopped at the end of the test."""
+    silent_host = socket.socket()
+    silent_host.bind(("127.0.0.1", 0))
+    silent_host.listen(8)
+    started: list[HealthServer] = []
+
+    def start(token: str = "", host: str = "127.0.0.1", **kw) -> HealthServer:
+        url = "rtsp://127.0.0.1:%d/gate" % silent_host.getsockname()[1]
+        cfg = cfgmod.parse({"camera": [{"name": "gate", "url": url, "open_timeout_s": 1.0}],
+                            "zmq": {"endpoint": ""}, "adapt": {"state_dir": str(tmp_path / "state")}})
+        pipeline = Pipeline(cfg)
+        pipeline.start()
+        server = HealthServer(pipeline, pipeline.instruments.registry, host, free_port(), token, **kw)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+        server.pipeline.stop()
+    silent_host.close()
+
+
+def exchange(server: HealthServer, head: str, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """Send a raw request head, read the reply to its end: (status, headers, body); status 0 when the server
+    closed the connection without a reply."""
+    with socket.create_connection(server.address[:2], timeout=timeout) as sock:
+        sock.sendall(head.encode("latin-1"))
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    if not data:
+        return 0, {}, b""
+    head_part, _, body = data.partition(b"\r\n\r\n")
+    lines = head_part.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def get(server: HealthServer, target: str, host: str = "", extra: str = "", method: str = "GET"):
+    host = host or "%s:%d" % server.address[:2]
+    return exchange(server, f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n")
+
+
+def test_a_request_head_sent_line_by_line_is_cut_off_at_its_deadline(serve):
+    """A client that sends a header line every 0.3 s, each well within any per-read timeout, and never ends
+    its head: the server closes the connection at the request's deadline, long before the client is done."""
+    server = serve(request_timeout_s=1.0)
+    sock = socket.create_connection(server.address[:2], timeout=10)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+    cut_off = False
+    for i in range(40):  # 12 s of trickling
+        time.sleep(0.3)
+        try:
+            sock.sendall(f"X-Slow-{i}: {i}\r\n".encode())
+        except OSError:
+            cut_off = True
+            break
+        sock.setblocking(False)
+        try:
+            cut_off = sock.recv(1) == b""
+        except BlockingIOError:
+            pass
+        sock.setblocking(True)
+        if cut_off:
+            break
+    sock.close()
+    assert cut_off, "the server kept reading a request head for 12 s"
+
+
+def test_a_wrong_token_is_refused_at_the_line_that_carries_it(serve):
+    """A request behind the token whose Authorization line is wrong, its head not yet ended: 401 at once, not
+    once the head is complete or at the deadline (10 s). The same for a wrong ?token= in the request line."""
+    server = serve(token=TOKEN)
+    for head in (f"GET /api/cameras HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN[:-1]}x\r\n",
+                 "GET /api/cameras?token=guess HTTP/1.1\r\n"):
+        code, headers, _ = exchange(server, head, timeout=5.0)  # no blank line: the head is not over
+        assert code == 401 and "Bearer" in headers["WWW-Authenticate"], head
+
+
+def test_a_token_with_a_plus_works_in_the_query_and_as_a_header(serve):
+    """'+' in ?token= is the token's own character, not a space as form decoding would have it."""
+    server = serve(token=TOKEN)
+    assert get(server, f"/api/cameras?token={TOKEN}")[0] == 200
+    assert get(server, "/api/cameras", extra=f"Authorization: Bearer {TOKEN}\r\n")[0] == 200
+    assert get(server, f"/api/cameras?token={TOKEN.replace('+', '%20')}")[0] == 401
+    assert get(server, "/api/cameras")[0] == 401
+
+
+def test_a_localhost_listener_answers_only_requests_for_localhost(serve):
+    """DNS rebinding: a page of attacker.example whose name now resolves to 127.0.0.1 sends its own name as
+    Host; the listener refuses it, on every path, and serves the names of the machine itself."""
+    server = serve()
+    port = server.address[1]
+    for path in ("/snapshot/gate.jpg", "/api/cameras", "/metrics", "/"):
+        code, _, body = get(server, path, host=f"attacker.example:{port}")
+        assert code == 403 and b"localhost only" in body, (path, code, body)
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}", f"127.0.0.2:{port}"):
+        assert get(server, "/api/cameras", host=host)[0] == 200, host
+
+
+def test_a_listener_off_localhost_takes_any_host_name_with_its_token(serve):
+    """Off localhost the token guards the listener (a rebinding page does not know it); the Host is the
+    name clients reach it by, whatever it is."""
+    server = serve(token=TOKEN, host="0.0.0.0")
+    assert get(server, f"/api/cameras?token={TOKEN}", host="cameras.example:9090")[0] == 200
+
+
+def test_a_cross_site_post_is_refused(serve):
+    """A page of another site posting to /adapt (the browser sends its Origin): 403, nothing queued; the
+    status page's own POST (its Origin is the listener) and a POST without Origin (curl) go through."""
+    server = serve()
+    host = "%s:%d" % server.address[:2]
+    for origin in ("https://evil.example", "null", f"http://{host}.evil.example"):
+        code, _, body = get(server, "/adapt/gate", extra=f"Origin: {origin}\r\n", method="POST")
+        assert code == 403 and b"another site" in body, (origin, code, body)
+    assert not server.pipeline.adaptation._requests
+    code, _, body = get(server, "/adapt/gate", extra=f"Origin: http://{host}\r\n", method="POST")
+    assert code == 202 and json.loads(body)["status"] == "queued", body
+    assert get(server, "/adapt/gate", method="POST")[0] == 202
+
+
+def test_adaptation_requests_keep_to_the_daily_budget_and_a_rate(serve, tmp_path):
+    """With the day's CPU budget spent, a request is refused (429) instead of training on; within it, requests
+    beyond ADAPT_POSTS in the window are refused with a Retry-After."""
+    server = serve()
+    for _ in range(ADAPT_POSTS):
+        code, _, body = get(server, "/adapt/gate", method="POST")
+        assert code == 202, body
+    code, headers, body = get(server, "/adapt/gate", method="POST")
+    assert code == 429 and int(headers["Retry-After"]) > 0 and b"adaptation requests in" in body, body
+
+    ledger = tmp_path / "state" / "adapt-cpu.json"  # the day's 60 CPU minutes, spent a minute ago
+    ledger.write_text(json.dumps([[time.time() - 60, 3600.0]]))
+    spent = serve()  # a new daemon reads the ledger at its start
+    code, _, body = get(spent, "/adapt/gate", method="POST")
+    assert code == 429 and "daily adaptation budget is spent" in json.loads(body)["error"], body
+    assert not spent.pipeline.adaptation._requests
+
+
+def test_snapshot_widths_come_from_a_short_list(serve):
+    """A width of 5,000 digits is a clean 400, as is any width off the list (each would cost an encode of
+    its own); a listed width is taken (the camera has no frame yet: 503, not a refusal of the width)."""
+    server = serve()
+    for width in ("9" * 5000, "200", "-160", "160.0", "%D9%A1%D9%A6%D9%A0", "wide"):
+        code, _, body = get(server, f"/snapshot/gate.jpg?width={width}")
+        assert code == 400 and b"width: one of 160, 320, 640, 1280" in body, (width[:10], code, body)
+    assert get(server, "/snapshot/gate.jpg?width=640")[0] == 503
+
+
+def test_a_snapshot_before_the_first_frame_says_so(serve):
+    """A camera that has not delivered a frame yet: 503 naming the camera, for the output and the input."""
+    server = serve()
+    for query in ("", "?input=1"):
+        code, headers, body = get(server, f"/snapshot/gate.jpg{query}")
+        assert (code, body) == (503, b"camera gate: no frame yet\n"), (query, code, body)
+        assert headers["Content-Type"].startswith("text/plain")
+
+
+def test_a_client_gone_early_leaves_no_traceback_on_stderr(serve, capfd, caplog):
+    """Clients that reset their connection right after sending a request (SO_LINGER 0): whatever the server
+    meets (a reset read or write), no raw traceback goes to stderr, past the redacting log formatter; it is
+    logged, at debug level."""
+    server = serve()
+    caplog.set_level(logging.DEBUG, logger="streamd.health")
+    for _ in range(20):
+        sock = socket.create_connection(server.address[:2], timeout=5)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        sock.close()
+    assert get(server, "/livez")[0] == 200  # served after them
+    time.sleep(0.5)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception occurred" not in err, err
+    assert any("Connection reset" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
