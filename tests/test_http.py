@@ -200,3 +200,108 @@ def test_a_client_gone_early_leaves_no_traceback_on_stderr(serve, capfd, caplog)
     err = capfd.readouterr().err
     assert "Traceback" not in err and "Exception occurred" not in err, err
     assert any("Connection reset" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+FLOOD_S = 6.0
+SLOW_CLIENTS = 20  # addresses (127.0.0.2, ...): one machine's supervisor probes from 127.0.0.1
+SLOW_PER_CLIENT = 20  # connections each keeps open, sending a header line every half second
+
+
+def open_files(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def test_a_flood_of_slow_clients_leaves_healthz_answering_and_recordings_written(tmp_path):
+    """`streamd run` recording a camera in 1 s segments, its file limit 256 (the default 1024 was the units'),
+    and 400 connections from 20 addresses that send a request head a line at a time and are reopened when the
+    server ends them, for FLOOD_S: /healthz, asked from 127.0.0.1 four times a second, answers every time,
+    the daemon's open files stay within its connection limit, and the segments keep coming without a gap."""
+    import resource
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+
+    from streamd.health import MAX_CONNECTIONS
+    from streamd.recording import segment_key
+    from tests.conftest import ROOT, write_video
+    from tests.test_operations import http_get, stop_streamd
+
+    clip = write_video(tmp_path / "c.mp4", "colour", seconds=2)
+    http, folder = free_port(), tmp_path / "rec"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[zmq]\nendpoint = ""\n[http]\nlisten = "127.0.0.1:{http}"\n[[camera]]\nname = "gate"\n'
+                   f'url = "{clip}"\nloop = true\ncollect = false\nfile_out = "{folder}"\nfile_segment_s = 1.0\n')
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+    proc = subprocess.Popen([sys.executable, "-m", "streamd", "run", "-c", str(cfg)], cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)))
+    proc.log_path = log.name
+    stop, probes, opened, most_files = threading.Event(), [], [0], [0]
+
+    def slow_client(address: str) -> None:
+        socks: list[socket.socket] = []
+        while not stop.is_set():
+            while len(socks) < SLOW_PER_CLIENT and not stop.is_set():
+                try:
+                    sock = socket.create_connection(("127.0.0.1", http), timeout=2, source_address=(address, 0))
+                    sock.sendall(b"GET /api/cameras HTTP/1.1\r\nHost: localhost\r\n")
+                    socks.append(sock)
+                    opened[0] += 1
+                except OSError:
+                    break
+            for sock in list(socks):
+                try:
+                    sock.sendall(b"X-Slow: 1\r\n")
+                except OSError:  # ended by the server: open another
+                    socks.remove(sock)
+                    sock.close()
+            stop.wait(0.5)
+        for sock in socks:
+            sock.close()
+
+    def probe() -> None:
+        while not stop.is_set():
+            start = time.monotonic()
+            try:
+                code = http_get(f"http://127.0.0.1:{http}/healthz")[0]
+            except OSError as e:
+                code = repr(e)
+            probes.append((code, time.monotonic() - start))
+            most_files[0] = max(most_files[0], open_files(proc.pid))
+            stop.wait(0.25)
+
+    try:
+        end = time.monotonic() + 60
+        while time.monotonic() < end and not (len(list((folder / "gate").glob("*.mp4"))) >= 2
+                                              and http_get(f"http://127.0.0.1:{http}/healthz")[0] == 200):
+            assert proc.poll() is None, stop_streamd(proc)
+            time.sleep(0.2)
+        files_before = open_files(proc.pid)
+        started = time.time()
+        threads = [threading.Thread(target=slow_client, args=(f"127.0.0.{2 + i}",)) for i in range(SLOW_CLIENTS)]
+        threads.append(threading.Thread(target=probe))
+        for t in threads:
+            t.start()
+        time.sleep(FLOOD_S)
+        stop.set()
+        for t in threads:
+            t.join(10)
+        ended = time.time()
+        time.sleep(1.5)  # the segment under way at the end is closed
+    finally:
+        stop.set()
+        output = stop_streamd(proc)
+    starts = sorted(segment_key(p.name)[0] for p in (folder / "gate").glob("*.mp4") if segment_key(p.name))
+    during = [t for t in starts if started - 1 <= t <= ended + 1]
+    gaps = [b - a for a, b in zip(during, during[1:])]
+    times = sorted(t for _, t in probes)
+    print(f"{opened[0]} connections opened by {SLOW_CLIENTS} clients in {FLOOD_S:g} s; /healthz asked "
+          f"{len(probes)} times, answered in {1000 * times[len(times) // 2]:.0f} ms (median), "
+          f"{1000 * times[-1]:.0f} ms at most; open files {files_before} before, {most_files[0]} at most; "
+          f"{len(during)} segments, the longest gap {max(gaps, default=0):.0f} s")
+    assert probes and all(code == 200 for code, _ in probes), (probes, output[-3000:])
+    assert len(during) >= FLOOD_S / 2 and max(gaps) <= 2, (during, output[-3000:])
+    assert most_files[0] <= files_before + MAX_CONNECTIONS + 8, (files_before, most_files[0])
+    assert "Too many open files" not in output and "Traceback" not in output, output[-3000:]
+    assert opened[0] >= 2 * SLOW_CLIENTS * SLOW_PER_CLIENT  # the server ended slow clients, which came back
