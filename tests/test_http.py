@@ -305,3 +305,45 @@ def test_a_flood_of_slow_clients_leaves_healthz_answering_and_recordings_written
     assert most_files[0] <= files_before + MAX_CONNECTIONS + 8, (files_before, most_files[0])
     assert "Too many open files" not in output and "Traceback" not in output, output[-3000:]
     assert opened[0] >= 2 * SLOW_CLIENTS * SLOW_PER_CLIENT  # the server ended slow clients, which came back
+
+
+def test_a_reload_and_an_adapted_model_at_once_leave_the_page_saying_what_the_camera_runs(tmp_path):
+    """A reload that gives the camera a model of its own, and an adapted model for it ready in the same
+    moment (both loaded, both waiting for the batch in flight): whichever goes first, the camera ends on the
+    model its config names, which is what its card says. Eight rounds, the order left to the threads."""
+    import dataclasses
+    import shutil
+    import threading
+
+    from streamd.status import camera_card
+    from tests.conftest import MODEL
+
+    own, adapted = shutil.copy(MODEL, tmp_path / "own.onnx"), shutil.copy(MODEL, tmp_path / "adapted.onnx")
+    silent_host = socket.socket()
+    silent_host.bind(("127.0.0.1", 0))
+    silent_host.listen(8)
+    plain = cfgmod.parse({"camera": [{"name": "gate", "url": "rtsp://127.0.0.1:%d/gate" % silent_host.getsockname()[1],
+                                      "open_timeout_s": 1.0}],
+                          "zmq": {"endpoint": ""}, "adapt": {"state_dir": str(tmp_path / "state")}})
+    with_model = dataclasses.replace(plain, cameras=(dataclasses.replace(plain.cameras[0], model=str(own)),))
+    pipeline = Pipeline(plain)
+    pipeline.start()
+    try:
+        runtime = pipeline.cameras["gate"]
+        for _ in range(8):
+            with pipeline._batch_lock:  # a batch in flight: both swaps wait for it
+                threads = [threading.Thread(target=pipeline.apply, args=(with_model,)),
+                           threading.Thread(target=pipeline.use_adapted, args=("gate", adapted))]
+                for t in threads:
+                    t.start()
+                time.sleep(0.5)  # both models loaded
+            for t in threads:
+                t.join(30)
+            card = camera_card(pipeline, "gate", runtime, time.monotonic())
+            assert str(runtime.colorizer.path) == str(own) and card["model"]["kind"] == "configured", (
+                runtime.colorizer.path, card["model"])
+            pipeline.apply(plain)  # back to the generic model for the next round
+            assert runtime.colorizer is pipeline.colorizer
+    finally:
+        pipeline.stop()
+        silent_host.close()
