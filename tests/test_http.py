@@ -347,3 +347,15 @@ def test_a_reload_and_an_adapted_model_at_once_leave_the_page_saying_what_the_ca
     finally:
         pipeline.stop()
         silent_host.close()
+
+
+def test_the_units_allow_far_more_open_files_than_the_http_server_holds():
+    """LimitNOFILE= in both units, well above the HTTP server's connections: cameras, recordings and
+    ZeroMQ subscribers need theirs too (systemd's default soft limit is 1024)."""
+    from streamd.health import MAX_CONNECTIONS
+    from streamd.systemd import unit_settings
+    from tests.conftest import ROOT
+
+    for unit in ("streamd@.service", "streamd-shard@.service"):
+        limit = unit_settings([(ROOT / "systemd" / unit).read_text()]).get("LimitNOFILE")
+        assert limit and int(limit[-1]) >= 64 * MAX_CONNECTIONS, (unit, limit)
