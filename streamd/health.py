@@ -152,11 +152,13 @@ def health(pipeline, phase: str) -> tuple[int, dict]:
 
 def liveness(phase: str, silent_s: float) -> tuple[int, dict]:
     """/livez, for supervisors that restart what fails it (a Kubernetes livenessProbe): 200 while the main
-    loop goes round, 503 when it has been silent for LIVE_S. Unlike /healthz, a camera or an inference server
-    that is down does not fail it: a restart would not bring them back. (A stalled pipeline ends the process.)"""
+    loop goes round, 503 when it has been silent for LIVE_S; `silent_s`: the seconds since its last round.
+    Unlike /healthz, a camera or an inference server that is down does not fail it: a restart would not bring
+    them back. (A stalled pipeline ends the process.)"""
     if phase == "running" and silent_s > LIVE_S:
-        return 503, {"status": "hung", "reason": f"the main loop has been silent for {silent_s:.0f} s"}
-    return 200, {"status": phase}
+        return 503, {"status": "hung", "reason": f"the main loop has been silent for {silent_s:.0f} s",
+                     "silent_s": round(silent_s, 1)}
+    return 200, {"status": phase, "silent_s": round(silent_s, 1)}
 
 
 def adaptation_reply(pipeline, camera: str, posts: RateLimit) -> tuple[int, dict, dict[str, str]]:

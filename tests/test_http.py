@@ -349,6 +349,37 @@ def test_a_reload_and_an_adapted_model_at_once_leave_the_page_saying_what_the_ca
         silent_host.close()
 
 
+def test_the_main_loop_of_a_running_daemon_keeps_livez_fed(tmp_path):
+    """`streamd run` for a few seconds: /livez says the main loop went round a moment ago, every time it is
+    asked (without the loop's heartbeat, the silence grows from the start until /livez says hung)."""
+    from tests.test_operations import http_get, start_streamd, stop_streamd
+
+    http = free_port()
+    silent_host = socket.socket()  # the camera's: it takes the connection and never answers (no work here)
+    silent_host.bind(("127.0.0.1", 0))
+    silent_host.listen(8)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[zmq]\nendpoint = ""\n[http]\nlisten = "127.0.0.1:{http}"\n[[camera]]\nname = "gate"\n'
+                   f'url = "rtsp://127.0.0.1:{silent_host.getsockname()[1]}/gate"\nopen_timeout_s = 1.0\n')
+    proc = start_streamd("run", "-c", str(cfg))
+    try:
+        end, answers = time.monotonic() + 60, []
+        while time.monotonic() < end and len(answers) < 8:
+            assert proc.poll() is None, stop_streamd(proc)
+            try:
+                code, body = http_get(f"http://127.0.0.1:{http}/livez")
+            except OSError:  # not listening yet
+                code = None
+            if code is not None and json.loads(body)["status"] == "running":
+                answers.append(json.loads(body)["silent_s"])
+            time.sleep(0.5)
+    finally:
+        log = stop_streamd(proc)
+        silent_host.close()
+    assert len(answers) == 8, log
+    assert max(answers) < 2.0, answers  # a round every 0.2 s; the answers span 3.5 s
+
+
 def test_the_units_allow_far_more_open_files_than_the_http_server_holds():
     """LimitNOFILE= in both units, well above the HTTP server's connections: cameras, recordings and
     ZeroMQ subscribers need theirs too (systemd's default soft limit is 1024)."""
