@@ -212,8 +212,7 @@ def is_open(path: str) -> bool:
 def local_host_header(host: str) -> bool:
     """Whether a Host header names this machine's loopback (localhost, 127.x.x.x, [::1]), with any port. A page
     that DNS rebinding brought to a localhost listener sends its own site's name instead."""
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
-    name = name.strip("[]").lower()
+    name = (host[1:].partition("]")[0] if host.startswith("[") else host.partition(":")[0]).lower()
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:

@@ -122,7 +122,7 @@ def test_a_localhost_listener_answers_only_requests_for_localhost(serve):
     for path in ("/snapshot/gate.jpg", "/api/cameras", "/metrics", "/"):
         code, _, body = get(server, path, host=f"attacker.example:{port}")
         assert code == 403 and b"localhost only" in body, (path, code, body)
-    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}", f"127.0.0.2:{port}"):
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}", "[::1]", f"127.0.0.2:{port}"):
         assert get(server, "/api/cameras", host=host)[0] == 200, host
 
 
