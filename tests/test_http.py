@@ -165,6 +165,39 @@ def test_adaptation_requests_keep_to_the_daily_budget_and_a_rate(serve, tmp_path
     assert not spent.pipeline.adaptation._requests
 
 
+
+def test_a_requested_run_trains_only_for_what_is_left_of_the_days_budget(tmp_path, monkeypatch):
+    """55 of the day's 60 CPU minutes spent: a requested run gets the 5 minutes left (one thread), not its
+    full 8. The child is a stand-in that fails at once; what is checked is what the daemon asks of it."""
+    import subprocess
+    import sys
+
+    from streamd import schedule
+    from streamd.config import AdaptConfig
+
+    (tmp_path / "adapt-cpu.json").write_text(json.dumps([[time.time() - 60, 55 * 60.0]]))
+    (tmp_path / "yard").mkdir()
+    for i in range(3):
+        (tmp_path / "yard" / f"{i}.jpg").write_bytes(b"")
+    budgets, popen = [], subprocess.Popen
+
+    def child(cmd, **kwargs):
+        budgets.append(float(cmd[cmd.index("--budget-minutes") + 1]))
+        return popen([sys.executable, "-c", "raise SystemExit(1)"], **kwargs)
+
+    monkeypatch.setattr(schedule.subprocess, "Popen", child)
+    scheduler = schedule.AdaptationScheduler(tmp_path, AdaptConfig(every_h=0.0, min_frames=2, threads=1),
+                                             lambda: ["yard"], lambda camera, path: None)
+    scheduler.start()
+    try:
+        assert scheduler.request("yard") == "queued"
+        end = time.monotonic() + 60
+        while not scheduler.state("yard") and time.monotonic() < end:
+            time.sleep(0.05)
+    finally:
+        scheduler.stop()
+    assert budgets == [5.0], budgets
+
 def test_snapshot_widths_come_from_a_short_list(serve):
     """A width of 5,000 digits is a clean 400, as is any width off the list (each would cost an encode of
     its own); a listed width is taken (the camera has no frame yet: 503, not a refusal of the width)."""
