@@ -375,7 +375,8 @@ class Server(ThreadingHTTPServer):
     them), never as a raw traceback to stderr."""
 
     daemon_threads = True
-    request_queue_size = 128  # a burst of connections waits in the kernel until the loop takes each (at once)
+    request_queue_size = 1024  # a burst of connections waits in the kernel until the loop takes each (at once),
+    # instead of being dropped and tried again by the client a second later
 
     def __init__(self, address: tuple[str, int], handler, connections: Connections) -> None:
         self.connections = connections
