@@ -173,7 +173,8 @@ def adaptation_reply(pipeline, camera: str, posts: RateLimit) -> tuple[int, dict
     try:
         status = pipeline.adaptation.request(camera)
     except KeyError:
-        return 409, {"error": f"camera {camera!r} is not adapted: it does not collect, or its config fixes its model"}, {}
+        return 409, {"error": f"camera {camera!r} is not adapted: it does not collect, or its config fixes its "
+                              "model"}, {}
     except BudgetSpent as e:
         return 429, {"error": str(e)}, {}
     return 202, {"camera": camera, "status": status, "last": pipeline.adaptation.state(camera)}, {}
@@ -233,6 +234,10 @@ ADAPT_POSTS = 6  # POST /adapt accepted per ADAPT_WINDOW_S on a listener, then 4
 ADAPT_WINDOW_S = 600.0
 
 
+UNAUTHORIZED = (401, "this listener wants its token: Authorization: Bearer TOKEN, or ?token=TOKEN",
+                {"WWW-Authenticate": 'Bearer realm="streamd"'})
+
+
 class Refused(Exception):
     """A request turned away while its head is still arriving: the reply to send, then the connection ends."""
 
@@ -275,9 +280,6 @@ class HeadLines:
             self._check(line)
         return line
 
-    def read(self, n: int = -1) -> bytes:
-        return self.raw.read(n)
-
     def close(self) -> None:
         self.raw.close()
 
@@ -292,10 +294,6 @@ class HeadLines:
         elif self.needs_token and text[:14].lower() == "authorization:":
             if not token_matches(self.token, bearer(text[14:].strip())):
                 raise Refused(*UNAUTHORIZED)
-
-
-UNAUTHORIZED = (401, "this listener wants its token: Authorization: Bearer TOKEN, or ?token=TOKEN",
-                {"WWW-Authenticate": 'Bearer realm="streamd"'})
 
 
 class Connections:
@@ -411,8 +409,7 @@ class HealthServer:
     Host (DNS rebinding); a POST from a browser must come from this listener's own page (its Origin)."""
 
     def __init__(self, pipeline, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 9090,
-                 token: str = "", request_timeout_s: float = REQUEST_TIMEOUT_S,
-                 max_connections: int = MAX_CONNECTIONS, max_per_client: int = MAX_PER_CLIENT) -> None:
+                 token: str = "", request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
         self.phase = "starting"
         self.beat = time.monotonic()
         registry.register(PipelineCollector(pipeline))
@@ -507,7 +504,7 @@ class HealthServer:
                 pass
 
         self.pipeline = pipeline
-        self.httpd = Server((host, port), Handler, Connections(max_connections, max_per_client))
+        self.httpd = Server((host, port), Handler, Connections(MAX_CONNECTIONS, MAX_PER_CLIENT))
         self.address = self.httpd.server_address
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
 
