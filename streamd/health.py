@@ -222,9 +222,18 @@ def local_host_header(host: str) -> bool:
         return False
 
 
-def same_origin(origin: str, host: str) -> bool:
-    """Whether a request's Origin header is the page of this listener (scheme aside: a TLS proxy may sit in front)."""
-    return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
+def other_site(headers) -> str | None:
+    """The other site a browser's request comes from; None for this listener's own page, and for clients
+    that are not browsers (they send neither header). Sec-Fetch-Site, which no page can set, says it where
+    the browser sends it; else Origin is compared with the host the request was sent to (Host, or a proxy's
+    X-Forwarded-Host, which a cross-site page cannot add without a preflight this server never allows)."""
+    origin, fetch_site = headers.get("Origin"), headers.get("Sec-Fetch-Site")
+    if fetch_site is not None:
+        return None if fetch_site in ("same-origin", "none") else origin or fetch_site
+    if origin is None:
+        return None
+    hosts = {h.lower() for h in (headers.get("Host"), headers.get("X-Forwarded-Host")) if h}
+    return None if urlsplit(origin).netloc.lower() in hosts else origin
 
 
 REQUEST_TIMEOUT_S = 10.0  # a request's whole head must arrive within this, and its reply leave within it
@@ -465,9 +474,9 @@ class HealthServer:
                 path, _, query = self.path.partition("?")
                 if not self._allowed(path, query):
                     return
-                origin = self.headers.get("Origin")
-                if origin is not None and not same_origin(origin, self.headers.get("Host", "")):
-                    self._reply(403, f"a POST from another site ({origin}) is refused: use the status page "
+                site = other_site(self.headers)
+                if site is not None:
+                    self._reply(403, f"a POST from another site ({site}) is refused: use the status page "
                                      "of this listener\n".encode(), "text/plain; charset=utf-8")
                     return
                 parts = path.strip("/").split("/")

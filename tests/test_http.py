@@ -134,17 +134,23 @@ def test_a_listener_off_localhost_takes_any_host_name_with_its_token(serve):
 
 
 def test_a_cross_site_post_is_refused(serve):
-    """A page of another site posting to /adapt (the browser sends its Origin): 403, nothing queued; the
-    status page's own POST (its Origin is the listener) and a POST without Origin (curl) go through."""
+    """A page of another site posting to /adapt: 403, nothing queued, whether the browser says so with
+    Sec-Fetch-Site or only with its Origin. The status page's own POST (also behind a proxy on another
+    name) and a POST from a client that is not a browser (curl: neither header) go through."""
     server = serve()
     host = "%s:%d" % server.address[:2]
-    for origin in ("https://evil.example", "null", f"http://{host}.evil.example"):
-        code, _, body = get(server, "/adapt/gate", extra=f"Origin: {origin}\r\n", method="POST")
-        assert code == 403 and b"another site" in body, (origin, code, body)
+    evil = "Origin: https://evil.example\r\n"
+    for headers in (evil, "Origin: null\r\n", f"Origin: http://{host}.evil.example\r\n",
+                    evil + "Sec-Fetch-Site: cross-site\r\n", "Sec-Fetch-Site: same-site\r\n",
+                    evil + "X-Forwarded-Host: cameras.example\r\n"):
+        code, _, body = get(server, "/adapt/gate", extra=headers, method="POST")
+        assert code == 403 and b"another site" in body, (headers, code, body)
     assert not server.pipeline.adaptation._requests
-    code, _, body = get(server, "/adapt/gate", extra=f"Origin: http://{host}\r\n", method="POST")
-    assert code == 202 and json.loads(body)["status"] == "queued", body
-    assert get(server, "/adapt/gate", method="POST")[0] == 202
+    for headers in (f"Origin: http://{host}\r\n", "",  # the page itself; curl
+                    "Origin: https://cameras.example\r\nSec-Fetch-Site: same-origin\r\n",  # through a TLS proxy
+                    "Origin: https://cameras.example\r\nX-Forwarded-Host: cameras.example\r\n"):
+        code, _, body = get(server, "/adapt/gate", extra=headers, method="POST")
+        assert code == 202 and json.loads(body)["status"] in ("queued", "already queued"), (headers, body)
 
 
 def test_adaptation_requests_keep_to_the_daily_budget_and_a_rate(serve, tmp_path):
