@@ -95,6 +95,31 @@ def test_a_request_head_sent_line_by_line_is_cut_off_at_its_deadline(serve):
     assert cut_off, "the server kept reading a request head for 12 s"
 
 
+
+def closed_by_server(sock: socket.socket, wait_s: float) -> bool:
+    sock.settimeout(wait_s)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+
+
+def test_one_address_holds_at_most_its_share_of_connections(serve):
+    """MAX_PER_CLIENT + 4 connections from one address that never finish their head: the 4 oldest are ended
+    to make room for the newer ones (the newest client is the one still asking), the others stay open."""
+    from streamd.health import MAX_PER_CLIENT
+
+    server = serve()
+    socks = []
+    for _ in range(MAX_PER_CLIENT + 4):
+        socks.append(socket.create_connection(server.address[:2], timeout=5, source_address=("127.0.0.5", 0)))
+        socks[-1].sendall(b"GET /healthz HTTP/1.1\r\n")
+    time.sleep(1.0)  # the server has taken all of them
+    closed = [closed_by_server(sock, 0.2) for sock in socks]
+    for sock in socks:
+        sock.close()
+    assert closed == [True] * 4 + [False] * MAX_PER_CLIENT, closed
+
 def test_a_wrong_token_is_refused_at_the_line_that_carries_it(serve):
     """A request behind the token whose Authorization line is wrong, its head not yet ended: 401 at once, not
     once the head is complete or at the deadline (10 s). The same for a wrong ?token= in the request line."""
