@@ -447,7 +447,7 @@ class HealthServer:
 
             def parse_request(self) -> bool:
                 parsed = super().parse_request()
-                server.httpd.connections.head_read(self.connection)
+                self.server.connections.head_read(self.connection)
                 self.connection.settimeout(request_timeout_s)  # the reply's time to leave
                 return parsed
 
