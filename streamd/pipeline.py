@@ -322,20 +322,28 @@ class Pipeline:
         if runtime is None:
             return
         model = self._model(str(path), no_keepalive)
-        if self.cameras.get(camera) is not runtime or runtime.config.model:  # removed, restarted or given a
-            self._release_unused(model)  # model of its own by a reload while this one loaded: not for it now
-            return
-        self._swap_model(runtime, model)
+        if not self._swap_model(runtime, model, adapted=True):  # removed, restarted or given a model of its
+            return  # own by a reload while this one loaded: not for it now
         log.info("camera %s now uses its adapted model %s", camera, runtime.colorizer.info.model_id)
 
-    def _swap_model(self, runtime: CameraRuntime, model: Colorizer) -> None:
+    def _swap_model(self, runtime: CameraRuntime, model: Colorizer, config: CameraConfig | None = None,
+                    adapted: bool = False) -> bool:
         """Give the camera `model` between two batches: no batch runs its frames on one model and remembers
-        the prediction after the swap reset its Reuse, so the next frame shows the new model at once."""
+        the prediction after the swap reset its Reuse, so the next frame shows the new model at once. A
+        reload's swap sets the camera's `config` with its model; an `adapted` model is not swapped in (False)
+        once the camera is gone or its config names its own. Both under the batch lock: a reload and an
+        adapted model in the same moment cannot leave the camera on one model and its config on the other."""
         with self._batch_lock:
-            old, runtime.colorizer = runtime.colorizer, model
-            if runtime.reuse:
-                runtime.reuse.forget()
+            if adapted and (self.cameras.get(runtime.config.name) is not runtime or runtime.config.model):
+                old = model
+            else:
+                old, runtime.colorizer = runtime.colorizer, model
+                if config is not None:
+                    runtime.config = config
+                if runtime.reuse:
+                    runtime.reuse.forget()
         self._release_unused(old)
+        return old is not model
 
     def _release_unused(self, old: Colorizer) -> None:
         """Free a replaced model (its session, on a GPU its memory) once no camera uses it; never the
@@ -464,8 +472,7 @@ class Pipeline:
         for name, c in wanted.items():
             if name in only_model:
                 runtime = self.cameras[name]  # only the model changed: swap it, the camera keeps streaming
-                self._swap_model(runtime, self.model_for(c))
-                runtime.config = c
+                self._swap_model(runtime, self.model_for(c), c)
                 changes.append(f"model of {name} is now {runtime.colorizer.info.model_id}")
             elif name in restarted:
                 self.add_camera(c)

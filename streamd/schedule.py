@@ -3,10 +3,10 @@
 A camera is adapted without being asked once its store (streamd.collect) is ready: at least `min_frames` day
 frames spread over at least `min_span_h` hours (the store already skips near-duplicates, so these are
 different views and lights). It is adapted again once `readapt_share` of its store is newer than the frames
-its last run saw: the store has turned over (a new season, a moved camera, new light). Automatic runs share
-a daily CPU budget: the child's real CPU time (all its threads, as the kernel reports it) is counted in a
-ledger of the last 24 hours kept in the state directory, a run starts only when at least half a run fits into
-what is left, and its training time is shortened to fit.
+its last run saw: the store has turned over (a new season, a moved camera, new light). Runs, automatic
+or requested, share a daily CPU budget: the child's real CPU time (all its threads, as the kernel reports it)
+is counted in a ledger of the last 24 hours kept in the state directory, a run starts (or a request is taken)
+only when at least half a run fits into what is left, and its training time is shortened to fit.
 
 Each run is `streamd adapt` on the camera's store in a child process: a process, not a thread, so that
 training never holds the interpreter lock the live frames need. The child is the leader of its own process
@@ -104,6 +104,10 @@ def backoff_s(failures: int) -> float:
     return min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (failures - 1))
 
 
+class BudgetSpent(Exception):
+    """A requested run that would not fit into what is left of the day's CPU budget."""
+
+
 class RecordError(Exception):
     """A run's outcome could not be written to the state directory (it is still kept in memory)."""
 
@@ -194,9 +198,13 @@ class AdaptationScheduler:
             self._thread.join(10.0)
 
     def request(self, camera: str) -> str:
-        """Queue a camera for adaptation now; says what happened: queued, already queued, or running."""
+        """Queue a camera for adaptation now; says what happened: queued, already queued, or running. A request
+        is held to the daily CPU budget as the schedule's runs are (BudgetSpent when not half a run fits)."""
         if camera not in self.cameras():
             raise KeyError(camera)
+        if self.run_budget_s() is None:
+            raise BudgetSpent(f"the daily adaptation budget is spent ({self.ledger.spent() / 60:.1f} of "
+                              f"{self.settings.daily_budget_minutes:g} CPU minutes in the last 24 h)")
         with self._lock:
             if self.running == camera:
                 return "running"
@@ -329,9 +337,11 @@ class AdaptationScheduler:
             self.results["failed"] += 1
             self._record(camera, "failed", "torch is not installed (pip install 'streamd[train]')")
             return
-        budget_s = s.budget_minutes * 60 if why is None else self.run_budget_s()  # a request is not held back
-        if budget_s is None:
-            return  # the budget was spent since the schedule chose the camera
+        budget_s = self.run_budget_s()  # shortened to what is left of the day's budget, requested or not
+        if budget_s is None:  # spent since the camera was chosen or requested
+            if why is None:
+                self._record(camera, "skipped", "the daily CPU budget was spent before the requested run started")
+            return
         deadline_s = budget_s + s.grace_minutes * 60
         started = time.time()
         out = folder / f"{camera}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started))}.onnx"

@@ -3,11 +3,13 @@ by looking at it.
 
     /                       the page (streamd/static/: plain HTML, CSS and a little JavaScript)
     /api/cameras            what the cards show, as JSON
-    /snapshot/NAME.jpg      the camera's latest output as JPEG; ?input=1 its latest input; ?width=N scaled
+    /snapshot/NAME.jpg      the camera's latest output as JPEG; ?input=1 its latest input; ?width=N scaled to one
+                            of WIDTHS
 
 The frame path only keeps references to each camera's newest input and output frame (`Latest`); a picture
 is encoded in the HTTP handler when someone asks for it, once per frame however many viewers ask
-(`Snapshots`), so cameras nobody looks at cost nothing. Camera URLs appear only redacted.
+(`Snapshots`), so cameras nobody looks at cost nothing, and viewers asking for every width one after
+another cost at most one encode per width of WIDTHS. Camera URLs appear only redacted.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from streamd.source import redact
 JPEG_QUALITY = 80
 RATE_FRAMES = 1024  # the arrival times kept: a few seconds of a fast camera
 RATE_WINDOW_S = 5.0  # frame rates are measured over this long: a decoder catching up after a stall evens out
-MIN_WIDTH = 16  # the narrowest picture ?width= may ask for
+WIDTHS = (160, 320, 640, 1280)  # the picture widths ?width= may ask for (0 or none: the camera's own)
 _SNAPSHOT_PATH = re.compile(r"^/snapshot/(?P<name>[^/]+)\.jpg$")
 _REFERENCE_PATH = re.compile(r"^/reference/(?P<name>[^/]+)\.jpg$")
 _STATIC = {"status.js": "text/javascript; charset=utf-8", "status.css": "text/css; charset=utf-8"}
@@ -90,21 +92,21 @@ class Snapshots:
         """`cameras` names the cameras running now: /metrics leaves out those a reload removed."""
         self._cameras = cameras
         self._lock = threading.Lock()
-        self._locks: dict[tuple[str, bool], threading.Lock] = {}
-        self._cache: dict[tuple[str, bool], tuple[Frame, int, bytes]] = {}  # (frame shown, width, JPEG)
+        self._locks: dict[tuple[str, bool, int], threading.Lock] = {}
+        self._cache: dict[tuple[str, bool, int], tuple[Frame, bytes]] = {}  # (frame shown, JPEG)
         self.encodes: dict[str, int] = {}  # per camera, for /metrics
 
     def jpeg(self, camera: str, frame: Frame, is_input: bool, width: int) -> bytes:
         """The frame as JPEG, at most `width` pixels wide (0: its own width)."""
-        key = (camera, is_input)
+        key = (camera, is_input, width)
         with self._lock:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
             cached = self._cache.get(key)
-            if cached and cached[0] is frame and cached[1] == width:
-                return cached[2]
+            if cached and cached[0] is frame:
+                return cached[1]
             data = encode(frame, width)
-            self._cache[key] = (frame, width, data)
+            self._cache[key] = (frame, data)
             with self._lock:
                 self.encodes[camera] = self.encodes.get(camera, 0) + 1
             return data
@@ -233,7 +235,7 @@ class StatusPage:
             return Reply(200, json.dumps(doc).encode(), "application/json", {"Cache-Control": "no-store"})
         match = _SNAPSHOT_PATH.match(path)
         if match:
-            return self.snapshot(match["name"], parse_qs(query))
+            return self.snapshot(match["name"], parse_qs(query.replace("+", "%2B")))
         match = _REFERENCE_PATH.match(path)
         if match:
             return self.reference_picture(match["name"])
@@ -262,9 +264,9 @@ class StatusPage:
         self.snapshots.forget_others(set(self.pipeline.cameras))
         is_input = params.get("input", ["0"])[-1] in ("1", "true", "yes")
         width = params.get("width", ["0"])[-1]
-        if not (width.isascii() and width.isdigit()):
-            return _text(400, "width: a number of pixels")
-        width = max(MIN_WIDTH, int(width)) if int(width) else 0
+        if width not in ("0", *map(str, WIDTHS)):  # compared as text: no number of any length is converted
+            return _text(400, f"width: one of {', '.join(map(str, WIDTHS))} pixels, or 0 for the camera's own")
+        width = int(width)
         frame = runtime.latest.input if is_input else runtime.latest.output
         if frame is None:
             return _text(503, f"camera {name}: no frame yet")

@@ -541,7 +541,7 @@ def test_an_adapted_model_that_cannot_be_used_is_recorded_once_and_removed(tmp_p
 
 
 def test_the_status_page_reads_the_scores_an_adaptation_report_holds():
-    """The page shows "PSNR a -> b, AuC a -> b" from the run's report: the keys it reads are the report's."""
+    """The card's last adaptation holds the scores of the run's report, under the keys the page reads."""
     import dataclasses
 
     from streamd.adapt import AdaptReport, Scores
@@ -552,8 +552,7 @@ def test_the_status_page_reads_the_scores_an_adaptation_report_holds():
     last = _last_adaptation({"outcome": "kept", "detail": "yard.onnx", "finished": 0.0,
                              "report": json.loads(json.dumps(dataclasses.asdict(report)))})
     assert last["current"]["psnr"] == 20.0 and last["adapted"]["auc_rebalanced"] == 4.0
-    page = (Path(__file__).resolve().parent.parent / "streamd" / "static" / "status.js").read_text()
-    assert "last.current.psnr" in page and "last.adapted.psnr" in page
+    # that the page shows them: tests/test_status_page.py, in a browser
 
 
 def test_a_run_that_fails_or_is_killed_leaves_no_model_behind(tmp_path, monkeypatch):

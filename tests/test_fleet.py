@@ -149,7 +149,8 @@ def test_a_shard_without_cameras_waits_instead_of_exiting(tmp_path):
         assert proc.poll() is None, stop_streamd(proc)
         assert json.loads(http_get(f"http://127.0.0.1:{http}/healthz")[1]) == {
             "status": "running", "cameras": {}, "shard": f"{empty}/8"}
-        assert http_get(f"http://127.0.0.1:{http}/livez") == (200, '{"status": "running"}')
+        code, body = http_get(f"http://127.0.0.1:{http}/livez")
+        assert code == 200 and json.loads(body)["status"] == "running"
     finally:
         log = stop_streamd(proc)
     assert proc.returncode == 0, log
@@ -234,7 +235,7 @@ def test_kubernetes_manifests_agree_with_streamd():
 def test_livez_fails_only_for_a_silent_main_loop():
     from streamd.health import LIVE_S, liveness
 
-    assert liveness("running", 1.0) == (200, {"status": "running"})
+    assert liveness("running", 1.0) == (200, {"status": "running", "silent_s": 1.0})
     assert liveness("starting", 10 * LIVE_S)[0] == 200  # loading a model is not hanging
     code, body = liveness("running", LIVE_S + 1)
     assert code == 503 and body["status"] == "hung"

@@ -2,6 +2,7 @@
 page's files in an installed package."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 from streamd import config as cfgmod
+from streamd.adapt import AdaptReport, Scores
 from streamd.frame import Frame
 from streamd.source import SyntheticCamera
 from streamd.status import Snapshots, rate
@@ -27,7 +29,7 @@ from tests.browser import Browser
 from tests.conftest import ROOT, free_port
 from tests.test_operations import start_streamd, stop_streamd
 
-TOKEN = "page-test-token-0123456789abcdef"
+TOKEN = "page-test+token/0123456789abcdef="  # as `openssl rand -base64` makes them: + and / and =
 SECRET = "hunter2secret"
 
 
@@ -82,7 +84,8 @@ def card_values(browser: Browser) -> dict:
 
 def test_status_page_in_a_browser(rtsp_server, publishers, tmp_path):
     """A gray (night) and a colour (day) camera on a real RTSP server, `streamd run` with the page behind a
-    token, and headless Chromium: the cards, pictures that refresh, the adaptation button, a screenshot."""
+    token (with a '+', which the page's URL carries as itself), and headless Chromium: the cards, pictures that
+    refresh, the scores of the night camera's last adaptation, the adaptation button, a screenshot."""
     publishers(rtsp_server.publish_url("night"), mode="gray", seconds=180)
     publishers(rtsp_server.publish_url("day"), mode="colour", seconds=180)
     http = free_port()
@@ -90,6 +93,11 @@ def test_status_page_in_a_browser(rtsp_server, publishers, tmp_path):
     camera = '[[camera]]\nname = "{}"\nurl = "{}"\ntransport = "udp"\n'
     secret_url = rtsp_server.play_url("night").replace("rtsp://", f"rtsp://viewer:{SECRET}@")
     config = tmp_path / "streamd.toml"
+    report = AdaptReport(30, 20, 400, 240.0, "streamd-base", Scores(0.812, 23.25, 9.0), Scores(0.875, 24.5, 3.0),
+                         Scores(0.5, 22.0, 5.0), True, "night.onnx", None)
+    (tmp_path / "state" / "night").mkdir(parents=True)  # the night camera's last run, as the scheduler records it
+    (tmp_path / "state" / "night" / "adapted.json").write_text(json.dumps(
+        {"outcome": "kept", "detail": "night.onnx", "finished": time.time() - 3600, "report": dataclasses.asdict(report)}))
     config.write_text(f'[zmq]\nendpoint = ""\n[http]\nlisten = "127.0.0.1:{http}"\ntoken = "{TOKEN}"\n'
                       f'[adapt]\nstate_dir = "{tmp_path / "state"}"\n'
                       + camera.format("night", secret_url) + camera.format("day", rtsp_server.play_url("day")))
@@ -124,9 +132,9 @@ def test_status_page_in_a_browser(rtsp_server, publishers, tmp_path):
         assert {c["model"]["kind"] for c in doc.values()} == {"generic"}
 
         # Snapshots: the night camera's output is colour, its input gray; the day camera's output is its own colour
-        status, headers, output = request(f"{base}/snapshot/night.jpg?width=200")
+        status, headers, output = request(f"{base}/snapshot/night.jpg?width=160")
         assert status == 200 and headers["Content-Type"] == "image/jpeg" and headers["X-Frame-Seq"].isdigit()
-        assert cv2.imdecode(np.frombuffer(output, np.uint8), cv2.IMREAD_COLOR).shape[1] == 200
+        assert cv2.imdecode(np.frombuffer(output, np.uint8), cv2.IMREAD_COLOR).shape[1] == 160
         status, _, gray = request(f"{base}/snapshot/night.jpg?input=1")
         assert status == 200 and chroma_spread(gray) < 1.0 < chroma_spread(output), (chroma_spread(gray), chroma_spread(output))
         assert chroma_spread(request(f"{base}/snapshot/day.jpg")[2]) > 3.0
@@ -146,7 +154,9 @@ def test_status_page_in_a_browser(rtsp_server, publishers, tmp_path):
             assert card["text"][".model"].startswith("generic: streamd-base"), card
             assert re.fullmatch(r"[\d.]+ in, [\d.]+ out", card["text"][".fps"]), card
             assert re.fullmatch(r"\d+ of \d+", card["text"][".dropped"]), card
-            assert card["text"][".adaptation"] == "never run", card
+        assert first["day"]["text"][".adaptation"] == "never run", first["day"]
+        night = first["night"]["text"][".adaptation"]  # the scores of the model it had to beat, and of its own
+        assert night.startswith("kept ") and night.endswith("(PSNR 23.25 → 24.50 dB, AuC 0.812 → 0.875)"), night
         # The pictures refresh while the page stays open: later frames replace the first ones
         later = wait_until(lambda: (lambda v: all(int(v[n][w]["seq"]) > int(first[n][w]["seq"]) for n in v
                                                   for w in ("input", "output")) and v)(card_values(browser)), timeout=30)
