@@ -115,7 +115,7 @@ class ReferenceColorNet(ColorNet):
 
     def take_generic(self, generic: ColorNet) -> None:
         """Start from a generic network's weights: the reference planes' first-layer weights and the trust start
-        at zero, so the network first predicts exactly what the generic one did, trusting half and half."""
+        at zero, so the network first predicts exactly what the generic one did, trusting the reference everywhere alike."""
         state = generic.state_dict()
         first = "enc_half.0.weight"
         widened = torch.zeros_like(self.state_dict()[first])
@@ -125,7 +125,7 @@ class ReferenceColorNet(ColorNet):
         if unexpected or any(not k.startswith("trust.") for k in missing):
             raise ValueError(f"generic weights do not fit: missing {missing}, unexpected {unexpected}")
         nn.init.zeros_(self.trust.weight)
-        nn.init.zeros_(self.trust.bias)
+        nn.init.constant_(self.trust.bias, 1.0)  # a camera's reference is mostly right: start trusting it 73 %
 
 
 def blend_with_reference(own: torch.Tensor, trust_logit: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

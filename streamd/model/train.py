@@ -138,6 +138,18 @@ def log_correction(priors: Priors, bins: np.ndarray, class_mix: float, prior_cor
     return torch.from_numpy(-prior_correction * np.log(np.where(class_w > 0, class_w, 1.0)))
 
 
+TRUST_SCALE = 8.0  # ab units: a reference this far from the truth is trusted to exp(-1) = 0.37
+TRUST_LR_SCALE = 10.0  # the trust head is new: Adam moves a weight about lr per step, and it has far to go
+
+
+def parameter_groups(net: ColorNet) -> list[dict]:
+    """The trainable parameters, each group with its `lr_scale`: a reference network's trust head learns
+    TRUST_LR_SCALE times faster than the rest, which starts from trained weights."""
+    trust = [p for p in net.trust.parameters() if p.requires_grad] if isinstance(net, ReferenceColorNet) else []
+    rest = [p for p in net.parameters() if p.requires_grad and all(p is not t for t in trust)]
+    return [{"params": rest, "lr_scale": 1.0}] + ([{"params": trust, "lr_scale": TRUST_LR_SCALE}] if trust else [])
+
+
 # The decoding a reference network's own colour is blended with while it trains: the shipped models' (T 2,
 # half the rebalancing divided out), so that its trust is learnt against the colour it will be blended with.
 REFERENCE_TRAINING_DECODE = (2.0, 0.5)
@@ -170,8 +182,14 @@ def reference_loss(model: torch.nn.Module, batch: tuple[np.ndarray, ...], criter
     logits, trust = logits.float().cpu(), trust.float().cpu()
     with torch.no_grad():
         own = own_colour.decode(logits)
+        # where the reference is right (within TRUST_SCALE ab units of the truth, on the 1/4 grid) it should be
+        # trusted: a direct target, much stronger than the blend's error alone where reference and own agree
+        reference_error = torch.linalg.vector_norm(
+            torch.nn.functional.avg_pool2d(planes[:, 1:3], 4) - ab_quarter, dim=1, keepdim=True)
+        trust_target = torch.exp(-(reference_error / TRUST_SCALE) ** 2)
     blended = blend_with_reference(own, trust, planes)
-    return criterion(logits, ab_quarter) + trust_weight * (blended - ab_full).abs().mean() / 10.0
+    return (criterion(logits, ab_quarter) + trust_weight * (blended - ab_full).abs().mean() / 10.0
+            + trust_weight * torch.nn.functional.binary_cross_entropy_with_logits(trust, trust_target))
 
 
 def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
@@ -239,8 +257,7 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
     temperature, alpha = REFERENCE_TRAINING_DECODE
     own_colour = AnnealedMean(torch.nn.Identity(), bins, temperature,
                               log_correction(priors, bins.numpy(), cfg.class_mix, alpha if cfg.rebalance else 0.0))
-    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(net), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, seconds, samples = 0, 0.0, 0
     if resume.exists():
         net.load_state_dict(ckpt["model"])
@@ -264,7 +281,7 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
     while progress(step, seconds, cfg) < 1.0:
         t0 = time.perf_counter()
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, seconds, cfg)
+            group["lr"] = lr_at(step, seconds, cfg) * group["lr_scale"]
         if isinstance(net, ReferenceColorNet):
             loss = reference_loss(model, sampler.batch(cfg.batch), criterion, own_colour, cfg.trust_weight, device)
         else:
