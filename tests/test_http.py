@@ -404,7 +404,7 @@ def test_a_reload_and_an_adapted_model_at_once_leave_the_page_saying_what_the_ca
             for t in threads:
                 t.join(30)
             card = camera_card(pipeline, "gate", runtime, time.monotonic())
-            assert str(runtime.colorizer.path) == str(own) and card["model"]["kind"] == "configured", (
+            assert str(runtime.colorizer.path) == str(own) and card["model"]["kind"] == "camera", (
                 runtime.colorizer.path, card["model"])
             pipeline.apply(plain)  # back to the generic model for the next round
             assert runtime.colorizer is pipeline.colorizer
