@@ -138,7 +138,7 @@ def log_correction(priors: Priors, bins: np.ndarray, class_mix: float, prior_cor
     return torch.from_numpy(-prior_correction * np.log(np.where(class_w > 0, class_w, 1.0)))
 
 
-TRUST_SCALE = 8.0  # ab units: a reference this far from the truth is trusted to exp(-1) = 0.37
+TRUST_SCALE = 2.0  # ab units: a reference this much nearer the truth than the network's own colour: trust 0.73
 TRUST_LR_SCALE = 10.0  # the trust head is new: Adam moves a weight about lr per step, and it has far to go
 
 
@@ -182,11 +182,14 @@ def reference_loss(model: torch.nn.Module, batch: tuple[np.ndarray, ...], criter
     logits, trust = logits.float().cpu(), trust.float().cpu()
     with torch.no_grad():
         own = own_colour.decode(logits)
-        # where the reference is right (within TRUST_SCALE ab units of the truth, on the 1/4 grid) it should be
-        # trusted: a direct target, much stronger than the blend's error alone where reference and own agree
+        # Trust the reference where it is nearer the truth than the network's own colour (on the 1/4 grid,
+        # softly over TRUST_SCALE ab units): a direct target, much stronger than the blend's error alone
+        # where the two nearly agree. Not "where the reference is near the truth": under other light the
+        # reference is off by a few units everywhere, still far better than a guess.
         reference_error = torch.linalg.vector_norm(
             torch.nn.functional.avg_pool2d(planes[:, 1:3], 4) - ab_quarter, dim=1, keepdim=True)
-        trust_target = torch.exp(-(reference_error / TRUST_SCALE) ** 2)
+        own_error = torch.linalg.vector_norm(own - ab_quarter, dim=1, keepdim=True)
+        trust_target = torch.sigmoid((own_error - reference_error) / TRUST_SCALE)
     blended = blend_with_reference(own, trust, planes)
     return (criterion(logits, ab_quarter) + trust_weight * (blended - ab_full).abs().mean() / 10.0
             + trust_weight * torch.nn.functional.binary_cross_entropy_with_logits(trust, trust_target))
