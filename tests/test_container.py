@@ -3,9 +3,9 @@
 The build takes minutes, so the image test runs only when asked or when what the image is made of changed:
   STREAMD_TEST_IMAGE=1 python -m pytest tests/test_container.py   always (fails if it cannot build or run)
   STREAMD_TEST_IMAGE=0                                              never
-  unset: runs when the image's inputs (INPUTS) changed since the last image test that passed on this machine
+  unset: runs when the image's inputs (INPUTS) changed since the last image test that passed in this checkout
     (a hash in $STREAMD_IMAGE_CACHE, default /var/tmp/streamd-image); skipped where none has passed yet (a
-    fresh clone, CI), where $CI is set, and where root, debootstrap, buildah or podman are missing.
+    fresh clone, CI's), where $CI is set, and where root, debootstrap, buildah or podman are missing.
 The checks that need no image (the names the manifests use) run every time.
 """
 from __future__ import annotations
@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 INPUTS = ("Containerfile", "scripts/build-image", "deploy/container/streamd-livez", "setup.cfg", "pyproject.toml",
           "MANIFEST.in")
 CACHE = Path(os.environ.get("STREAMD_IMAGE_CACHE", "/var/tmp/streamd-image"))
-STAMP = CACHE / "image-test.sha256"
+# one record per checkout: a fresh clone (CI's) has none, and worktrees with different inputs keep their own
+STAMP = CACHE / f"image-test-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}.sha256"
 TAG = "localhost/streamd-test:image-test"
 HOW = ("run it as root with debootstrap, buildah, podman and runc installed: "
        "STREAMD_TEST_IMAGE=1 python -m pytest tests/test_container.py")
@@ -52,7 +53,8 @@ def skip_reason() -> str | None:
         if os.environ.get("CI"):
             return f"the image build is not part of CI runs; {HOW}"
         if not STAMP.exists():
-            return f"no image test has passed on this machine yet (it runs by itself once one has and the image's inputs change); {HOW}"
+            return (f"no image test has passed in this checkout yet (after one has, it runs by itself when the "
+                    f"image's inputs change); {HOW}")
         if STAMP.read_text().strip() == inputs_hash():
             return f"the image's inputs ({', '.join(INPUTS)}) are unchanged since the last image test passed; {HOW}"
     missing = [tool for tool in ("debootstrap", "buildah", "podman") if not shutil.which(tool)]
