@@ -862,22 +862,16 @@ def usage_error(args: argparse.Namespace) -> str | None:
         return "--processes and --cameras must be 1 or more"
     if sum(bool(x) for x in (args.frame_cost, args.triton, args.reference)) > 1:
         return "--frame-cost, --reference and --triton are separate runs: give one"
-    if args.reference:
-        if args.device != "cpu":
-            return "--reference times the CPU path: leave --device at cpu"
-        try:
-            resolution(args.reference)
-        except ValueError as e:
-            return f"--reference {e}"
     if args.triton and args.device != "cpu":
         return "--triton compares the server with ONNX Runtime on this host's CPU: leave --device at cpu"
-    if args.frame_cost:
-        if args.device != "cpu":
-            return "--frame-cost times the CPU's steps: leave --device at cpu"
-        try:
-            resolution(args.frame_cost)
-        except ValueError as e:
-            return f"--frame-cost {e}"
+    for option, value in (("--frame-cost", args.frame_cost), ("--reference", args.reference)):
+        if value:  # each times the CPU's own work on one camera of a size
+            if args.device != "cpu":
+                return f"{option} times the CPU's work: leave --device at cpu"
+            try:
+                resolution(value)
+            except ValueError as e:
+                return f"{option} {e}"
     return None
 
 

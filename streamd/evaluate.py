@@ -48,6 +48,7 @@ from streamd.infer import Colorizer
 from streamd.lab import AB_GRID, AB_LIMIT, lab_to_rgb, rgb_to_lab
 from streamd.model.data import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from streamd.offline import colorize_images, colorize_sequence
+from streamd.reference import evenly_spaced
 from streamd.steps import reuse_for
 
 log = logging.getLogger(__name__)
@@ -316,13 +317,6 @@ class Evaluation:
 
 
 # -- inputs ---------------------------------------------------------------------------------------------
-def evenly_spaced(items: list, limit: int) -> list:
-    """At most `limit` items (all when limit <= 0), evenly spaced over the list, first and last included."""
-    if limit <= 0 or limit >= len(items):
-        return items
-    return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
-
-
 def read_rgb(path: Path) -> np.ndarray | None:
     """An image file as RGB uint8, or None (with a warning) when it cannot be read."""
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)

@@ -37,7 +37,7 @@ from streamd.infer import REFERENCE_MODEL, Colorizer, shipped_model
 from streamd.lab import lab_to_rgb, rgb_to_lab
 from streamd.model.data import near_infrared_like
 from streamd.offline import colorize_images
-from streamd.reference import DayReference, ReferenceError, build
+from streamd.reference import DayReference, ReferenceError, build, scene_of
 from streamd.reference_store import CameraReference
 from streamd.steps import ReferenceColouring
 
@@ -74,16 +74,10 @@ class Scene:
     masks: list[np.ndarray | None]  # per night frame
 
 
-def scene_name(path: Path) -> str:
-    from streamd.model.reference_data import SCENE_NAME
-
-    return SCENE_NAME.sub("", path.stem)
-
-
 def load_scenes(folder: Path, masks: Path | None) -> list[Scene]:
     groups: dict[str, list[Path]] = {}
     for path in image_files(folder):
-        groups.setdefault(scene_name(path), []).append(path)
+        groups.setdefault(scene_of(path), []).append(path)
     scenes = []
     for name, paths in groups.items():
         split = int(len(paths) * DAY_SHARE)

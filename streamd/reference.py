@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -135,9 +136,19 @@ def working_size(width: int, height: int, side: int = WORKING_SIDE) -> tuple[int
 
 
 def evenly_spaced(items: list, limit: int) -> list:
-    if len(items) <= limit:
+    """At most `limit` items (all when limit <= 0), evenly spaced over the list, first and last included."""
+    if limit <= 0 or limit >= len(items):
         return list(items)
     return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
+
+
+# A fixed camera's frame files: SCENE_in000123.jpg, SCENE_000123.png, SCENE_f00008.jpg -> SCENE
+SCENE_NAME = re.compile(r"[_-]?(?:in|f)?\d+$")
+
+
+def scene_of(path: Path) -> str:
+    """The scene a numbered frame file belongs to (its name without the frame number)."""
+    return SCENE_NAME.sub("", path.stem)
 
 
 def build(frames_rgb: Iterable[np.ndarray], newest_frame_at: float = 0.0, now: float | None = None) -> DayReference:

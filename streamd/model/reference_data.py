@@ -12,7 +12,6 @@ Night L is gray luma or near-infrared-like, varied in gamma, contrast and noise 
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import cv2
@@ -21,9 +20,7 @@ import numpy as np
 from streamd.lab import rgb_to_lab
 from streamd.lightness import lightness_table
 from streamd.model.data import CropSampler, load_images
-from streamd.reference import MIN_FRAMES, build
-
-SCENE_NAME = re.compile(r"[_-]?(?:in|f)?\d+$")  # Board_in000012, bgs_video02_f00008 -> the scene's name
+from streamd.reference import MIN_FRAMES, build, scene_of
 
 
 def load_scenes(folder: Path, max_side: int = 320) -> list[list[np.ndarray]]:
@@ -32,7 +29,7 @@ def load_scenes(folder: Path, max_side: int = 320) -> list[list[np.ndarray]]:
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"})
     groups: dict[str, list[Path]] = {}
     for path in paths:
-        groups.setdefault(f"{path.parent}/{SCENE_NAME.sub('', path.stem)}", []).append(path)
+        groups.setdefault(f"{path.parent}/{scene_of(path)}", []).append(path)
     scenes = []
     for group in groups.values():
         if len(group) >= 2 * MIN_FRAMES:
