@@ -198,7 +198,20 @@ def test_frame_cost_runs_every_frame_through_the_daemons_steps(tmp_path, capsys)
     assert "chroma planes" in capsys.readouterr().out
 
 
+def test_reference_cost_times_both_paths_frame_by_frame(tmp_path, capsys):
+    """--reference: the same still clip through the generic path and the reference path in turns, every frame
+    through the network; the clip's view is its reference, so every frame of the reference path fits it."""
+    out = tmp_path / "r.json"
+    assert main(["bench", "--reference", "640x360", "--short", "--json", str(out)]) == 0
+    cost = strict_json(out)["reference_cost"]
+    assert cost["resolution"] == "640x360" and cost["frames"] == 20 and cost["reference_frames"] == 20
+    assert all(map(positive, cost["ms_per_frame"].values())) and positive(cost["ratio"])
+    assert "reference / generic" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, problem", [
+    (["--reference", "640x361"], "must be even"),
+    (["--reference", "640x360", "--frame-cost", "640x360"], "separate runs"),
     (["--frame-cost", "641x360"], "must be even"),
     (["--frame-cost", "wide"], "not WIDTHxHEIGHT"),
     (["--cameras", "4"], "only with --device"),
