@@ -166,9 +166,17 @@ def copy_of(reference: DayReference, truth_lab: np.ndarray) -> np.ndarray:
     return lab_to_rgb(lab)
 
 
+def sheet_frame(scene: Scene) -> int:
+    """The night frame a contact sheet shows of a scene: the one with the most of a moving object in view
+    (what the reference cannot know), else the middle one."""
+    moving = [int((m == MOVING).sum()) if m is not None else 0 for m in scene.masks]
+    return int(np.argmax(moving)) if max(moving) else len(scene.night) // 2
+
+
 def evaluate(scenes: list[Scene], generic: Colorizer, model: Colorizer,
              sheet_frames: list | None = None) -> dict[str, dict[str, dict[str, float]]]:
-    """Rows per condition and method."""
+    """Rows per condition and method; `sheet_frames` gathers a contact sheet's rows: each scene's gray night
+    and the first scene under the other conditions."""
     references = {s.name: build(s.day) for s in scenes}
     tallies = {c: {m: Tally() for m in METHODS} for c in CONDITIONS}
     for number, scene in enumerate(scenes):
@@ -187,6 +195,7 @@ def evaluate(scenes: list[Scene], generic: Colorizer, model: Colorizer,
                                          other.built_at, own.source_size)
             keeper = CameraReference(scene.name, None, None, reference=reference)
             by_reference = ReferenceColouring(model, keeper)
+            shown = sheet_frame(scene) if condition == "gray night" or number == 0 else None
             for i, (truth, mask) in enumerate(zip(scene.night, scene.masks)):
                 truth, given = night_input(condition, truth, i)
                 truth_lab = rgb_to_lab(truth)
@@ -197,7 +206,7 @@ def evaluate(scenes: list[Scene], generic: Colorizer, model: Colorizer,
                            "reference": with_lightness(colorize_images(generic, [given], by_reference)[0], truth_lab)}
                 for method, out in outputs.items():
                     tallies[condition][method].add(out, truth, truth_lab, mask)
-                if sheet_frames is not None and i == len(scene.night) // 2:
+                if sheet_frames is not None and i == shown:
                     sheet_frames.append((f"{scene.name}, {condition}", reference.picture(),
                                          cv2.cvtColor(given, cv2.COLOR_BGR2RGB), outputs, truth))
     return {c: {m: t.row() for m, t in methods.items() if t.psnr} for c, methods in tallies.items()}
