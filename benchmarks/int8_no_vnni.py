@@ -2,15 +2,16 @@
 
 There, MLAS multiplies the uint8 activations by the int8 weights with VPMADDUBSW, which adds the products
 of two neighbouring elements of the reduction (input channels of one kernel tap) into an int16 that
-saturates at +-32767; a CPU with VNNI (VPDPBUSD) adds them into an int32. ONNX Runtime has no switch to
-pick the kernel on a CPU that has VNNI, so this runs the QDQ graph in onnx's reference evaluator, each
+saturates at +-32767; a CPU with VNNI (VPDPBUSD) adds them into an int32. ONNX Runtime has no switch that
+makes a CPU with VNNI run the other kernel, so this runs the QDQ graph in onnx's reference evaluator, each
 convolution in PyTorch on the dequantized values, plus the error the saturating pairs would make.
 
     python benchmarks/int8_no_vnni.py MODEL-int8.onnx [IMAGE ...]   # mean and p99 ab error against fp32
 
 It prints, per image, the int8 model's error against the fp32 model (MODEL.onnx, the int8 name without
 -int8) as ONNX Runtime computes it on this CPU, as emulated with int32 sums (to check the emulation), and
-as emulated with the int16 pairs of a CPU without VNNI. Images: scikit-image's astronaut by default.
+as emulated with the int16 pairs of a CPU without VNNI (run on such a CPU, the first column is the third
+measured). Images: scikit-image's astronaut by default. Needs the train extra (torch, onnx).
 """
 from __future__ import annotations
 

@@ -308,7 +308,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     problems = recording_problems(cfg, args.instance or args.config.stem, unit)
     if cfg.adapt.state_dir or os.environ.get("STATE_DIRECTORY"):  # else: the home of the user the daemon runs as
-        problems += filter(None, [state_problem(cfg, cfg.cameras)])
+        state = state_problem(cfg, cfg.cameras)
+        if state:
+            problems.append(state)
     for problem in problems:
         print(f"config error: {problem}", file=sys.stderr)
     if problems:
