@@ -1,7 +1,8 @@
 """The `streamd` command.
 
 Exit codes: 0 success; 1 the job failed (every camera failed, a file could not be processed);
-2 bad usage or an invalid config (the message names the key); 130 interrupted.
+2 bad usage, an invalid config, or one this host cannot start (a port in use, a state directory it cannot
+write; the message names the key); 130 interrupted.
 """
 from __future__ import annotations
 
