@@ -1,12 +1,14 @@
 """The `streamd` command.
 
 Exit codes: 0 success; 1 the job failed (every camera failed, a file could not be processed);
-2 bad usage or an invalid config (the message names the key); 130 interrupted.
+2 bad usage, an invalid config, or one this host cannot start (a port in use, a state directory it cannot
+write; the message names the key); 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import functools
 import importlib
 import logging
@@ -181,12 +183,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise cfgmod.ConfigError(f"{'--shard' if args.shard else 'fleet.shard'}: {e}") from e
     for warning in space_warnings(fleet.mine(cfg.cameras, shard)):
         log.warning(warning)
+    problem = state_problem(cfg, fleet.mine(cfg.cameras, shard))
+    if problem:  # before the model loads: a start that cannot succeed should end at once
+        raise cfgmod.ConfigError(problem)
     notifier = Notifier()
     pipeline = Pipeline(cfg, keepalive=notifier.working, shard=shard)
     http = None
     if cfg.http.listen:
         host, _, port = cfg.http.listen.rpartition(":")
-        http = HealthServer(pipeline, pipeline.instruments.registry, host, int(port), cfg.http.token)
+        try:
+            http = HealthServer(pipeline, pipeline.instruments.registry, host, int(port), cfg.http.token)
+        except OSError as e:
+            pipeline.stop()
+            raise cfgmod.ConfigError(f"http.listen: cannot listen on {cfg.http.listen}: {e.strerror}"
+                                     f"{cfgmod.in_use_hint('--http') if e.errno == errno.EADDRINUSE else ''}") from e
     daemon = Daemon(pipeline, args.config, args.report_every, http, notifier,
                     lambda path: with_flags(cfgmod.load(path), args))
     daemon.install_signals()
@@ -216,6 +226,23 @@ def leave(code: int) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def state_problem(cfg: cfgmod.Config, cameras: tuple[cfgmod.CameraConfig, ...]) -> str | None:
+    """Why the state directory cannot take the day frames of the cameras that collect them, or None (no
+    camera collects: nothing is written there)."""
+    from streamd.collect import default_state_dir
+    from streamd.recording import folder_problem
+
+    if not any(c.collect for c in cameras):
+        return None
+    folder = Path(cfg.adapt.state_dir) if cfg.adapt.state_dir else default_state_dir()
+    problem = folder_problem(folder.absolute())
+    if problem is None:
+        return None
+    unset = "" if cfg.adapt.state_dir else f" (not set: {folder})"
+    return (f"adapt.state_dir{unset}: {problem}; give a folder this user can write, or collect = false to the "
+            "cameras")
 
 
 INSTALLED_UNIT = Path("/etc/systemd/system/streamd@.service")
@@ -281,6 +308,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     for warning in space_warnings(fleet.mine(cfg.cameras, shard)):
         print(f"warning: {warning}", file=sys.stderr)
     problems = recording_problems(cfg, args.instance or args.config.stem, unit)
+    if cfg.adapt.state_dir or os.environ.get("STATE_DIRECTORY"):  # else: the home of the user the daemon runs as
+        state = state_problem(cfg, cfg.cameras)
+        if state:
+            problems.append(state)
     for problem in problems:
         print(f"config error: {problem}", file=sys.stderr)
     if problems:

@@ -220,12 +220,39 @@ def _curve_secret_problem(path: str) -> str | None:
     return None
 
 
+# What FFmpeg opens for a camera, by URL scheme; the schemes of the first group name a host to connect to.
+_HOST_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "srt")
+_OTHER_SCHEMES = ("udp", "tcp", "file", "synthetic")  # udp://@:1234 listens on all interfaces: no host needed
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]{0,15}$")
+
+
+def _camera_url_problem(url: str) -> str | None:
+    """Why a camera URL could not be opened as written, or None (text without "://" is a file path, or
+    synthetic:, the demo's camera). Says nothing of the URL itself: it may hold a password."""
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        return None
+    if scheme.lower() not in _HOST_SCHEMES + _OTHER_SCHEMES:
+        known = ", ".join(_HOST_SCHEMES + _OTHER_SCHEMES)
+        named = f" {scheme!r}" if _SCHEME.match(scheme) else ""  # not what precedes "://" in "user:pass@rtsp://"
+        return f"cannot be parsed: unknown scheme{named} (known: {known}; or a file path)"
+    if scheme.lower() in _HOST_SCHEMES and not _host_and_port_ok(url):
+        return "cannot be parsed: it needs a host, and a port (if any) from 1 to 65535"
+    return None
+
+
 def _host_and_port_ok(url: str) -> bool:
     try:
         rtsp_address(url)
         return True
     except ValueError:
         return False
+
+
+def in_use_hint(flag: str) -> str:
+    """The end of the message for a port or endpoint that another process has bound."""
+    return (f" (another process has it, perhaps another streamd of this config: each process on a host needs its "
+            f"own; `streamd run {flag}` overrides the config's, docs/scaling.md)")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -320,6 +347,8 @@ def validate(cfg: Config) -> Config:
         _check(c.name not in seen, f"{where}.name", f"camera name {c.name!r} is used twice")
         seen.add(c.name)
         _check(bool(c.url.strip()), f"{where}.url", "must not be empty")
+        url_problem = _camera_url_problem(c.url)
+        _check(url_problem is None, f"{where}.url", url_problem or "")
         _check(c.transport in ("tcp", "udp"), f"{where}.transport", "must be tcp or udp")
         _check(c.rtsp_out_transport in ("", "tcp", "udp"), f"{where}.rtsp_out_transport", "must be tcp or udp")
         _check(not c.rtsp_out or c.rtsp_out.startswith(("rtsp://", "rtsps://")), f"{where}.rtsp_out",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph, InvalidProtobuf
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,11 @@ class Colorizer:
         providers = [(self.provider, provider_options)]
         if self.provider != PROVIDERS["cpu"]:
             providers.append((PROVIDERS["cpu"], {}))
-        self.session = ort.InferenceSession(str(path), options, providers=providers,
-                                            disabled_optimizers=disabled_optimizers)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers,
+                                                disabled_optimizers=disabled_optimizers)
+        except (InvalidProtobuf, InvalidGraph) as e:  # a file that is not an ONNX model, or a broken one
+            raise ModelError(f"model {path}: ONNX Runtime cannot load it ({e})") from e
         self.info = session_info(self.session, path, temperature)
         # A reference model also takes the camera's day reference (streamd.reference) and returns ab at the input's size
         self.takes_reference = any(i.name == REFERENCE_INPUT for i in self.session.get_inputs())

@@ -16,6 +16,7 @@ The Pipeline owns every thread and queue it starts, and stops them all in `stop(
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import threading
@@ -33,7 +34,7 @@ from streamd import fleet
 from streamd.batch import Batcher
 from streamd.collect import FrameStore, default_state_dir
 from streamd.chroma import chroma_planes
-from streamd.config import CameraConfig, Config, ConfigError, ModelConfig
+from streamd.config import CameraConfig, Config, ConfigError, ModelConfig, in_use_hint
 from streamd.daynight import DayNight
 from streamd.frame import Frame
 from streamd.health import Instruments
@@ -170,7 +171,11 @@ class Pipeline:
         m = config.model
         self._keepalive = keepalive
         with keepalive("loading the model", m.load_timeout_s):
-            self.colorizer = colorizer or self._load_model(m.path)
+            try:
+                self.colorizer = colorizer or self._load_model(m.path)
+            except (FileNotFoundError, ModelError) as e:  # the config's model or its int8 copy: the operator's
+                key = "model.int8" if isinstance(e, FileNotFoundError) and m.int8 == "on" else "model.path"
+                raise ConfigError(f"{key}: {e}") from e
         self._models: dict[str, Colorizer] = {"": self.colorizer}  # per-camera models, by path
         # Models are loaded and swapped from the reload thread and the adaptation scheduler's, and used by the
         # inference thread: each file is loaded once (a second asker waits for the first load; different files
@@ -191,8 +196,13 @@ class Pipeline:
             keys = (None, None)
             if config.zmq.curve_secret_key_file:
                 keys = zmq.auth.load_certificate(config.zmq.curve_secret_key_file)
-            self.publisher = ZmqPublisher(self._zmq_context, config.zmq.endpoint, config.zmq.hwm,
-                                          curve_secret_key=keys[1], curve_public_key=keys[0])
+            try:
+                self.publisher = ZmqPublisher(self._zmq_context, config.zmq.endpoint, config.zmq.hwm,
+                                              curve_secret_key=keys[1], curve_public_key=keys[0])
+            except zmq.ZMQError as e:  # the socket is left open: only destroy() lets the context go
+                self._zmq_context.destroy(linger=0)
+                raise ConfigError(f"zmq.endpoint: cannot bind {config.zmq.endpoint}: {zmq.strerror(e.errno)}"
+                                  f"{in_use_hint('--zmq') if e.errno == errno.EADDRINUSE else ''}") from e
         self.cameras: dict[str, CameraRuntime] = {}
         self.state_dir = Path(config.adapt.state_dir) if config.adapt.state_dir else default_state_dir()
         # Adaptation fine-tunes the generic model's training weights (beside it as .pt; the shipped ones

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -239,3 +240,67 @@ def test_livez_fails_only_for_a_silent_main_loop():
     assert liveness("starting", 10 * LIVE_S)[0] == 200  # loading a model is not hanging
     code, body = liveness("running", LIVE_S + 1)
     assert code == 503 and body["status"] == "hung"
+
+
+def unit_command(unit: str, instance: str, env: dict[str, str], config: Path) -> list[str]:
+    """The unit's ExecStart for an instance, as systemd expands it: %i, ${VAR} in a word, and $VAR alone as
+    its value's words (none when unset); the installed paths replaced by this checkout's."""
+    line = next(ln for ln in unit.splitlines() if ln.startswith("ExecStart="))
+    words = []
+    for word in line.removeprefix("ExecStart=").replace("%i", instance).split():
+        if word.startswith("$") and not word.startswith("${"):
+            words += env.get(word[1:], "").split()
+        else:
+            words.append(re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], word))
+    assert words[:2] == ["/usr/local/bin/streamd", "run"] and "/etc/streamd/fleet.toml" in words, words
+    return [str(config) if w == "/etc/streamd/fleet.toml" else w for w in words[1:]]
+
+
+def env_file(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
+
+
+def test_two_shards_of_one_config_on_one_host_each_on_ports_of_their_own(tmp_path):
+    """streamd-shard@0 and streamd-shard@1 on one host, run as their unit runs them: shard 0 on the config's
+    ZeroMQ endpoint and HTTP address, shard 1 on the ones its /etc/streamd/shard-1.env gives it, as
+    docs/scaling.md says. Both run and publish their own cameras. Without that file shard 1 would bind shard
+    0's endpoint: it ends at once, naming zmq.endpoint."""
+    unit = (ROOT / "systemd" / "streamd-shard@.service").read_text()
+    assert "EnvironmentFile=-/etc/streamd/shard-%i.env" in unit
+    clip = write_video(tmp_path / "day.mp4", "colour", seconds=1, size="160x120")  # day: no inference to wait on
+    names = ["gate", "yard", "dock", "lobby", "roof", "fence"]
+    assert {fleet.owner(n, 2) for n in names} == {0, 1}
+    endpoints = [f"tcp://127.0.0.1:{free_port()}" for _ in range(2)]
+    https = [free_port() for _ in range(2)]
+    config = tmp_path / "fleet.toml"
+    config.write_text(f'[zmq]\nendpoint = "{endpoints[0]}"\n[http]\nlisten = "127.0.0.1:{https[0]}"\n' +
+                      "".join(f'[[camera]]\nname = "{n}"\nurl = "{clip}"\nloop = true\ncollect = false\n'
+                              for n in names))
+    (tmp_path / "fleet.env").write_text("STREAMD_SHARDS=2\n")
+    (tmp_path / "shard-1.env").write_text(f"# /etc/streamd/shard-1.env\n"
+                                          f"STREAMD_FLAGS=--zmq {endpoints[1]} --http 127.0.0.1:{https[1]}\n")
+    fleet_env = env_file(tmp_path / "fleet.env")
+    shards = [start_streamd(*unit_command(unit, "0", fleet_env, config)),
+              start_streamd(*unit_command(unit, "1", {**fleet_env, **env_file(tmp_path / "shard-1.env")}, config))]
+    recorders = [Recorder(endpoint) for endpoint in endpoints]
+    try:
+        for index, (proc, rec) in enumerate(zip(shards, recorders)):
+            own = [n for n in names if fleet.owner(n, 2) == index]
+            for name in own:
+                assert rec.wait_for(name, 5, timeout=60), (name, stop_streamd(proc))
+            assert proc.poll() is None, stop_streamd(proc)
+            assert {c for c in names if rec.count(c)} == set(own)
+            code, body = http_get(f"http://127.0.0.1:{https[index]}/healthz")
+            assert code == 200 and json.loads(body)["shard"] == f"{index}/2", body
+        clash = subprocess.run([sys.executable, "-m", "streamd", *unit_command(unit, "1", fleet_env, config)],
+                               cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert clash.returncode == 2, clash.stderr
+        assert clash.stderr.splitlines()[-1].startswith(
+            f"config error: zmq.endpoint: cannot bind {endpoints[0]}: Address already in use"), clash.stderr
+        assert "Traceback" not in clash.stderr
+        assert all(proc.poll() is None for proc in shards)
+    finally:
+        for proc, rec in zip(shards, recorders):
+            rec.close()
+            stop_streamd(proc)
+    assert [proc.returncode for proc in shards] == [0, 0]

@@ -5,6 +5,12 @@ network inputs of calibration images made exactly as streamd makes them (gray fr
 model's input size). Min/max rather than percentile ranges: percentile clipping gave a smaller mean ab
 error but lost more colourfulness on the validation images (BENCHMARKS.md, "int8 on CPU").
 
+The weights use 7 of the 8 bits (-64..64, ONNX Runtime's reduce_range), so that the model computes the same
+on every x86 CPU. Without VNNI, ONNX Runtime's uint8 x int8 convolutions add the products of neighbouring
+elements in pairs into 16 bits (VPMADDUBSW), which saturate at 32767: 255 x 127 x 2 does not fit, 255 x 64 x 2
+does. With full-range weights a copy was 2 to 8 times farther from fp32 on such a CPU than on one with VNNI
+(BENCHMARKS.md, "int8 on a CPU").
+
 The annealed-mean decoding (logits / T -> softmax -> mean over the bin centres) stays in fp32: softmax
 turns small logit errors into colour shifts, and these nodes cost next to nothing. The logits themselves
 leave the last convolution quantized: keeping that convolution in fp32 left the mean ab error against the
@@ -95,6 +101,25 @@ def decoding_nodes(model: onnx.ModelProto) -> list[str]:
     return names
 
 
+# The largest int8 weight whose products with uint8 activations, added in pairs, fit in an int16: 255 x 64 x 2
+PAIR_SAFE_WEIGHT = 64
+
+
+def saturating_weights(model: onnx.ModelProto) -> list[str]:
+    """The int8 weights of the model's convolutions that could saturate an int16 pair sum (u8s8 without VNNI)."""
+    constants = {i.name: i for i in model.graph.initializer}
+    producer = {out: node for node in model.graph.node for out in node.output}
+    found = []
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+        weights = producer.get(conv.input[1])
+        if weights is None or weights.op_type != "DequantizeLinear" or weights.input[0] not in constants:
+            continue
+        values = numpy_helper.to_array(constants[weights.input[0]])
+        if values.dtype == np.int8 and np.abs(values.astype(np.int16)).max() > PAIR_SAFE_WEIGHT:
+            found.append(weights.input[0])
+    return found
+
+
 def quantize(source: Path, out: Path, calibration: Path, count: int = 64) -> dict:
     """Quantize the model at `source` to `out`, calibrated on `count` images under `calibration`; returns
     the metadata written into `out`."""
@@ -126,13 +151,17 @@ def quantize_images(source: Path, out: Path, images: list[np.ndarray]) -> dict:
         quant_pre_process(str(plain), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
         quantize_static(str(prepared), str(out), _Inputs(inputs), quant_format=QuantFormat.QDQ,
                         per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        reduce_range=True,  # 7-bit weights: the same sums with and without VNNI (above)
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
                         # BatchNormalization's scale is 1-D: its channels are axis 0, not the default 1
                         extra_options={"QDQOpTypePerChannelSupportToAxis": {"BatchNormalization": 0}})
     quantized = onnx.load(str(out))
+    saturating = saturating_weights(quantized)
+    if saturating:  # reduce_range not applied: the copy would colour differently on CPUs without VNNI
+        raise RuntimeError(f"quantized weights beyond +-{PAIR_SAFE_WEIGHT}: {', '.join(saturating)}")
     # set_model_props replaces the quantizer's own entries too: those are not JSON, which Colorizer expects
     meta.update(model_id=f"{meta.get('model_id', source.stem)}-int8",
-                quantization={"source": meta.get("model_id", source.stem), "weights": "int8 per channel",
+                quantization={"source": meta.get("model_id", source.stem), "weights": "int8 per channel, 7 bits",
                               "activations": "uint8 per tensor, min/max", "calibration_images": len(inputs),
                               "fp32_nodes": excluded})
     onnx.helper.set_model_props(quantized, {k: json.dumps(v) for k, v in meta.items()})
