@@ -122,7 +122,7 @@ def main(argv: list[str]) -> None:
     exact, no_vnni = evaluator(model, saturate=False), evaluator(model, saturate=True)
     rows = []
     for image in images:
-        lightness = calibration_inputs([image], size)[0]
+        lightness = calibration_inputs([image], size)[0]["L"]
         expected = fp32(lightness)
         row = [np.abs(got - expected) for got in
                (ort_int8(lightness), exact.run(["ab"], {"L": lightness})[0], no_vnni.run(["ab"], {"L": lightness})[0])]

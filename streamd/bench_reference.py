@@ -1,7 +1,7 @@
 """`streamd bench --reference WxH`: what colour from a day reference costs per frame, against the generic path,
 in one process.
 
-One camera's gray frames of a still scene (the clip `make_clip(still=True)` writes, its day reference built
+One camera's gray frames of a still scene, each model as the daemon runs it (on a CPU its int8 copy), (the clip `make_clip(still=True)` writes, its day reference built
 from the same view in colour) through the daemon's own frame steps (streamd.steps): L, the reference's fit
 check and planes, the network on every frame (no reuse: the cost of a frame that needs it), and the colour
 stage (temporal filter, guided upsampling, chroma planes). The generic and the reference path take turns
@@ -37,8 +37,8 @@ def reference_cost(size: tuple[int, int], work: Path, short: bool = False) -> di
     frames = FRAMES_SHORT if short else FRAMES
     clip = work / "reference-cost.mp4"
     make_clip(clip, size, (frames + WARM_UP) / 25.0, still=True)
-    generic = Colorizer()
-    by_reference = ReferenceColouring(Colorizer(shipped_model(REFERENCE_MODEL)), day_reference(size))
+    generic = Colorizer(int8="auto")  # each as the daemon runs it: on a CPU, its int8 copy
+    by_reference = ReferenceColouring(Colorizer(shipped_model(REFERENCE_MODEL), int8="auto"), day_reference(size))
     input_size = (generic.info.input_height, generic.info.input_width)
     paths = {"generic": (None, Temporal()), "reference": (by_reference, Temporal())}
     seconds: dict[str, list[float]] = {name: [] for name in paths}

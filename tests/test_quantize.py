@@ -16,7 +16,8 @@ from tests.conftest import MODEL
 
 
 def test_fp32_weights_reproduce_the_fp16_stored_model_exactly():
-    lightness = np.concatenate(calibration_inputs([cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)], (192, 320)))
+    lightness = np.concatenate([f["L"] for f in calibration_inputs([cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)],
+                                                                    (192, 320))])
     stored = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
     plain = fp32_weights(onnx.load(str(MODEL)))
     assert not any(n.op_type == "Cast" and n.input[0].endswith("_fp16") for n in plain.graph.node)
@@ -44,7 +45,8 @@ def test_quantized_model_loads_in_colorizer_and_stays_close(tmp_path):
     assert not any(n.op_type == "DequantizeLinear" and n.output[0] in frame_mean.input for n in graph.node)
 
     # A photo that was not among the calibration images, batched as the daemon batches.
-    lightness = np.concatenate(calibration_inputs([cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)] * 2, (192, 320)))
+    lightness = np.concatenate([f["L"] for f in calibration_inputs([cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)] * 2,
+                                                                    (192, 320))])
     expected, got = fp32(lightness), int8(lightness)
     assert got.shape == expected.shape and got.dtype == np.float32
     error = np.abs(got - expected)
@@ -89,3 +91,26 @@ def test_daemon_runs_a_models_int8_copy_on_the_cpu_and_export_removes_a_stale_on
     assert Colorizer(model, int8="off").path == model
     assert main(["export", str(MODEL.with_suffix(".pt")), "-o", str(model), "--temperature", "0.6"]) == 0
     assert not copy.exists()  # it belonged to the weights just replaced
+
+
+def test_a_reference_model_is_quantized_with_references_and_blends_in_fp32(tmp_path):
+    """The reference model's copy is calibrated with day references (fitting and not), its blend of the
+    reference's colour with its own stays fp32, and it colours as the original does."""
+    from streamd.infer import REFERENCE_MODEL, shipped_model
+    from streamd.model.quantize import quantize_images
+
+    source = shipped_model(REFERENCE_MODEL)
+    images = [cv2.cvtColor(getattr(data, name)(), cv2.COLOR_RGB2BGR)
+              for name in ("coffee", "chelsea", "rocket", "astronaut", "immunohistochemistry", "colorwheel")]
+    out = tmp_path / "reference-int8.onnx"
+    quantize_images(source, out, images)
+    graph = onnx.load(str(out)).graph
+    quantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    for op in ("Sigmoid", "Resize"):  # the trust and the blend read fp32 values, not dequantized ones
+        assert all(not set(n.input) & quantized for n in graph.node if n.op_type == op)
+    fp32, int8 = Colorizer(source, provider="cpu", threads=1), Colorizer(out, provider="cpu", threads=1)
+    assert int8.takes_reference
+    feeds = calibration_inputs([cv2.cvtColor(data.cat(), cv2.COLOR_RGB2BGR)] * 2, (192, 320), reference=True)
+    lightness, planes = (np.concatenate([f[k] for f in feeds]) for k in ("L", "reference"))
+    error = np.abs(int8(lightness, planes) - fp32(lightness, planes))
+    assert error.mean() < 1.0 and np.percentile(error, 99) < 5.0, (error.mean(), np.percentile(error, 99))

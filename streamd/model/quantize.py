@@ -36,6 +36,8 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from streamd.infer import REFERENCE_INPUT
+from streamd.lab import rgb_to_lab
 from streamd.lightness import luma_to_lightness
 from streamd.model.data import IMAGE_SUFFIXES
 from streamd.offline import gray_frame
@@ -45,12 +47,25 @@ log = logging.getLogger(__name__)
 # what follows the classifier's logits: the annealed mean, and the shrinkage towards gray and the cast
 # correction where export adds them
 DECODING_OPS = {"Cast", "Add", "Div", "Softmax", "Einsum", "Mul", "Sub", "Pow", "ReduceSum", "ReduceMean",
-                "Unsqueeze", "Clip", "Constant"}
+                "Unsqueeze", "Clip", "Constant",
+                # a reference model's blend of the reference's colour with its own, at the input's size
+                "Resize", "Sigmoid", "Slice", "Shape", "Gather", "Concat"}
 
 
-def calibration_inputs(images: list[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:
-    """BGR images -> network inputs L (1, 1, H, W) float32 at size = (H, W), as streamd.offline makes them."""
-    return [luma_to_lightness(gray_frame(bgr)[0], size)[None, None] for bgr in images]
+def calibration_inputs(images: list[np.ndarray], size: tuple[int, int],
+                       reference: bool = False) -> list[dict[str, np.ndarray]]:
+    """BGR images -> network inputs at size = (H, W), as streamd.offline makes them: L (1, 1, H, W) float32,
+    and for a reference model a day reference (1, 4, H, W): every other image its own colours (a reference
+    that fits), the others the next image's (one that does not), so that both ranges are calibrated."""
+    feeds = []
+    for i, bgr in enumerate(images):
+        feed = {"L": luma_to_lightness(gray_frame(bgr)[0], size)[None, None]}
+        if reference:
+            day = images[i if i % 2 == 0 else (i + 1) % len(images)]
+            lab = rgb_to_lab(cv2.resize(cv2.cvtColor(day, cv2.COLOR_BGR2RGB), size[::-1], interpolation=cv2.INTER_AREA))
+            feed[REFERENCE_INPUT] = np.concatenate([lab.transpose(2, 0, 1), np.ones((1, *size), np.float32)])[None]
+        feeds.append(feed)
+    return feeds
 
 
 def calibration_images(folder: Path, count: int) -> list[np.ndarray]:
@@ -65,12 +80,11 @@ def calibration_images(folder: Path, count: int) -> list[np.ndarray]:
 
 
 class _Inputs(CalibrationDataReader):
-    def __init__(self, inputs: list[np.ndarray]) -> None:
-        self._inputs: Iterator[np.ndarray] = iter(inputs)
+    def __init__(self, inputs: list[dict[str, np.ndarray]]) -> None:
+        self._inputs: Iterator[dict[str, np.ndarray]] = iter(inputs)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        lightness = next(self._inputs, None)
-        return None if lightness is None else {"L": lightness}
+        return next(self._inputs, None)
 
 
 def fp32_weights(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -141,7 +155,8 @@ def quantize_images(source: Path, out: Path, images: list[np.ndarray]) -> dict:
     model = onnx.load(str(source))
     meta = {p.key: metadata_value(p.value) for p in model.metadata_props}
     size = (int(meta.get("input_height", 192)), int(meta.get("input_width", 320)))
-    inputs = calibration_inputs(images, size)
+    takes_reference = any(i.name == REFERENCE_INPUT for i in model.graph.input)
+    inputs = calibration_inputs(images, size, takes_reference)
     excluded = decoding_nodes(model)
     with tempfile.TemporaryDirectory(prefix="streamd-quantize-") as work:
         plain, prepared = Path(work) / "fp32.onnx", Path(work) / "prepared.onnx"
