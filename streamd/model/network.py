@@ -98,10 +98,14 @@ class ReferenceColorNet(ColorNet):
     camera's correspondence to its own day is the identity, so no matching subnet is needed (unlike exemplar
     methods for arbitrary references, He et al. 2018)."""
 
+    TRUST_WIDTH = 16
+
     def __init__(self, n_bins: int, widths: tuple[int, int, int, int] = (24, 48, 96, 192),
                  context: bool = False) -> None:
         super().__init__(n_bins, widths, context, in_channels=1 + REFERENCE_PLANES)
-        self.trust = nn.Conv2d(widths[1], 1, 1)
+        # the trust reads the network's features beside explicit evidence of a match (local_match)
+        self.trust = nn.Sequential(nn.Conv2d(widths[1] + MATCH_PLANES, self.TRUST_WIDTH, 3, padding=1),
+                                   nn.ReLU(inplace=True), nn.Conv2d(self.TRUST_WIDTH, 1, 1))
 
     @staticmethod
     def inputs(lightness: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -111,7 +115,8 @@ class ReferenceColorNet(ColorNet):
 
     def forward(self, lightness: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.features(self.inputs(lightness, reference))
-        return self.classify(features), self.trust(features)
+        evidence = torch.cat([features, local_match(lightness, reference).to(features.dtype)], dim=1)
+        return self.classify(features), self.trust(evidence)
 
     def take_generic(self, generic: ColorNet) -> None:
         """Start from a generic network's weights: the reference planes' first-layer weights and the trust start
@@ -124,8 +129,31 @@ class ReferenceColorNet(ColorNet):
         missing, unexpected = self.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith("trust.") for k in missing):
             raise ValueError(f"generic weights do not fit: missing {missing}, unexpected {unexpected}")
-        nn.init.zeros_(self.trust.weight)
-        nn.init.constant_(self.trust.bias, 1.0)  # a camera's reference is mostly right: start trusting it 73 %
+        nn.init.zeros_(self.trust[2].weight)
+        nn.init.constant_(self.trust[2].bias, 1.0)  # a camera's reference is mostly right: start trusting it 73 %
+
+
+MATCH_PLANES = 3
+MATCH_EPS = 1e-4  # (L / 100)^2: below this local variance a window is flat, and its correlation says nothing
+
+
+def local_match(lightness: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Evidence, at 1/4, of whether each place shows the reference's scene: the local correlation of the
+    night's L with the reference's (5x5 windows: structure, which a near-infrared night or another exposure
+    keeps where gray levels change), their mean absolute difference, and the reference's confidence. Cheap
+    and explicit, so that the trust need not learn to compute them."""
+    night = nn.functional.avg_pool2d(lightness, 4) / 100.0
+    day = nn.functional.avg_pool2d(reference[:, :1], 4) / 100.0
+
+    def box(x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False)
+
+    mean_n, mean_d = box(night), box(day)
+    var_n = (box(night * night) - mean_n * mean_n).clamp_min(0.0)
+    var_d = (box(day * day) - mean_d * mean_d).clamp_min(0.0)
+    correlation = (box(night * day) - mean_n * mean_d) / torch.sqrt((var_n + MATCH_EPS) * (var_d + MATCH_EPS))
+    difference = box((night - day).abs()) * 4.0  # about 0..1 for the differences that matter
+    return torch.cat([correlation, difference, nn.functional.avg_pool2d(reference[:, 3:], 4)], dim=1)
 
 
 def blend_with_reference(own: torch.Tensor, trust_logit: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
