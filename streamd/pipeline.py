@@ -185,7 +185,8 @@ class Pipeline:
             if config.zmq.curve_secret_key_file:
                 keys = zmq.auth.load_certificate(config.zmq.curve_secret_key_file)
             self.publisher = ZmqPublisher(self._zmq_context, config.zmq.endpoint, config.zmq.hwm,
-                                          curve_secret_key=keys[1], curve_public_key=keys[0])
+                                          curve_secret_key=keys[1], curve_public_key=keys[0],
+                                          client_keys=config.zmq.curve_client_keys)
         self.cameras: dict[str, CameraRuntime] = {}
         self.state_dir = Path(config.adapt.state_dir) if config.adapt.state_dir else default_state_dir()
         # Adaptation fine-tunes the generic model's training weights (beside it as .pt; the shipped ones
