@@ -35,7 +35,7 @@ from streamd.daynight import DayNight
 from streamd.frame import Frame
 from streamd.health import Instruments
 from streamd.infer import Colorizer, InferenceUnavailable, ModelError
-from streamd.recording import Recorder
+from streamd.recording import Recorder, RetentionSweeper
 from streamd.schedule import AdaptationScheduler, adapted_model
 from streamd.sink import OutputTargets, OutputWorker, ZmqPublisher
 from streamd.source import Camera, SourceSettings, State
@@ -195,6 +195,7 @@ class Pipeline:
         self.adaptation = AdaptationScheduler(self.state_dir, config.adapt, self.adaptable, self.use_adapted,
                                               init=weights if weights and weights.exists() else None,
                                               generic=Path(m.path) if m.path else None)
+        self.retention = RetentionSweeper(lambda: self.config.cameras)
         self._stop = threading.Event()
         # Reuse's checks of a batch in parallel (GIL released in OpenCV): on a host with many cameras, one
         # after the other on the inference thread they held up every batch
@@ -327,6 +328,7 @@ class Pipeline:
             self.add_camera(c)
         self._infer_thread.start()
         self.adaptation.start()
+        self.retention.start()
 
     def add_camera(self, c: CameraConfig) -> None:
         runtime: CameraRuntime | None = None
@@ -443,6 +445,7 @@ class Pipeline:
         for runtime in runtimes:  # all at once: a camera stuck opening a dead host must not hold up the rest
             runtime.source.request_stop()
         self.adaptation.stop()
+        self.retention.stop()
         deadline = time.monotonic() + CAMERA_STOP_S
         for runtime in runtimes:
             runtime.source.stop(timeout=max(0.0, deadline - time.monotonic()))

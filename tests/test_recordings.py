@@ -18,7 +18,7 @@ import pytest
 
 from streamd import config as cfgmod
 from streamd.pipeline import Pipeline
-from streamd.recording import reserve, segment_key
+from streamd.recording import RetentionSweeper, reserve, segment_key, sweep
 from streamd.systemd import unit_settings
 from tests.conftest import ROOT, write_video
 from tests.test_operations import free_port, http_get, metric_value, start_streamd, stop_streamd, write_config
@@ -150,7 +150,7 @@ def test_retention_deletes_by_age_then_by_size_and_nothing_else(tmp_path):
 
     too_old = old_segment(gate, 8 * 86400, 1000)
     oldest_recent, newer_recent = old_segment(gate, 3600, 2_500_000), old_segment(gate, 1800, 1_500_000)
-    other_camera = old_segment(other, 30 * 86400, 1000)
+    other_camera = old_segment(other, 3 * 86400, 1000)  # not configured: the root's limits, 7 days and 3 MB
     notes = gate / "notes.txt"
     notes.write_text("not a segment")
     clip = write_video(tmp_path / "c.mp4", "colour", seconds=3)
@@ -161,6 +161,65 @@ def test_retention_deletes_by_age_then_by_size_and_nothing_else(tmp_path):
     assert newer_recent in left and len(left) >= 3  # the new segments, beside the newest of the old ones
     assert sum(p.stat().st_size for p in left) <= 3_000_000
     assert notes.exists() and other_camera.exists()
+
+
+def segment(folder: Path, age_s: float, size: int = 1000) -> Path:
+    """A segment file of `size` bytes that started `age_s` ago."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = reserve(folder, time.time() - age_s)
+    path.write_bytes(b"\0" * size)
+    return path
+
+
+def test_the_sweep_covers_every_camera_folder_and_nothing_outside_the_layout(tmp_path):
+    """Each camera folder under a recording root: a configured camera's under its own limits, a folder of a
+    camera that is no longer configured under the root's most lenient limits. Files that are not segments,
+    deeper folders, files beside the camera folders and what symbolic links point to are left alone."""
+    rec, outside = tmp_path / "rec", tmp_path / "elsewhere"
+    gate_old, gate_kept = segment(rec / "gate", 3 * 86400), segment(rec / "gate", 86400)
+    gone_old, gone_kept = segment(rec / "gone", 9 * 86400), segment(rec / "gone", 6 * 86400)
+    kept = [gate_kept, gone_kept,
+            segment(rec / "gone" / "nested", 30 * 86400),  # below a camera folder: not the layout
+            segment(rec, 30 * 86400),  # beside the camera folders
+            segment(outside, 30 * 86400)]
+    (rec / "gone" / "notes.txt").write_text("not a segment")
+    (rec / "linked").symlink_to(outside, target_is_directory=True)
+    (rec / "gone" / gone_old.name.replace(".mp4", "-9.mp4")).symlink_to(kept[-1])
+    cameras = cfgmod.parse({"camera": [
+        {"name": "gate", "url": "a.mp4", "file_out": str(rec), "file_retain_days": 2.0},
+        {"name": "yard", "url": "b.mp4", "file_out": str(rec), "file_retain_days": 7.0},  # the root's most lenient
+        {"name": "dock", "url": "c.mp4", "file_out": str(tmp_path / "other-root"), "file_retain_days": 30.0}]}).cameras
+    deleted = sweep(cameras)
+    assert deleted == {rec / "gate": [gate_old], rec / "gone": [gone_old]}
+    assert not gate_old.exists() and not gone_old.exists()
+    assert all(p.exists() for p in kept) and (rec / "gone" / "notes.txt").exists()
+    assert (rec / "linked").is_symlink() and len(list((rec / "gone").glob("*-9.mp4"))) == 1
+
+
+def test_the_sweep_runs_at_start_up_and_on_its_timer(tmp_path):
+    """A camera that was removed from the config (or is down: no segment of it closes) still loses its expired
+    footage: at once when the pipeline starts, and later on the sweeper's timer, without any segment closing."""
+    rec = tmp_path / "rec"
+    removed_old, removed_recent = segment(rec / "removed", 10 * 86400), segment(rec / "removed", 86400)
+    clip = write_video(tmp_path / "c.mp4", "colour", seconds=1)
+    pipeline = Pipeline(cfgmod.parse({"camera": [{"name": "gate", "url": str(clip), "file_out": str(rec),
+                                                  "file_retain_days": 7.0}], "zmq": {"endpoint": ""}}))
+    pipeline.start()
+    try:
+        wait_until(lambda: not removed_old.exists(), 20, "the start-up sweep")
+    finally:
+        pipeline.stop()
+    assert removed_recent.exists()
+
+    sweeper = RetentionSweeper(lambda: pipeline.config.cameras, every_s=0.2)
+    sweeper.start()
+    try:
+        wait_until(lambda: sweeper.sweeps >= 1, 10, "the sweeper's first sweep")  # what expires now is the timer's
+        expired_later = segment(rec / "removed", 8 * 86400)
+        wait_until(lambda: not expired_later.exists(), 10, "a sweep on the timer")
+    finally:
+        sweeper.stop()
+    assert removed_recent.exists()
 
 
 def test_retention_goes_on_while_writes_fail(tmp_path):
