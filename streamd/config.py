@@ -16,6 +16,7 @@ from typing import Any
 import zmq.auth
 
 from streamd import fleet
+from streamd.redact import remember
 from streamd.sink import ENCODERS, FORMATS, rtsp_address
 
 
@@ -338,6 +339,9 @@ def validate(cfg: Config) -> Config:
     _check(a.threads >= 0, "adapt.threads", "must be 0 (one per core) or more")
     _check(len(cfg.cameras) > 0, "camera", "at least one [[camera]] is needed")
     seen = set()
+    for c in cfg.cameras:  # first: an error below may quote a URL
+        remember(c.url)
+        remember(c.rtsp_out)
     for i, c in enumerate(cfg.cameras):
         where = f"camera[{i}]"
         _check(bool(_NAME.match(c.name)), f"{where}.name", "letters, digits, '_', '-' and '.' only, not starting with '.' (it is a topic and a folder)")
