@@ -34,6 +34,7 @@ from pathlib import Path
 import av
 
 from streamd.config import CameraConfig
+from streamd.files import create_file, make_folder
 from streamd.frame import Frame
 from streamd.sink import H264Writer, encoder_candidates
 
@@ -168,7 +169,7 @@ def reserve(folder: Path, start: float) -> Path:
     for n in itertools.count():
         path = folder / (f"{stem}.mp4" if n == 0 else f"{stem}-{n}.mp4")
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            os.close(create_file(path, exclusive=True))  # FILE_MODE: footage is not for every user of the host
             return path
         except FileExistsError:
             continue
@@ -252,7 +253,7 @@ class Recorder:
 
     def _begin(self, frame: Frame) -> None:
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            make_folder(self.folder)
             self.path = reserve(self.folder, frame.capture_time)
         except OSError as e:
             self._retry_at = time.monotonic() + RETRY_S

@@ -222,6 +222,31 @@ def test_the_sweep_runs_at_start_up_and_on_its_timer(tmp_path):
     assert removed_recent.exists()
 
 
+def test_footage_is_for_the_services_user_and_group_only(tmp_path):
+    """Recording segments and stored day frames are 0640, the folders made for them (and their parents) 0750,
+    under a umask of 0: the modes are streamd's own, not the umask's. The units set UMask=0027 and
+    StateDirectoryMode=0750 for what systemd and libraries create."""
+    import os
+    import stat
+
+    clip = write_video(tmp_path / "c.mp4", "colour", seconds=2)
+    rec, state = tmp_path / "disk" / "rec", tmp_path / "var" / "state"
+    previous = os.umask(0)
+    try:
+        run_until_finished([{"name": "gate", "url": str(clip), "file_out": str(rec), "file_segment_s": 1.0}],
+                           adapt={"state_dir": str(state), "collect_every_s": 0.0, "min_change": 0.0})
+    finally:
+        os.umask(previous)
+    segments, frames = recorded(rec / "gate"), list((state / "gate").glob("*.jpg"))
+    assert segments and frames
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in segments + frames} == {"0o640"}
+    folders = [tmp_path / "disk", rec, rec / "gate", tmp_path / "var", state, state / "gate"]
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in folders} == {"0o750"}
+    for unit in (UNIT, SHARD_UNIT):
+        settings = unit_settings([unit.read_text()])
+        assert settings["UMask"] == ["0027"] and settings["StateDirectoryMode"] == ["0750"], unit
+
+
 def test_retention_goes_on_while_writes_fail(tmp_path):
     """A disk that refuses writes (here the process's file size limit, RLIMIT_FSIZE) means no segment closes;
     the camera's expired segments are still deleted, so a full disk recovers."""
