@@ -101,6 +101,48 @@ def test_sigkill_mid_segment_leaves_every_segment_readable_and_a_restart_overwri
         assert len(read_back(path)) > 0, f"{path.name} does not decode"
 
 
+# A recorder in a process of its own: 25 fps of frame time (a small square moving over a flat picture, a few
+# KB a second: FFmpeg's 32 KiB I/O buffer alone would hold all of it), written as fast as it encodes; then
+# it says how much it wrote and waits to be killed.
+RECORDER = """
+import sys, time
+import numpy as np
+from streamd.frame import Frame
+from streamd.recording import Recorder
+folder, count = sys.argv[1], int(sys.argv[2])
+recorder = Recorder(folder, "gate", segment_s=3600.0, encoder="libx264")
+start = 1_800_000_000.0  # on the hour: the segment lasts the hour
+for i in range(count):
+    bgr = np.full((240, 320, 3), 90, np.uint8)
+    bgr[100:140, 4 * i % 280:4 * i % 280 + 40] = (40, 160, 220)
+    recorder.write(Frame.from_bgr("gate", i, bgr, capture_time=start + i / 25, arrival=1000.0 + i / 25))
+print(recorder.path, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_recording_killed_mid_segment_is_readable_up_to_its_last_second(tmp_path):
+    """The promise of a fragmented segment: a recorder killed (SIGKILL) mid-segment leaves the segment readable
+    by a separate decoder up to the last keyframe it made, at most a second (keyframe_interval_s) before the
+    last frame it took. Frames are timed by frame time, so what was written at the kill is known exactly."""
+    count = 112  # 4.48 s: keyframes at 0, 1, 2, 3 and 4 s; the fragments up to 4 s are complete
+    proc = subprocess.Popen([sys.executable, "-c", RECORDER, str(tmp_path), str(count)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        segment = Path(proc.stdout.readline().strip())  # every frame has gone through the encoder
+        proc.kill()
+        proc.wait(10)
+    finally:
+        proc.kill()
+    try:
+        frames = read_back(segment)
+    except av.error.InvalidDataError:  # not even the header reached the file
+        frames = []
+    last = (count - 1) / 25
+    assert frames and frames[-1][2] >= last - 1.0 - 1 / 25, (len(frames), frames[-1:] or None, segment.stat().st_size)
+    assert [t for _, _, t, _ in frames] == pytest.approx([i / 25 for i in range(len(frames))], abs=0.002)
+
+
 def run_until_finished(cameras: list[dict], timeout: float = 60.0, **sections) -> Pipeline:
     pipeline = Pipeline(cfgmod.parse({"camera": cameras, "zmq": {"endpoint": ""}, **sections}))
     pipeline.start()
