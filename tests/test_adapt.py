@@ -127,7 +127,9 @@ def test_store_keeps_distinct_day_frames_spaced_and_capped(tmp_path):
     # being written when the process was killed is cleared away.
     killed_mid_write = tmp_path / "yard" / ".20270115T000000.000000Z.part"
     killed_mid_write.write_bytes(b"\xff\xd8")
-    model_being_written = tmp_path / "yard" / ".yard-20270115T000000Z.onnx.part"  # an adaptation run's, not ours
+    run_scratch = tmp_path / "yard" / ".yard-20270115T000000Z-k2j4x8q1.work"  # an adaptation run's, not ours
+    run_scratch.mkdir()
+    model_being_written = run_scratch / "yard-20270115T000000Z.onnx.part"
     model_being_written.write_bytes(b"\x08")
     again = FrameStore(tmp_path / "yard", every_s=0, min_change=3, max_frames=3)
     assert not killed_mid_write.exists() and model_being_written.exists() and len(again.frames()) == 3
