@@ -79,7 +79,13 @@ class ZmqPublisher:
             self.socket.curve_secretkey = curve_secret_key
             self.socket.curve_publickey = curve_public_key
             self.socket.curve_server = True
-        self.socket.bind(endpoint)
+        try:
+            self.socket.bind(endpoint)
+        except zmq.ZMQError:  # the port taken: the context must still terminate (its ZAP thread holds a socket)
+            self.socket.close()
+            if self._auth:
+                self._auth.stop()
+            raise
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._lock = threading.Lock()
 

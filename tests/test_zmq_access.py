@@ -104,3 +104,36 @@ def test_only_listed_clients_receive_frames(tmp_path):
         log = stop_streamd(proc)
         context.term()
     assert proc.returncode == 0, log
+
+
+
+PUBLISH_ON_A_TAKEN_PORT = """
+import sys, zmq, zmq.auth
+from streamd.sink import ZmqPublisher
+folder = sys.argv[1]
+public, secret = zmq.auth.load_certificate(folder + "/server.key_secret")
+taken_by, context = zmq.Context(), zmq.Context()
+taken = ZmqPublisher(taken_by, "tcp://127.0.0.1:0")
+endpoint = taken.endpoint
+try:
+    ZmqPublisher(context, endpoint, curve_secret_key=secret, curve_public_key=public, client_keys=folder + "/clients")
+except zmq.ZMQError as e:
+    print(e, flush=True)
+context.term()  # what the pipeline's stop does: returns only once every socket of the context is closed
+print("terminated", flush=True)
+"""
+
+
+def test_a_publisher_that_cannot_bind_leaves_its_context_free_to_terminate(tmp_path):
+    """The port is taken: the publisher's bind fails after its authenticator started; the error reaches the
+    caller and the context still terminates (the authenticator's thread holds a socket of it)."""
+    zmq.auth.create_certificates(str(tmp_path), "server")
+    (tmp_path / "clients").mkdir()
+    zmq.auth.create_certificates(str(tmp_path / "clients"), "viewer")
+    try:
+        out = subprocess.run([sys.executable, "-c", PUBLISH_ON_A_TAKEN_PORT, str(tmp_path)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"the context never terminated: {e.stdout!r}") from None
+    assert out.stdout.splitlines() == [out.stdout.splitlines()[0], "terminated"], out.stdout + out.stderr
+    assert "Address already in use" in out.stdout
