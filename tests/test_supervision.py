@@ -218,18 +218,25 @@ def listening_addresses(pid: int) -> list[tuple[str, int]]:
 
 def test_listeners_bind_to_localhost_by_default(tmp_path):
     """`streamd run` with a config that sets nothing but a camera: every socket the process listens on is
-    on the loopback interface (ZeroMQ's default endpoint, and any other listener a default turns on)."""
+    on the loopback interface (ZeroMQ's default endpoint, and any other listener a default turns on). The
+    default endpoint's port (5555) may be taken on this machine: the daemon gets the default host with a
+    free port instead."""
+    from streamd import config as cfgmod
+
+    default = cfgmod.parse({"camera": [{"name": "cam", "url": "x.mp4"}]}).zmq.endpoint
+    host = default.removeprefix("tcp://").rpartition(":")[0]
+    port = free_port()
     clip = write_video(tmp_path / "c.mp4", "colour", seconds=1)
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[[camera]]\nname = "cam"\nurl = "{clip}"\nloop = true\n')
-    proc = start_streamd("run", "-c", str(cfg), "--report-every", "0.5")
+    proc = start_streamd("run", "-c", str(cfg), "--report-every", "0.5", "--zmq", f"tcp://{host}:{port}")
     try:
         end = time.monotonic() + 60
         while "cam: running" not in Path(proc.log_path).read_text() and time.monotonic() < end:
-            assert proc.poll() is None, Path(proc.log_path).read_text()  # (port 5555 taken by another program?)
+            assert proc.poll() is None, Path(proc.log_path).read_text()
             time.sleep(0.2)
         listening = listening_addresses(proc.pid)
     finally:
         log = stop_streamd(proc)
-    assert ("127.0.0.1", 5555) in listening, (listening, log)
+    assert (host, port) in listening, (listening, log)
     assert all(address in ("127.0.0.1", "::1") for address, _ in listening), listening
