@@ -240,3 +240,28 @@ def test_listeners_bind_to_localhost_by_default(tmp_path):
         log = stop_streamd(proc)
     assert (host, port) in listening, (listening, log)
     assert all(address in ("127.0.0.1", "::1") for address, _ in listening), listening
+
+
+HANGING_DAEMON = """
+import sys, threading
+from streamd import infer
+from streamd.cli import main
+infer.Colorizer.__call__ = lambda self, lightness: threading.Event().wait()  # a GPU call that never returns
+sys.exit(main(["run", "-c", sys.argv[1]]))
+"""
+
+
+def test_a_stalled_daemon_exits_with_status_1(tmp_path):
+    """`streamd run` whose network call hangs (a GPU or driver fault) ends with exit status 1 and the reason
+    on stderr, for the supervisor (systemd's Restart=on-failure, Kubernetes) to restart it; its hung inference
+    thread does not hold the exit up."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[model]\nstall_timeout_s = 1.0\n[zmq]\nendpoint = ""\n'
+                   '[[camera]]\nname = "gate"\nurl = "synthetic:"\nwidth = 320\nheight = 240\ncollect = false\n')
+    out = subprocess.run([sys.executable, "-c", HANGING_DAEMON, str(cfg)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "streamd: inference: one batch has not returned" in out.stderr, out.stderr[-2000:]
