@@ -265,3 +265,34 @@ def test_a_stalled_daemon_exits_with_status_1(tmp_path):
                          timeout=120)
     assert out.returncode == 1, out.stderr[-2000:]
     assert "streamd: inference: one batch has not returned" in out.stderr, out.stderr[-2000:]
+
+
+def test_the_main_loop_keeps_livez_alive():
+    """/livez says "hung" once the daemon's main loop has not gone round for LIVE_S: the loop must mark each
+    round on the HTTP server (its heartbeat), which this test sees advance while the daemon runs, and
+    /livez answers 200 running."""
+    from streamd import config as cfgmod
+    from streamd.cli import Daemon
+    from streamd.health import HealthServer
+    from streamd.pipeline import Pipeline
+
+    pipeline = Pipeline(cfgmod.parse({"camera": [{"name": "a", "url": "synthetic:", "width": 320, "height": 240}],
+                                      "zmq": {"endpoint": ""}}))
+    server = HealthServer(pipeline, pipeline.instruments.registry, port=free_port())
+    daemon = Daemon(pipeline, None, report_every=60.0, http=server)
+    loop = threading.Thread(target=daemon.run)
+    loop.start()
+    try:
+        end = time.monotonic() + 30
+        while server.phase != "running" and time.monotonic() < end:
+            time.sleep(0.05)
+        first = server.beat
+        while server.beat == first and time.monotonic() < end:
+            time.sleep(0.05)
+        assert server.beat > first, "the main loop does not mark its rounds"
+        host, port = server.address[:2]
+        assert http_get(f"http://{host}:{port}/livez") == (200, '{"status": "running"}')
+    finally:
+        daemon.stop.set()
+        loop.join(30)
+    assert not loop.is_alive()
