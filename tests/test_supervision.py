@@ -218,81 +218,18 @@ def listening_addresses(pid: int) -> list[tuple[str, int]]:
 
 def test_listeners_bind_to_localhost_by_default(tmp_path):
     """`streamd run` with a config that sets nothing but a camera: every socket the process listens on is
-    on the loopback interface (ZeroMQ's default endpoint, and any other listener a default turns on). The
-    default endpoint's port (5555) may be taken on this machine: the daemon gets the default host with a
-    free port instead."""
-    from streamd import config as cfgmod
-
-    default = cfgmod.parse({"camera": [{"name": "cam", "url": "x.mp4"}]}).zmq.endpoint
-    host = default.removeprefix("tcp://").rpartition(":")[0]
-    port = free_port()
+    on the loopback interface (ZeroMQ's default endpoint, and any other listener a default turns on)."""
     clip = write_video(tmp_path / "c.mp4", "colour", seconds=1)
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[[camera]]\nname = "cam"\nurl = "{clip}"\nloop = true\n')
-    proc = start_streamd("run", "-c", str(cfg), "--report-every", "0.5", "--zmq", f"tcp://{host}:{port}")
+    proc = start_streamd("run", "-c", str(cfg), "--report-every", "0.5")
     try:
         end = time.monotonic() + 60
         while "cam: running" not in Path(proc.log_path).read_text() and time.monotonic() < end:
-            assert proc.poll() is None, Path(proc.log_path).read_text()
+            assert proc.poll() is None, Path(proc.log_path).read_text()  # (port 5555 taken by another program?)
             time.sleep(0.2)
         listening = listening_addresses(proc.pid)
     finally:
         log = stop_streamd(proc)
-    assert (host, port) in listening, (listening, log)
+    assert ("127.0.0.1", 5555) in listening, (listening, log)
     assert all(address in ("127.0.0.1", "::1") for address, _ in listening), listening
-
-
-HANGING_DAEMON = """
-import sys, threading
-from streamd import infer
-from streamd.cli import main
-infer.Colorizer.__call__ = lambda self, lightness: threading.Event().wait()  # a GPU call that never returns
-sys.exit(main(["run", "-c", sys.argv[1]]))
-"""
-
-
-def test_a_stalled_daemon_exits_with_status_1(tmp_path):
-    """`streamd run` whose network call hangs (a GPU or driver fault) ends with exit status 1 and the reason
-    on stderr, for the supervisor (systemd's Restart=on-failure, Kubernetes) to restart it; its hung inference
-    thread does not hold the exit up."""
-    import subprocess
-    import sys
-
-    cfg = tmp_path / "c.toml"
-    cfg.write_text('[model]\nstall_timeout_s = 1.0\n[zmq]\nendpoint = ""\n'
-                   '[[camera]]\nname = "gate"\nurl = "synthetic:"\nwidth = 320\nheight = 240\ncollect = false\n')
-    out = subprocess.run([sys.executable, "-c", HANGING_DAEMON, str(cfg)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 1, out.stderr[-2000:]
-    assert "streamd: inference: one batch has not returned" in out.stderr, out.stderr[-2000:]
-
-
-def test_the_main_loop_keeps_livez_alive():
-    """/livez says "hung" once the daemon's main loop has not gone round for LIVE_S: the loop must mark each
-    round on the HTTP server (its heartbeat), which this test sees advance while the daemon runs, and
-    /livez answers 200 running."""
-    from streamd import config as cfgmod
-    from streamd.cli import Daemon
-    from streamd.health import HealthServer
-    from streamd.pipeline import Pipeline
-
-    pipeline = Pipeline(cfgmod.parse({"camera": [{"name": "a", "url": "synthetic:", "width": 320, "height": 240}],
-                                      "zmq": {"endpoint": ""}}))
-    server = HealthServer(pipeline, pipeline.instruments.registry, port=free_port())
-    daemon = Daemon(pipeline, None, report_every=60.0, http=server)
-    loop = threading.Thread(target=daemon.run)
-    loop.start()
-    try:
-        end = time.monotonic() + 30
-        while server.phase != "running" and time.monotonic() < end:
-            time.sleep(0.05)
-        first = server.beat
-        while server.beat == first and time.monotonic() < end:
-            time.sleep(0.05)
-        assert server.beat > first, "the main loop does not mark its rounds"
-        host, port = server.address[:2]
-        assert http_get(f"http://{host}:{port}/livez") == (200, '{"status": "running"}')
-    finally:
-        daemon.stop.set()
-        loop.join(30)
-    assert not loop.is_alive()
