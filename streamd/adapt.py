@@ -40,6 +40,7 @@ CALIBRATION_FRAMES = 64  # of the camera's training frames, spread over them, fo
 # gray, the generic model's decoding +4.2 dB and +8.0; half the correction gained 0.2 dB and lost 0.3 points.
 ADAPTED_TEMPERATURE = 0.5
 ADAPTED_PRIOR_CORRECTION = 0.0
+WORK_SUFFIX = ".work"  # a run's scratch folder beside its model: .<model>-XXXXXXXX.work
 
 
 @dataclass
@@ -120,10 +121,18 @@ def make_int8_copy(model: Path, frames: list[np.ndarray]) -> str | None:
         return f"{type(e).__name__}: {e}"
 
 
-def write_whole(source: Path, target: Path) -> None:
-    """Copy `source` to `target` so that `target` is either absent or complete: written under a temporary name,
-    flushed to the disk, then renamed (a full disk or a kill mid-copy leaves no half model to be loaded)."""
-    part = target.with_name(f".{target.name}.part")
+def work_folder(out: Path) -> tempfile.TemporaryDirectory:
+    """The run's scratch folder (weights, candidate models, files being written), beside `out`: on its file
+    system, so that a finished file is renamed into place, and where the daemon finds what a killed run left
+    (streamd.schedule.remove_leftovers)."""
+    return tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}-", suffix=WORK_SUFFIX)
+
+
+def write_whole(source: Path, target: Path, work: Path) -> None:
+    """Copy `source` to `target` so that `target` is either absent or complete: written in the run's `work`
+    folder, flushed to the disk, then renamed (a full disk or a kill mid-copy leaves no half model to be
+    loaded; what it leaves is inside `work`)."""
+    part = work / f"{target.name}.part"
     try:
         shutil.copyfile(source, part)
         with open(part, "rb+") as f:
@@ -159,7 +168,8 @@ def adapt(sources: list[Path], out: Path, budget_minutes: float = 8.0, holdout: 
     base = load_weights(init)
     smallest = min(min(f.shape[:2]) for f in fit)
     crop = min(crop, smallest // 16 * 16)
-    with tempfile.TemporaryDirectory() as work:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with work_folder(out) as work:
         cfg = TrainConfig(data=[], out=work, steps=max_steps or 10 ** 9, batch=batch, crop=crop, lr=lr, warmup=20, seed=seed,
                           device=device, init=str(init), checkpoint_every=10 ** 9, max_seconds=budget_minutes * 60,
                           augment=True, widths=tuple(base["widths"]), train_only=HEAD if head_only else ())
@@ -179,12 +189,11 @@ def adapt(sources: list[Path], out: Path, budget_minutes: float = 8.0, holdout: 
         current_scores = score(current, held)
         kept = adapted_scores.auc_rebalanced > current_scores.auc_rebalanced and adapted_scores.psnr > current_scores.psnr
         if kept:
-            out.parent.mkdir(parents=True, exist_ok=True)
             if int8_error is None:  # first, so that the model never appears without the copy it runs as
-                write_whole(int8_copy(candidate), int8_copy(out))
-            write_whole(weights_path, out.with_suffix(".pt"))
-            write_whole(candidate.with_suffix(".md"), out.with_suffix(".md"))
-            write_whole(candidate, out)  # last: a model file that exists is whole, and so is all it needs
+                write_whole(int8_copy(candidate), int8_copy(out), Path(work))
+            write_whole(weights_path, out.with_suffix(".pt"), Path(work))
+            write_whole(candidate.with_suffix(".md"), out.with_suffix(".md"), Path(work))
+            write_whole(candidate, out, Path(work))  # last: a model file that exists is whole, and so is all it needs
     return AdaptReport(len(fit), len(held), int(weights["steps"]), float(weights["train_seconds"]),
                        current.info.model_id, current_scores, adapted_scores, score(None, held), kept,
                        str(out) if kept else None, str(int8_copy(out)) if kept and int8_error is None else None,

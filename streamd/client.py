@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 import zmq
+import zmq.auth
 
 REQUIRED = {"camera": str, "seq": int, "width": int, "height": int, "format": str, "colorized": bool}
 
@@ -59,13 +60,17 @@ class Subscriber:
     """Subscribes to some cameras (all when none are named) of a streamd ZeroMQ endpoint."""
 
     def __init__(self, endpoint: str = "tcp://127.0.0.1:5555", *cameras: str, hwm: int = 4,
-                 server_public_key: bytes | None = None, context: zmq.Context | None = None) -> None:
+                 server_public_key: bytes | None = None, context: zmq.Context | None = None,
+                 client_secret_key_file: str | None = None) -> None:
+        """CURVE: `server_public_key` encrypts; `client_secret_key_file` is this client's own secret certificate,
+        for a server that lets in only listed clients (its public half in the server's curve_client_keys)."""
         self._context = context or zmq.Context.instance()
         self.socket = self._context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.RCVHWM, hwm)
         self.socket.setsockopt(zmq.LINGER, 0)
-        if server_public_key:  # CURVE: this client gets a throw-away key pair of its own
-            public, secret = zmq.curve_keypair()
+        if server_public_key:  # without a certificate of its own, this client gets a throw-away key pair
+            public, secret = (zmq.auth.load_certificate(client_secret_key_file) if client_secret_key_file
+                              else zmq.curve_keypair())
             self.socket.curve_publickey, self.socket.curve_secretkey = public, secret
             self.socket.curve_serverkey = server_public_key
         for camera in cameras or ("",):

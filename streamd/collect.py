@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from streamd.files import make_folder, write_file
 from streamd.frame import Frame
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class FrameStore:
 
     def __init__(self, folder: Path, every_s: float, min_change: float, max_frames: int) -> None:
         self.folder, self.every_s, self.min_change, self.max_frames = folder, every_s, min_change, max_frames
-        folder.mkdir(parents=True, exist_ok=True)
+        make_folder(folder)
         for leftover in folder.glob(".*Z.part"):  # a frame being written when the process was killed
             leftover.unlink(missing_ok=True)
         self._files = deque(self.frames())
@@ -104,7 +105,7 @@ class FrameStore:
         path = self.folder / f"{stamp}.jpg"
         tmp = self.folder / f".{stamp}.part"
         try:
-            tmp.write_bytes(cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes())
+            write_file(tmp, cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes())
             os.replace(tmp, path)  # a reader never sees half a JPEG
         except OSError as e:  # a full disk must not stop the camera: it only stops collecting
             log.error("camera %s: cannot store a frame in %s (%s)", frame.camera, self.folder, e.strerror)

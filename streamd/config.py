@@ -16,6 +16,7 @@ from typing import Any
 import zmq.auth
 
 from streamd import fleet
+from streamd.redact import remember
 from streamd.sink import ENCODERS, FORMATS, rtsp_address
 
 
@@ -65,6 +66,12 @@ class ZmqConfig:
     format: str = "bgr24"
     hwm: int = 4
     curve_secret_key_file: str = ""  # CURVE encryption: a secret certificate from zmq.auth (docs/operations.md)
+    # With CURVE: a folder of the public certificates (*.key) of the clients allowed to subscribe; "" = any client
+    # that has the server's public key
+    curve_client_keys: str = ""
+    # An endpoint that other machines reach (not loopback, not ipc://) needs CURVE, or this said in words: the
+    # live video of every camera is then open to whoever reaches the port
+    allow_plaintext: bool = False
 
 
 @dataclass(frozen=True)
@@ -241,6 +248,34 @@ def _camera_url_problem(url: str) -> str | None:
     return None
 
 
+def _client_keys_problem(folder: str) -> str | None:
+    """Why `folder` is not a folder of client public certificates, or None. An empty one would let no client
+    in, which is a mistake rather than a policy."""
+    if not Path(folder).is_dir():
+        return f"no folder at {folder}"
+    files = sorted(Path(folder).glob("*.key"))
+    if not files:
+        return f"{folder} holds no public certificate (*.key, as zmq.auth.create_certificates writes them)"
+    for path in files:
+        try:
+            public, _ = zmq.auth.load_certificate(path)
+        except (OSError, ValueError, IndexError) as e:
+            return f"{path} is not a ZeroMQ certificate ({e})"
+        if len(public or b"") != 40:
+            return f"{path}: a CURVE key is 40 characters (Z85) long"
+    return None
+
+
+def zmq_is_local(endpoint: str) -> bool:
+    """Whether a ZeroMQ endpoint is reachable from this machine only: ipc:// and inproc://, or tcp:// bound to
+    a loopback address. "*", an interface name or another address is reachable from the network."""
+    transport, _, address = endpoint.partition("://")
+    if transport in ("ipc", "inproc"):
+        return True
+    host = address.rpartition(":")[0].removeprefix("[").removesuffix("]")
+    return is_local(host)
+
+
 def _host_and_port_ok(url: str) -> bool:
     try:
         rtsp_address(url)
@@ -306,6 +341,16 @@ def validate(cfg: Config) -> Config:
     if cfg.zmq.curve_secret_key_file:
         problem = _curve_secret_problem(cfg.zmq.curve_secret_key_file)
         _check(problem is None, "zmq.curve_secret_key_file", problem or "")
+    if cfg.zmq.curve_client_keys:
+        _check(bool(cfg.zmq.curve_secret_key_file), "zmq.curve_client_keys",
+               "needs curve_secret_key_file: client keys are checked only on an encrypted (CURVE) endpoint")
+        problem = _client_keys_problem(cfg.zmq.curve_client_keys)
+        _check(problem is None, "zmq.curve_client_keys", problem or "")
+    _check(not cfg.zmq.endpoint or zmq_is_local(cfg.zmq.endpoint) or bool(cfg.zmq.curve_secret_key_file)
+           or cfg.zmq.allow_plaintext, "zmq.endpoint",
+           f"{cfg.zmq.endpoint} is reachable from other machines and unencrypted, so anyone there can watch every "
+           "camera: set curve_secret_key_file (and curve_client_keys) under [zmq] (docs/operations.md), bind to "
+           "127.0.0.1, or say allow_plaintext = true under [zmq]")
     if cfg.http.listen:
         host, _, port = cfg.http.listen.rpartition(":")
         _check(bool(host) and port.isdigit() and 0 <= int(port) < 65536, "http.listen", "must be HOST:PORT")
@@ -341,6 +386,9 @@ def validate(cfg: Config) -> Config:
     _check(r.rebuild_every_h >= 0, "reference.rebuild_every_h", "must be 0 (at every nightfall) or more")
     _check(len(cfg.cameras) > 0, "camera", "at least one [[camera]] is needed")
     seen = set()
+    for c in cfg.cameras:  # first: an error below may quote a URL
+        remember(c.url)
+        remember(c.rtsp_out)
     for i, c in enumerate(cfg.cameras):
         where = f"camera[{i}]"
         _check(bool(_NAME.match(c.name)), f"{where}.name", "letters, digits, '_', '-' and '.' only, not starting with '.' (it is a topic and a folder)")

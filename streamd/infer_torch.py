@@ -38,7 +38,6 @@ class TorchColorizer:
     """Runs an L -> ab module on batches of L (N, 1, H, W) float32 and returns ab (N, 2, H/4, W/4) float32."""
 
     unavailable: str | None = None  # why inference cannot run now: never, for a model in this process
-    takes_reference = False  # the generic network only: L in
 
     def __init__(self, module: torch.nn.Module, info: ModelInfo, path: Path | None, device: str,
                  cuda_graphs: bool = True) -> None:

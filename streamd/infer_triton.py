@@ -87,7 +87,6 @@ class TritonColorizer:
         self.url, self.model, self.timeout_s, self._clock = url, model, timeout_s, clock
         self.info = ModelInfo(f"triton:{model}", *DEFAULT_INPUT, temperature=0.0)
         self.unavailable: str | None = None  # why inference cannot run now; None while it can
-        self.takes_reference = False  # a reference model runs in this process (streamd.infer.Colorizer)
         self._client: grpcclient.InferenceServerClient | None = None
         self._max_batch = 1
         self._retry_s = RETRY_FIRST_S

@@ -39,7 +39,7 @@ from streamd.daynight import DayNight
 from streamd.frame import Frame
 from streamd.health import Instruments
 from streamd.infer import REFERENCE_MODEL, Colorizer, InferenceUnavailable, ModelError, shipped_model
-from streamd.recording import Recorder
+from streamd.recording import Recorder, RetentionSweeper
 from streamd.reference_store import Builder, CameraReference
 from streamd.schedule import AdaptationScheduler, adapted_model
 from streamd.sink import OutputTargets, OutputWorker, ZmqPublisher
@@ -198,7 +198,8 @@ class Pipeline:
                 keys = zmq.auth.load_certificate(config.zmq.curve_secret_key_file)
             try:
                 self.publisher = ZmqPublisher(self._zmq_context, config.zmq.endpoint, config.zmq.hwm,
-                                              curve_secret_key=keys[1], curve_public_key=keys[0])
+                                              curve_secret_key=keys[1], curve_public_key=keys[0],
+                                              client_keys=config.zmq.curve_client_keys)
             except zmq.ZMQError as e:  # the socket is left open: only destroy() lets the context go
                 self._zmq_context.destroy(linger=0)
                 raise ConfigError(f"zmq.endpoint: cannot bind {config.zmq.endpoint}: {zmq.strerror(e.errno)}"
@@ -211,6 +212,7 @@ class Pipeline:
         self.adaptation = AdaptationScheduler(self.state_dir, config.adapt, self.adaptable, self.use_adapted,
                                               init=weights if weights and weights.exists() else None,
                                               generic=Path(m.path) if m.path else None)
+        self.retention = RetentionSweeper(lambda: self.config.cameras)
         self._stop = threading.Event()
         # Reuse's checks of a batch in parallel (GIL released in OpenCV): on a host with many cameras, one
         # after the other on the inference thread they held up every batch
@@ -381,6 +383,7 @@ class Pipeline:
             self.add_camera(c)
         self._infer_thread.start()
         self.adaptation.start()
+        self.retention.start()
 
     def add_camera(self, c: CameraConfig) -> None:
         runtime: CameraRuntime | None = None
@@ -506,6 +509,7 @@ class Pipeline:
             runtime.source.request_stop()
         self.adaptation.stop()
         self.reference_builder.shutdown()
+        self.retention.stop()
         deadline = time.monotonic() + CAMERA_STOP_S
         for runtime in runtimes:
             runtime.source.stop(timeout=max(0.0, deadline - time.monotonic()))

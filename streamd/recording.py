@@ -10,6 +10,13 @@ its last fragment. A file is never overwritten: a segment starting in a second t
 restart, a resolution change) gets -1, -2, ... after its time. As each segment closes or fails, the camera's
 segments older than `file_retain_days`, then the oldest beyond `file_retain_gb` in all, are deleted; files of
 other names are never touched.
+
+Retention also runs over every camera folder of each recording root (FILE_OUT) at start-up and every
+SWEEP_EVERY_S (`RetentionSweeper`): a camera that is down writes no segment, and one removed from the config or
+renamed has no recorder at all, yet their footage must not outlive its limits. A configured camera's folder
+keeps its own limits; a folder no camera of the config records into gets the most lenient limits of the
+cameras recording into that root (0, no limit, being the most lenient). Only segment files directly in a
+camera's folder are deleted: other files, folders and what a symbolic link points to are left alone.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -26,6 +34,7 @@ from pathlib import Path
 import av
 
 from streamd.config import CameraConfig
+from streamd.files import create_file, make_folder
 from streamd.frame import Frame
 from streamd.sink import H264Writer, encoder_candidates
 
@@ -38,6 +47,7 @@ _SEGMENT = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ)(?:-(\d+))?\.mp4$")
 # flush_packets: FFmpeg's I/O buffer goes to the file as each fragment is written, not 32 KiB at a time.
 FRAGMENTED_MP4 = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"}
 RETRY_S = 5.0  # after a failure (disk full, folder gone), the next segment is tried this much later
+SWEEP_EVERY_S = 600.0  # retention over every camera folder of the recording roots, and at start-up
 
 
 def segment_key(name: str) -> tuple[float, int] | None:
@@ -83,13 +93,83 @@ def apply_retention(folder: Path, max_age_s: float, max_bytes: int, now: float |
     return deleted
 
 
+Limits = tuple[float, int]  # (max age in seconds, max bytes); 0: no limit of that kind
+
+
+def _limits(c: CameraConfig) -> Limits:
+    return c.file_retain_days * 86400.0, int(c.file_retain_gb * 1e9)
+
+
+def _most_lenient(limits: list[Limits]) -> Limits:
+    """The limits under which none of the given ones would delete a segment the others keep."""
+    ages, sizes = [age for age, _ in limits], [size for _, size in limits]
+    return 0.0 if 0.0 in ages else max(ages), 0 if 0 in sizes else max(sizes)
+
+
+def sweep(cameras: Iterable[CameraConfig], now: float | None = None) -> dict[Path, list[Path]]:
+    """Retention over every camera folder of the recording roots of `cameras` (those that record), configured
+    cameras under their own limits, other folders under the root's most lenient ones. Returns the deleted
+    segments by folder (only folders where some were)."""
+    roots: dict[Path, dict[str, Limits]] = {}
+    for c in cameras:
+        if c.file_out:
+            roots.setdefault(Path(c.file_out).absolute(), {})[c.name] = _limits(c)
+    deleted = {}
+    for root, own in roots.items():
+        lenient = _most_lenient(list(own.values()))
+        try:
+            folders = [Path(e.path) for e in os.scandir(root) if e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:  # nothing recorded there yet
+            continue
+        for folder in folders:
+            max_age_s, max_bytes = own.get(folder.name, lenient)
+            try:
+                gone = apply_retention(folder, max_age_s, max_bytes, now)
+            except OSError as e:  # one folder this process may not change: the others still get their turn
+                log.warning("recordings: retention in %s failed: %s", folder, e)
+                continue
+            if gone:
+                deleted[folder] = gone
+    return deleted
+
+
+class RetentionSweeper:
+    """`sweep` at start-up and every `every_s` on a thread of its own, over the cameras `cameras()` returns
+    (the config's, all of them: a camera of another shard recording into the same root keeps its limits)."""
+
+    def __init__(self, cameras: Callable[[], Iterable[CameraConfig]], every_s: float = SWEEP_EVERY_S) -> None:
+        self.cameras, self.every_s = cameras, every_s
+        self.sweeps = 0  # finished, failed ones included
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                for folder, gone in sweep(self.cameras()).items():
+                    log.info("recordings: deleted %d old segment(s) in %s", len(gone), folder)
+            except Exception:  # a disk gone or unreadable: the next sweep tries again, the cameras go on
+                log.exception("recordings: the retention sweep failed; next in %.0f s", self.every_s)
+            self.sweeps += 1
+            if self._stop.wait(self.every_s):
+                return
+
+
 def reserve(folder: Path, start: float) -> Path:
     """Create the empty file of a segment starting at `start` (wall-clock seconds), under a name no file has."""
     stem = time.strftime(NAME_FORMAT, time.gmtime(start))
     for n in itertools.count():
         path = folder / (f"{stem}.mp4" if n == 0 else f"{stem}-{n}.mp4")
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            os.close(create_file(path, exclusive=True))  # FILE_MODE: footage is not for every user of the host
             return path
         except FileExistsError:
             continue
@@ -173,7 +253,7 @@ class Recorder:
 
     def _begin(self, frame: Frame) -> None:
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            make_folder(self.folder)
             self.path = reserve(self.folder, frame.capture_time)
         except OSError as e:
             self._retry_at = time.monotonic() + RETRY_S

@@ -27,6 +27,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
+from streamd.adapt import WORK_SUFFIX
 from streamd.collect import capture_time, stored_frames
 from streamd.config import AdaptConfig
 from streamd.infer import int8_copy
@@ -48,6 +50,10 @@ BACKOFF_MAX_S = 3600.0
 DAY_S = 24 * 3600.0  # the daily budget's window
 CLOCK_SLACK_S = 300.0  # a time this far ahead of the clock is of a clock that was wrong, not of a small correction
 WAIT_STEP_S = 0.25  # how often a running child is looked at (its exit, its deadline, a stop)
+# The run in progress and the CPU time its child has used, rewritten this often: when the daemon dies with its
+# child (SIGKILL, a crash: nobody reaps the child to read its rusage), the next start charges what it says
+RUNNING = "adapt-running.json"
+NOTE_EVERY_S = 5.0
 OUTCOMES = ("kept", "rejected", "failed", "timeout")
 
 
@@ -97,7 +103,22 @@ def remove_model(model: Path) -> None:
     """An adapted model and what belongs to it: its weights, card and int8 copy."""
     for sibling in (model, model.with_suffix(".pt"), model.with_suffix(".md"), int8_copy(model)):
         sibling.unlink(missing_ok=True)
-        sibling.with_name(f".{sibling.name}.part").unlink(missing_ok=True)  # one a killed run was writing
+
+
+def remove_leftovers(folder: Path) -> list[Path]:
+    """The scratch folders (streamd.adapt.work_folder: weights, candidate models, files half written) that
+    killed runs left in a camera's folder; a run that ends by itself removes its own. Returns those removed."""
+    leftovers = [p for p in folder.glob(f".*{WORK_SUFFIX}") if p.is_dir() and not p.is_symlink()]
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    return leftovers
+
+
+def child_cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system, all threads) a running child has used so far: what its rusage says when
+    it is reaped."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def backoff_s(failures: int) -> float:
@@ -297,7 +318,40 @@ class AdaptationScheduler:
                 return self._requests.popleft(), None
         return self.due()
 
+    def _tidy_after_the_previous_process(self) -> None:
+        """What a daemon that ended during a run (SIGKILL, a crash, a power cut) left behind: the run's CPU time,
+        charged as far as it was noted, and the scratch folders of runs killed with it."""
+        marker = self.state_dir / RUNNING
+        try:
+            run = json.loads(marker.read_text())
+            cpu_s = float(run["cpu_seconds"])
+            self.ledger.add(cpu_s)
+            log.warning("adaptation: the run of %s ended with the previous process; its %.1f s of CPU time are "
+                        "charged to the daily budget", run.get("camera"), cpu_s)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            log.warning("adaptation: cannot read %s (%s); the run it notes is not charged", marker, e)
+        marker.unlink(missing_ok=True)
+        for folder in (p for p in self.state_dir.glob("*") if p.is_dir() and not p.is_symlink()):
+            for path in remove_leftovers(folder):
+                log.info("adaptation: removed %s, left by a run that was killed", path)
+
+    def _note_running(self, camera: str, cpu_s: float) -> None:
+        """Keep the run's CPU time so far where the next start finds it (RUNNING)."""
+        path = self.state_dir / RUNNING
+        part = path.with_name(f".{RUNNING}.part")
+        try:
+            part.write_text(json.dumps({"camera": camera, "cpu_seconds": cpu_s}))
+            os.replace(part, path)
+        except OSError as e:  # the ledger will say so too, if it cannot be written either
+            log.debug("adaptation: cannot note the run in progress in %s: %s", path, e)
+
     def _loop(self) -> None:
+        try:
+            self._tidy_after_the_previous_process()
+        except Exception:  # a state directory that cannot be read must not keep adaptation from running
+            log.exception("adaptation: tidying up after the previous process failed")
         failures = 0  # in a row, of the schedule itself (not of one camera's run)
         while not self._stop.is_set():
             try:
@@ -365,13 +419,16 @@ class AdaptationScheduler:
                 self._child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=output,
                                                stderr=subprocess.STDOUT, start_new_session=True)
             self.running = camera
+        self._note_running(camera, 0.0)
         try:
-            code, cpu_s, timed_out = self._wait(self._child, deadline_s)
+            code, cpu_s, timed_out = self._wait(self._child, deadline_s, lambda used: self._note_running(camera, used))
         finally:
             with self._lock:
                 self.running, self._child = None, None
         self.cpu_seconds += cpu_s
         self.ledger.add(cpu_s)
+        (self.state_dir / RUNNING).unlink(missing_ok=True)  # after the ledger: a crash between charges it twice
+        remove_leftovers(folder)  # a killed child's scratch folder (one that ended by itself removed its own)
         future = time.time() + CLOCK_SLACK_S  # frames named under a clock that was ahead do not mark what it saw
         newest = next((f for f in reversed(frames) if capture_time(f) <= future), frames[-1])
         seen = {"newest_frame": newest.name, "frames": len(frames), "cpu_seconds": round(cpu_s, 2),
@@ -412,15 +469,24 @@ class AdaptationScheduler:
             log.error("adaptation of %s failed (exit status %s): %s", camera, code, tail)
             self._record(camera, "failed", f"exit status {code}", started, seen=seen)
 
-    def _wait(self, child: subprocess.Popen, deadline_s: float) -> tuple[int, float, bool]:
+    def _wait(self, child: subprocess.Popen, deadline_s: float,
+              note: Callable[[float], None]) -> tuple[int, float, bool]:
         """Wait for the child to exit; past the deadline, or when the scheduler stops, kill its process
-        group first. Returns (exit status, the child's CPU seconds, whether the deadline killed it)."""
+        group first. Meanwhile `note` gets its CPU seconds so far every NOTE_EVERY_S. Returns (exit status,
+        the child's CPU seconds from its rusage, whether the deadline killed it)."""
         end = time.monotonic() + deadline_s
         timed_out = False
+        next_note = time.monotonic() + NOTE_EVERY_S
         while True:
             pid, status, usage = os.wait4(child.pid, os.WNOHANG)
             if pid:
                 break
+            if time.monotonic() >= next_note:
+                next_note += NOTE_EVERY_S
+                try:
+                    note(child_cpu_seconds(child.pid))
+                except (OSError, IndexError, ValueError):  # exited (a zombie's stat is still there) or no /proc
+                    pass
             if self._stop.is_set() or time.monotonic() >= end:
                 timed_out = not self._stop.is_set()
                 try:

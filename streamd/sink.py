@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import av
 import cv2
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from streamd.backoff import MAX_S, Backoff
 from streamd.frame import Frame
@@ -65,8 +66,14 @@ class ZmqPublisher:
     """One PUB socket for all cameras; thread-safe (ZeroMQ sockets are not, so a lock serialises sends)."""
 
     def __init__(self, context: zmq.Context, endpoint: str, hwm: int = 4, curve_secret_key: bytes | None = None,
-                 curve_public_key: bytes | None = None) -> None:
-        """With a CURVE key pair, traffic is encrypted and subscribers need the server's public key."""
+                 curve_public_key: bytes | None = None, client_keys: str = "") -> None:
+        """With a CURVE key pair, traffic is encrypted and subscribers need the server's public key; with
+        `client_keys` (a folder of public certificates), only subscribers whose own key is there get in."""
+        self._auth: ThreadAuthenticator | None = None
+        if client_keys:  # ZAP: libzmq asks this handler about every CURVE handshake of the context's sockets
+            self._auth = ThreadAuthenticator(context)
+            self._auth.start()
+            self._auth.configure_curve(domain="*", location=client_keys)  # read once: keys change at a restart
         self.socket = context.socket(zmq.PUB)
         self.socket.setsockopt(zmq.SNDHWM, hwm)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -74,7 +81,13 @@ class ZmqPublisher:
             self.socket.curve_secretkey = curve_secret_key
             self.socket.curve_publickey = curve_public_key
             self.socket.curve_server = True
-        self.socket.bind(endpoint)
+        try:
+            self.socket.bind(endpoint)
+        except zmq.ZMQError:  # the port taken: the context must still terminate (its ZAP thread holds a socket)
+            self.socket.close()
+            if self._auth:
+                self._auth.stop()
+            raise
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._lock = threading.Lock()
 
@@ -90,6 +103,8 @@ class ZmqPublisher:
     def close(self) -> None:
         with self._lock:
             self.socket.close()
+        if self._auth:
+            self._auth.stop()
 
 
 ENCODERS = ("auto", "nvenc", "libx264")

@@ -27,7 +27,9 @@ def lightness_of(frame: Frame, input_size: tuple[int, int]) -> np.ndarray:
 def predict(colorizer: Colorizer, frames: list[Frame], input_size: tuple[int, int]) -> None:
     """Run the network on a batch of gray frames; each frame keeps (its L input, predicted ab)."""
     lightness = np.stack([lightness_of(f, input_size) for f in frames])[:, None]
-    if colorizer.takes_reference:  # a reference model: each frame's camera's day reference beside its L
+    # a reference model: each frame's camera's day reference beside its L (a colorizer that does not say it
+    # takes one, as Triton's or a stand-in, takes L alone)
+    if getattr(colorizer, "takes_reference", False):
         ab_batch = colorizer(lightness, np.stack([f.reference_planes for f in frames]))
     else:
         ab_batch = colorizer(lightness)

@@ -137,7 +137,9 @@ def test_store_keeps_distinct_day_frames_spaced_and_capped(tmp_path):
     # being written when the process was killed is cleared away.
     killed_mid_write = tmp_path / "yard" / ".20270115T000000.000000Z.part"
     killed_mid_write.write_bytes(b"\xff\xd8")
-    model_being_written = tmp_path / "yard" / ".yard-20270115T000000Z.onnx.part"  # an adaptation run's, not ours
+    run_scratch = tmp_path / "yard" / ".yard-20270115T000000Z-k2j4x8q1.work"  # an adaptation run's, not ours
+    run_scratch.mkdir()
+    model_being_written = run_scratch / "yard-20270115T000000Z.onnx.part"
     model_being_written.write_bytes(b"\x08")
     again = FrameStore(tmp_path / "yard", every_s=0, min_change=3, max_frames=3)
     assert not killed_mid_write.exists() and model_being_written.exists() and len(again.frames()) == 3
@@ -618,41 +620,84 @@ def test_a_clock_that_was_ahead_does_not_hold_the_schedule(tmp_path):
     assert "more than 1 h old" in (hourly.why_due("yard", now=now) or "")
 
 
-def test_an_adaptation_child_ends_with_the_daemon_that_started_it(tmp_path):
-    """The daemon killed outside a control group (SIGKILL, run by hand): its run, a process group of its own,
-    ends with it instead of running on unwatched."""
+def process_running(pid: int) -> bool:
+    """Whether the process is there and not a zombie (a killed orphan may stay one until its new parent reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, f"{what}: not within {timeout:g} s"
+        time.sleep(0.1)
+
+
+def scratch(folder: Path) -> list[Path]:
+    """The scratch folders of adaptation runs in a camera's folder."""
+    return [p for p in folder.glob(".*") if p.is_dir()]
+
+
+def test_a_run_stopped_with_the_daemon_is_charged_from_its_rusage_and_leaves_nothing(tmp_path):
+    """The real child, `streamd adapt` as the scheduler starts it, killed (its process group, SIGKILL) while it
+    trains: its scratch folder, with the weights and whatever it was writing, is removed, and the CPU time
+    its rusage reports is charged to the daily ledger."""
+    from streamd.schedule import RUNNING, child_cpu_seconds
+
+    state = tmp_path / "state"
+    fill_store(state / "yard", 8, T0, 3600)
+    scheduler = scheduler_for(state, ["yard"], auto=False, min_frames=8, budget_minutes=2.0, threads=1)
+    scheduler.start()
+    try:
+        assert scheduler.request("yard") == "queued"
+        child = child_of(os.getpid(), "adapt")
+        wait_until(lambda: scratch(state / "yard"), 120, "the run's scratch folder")
+        wait_until(lambda: child_cpu_seconds(child) > 1.0, 60, "a second of the child's CPU time")
+        used = child_cpu_seconds(child)
+    finally:
+        scheduler.stop()
+    assert not process_running(child)
+    assert scratch(state / "yard") == [] and not (state / RUNNING).exists()
+    assert scheduler.ledger.spent() >= used and scheduler.ledger.spent() == pytest.approx(scheduler.cpu_seconds)
+    assert json.loads((state / "adapt-cpu.json").read_text())[0][1] == pytest.approx(scheduler.cpu_seconds)
+
+
+def test_a_daemon_killed_mid_run_ends_its_run_and_the_next_start_charges_and_tidies_it(tmp_path):
+    """The daemon SIGKILLed (outside systemd's control group, an OOM kill) while the real child trains: the child
+    ends with it (PR_SET_PDEATHSIG, set by `streamd adapt --parent`), and nobody is left to reap it and read
+    its rusage. The next start charges the CPU time noted while it ran and removes its scratch folder."""
     import signal
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from streamd.schedule import RUNNING
 
-    child_pid = tmp_path / "child.pid"
-    daemon = ("import os, subprocess, sys, time\n"
-              "child = subprocess.Popen([sys.executable, '-c', 'import os, sys, time; "
-              "from streamd.schedule import end_with_parent; end_with_parent(int(sys.argv[1])); "
-              f"open(sys.argv[2], \"w\").write(str(os.getpid())); time.sleep(120)', str(os.getpid()), "
-              f"{str(child_pid)!r}], start_new_session=True)\n"
-              "time.sleep(120)\n")
-    parent = subprocess.Popen([sys.executable, "-c", daemon], cwd=ROOT)
+    state = tmp_path / "state"
+    fill_store(state / "yard", 8, T0, 3600)
+    daemon = ("import sys, time\nfrom pathlib import Path\nfrom tests.test_adapt import scheduler_for\n"
+              "s = scheduler_for(Path(sys.argv[1]), ['yard'], auto=False, min_frames=8, budget_minutes=2.0, threads=1)\n"
+              "s.start()\ns.request('yard')\ntime.sleep(300)\n")
+    parent = subprocess.Popen([sys.executable, "-c", daemon, str(state)], cwd=ROOT)
     try:
-        deadline = time.monotonic() + 30
-        while not (child_pid.exists() and child_pid.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        pid = int(child_pid.read_text())
-
-        def running() -> bool:  # a killed orphan may stay a zombie until its new parent reaps it
-            try:
-                return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-            except FileNotFoundError:
-                return False
-
-        assert running()
+        child = child_of(parent.pid, "adapt")
+        noted = lambda: json.loads((state / RUNNING).read_text())["cpu_seconds"]  # noqa: E731
+        wait_until(lambda: scratch(state / "yard") and (state / RUNNING).exists() and noted() > 0, 120,
+                   "the run's scratch folder and CPU time noted")
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
-        deadline = time.monotonic() + 10
-        while running() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not running()
+        charged = noted()
+        wait_until(lambda: not process_running(child), 10, "the child's end with its daemon")
     finally:
         parent.kill()
+        if "child" in locals() and process_running(child):  # a child that outlived its daemon must not run on
+            os.kill(child, signal.SIGKILL)
+    assert scratch(state / "yard")  # what the killed run left
+    scheduler = scheduler_for(state, ["yard"], auto=False)
+    scheduler.start()
+    try:
+        wait_until(lambda: not scratch(state / "yard") and not (state / RUNNING).exists(), 20, "the tidying")
+    finally:
+        scheduler.stop()
+    assert scheduler.ledger.spent() == pytest.approx(charged) and charged > 0

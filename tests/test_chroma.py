@@ -62,6 +62,29 @@ def test_chroma_from_lab_matches_swscale_round_trip(matrix, full_range):
     assert np.abs(back - rgb.astype(int)).mean() < 4.0
 
 
+def bt709_limited_range(rgb: np.ndarray) -> np.ndarray:
+    """Cb, Cr (..., 2) of R'G'B' in 0..1 as ITU-R BT.709 defines them for 8-bit video ("limited") range:
+    Y' = 0.2126 R' + 0.7152 G' + 0.0722 B'; Cb = (B' - Y') / 1.8556 and Cr = (R' - Y') / 1.5748, each from -0.5
+    to 0.5, quantized as 128 + 224 x (16 to 240)."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    return np.stack([128 + 224 * (b - y) / 1.8556, 128 + 224 * (r - y) / 1.5748], axis=-1)
+
+
+def test_limited_range_chroma_is_bt709s_own():
+    """The colour of an H.264 camera (BT.709, limited range) as the standard quantizes it: saturated colours
+    reach 16 and 240, the values every decoder expands back to full saturation (a scale of 219, the luma's,
+    would leave each colour 2 % paler)."""
+    rng = np.random.default_rng(3)
+    primaries = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1], [1, 0, 1], [1, 1, 1]], float)
+    rgb = np.concatenate([primaries, rng.uniform(0, 1, (500, 3))])[None]
+    lab = color.rgb2lab(rgb)
+    u, v = lab_to_chroma(lab[..., 0], lab[..., 1:], "bt709", full_range=False)
+    got, expected = np.stack([u, v], axis=-1)[0].astype(float), bt709_limited_range(rgb)[0]
+    assert np.abs(got - expected).max() <= 1.0, np.abs(got - expected).max()
+    assert got[:3].tolist() == [[102, 240], [42, 26], [240, 118]]  # red, green, blue: BT.709's published values
+
+
 def test_live_chroma_follows_luma_edges():
     """A chroma step predicted at low resolution lands on the luma edge in the U, V planes the live path
     makes, instead of being smeared across it as plain upsampling would."""

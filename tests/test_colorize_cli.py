@@ -59,6 +59,10 @@ def test_output_into_the_input_folder_is_refused(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "streamd colorize: " in err and str(photos) in err, err
+    # b.avi would become photos/b.mp4: over no input, so only the rule for an input's folder refuses it
+    assert main(["colorize", str(video), "-o", str(photos)]) == 2
+    err = capsys.readouterr().err
+    assert f"-o {photos} is where the input {video} lies" in err, err
     assert sorted(p.name for p in photos.iterdir()) == ["a.png", "b.avi"]
     assert (photos / "a.png").read_bytes() == original
 

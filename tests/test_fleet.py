@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import zmq.auth
 
 from streamd import config as cfgmod
 from streamd import fleet
@@ -203,18 +204,34 @@ def test_kubernetes_manifests_agree_with_streamd():
     and scrape port are streamd's; the Triton init container's command writes a repository."""
     objects = manifests()
     raw = tomllib.loads(objects[("Secret", "streamd-cameras")]["stringData"]["cameras.toml"])
-    with pytest.raises(cfgmod.ConfigError, match="http.token"):  # the placeholder must be replaced
-        cfgmod.parse(raw)
-    raw["http"]["token"] = "0123456789abcdef0123456789abcdef"
-    config = cfgmod.parse(raw)
+    statefulset = objects[("StatefulSet", "streamd")]
+    pod = statefulset["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    # The ZeroMQ output is encrypted and lets in listed clients only, from Secrets mounted where it looks
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v}
+    server_key, clients = Path(raw["zmq"]["curve_secret_key_file"]), raw["zmq"]["curve_client_keys"]
+    assert secrets[mounts[str(server_key.parent)]] == "streamd-zmq-server" and server_key.name == "server.key_secret"
+    assert secrets[mounts[clients]] == "streamd-zmq-clients"
+    with tempfile.TemporaryDirectory() as keys:  # the Secrets' contents, as secret.yaml says to make them
+        zmq.auth.create_certificates(keys, "server")
+        Path(keys, "clients").mkdir()
+        zmq.auth.create_certificates(str(Path(keys, "clients")), "viewer")
+        raw["zmq"].update(curve_secret_key_file=str(Path(keys, server_key.name)),
+                          curve_client_keys=str(Path(keys, "clients")))
+        with pytest.raises(cfgmod.ConfigError, match="http.token"):  # the placeholder must be replaced
+            cfgmod.parse(raw)
+        raw["http"]["token"] = "0123456789abcdef0123456789abcdef"
+        config = cfgmod.parse(raw)
+        plaintext = copy.deepcopy(raw)
+        del plaintext["zmq"]["curve_secret_key_file"], plaintext["zmq"]["curve_client_keys"]
+        with pytest.raises(cfgmod.ConfigError, match="zmq.endpoint"):  # the pod's address is on the network
+            cfgmod.parse(plaintext)
     assert config.fleet.shard == "auto" and config.model.provider == "triton"
     triton_service = objects[("Service", "triton")]
     host, port = config.model.triton_url.split(":")
     assert host == triton_service["metadata"]["name"]
     assert int(port) in [p["port"] for p in triton_service["spec"]["ports"] if p["name"] == "grpc"]
-    statefulset = objects[("StatefulSet", "streamd")]
-    pod = statefulset["spec"]["template"]
-    container = pod["spec"]["containers"][0]
     env = {e["name"]: e for e in container["env"]}
     assert int(env["STREAMD_SHARDS"]["value"]) == statefulset["spec"]["replicas"]
     assert env["STREAMD_SHARD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \

@@ -217,11 +217,30 @@ def test_slow_subscriber_does_not_slow_others(tmp_path):
         stop_streamd(proc)
 
 
+# `streamd run` whose network takes 0.2 s a batch whatever the machine (a fast GPU host too): at most 5 batches
+# of one frame per camera a second, far below what the cameras send
+SLOW_NETWORK = """
+import sys, time
+from streamd import infer
+from streamd.cli import main
+network = infer.Colorizer.__call__
+def slow(self, lightness):
+    time.sleep(0.2)
+    return network(self, lightness)
+infer.Colorizer.__call__ = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_overload_drops_frames_and_latency_stays_bounded(tmp_path):
-    clip = write_video(tmp_path / "big.mp4", "gray", seconds=4, size="1280x720")
+    clip = write_video(tmp_path / "big.mp4", "gray", seconds=4, size="640x360")
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     sources = [a for i in range(4) for a in ("--source", f"cam{i}={clip}")]
-    proc = start_streamd("run", *sources, "--loop", "--zmq", endpoint, "--format", "jpeg", "--report-every", "2")
+    log_file = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_NETWORK, "run", *sources, "--loop", "--zmq", endpoint,
+                             "--format", "jpeg", "--report-every", "2"], cwd=ROOT, stdout=log_file,
+                            stderr=subprocess.STDOUT, text=True)
+    proc.log_path = log_file.name
     rec = Recorder(endpoint)
     try:
         assert rec.wait_for("cam0", 5, timeout=60)
@@ -236,7 +255,7 @@ def test_overload_drops_frames_and_latency_stays_bounded(tmp_path):
                                 if start + since <= t < start + until]))
 
     dropped = [int(line.split("dropped ")[1].split(",")[0]) for line in log.splitlines() if "dropped" in line]
-    assert dropped and max(dropped) > 0, log  # 100 frames/s of 720p cannot all be colorized on 2 cores
+    assert dropped and max(dropped) > 0, log  # 100 frames/s in, at most 20 colorized
     skips = [y["seq"] - x["seq"] > 1 for cam in rec.frames.values() for (_, x), (_, y) in zip(cam, cam[1:])]
     assert any(skips)  # newer frames overtake older ones: skipped, not queued
     early, late = median_latency(0, 4), median_latency(8, 12)

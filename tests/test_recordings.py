@@ -18,7 +18,7 @@ import pytest
 
 from streamd import config as cfgmod
 from streamd.pipeline import Pipeline
-from streamd.recording import reserve, segment_key
+from streamd.recording import RetentionSweeper, reserve, segment_key, sweep
 from streamd.systemd import unit_settings
 from tests.conftest import ROOT, write_video
 from tests.test_operations import free_port, http_get, metric_value, start_streamd, stop_streamd, write_config
@@ -101,6 +101,48 @@ def test_sigkill_mid_segment_leaves_every_segment_readable_and_a_restart_overwri
         assert len(read_back(path)) > 0, f"{path.name} does not decode"
 
 
+# A recorder in a process of its own: 25 fps of frame time (a small square moving over a flat picture, a few
+# KB a second: FFmpeg's 32 KiB I/O buffer alone would hold all of it), written as fast as it encodes; then
+# it says how much it wrote and waits to be killed.
+RECORDER = """
+import sys, time
+import numpy as np
+from streamd.frame import Frame
+from streamd.recording import Recorder
+folder, count = sys.argv[1], int(sys.argv[2])
+recorder = Recorder(folder, "gate", segment_s=3600.0, encoder="libx264")
+start = 1_800_000_000.0  # on the hour: the segment lasts the hour
+for i in range(count):
+    bgr = np.full((240, 320, 3), 90, np.uint8)
+    bgr[100:140, 4 * i % 280:4 * i % 280 + 40] = (40, 160, 220)
+    recorder.write(Frame.from_bgr("gate", i, bgr, capture_time=start + i / 25, arrival=1000.0 + i / 25))
+print(recorder.path, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_recording_killed_mid_segment_is_readable_up_to_its_last_second(tmp_path):
+    """The promise of a fragmented segment: a recorder killed (SIGKILL) mid-segment leaves the segment readable
+    by a separate decoder up to the last keyframe it made, at most a second (keyframe_interval_s) before the
+    last frame it took. Frames are timed by frame time, so what was written at the kill is known exactly."""
+    count = 112  # 4.48 s: keyframes at 0, 1, 2, 3 and 4 s; the fragments up to 4 s are complete
+    proc = subprocess.Popen([sys.executable, "-c", RECORDER, str(tmp_path), str(count)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        segment = Path(proc.stdout.readline().strip())  # every frame has gone through the encoder
+        proc.kill()
+        proc.wait(10)
+    finally:
+        proc.kill()
+    try:
+        frames = read_back(segment)
+    except av.error.InvalidDataError:  # not even the header reached the file
+        frames = []
+    last = (count - 1) / 25
+    assert frames and frames[-1][2] >= last - 1.0 - 1 / 25, (len(frames), frames[-1:] or None, segment.stat().st_size)
+    assert [t for _, _, t, _ in frames] == pytest.approx([i / 25 for i in range(len(frames))], abs=0.002)
+
+
 def run_until_finished(cameras: list[dict], timeout: float = 60.0, **sections) -> Pipeline:
     pipeline = Pipeline(cfgmod.parse({"camera": cameras, "zmq": {"endpoint": ""}, **sections}))
     pipeline.start()
@@ -150,7 +192,7 @@ def test_retention_deletes_by_age_then_by_size_and_nothing_else(tmp_path):
 
     too_old = old_segment(gate, 8 * 86400, 1000)
     oldest_recent, newer_recent = old_segment(gate, 3600, 2_500_000), old_segment(gate, 1800, 1_500_000)
-    other_camera = old_segment(other, 30 * 86400, 1000)
+    other_camera = old_segment(other, 3 * 86400, 1000)  # not configured: the root's limits, 7 days and 3 MB
     notes = gate / "notes.txt"
     notes.write_text("not a segment")
     clip = write_video(tmp_path / "c.mp4", "colour", seconds=3)
@@ -161,6 +203,90 @@ def test_retention_deletes_by_age_then_by_size_and_nothing_else(tmp_path):
     assert newer_recent in left and len(left) >= 3  # the new segments, beside the newest of the old ones
     assert sum(p.stat().st_size for p in left) <= 3_000_000
     assert notes.exists() and other_camera.exists()
+
+
+def segment(folder: Path, age_s: float, size: int = 1000) -> Path:
+    """A segment file of `size` bytes that started `age_s` ago."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = reserve(folder, time.time() - age_s)
+    path.write_bytes(b"\0" * size)
+    return path
+
+
+def test_the_sweep_covers_every_camera_folder_and_nothing_outside_the_layout(tmp_path):
+    """Each camera folder under a recording root: a configured camera's under its own limits, a folder of a
+    camera that is no longer configured under the root's most lenient limits. Files that are not segments,
+    deeper folders, files beside the camera folders and what symbolic links point to are left alone."""
+    rec, outside = tmp_path / "rec", tmp_path / "elsewhere"
+    gate_old, gate_kept = segment(rec / "gate", 3 * 86400), segment(rec / "gate", 86400)
+    gone_old, gone_kept = segment(rec / "gone", 9 * 86400), segment(rec / "gone", 6 * 86400)
+    kept = [gate_kept, gone_kept,
+            segment(rec / "gone" / "nested", 30 * 86400),  # below a camera folder: not the layout
+            segment(rec, 30 * 86400),  # beside the camera folders
+            segment(outside, 30 * 86400)]
+    (rec / "gone" / "notes.txt").write_text("not a segment")
+    (rec / "linked").symlink_to(outside, target_is_directory=True)
+    (rec / "gone" / gone_old.name.replace(".mp4", "-9.mp4")).symlink_to(kept[-1])
+    cameras = cfgmod.parse({"camera": [
+        {"name": "gate", "url": "a.mp4", "file_out": str(rec), "file_retain_days": 2.0},
+        {"name": "yard", "url": "b.mp4", "file_out": str(rec), "file_retain_days": 7.0},  # the root's most lenient
+        {"name": "dock", "url": "c.mp4", "file_out": str(tmp_path / "other-root"), "file_retain_days": 30.0}]}).cameras
+    deleted = sweep(cameras)
+    assert deleted == {rec / "gate": [gate_old], rec / "gone": [gone_old]}
+    assert not gate_old.exists() and not gone_old.exists()
+    assert all(p.exists() for p in kept) and (rec / "gone" / "notes.txt").exists()
+    assert (rec / "linked").is_symlink() and len(list((rec / "gone").glob("*-9.mp4"))) == 1
+
+
+def test_the_sweep_runs_at_start_up_and_on_its_timer(tmp_path):
+    """A camera that was removed from the config (or is down: no segment of it closes) still loses its expired
+    footage: at once when the pipeline starts, and later on the sweeper's timer, without any segment closing."""
+    rec = tmp_path / "rec"
+    removed_old, removed_recent = segment(rec / "removed", 10 * 86400), segment(rec / "removed", 86400)
+    clip = write_video(tmp_path / "c.mp4", "colour", seconds=1)
+    pipeline = Pipeline(cfgmod.parse({"camera": [{"name": "gate", "url": str(clip), "file_out": str(rec),
+                                                  "file_retain_days": 7.0}], "zmq": {"endpoint": ""}}))
+    pipeline.start()
+    try:
+        wait_until(lambda: not removed_old.exists(), 20, "the start-up sweep")
+    finally:
+        pipeline.stop()
+    assert removed_recent.exists()
+
+    sweeper = RetentionSweeper(lambda: pipeline.config.cameras, every_s=0.2)
+    sweeper.start()
+    try:
+        wait_until(lambda: sweeper.sweeps >= 1, 10, "the sweeper's first sweep")  # what expires now is the timer's
+        expired_later = segment(rec / "removed", 8 * 86400)
+        wait_until(lambda: not expired_later.exists(), 10, "a sweep on the timer")
+    finally:
+        sweeper.stop()
+    assert removed_recent.exists()
+
+
+def test_footage_is_for_the_services_user_and_group_only(tmp_path):
+    """Recording segments and stored day frames are 0640, the folders made for them (and their parents) 0750,
+    under a umask of 0: the modes are streamd's own, not the umask's. The units set UMask=0027 and
+    StateDirectoryMode=0750 for what systemd and libraries create."""
+    import os
+    import stat
+
+    clip = write_video(tmp_path / "c.mp4", "colour", seconds=2)
+    rec, state = tmp_path / "disk" / "rec", tmp_path / "var" / "state"
+    previous = os.umask(0)
+    try:
+        run_until_finished([{"name": "gate", "url": str(clip), "file_out": str(rec), "file_segment_s": 1.0}],
+                           adapt={"state_dir": str(state), "collect_every_s": 0.0, "min_change": 0.0})
+    finally:
+        os.umask(previous)
+    segments, frames = recorded(rec / "gate"), list((state / "gate").glob("*.jpg"))
+    assert segments and frames
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in segments + frames} == {"0o640"}
+    folders = [tmp_path / "disk", rec, rec / "gate", tmp_path / "var", state, state / "gate"]
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in folders} == {"0o750"}
+    for unit in (UNIT, SHARD_UNIT):
+        settings = unit_settings([unit.read_text()])
+        assert settings["UMask"] == ["0027"] and settings["StateDirectoryMode"] == ["0750"], unit
 
 
 def test_retention_goes_on_while_writes_fail(tmp_path):

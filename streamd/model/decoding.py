@@ -43,8 +43,6 @@ class Decoding:
     rebalancing out to the power `alpha` (then `shrink` and `cast_correction` as AnnealedMean's), in front of
     a shared CachedNetwork."""
 
-    takes_reference = False
-
     def __init__(self, network: CachedNetwork, weights: dict, info: ModelInfo, temperature: float,
                  alpha: float, shrink: float = 0.0, cast_correction: float = 0.0) -> None:
         self.info = ModelInfo(info.model_id, info.input_height, info.input_width, temperature, alpha, shrink,
