@@ -19,11 +19,13 @@ from collections import deque
 import cv2
 import numpy as np
 import pytest
+from skimage import data
 
 from streamd import config as cfgmod
 from streamd.adapt import AdaptReport, Scores
 from streamd.frame import Frame
 from streamd.source import SyntheticCamera
+from streamd.reference import build
 from streamd.status import Snapshots, rate
 from tests.browser import Browser
 from tests.conftest import ROOT, free_port
@@ -75,7 +77,9 @@ def card_values(browser: Browser) -> dict:
         card.dataset.camera, {
           state: card.dataset.state,
           text: Object.fromEntries(['.state', '.daynight', '.fps', '.latency', '.dropped', '.model', '.adaptation',
-                                    '.adapt-reply'].map(s => [s, card.querySelector(s).textContent])),
+                                    '.adapt-reply', '.reference'].map(s => [s, card.querySelector(s).textContent])),
+          reference: {shown: !card.querySelector('.day-reference').hidden,
+                      loaded: card.querySelector('img.reference').dataset.loaded || null},
           ...Object.fromEntries(['input', 'output'].map(w => [w, {
             seq: card.querySelector('img.' + w).dataset.seq || null,
             loaded: card.querySelector('img.' + w).dataset.loaded || null}])),
@@ -98,9 +102,13 @@ def test_status_page_in_a_browser(rtsp_server, publishers, tmp_path):
     (tmp_path / "state" / "night").mkdir(parents=True)  # the night camera's last run, as the scheduler records it
     (tmp_path / "state" / "night" / "adapted.json").write_text(json.dumps(
         {"outcome": "kept", "detail": "night.onnx", "finished": time.time() - 3600, "report": dataclasses.asdict(report)}))
+    # the night camera's day reference, given by file: of another view (it never fits these photos)
+    reference = tmp_path / "night-reference.npz"
+    build([cv2.resize(data.hubble_deep_field(), (320, 240), interpolation=cv2.INTER_AREA)] * 8).save(reference)
     config.write_text(f'[zmq]\nendpoint = ""\n[http]\nlisten = "127.0.0.1:{http}"\ntoken = "{TOKEN}"\n'
                       f'[adapt]\nstate_dir = "{tmp_path / "state"}"\n'
-                      + camera.format("night", secret_url) + camera.format("day", rtsp_server.play_url("day")))
+                      + camera.format("night", secret_url) + f'reference_file = "{reference}"\n'
+                      + camera.format("day", rtsp_server.play_url("day")))
     proc = start_streamd("run", "-c", str(config), "--report-every", "2")
     browser = None
     try:
@@ -155,6 +163,13 @@ def test_status_page_in_a_browser(rtsp_server, publishers, tmp_path):
             assert re.fullmatch(r"[\d.]+ in, [\d.]+ out", card["text"][".fps"]), card
             assert re.fullmatch(r"\d+ of \d+", card["text"][".dropped"]), card
         assert first["day"]["text"][".adaptation"] == "never run", first["day"]
+        # the night camera's reference as a picture, and what it is; the day camera has none yet
+        shown = wait_until(lambda: (lambda v: v["night"]["reference"]["loaded"] == "yes" and v)(card_values(browser)))
+        assert shown and shown["night"]["reference"]["shown"] and not shown["day"]["reference"]["shown"], shown
+        assert re.fullmatch(r"8 day frames, \d+ min old; does not fit the view \(\d+ frames\): generic colour",
+                            shown["night"]["text"][".reference"]), shown["night"]["text"]
+        assert shown["day"]["text"][".reference"].startswith("none yet")
+        assert request(f"{base}/reference/day.jpg")[0] == 404 and request(f"{base}/reference/night.jpg", token=None)[0] == 401
         night = first["night"]["text"][".adaptation"]  # the scores of the model it had to beat, and of its own
         assert night.startswith("kept ") and night.endswith("(PSNR 23.25 → 24.50 dB, AuC 0.812 → 0.875)"), night
         # The pictures refresh while the page stays open: later frames replace the first ones
