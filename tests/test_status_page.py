@@ -24,8 +24,8 @@ from skimage import data
 from streamd import config as cfgmod
 from streamd.adapt import AdaptReport, Scores
 from streamd.frame import Frame
-from streamd.source import SyntheticCamera
 from streamd.reference import build
+from streamd.source import SyntheticCamera
 from streamd.status import Snapshots, rate
 from tests.browser import Browser
 from tests.conftest import ROOT, free_port
