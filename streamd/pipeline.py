@@ -231,6 +231,10 @@ class Pipeline:
         if not any(c.reference for c in self.mine(self.config)):
             return None
         m, path = self.config.model, self.config.reference.model
+        if m.provider == "triton" and not path:  # it would run here, on a host that sends its network's work away
+            log.info("cameras colour without day references: with provider = \"triton\" the reference model would "
+                     "run on this host's CPU; [reference] model names one to run here all the same")
+            return None
         try:
             with self._keepalive("loading the reference model", m.load_timeout_s):
                 provider = "auto" if m.provider in ("triton", "torch-cuda") else m.provider  # it runs here
@@ -546,7 +550,11 @@ class Pipeline:
             return
         if runtime.reference is not None:  # nightfall: yesterday's day frames make tonight's reference
             if runtime.was_day:
-                runtime.reference.rebuild_if_due()
+                runtime.was_day = False
+                try:
+                    runtime.reference.rebuild_if_due()
+                except OSError as e:  # a store being cleaned under it: the next nightfall tries again
+                    log.error("camera %s: day reference not rebuilt: %s", runtime.config.name, e)
             frame.reference_planes = runtime.reference.planes_for(
                 frame.width, frame.height, lightness_of(frame, self.input_size(self.reference_model)))
             if frame.reference_planes is not None:
@@ -588,37 +596,23 @@ class Pipeline:
 
     def _colorize(self, batch: list[Frame]) -> None:
         """One network run per model in the batch: cameras sharing a model share the batch. Frames whose
-        camera's last prediction still holds (a still scene, or one carried along the flow) skip it."""
-        by_model: dict[int, tuple[Colorizer, list[Frame], list[Reuse | None]]] = {}
-        for frame in batch:
-            runtime = self.cameras.get(frame.camera)
-            colorizer = runtime.colorizer if runtime else self.colorizer
-            if frame.reference_planes is not None and self.reference_model is not None:
-                colorizer = self.reference_model
-            reuse = runtime.reuse if runtime else None
-            if reuse is not None and reuse.last_model_id not in (None, colorizer.info.model_id):
-                reuse.forget()  # the other model's colour is not this frame's to reuse
-            _, frames, reuses = by_model.setdefault(id(colorizer), (colorizer, [], []))
-            frames.append(frame)
-            reuses.append(reuse)
+        camera's last prediction still holds (a still scene, or one carried along the flow) skip it. Frames
+        the reference model fails on get their cameras' own colour instead of none."""
+        by_model = self._by_model(batch, use_reference=True)
         t0 = time.perf_counter()
         predicted, failed, gray = 0, set(), set()
         for colorizer, frames, reuses in by_model.values():
-            try:
-                predicted += predict_or_reuse(colorizer, frames, reuses, self.input_size(colorizer), self._reuse_pool)
-                self._failing_models.pop(colorizer.info.model_id, None)
-            except InferenceUnavailable:  # an inference server away: the cameras keep flowing, gray
-                gray.update(id(f) for f in frames if f.prediction is None)  # the others reuse a prediction
-            except Exception:  # one model failing (a camera's own, say) costs its frames, not the others'
-                model_id = colorizer.info.model_id
-                count = self._model_failures[model_id] = self._model_failures.get(model_id, 0) + 1
-                in_a_row = self._failing_models.get(model_id, (0, 0.0))[0] + 1
-                self._failing_models[model_id] = (in_a_row, time.monotonic())
-                if count == 1 or count % 100 == 0:  # a model that fails on every batch must not flood the log
-                    log.exception("model %s failed on a batch of %d frames (cameras %s; %d failed batches so far);"
-                                  " they are dropped", colorizer.info.model_id, len(frames),
-                                  ", ".join(sorted({f.camera for f in frames})), count)
-                failed.update(id(f) for f in frames)
+            count = self._predict(colorizer, frames, reuses, gray)
+            if count is None and colorizer is self.reference_model:
+                for frame in frames:
+                    frame.reference_planes = None
+                for own, again, again_reuses in self._by_model(frames, use_reference=False).values():
+                    count = self._predict(own, again, again_reuses, gray)
+                    predicted += count or 0
+                    failed.update(id(f) for f in again if count is None)
+            else:
+                predicted += count or 0
+                failed.update(id(f) for f in frames if count is None)
         if predicted:
             self.instruments.batch_seconds.observe(time.perf_counter() - t0)
             self.instruments.batch_size.observe(predicted)
@@ -638,6 +632,43 @@ class Pipeline:
             runtime.by_colour[frame.model_kind] = runtime.by_colour.get(frame.model_kind, 0) + 1
             runtime.colorized += 1
             runtime.outputs.put(frame)
+
+    def _by_model(self, frames: list[Frame], use_reference: bool) -> dict[int, tuple[Colorizer, list[Frame], list]]:
+        """The frames grouped by the model each gets (the reference model for those with a reference, if
+        `use_reference`; else their camera's own), each with its camera's Reuse."""
+        by_model: dict[int, tuple[Colorizer, list[Frame], list[Reuse | None]]] = {}
+        for frame in frames:
+            runtime = self.cameras.get(frame.camera)
+            colorizer = runtime.colorizer if runtime else self.colorizer
+            if use_reference and frame.reference_planes is not None and self.reference_model is not None:
+                colorizer = self.reference_model
+            reuse = runtime.reuse if runtime else None
+            if reuse is not None and reuse.last_model_id not in (None, colorizer.info.model_id):
+                reuse.forget()  # the other model's colour is not this frame's to reuse
+            _, grouped, reuses = by_model.setdefault(id(colorizer), (colorizer, [], []))
+            grouped.append(frame)
+            reuses.append(reuse)
+        return by_model
+
+    def _predict(self, colorizer: Colorizer, frames: list[Frame], reuses: list, gray: set[int]) -> int | None:
+        """predict_or_reuse on one model's frames: how many ran the network, or None if the model failed (logged,
+        and counted towards /healthz's failing models). Frames an inference server could not take go to `gray`."""
+        try:
+            count = predict_or_reuse(colorizer, frames, reuses, self.input_size(colorizer), self._reuse_pool)
+            self._failing_models.pop(colorizer.info.model_id, None)
+            return count
+        except InferenceUnavailable:  # an inference server away: the cameras keep flowing, gray
+            gray.update(id(f) for f in frames if f.prediction is None)  # the others reuse a prediction
+            return 0
+        except Exception:  # one model failing (a camera's own, say) costs its frames, not the others'
+            model_id = colorizer.info.model_id
+            count = self._model_failures[model_id] = self._model_failures.get(model_id, 0) + 1
+            in_a_row = self._failing_models.get(model_id, (0, 0.0))[0] + 1
+            self._failing_models[model_id] = (in_a_row, time.monotonic())
+            if count == 1 or count % 100 == 0:  # a model that fails on every batch must not flood the log
+                log.exception("model %s failed on a batch of %d frames (cameras %s; %d failed batches so far)",
+                              model_id, len(frames), ", ".join(sorted({f.camera for f in frames})), count)
+            return None
 
     # -- reporting -----------------------------------------------------------------------------------
     def stalled(self) -> str | None:
@@ -663,6 +694,8 @@ class Pipeline:
         removed) does not count, whatever it did before, nor one that has not failed for FAILING_RECENT_S
         (it may have had nothing to run on since: day frames pass by the network)."""
         in_use = {r.colorizer.info.model_id for r in list(self.cameras.values())}
+        if self.reference_model is not None and any(r.reference for r in list(self.cameras.values())):
+            in_use.add(self.reference_model.info.model_id)  # its failures cost colour from the references
         recent = time.monotonic() - FAILING_RECENT_S
         failing = {m: n for m, (n, last) in dict(self._failing_models).items()
                    if n >= FAILING_BATCHES and last > recent and m in in_use}

@@ -31,7 +31,8 @@ MAX_FRAMES = 240  # frames a median is taken over (evenly spaced over the day fr
 MIN_FRAMES = 8  # fewer frames than this make no median worth trusting
 SPREAD_SCALE = 6.0  # ab units: a pixel whose colours stray this far (median absolute deviation) is half trusted
 FIT_SIDE = 96  # the longer side of the edge maps `fit` compares
-FIT_THRESHOLD = 0.45  # edge correlation below which a frame is taken not to show the reference's view
+FIT_THRESHOLD = 0.45  # edge correlation below which a frame is taken not to show the reference's view...
+FIT_AGAIN = 0.55  # ...and at or above which it is taken to show it again: a score that hovers flips nothing
 FORMAT = 1  # the file layout; a file of another version is refused, not misread
 
 
@@ -111,23 +112,28 @@ class DayReference:
 
     @classmethod
     def load(cls, path: Path) -> DayReference:
+        """A reference file; ReferenceError, naming the file, for anything else (cut short by a power loss,
+        damaged, another version): a damaged file costs a camera its reference, never its stream."""
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
-                if meta.get("format") != FORMAT:
-                    raise ReferenceError(f"reference {path}: format {meta.get('format')!r}, this streamd reads "
-                                         f"format {FORMAT}")
+                if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                    version = meta.get("format") if isinstance(meta, dict) else None
+                    raise ReferenceError(f"reference {path}: format {version!r}, this streamd reads format {FORMAT}")
                 lightness, ab, confidence = (data[k].astype(np.float32) for k in ("lightness", "ab", "confidence"))
-        except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:
-            if isinstance(e, ReferenceError):
-                raise
-            raise ReferenceError(f"reference {path}: not a streamd day reference ({e})") from None
-        if lightness.ndim != 2 or ab.shape != (2, *lightness.shape) or confidence.shape != lightness.shape:
-            raise ReferenceError(f"reference {path}: planes of mismatched shapes {lightness.shape}, {ab.shape}, "
-                                 f"{confidence.shape}")
-        return cls(lightness, ab, confidence, int(meta["frames"]), float(meta["built_at"]),
-                   tuple(meta["source_size"]), float(meta.get("newest_frame_at", 0.0)))
+                frames, built_at = int(meta["frames"]), float(meta["built_at"])
+                width, height = (int(v) for v in meta["source_size"])
+                newest = float(meta.get("newest_frame_at", 0.0))
+        except ReferenceError:
+            raise
+        except Exception as e:  # zip, zlib, EOF, key and type errors alike: numpy says little of what it met
+            raise ReferenceError(f"reference {path}: not a streamd day reference ({type(e).__name__}: {e})") from None
+        if lightness.ndim != 2 or min(lightness.shape) < 8 or ab.shape != (2, *lightness.shape) \
+                or confidence.shape != lightness.shape or min(width, height) < 1:
+            raise ReferenceError(f"reference {path}: planes of shapes {lightness.shape}, {ab.shape}, "
+                                 f"{confidence.shape} for frames of {width}x{height}: not a reference")
+        return cls(lightness, ab, confidence, frames, built_at, (width, height), newest)
 
 
 def working_size(width: int, height: int, side: int = WORKING_SIDE) -> tuple[int, int]:
@@ -219,8 +225,8 @@ def day_frames(path: Path) -> Iterable[np.ndarray]:
         try:
             with av.open(str(path)) as container:
                 stream = container.streams.video[0]
-                total = stream.frames or 0
-                step = max(1, total // MAX_FRAMES) if total else 1
+                total = stream.frames or estimated_frames(container, stream)
+                step = max(1, -(-total // MAX_FRAMES))  # at most MAX_FRAMES frames kept, however long the day
                 for i, frame in enumerate(container.decode(stream)):
                     if i % step == 0:
                         yield frame.to_ndarray(format="rgb24")
@@ -228,6 +234,16 @@ def day_frames(path: Path) -> Iterable[np.ndarray]:
             raise ReferenceError(f"{path}: not a readable video ({e})") from None
     else:
         raise ReferenceError(f"{path}: give a folder of colour images, a colour video or a reference file (.npz)")
+
+
+def estimated_frames(container, stream) -> int:
+    """A video's frame count where its container does not say (Matroska, MPEG-TS): duration x frame rate."""
+    rate = float(stream.average_rate or stream.guessed_rate or 25)
+    if stream.duration and stream.time_base:
+        return max(1, round(float(stream.duration * stream.time_base) * rate))
+    if container.duration:  # microseconds
+        return max(1, round(container.duration / 1e6 * rate))
+    return MAX_FRAMES * 1000  # unknown: sample sparsely rather than keep every frame of a long day
 
 
 def from_source(path: Path) -> DayReference:

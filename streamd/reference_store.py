@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from streamd.collect import capture_time, stored_frames
-from streamd.reference import DayReference, ReferenceError, build, evenly_spaced, fit, FIT_THRESHOLD
+from streamd.reference import FIT_AGAIN, FIT_THRESHOLD, DayReference, ReferenceError, build, fit
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class CameraReference:
         self._sized: DayReference | None = None  # the reference for this camera's frame size
         self._building: Future | None = None
         self._misfit_since: float | None = None  # wall time the reference was first found not to fit
+        self._refused: set[tuple[int, int]] = set()  # frame sizes of another shape of view, logged once each
         self.fits = True  # whether the last night frame showed the reference's view
         self.misfits = 0  # night frames that did not
         if self.path is not None and self.path.exists():
@@ -94,21 +95,23 @@ class CameraReference:
     # -- night: per frame ---------------------------------------------------------------------------------
     def planes_for(self, width: int, height: int, lightness: np.ndarray) -> np.ndarray | None:
         """The reference's planes (4, h, w) for a night frame of (width, height) whose network input L is
-        `lightness` (h, w), or None: no reference, another shape of view, or a frame that does not show the
-        reference's view. A change between fitting and not is logged once."""
+        `lightness` (h, w), or None: no reference, a frame of another shape of view, or one that does not show
+        the reference's view. The fit has hysteresis (it is lost under FIT_THRESHOLD and regained only at
+        FIT_AGAIN), so a score that hovers neither flips the colour frame by frame nor floods the log."""
         reference = self.reference
         if reference is None:
             return None
-        if self._sized is None or self._sized.source_size != (width, height) or self._sized.built_at != reference.built_at:
+        sized = self._sized
+        if sized is None or sized.source_size != (width, height) or sized.built_at != reference.built_at:
             try:
-                self._sized = reference.for_frame_size(width, height)
-            except ReferenceError as e:
-                log.error("camera %s: %s; colouring without it", self.camera, e)
-                self.reference = self._sized = None
-                self._misfit_since = time.time()
+                sized = self._sized = reference.for_frame_size(width, height)
+            except ReferenceError as e:  # this frame only: the stream may come back to the reference's size
+                if (width, height) not in self._refused:
+                    self._refused.add((width, height))
+                    log.error("camera %s: %s; frames of that size are coloured without it", self.camera, e)
                 return None
         score = fit(reference, lightness)
-        fits = score >= FIT_THRESHOLD
+        fits = score >= (FIT_THRESHOLD if self.fits else FIT_AGAIN)
         if fits != self.fits:
             if fits:
                 log.info("camera %s: the night matches its day reference again (fit %.2f)", self.camera, score)
@@ -139,7 +142,7 @@ class CameraReference:
                 return None
         if len(frames) < self.min_frames:
             return None
-        return evenly_spaced(frames[-self.max_frames * 2:], self.max_frames)
+        return frames[-self.max_frames:]  # the newest: the last day's light is the one most like tonight's
 
     def rebuild_if_due(self, now: float | None = None) -> Future | None:
         """Start a rebuild on the builder's thread if one is due (cheap to call: the camera turned to night)."""
@@ -157,7 +160,7 @@ class CameraReference:
         except (ReferenceError, OSError) as e:
             log.error("camera %s: day reference not rebuilt: %s", self.camera, e)
             return None
-        self.reference, self._misfit_since, self.fits = reference, None, True
+        self.reference, self._misfit_since, self.fits, self._refused = reference, None, True, set()
         log.info("camera %s: day reference rebuilt from %d day frames in %.1f s (%s)", self.camera, reference.frames,
                  time.monotonic() - started, self.path)
         return reference

@@ -95,9 +95,12 @@ def test_a_reference_file_is_written_whole_and_read_back(tmp_path):
     again = DayReference.load(path)
     assert again.frames == 12 and again.source_size == SIZE
     assert np.abs(again.ab - reference.ab).max() < 0.1  # stored as fp16
-    (tmp_path / "broken.npz").write_bytes(b"not a reference")
-    with pytest.raises(ReferenceError, match="broken.npz: not a streamd day reference"):
-        DayReference.load(tmp_path / "broken.npz")
+    whole = path.read_bytes()
+    for name, damaged in (("text", b"not a reference"), ("empty", b""), ("cut", whole[: len(whole) // 2]),
+                          ("tail", whole[:-10])):  # what a power loss or a full disk leaves
+        (tmp_path / f"{name}.npz").write_bytes(damaged)
+        with pytest.raises(ReferenceError, match=f"{name}.npz: not a streamd day reference"):
+            DayReference.load(tmp_path / f"{name}.npz")
 
 
 def test_a_reference_of_another_frame_size_is_rescaled_or_refused():
@@ -105,6 +108,31 @@ def test_a_reference_of_another_frame_size_is_rescaled_or_refused():
     assert reference.for_frame_size(640, 480).source_size == (640, 480)  # the same view, finer
     with pytest.raises(ReferenceError, match="built from 320x240 frames; these are 640x360"):
         reference.for_frame_size(640, 360)
+    # in the daemon, a frame of another shape goes without it, and the camera keeps it for its own frames
+    keeper = CameraReference("cam", None, None, reference=reference)
+    lightness = cv2.resize(rgb_to_lab(still_view())[..., 0], (320, 192), interpolation=cv2.INTER_AREA)
+    assert keeper.planes_for(640, 360, lightness) is None
+    assert keeper.planes_for(640, 480, lightness) is not None and keeper.planes_for(*SIZE, lightness) is not None
+
+
+def test_a_fit_that_hovers_about_the_threshold_does_not_flip_the_colour(caplog):
+    """Lost below FIT_THRESHOLD, regained only at FIT_AGAIN: night frames whose score wavers in between (rain,
+    glare, a van across half the view) keep what they had, and the log says it once."""
+    from streamd.reference import FIT_AGAIN
+
+    reference = build(scene_frames(10))
+    keeper = CameraReference("cam", None, None, reference=reference)
+    same = cv2.resize(rgb_to_lab(still_view())[..., 0], (320, 192), interpolation=cv2.INTER_AREA)
+    other = cv2.resize(rgb_to_lab(cv2.resize(data.astronaut(), SIZE))[..., 0], (320, 192))
+    # blends of the two views whose fit lies between the thresholds
+    between = [w for w in np.linspace(0, 1, 41) if FIT_THRESHOLD <= fit(reference, w * same + (1 - w) * other) < FIT_AGAIN]
+    assert between, "no blend scores between the thresholds"
+    hovering = between[len(between) // 2] * same + (1 - between[len(between) // 2]) * other
+    assert all(keeper.planes_for(*SIZE, hovering) is not None for _ in range(5))  # still fits: kept
+    assert keeper.planes_for(*SIZE, other) is None  # lost
+    assert all(keeper.planes_for(*SIZE, hovering) is None for _ in range(5))  # not regained in between
+    assert keeper.planes_for(*SIZE, same) is not None  # regained
+    assert sum("does not show its day reference" in r.message for r in caplog.records) == 1
 
 
 @pytest.fixture(scope="module")
@@ -334,3 +362,49 @@ def test_references_are_built_at_the_idle_cpu_priority():
     finally:
         builder.shutdown()
     assert priority() == before < 19  # the rest of the process keeps its own
+
+
+def write_failing_reference_model(path: Path) -> Path:
+    """A real ONNX model with a reference model's inputs (L, reference) that loads and fails on every batch:
+    it reshapes L to rows of 61441 values, which no 320x192 input (61440 values) fills."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["L", "shape"], ["flat"]), helper.make_node("Identity", ["flat"], ["ab"])],
+        "failing-reference",
+        [helper.make_tensor_value_info("L", TensorProto.FLOAT, ["batch", 1, "height", "width"]),
+         helper.make_tensor_value_info("reference", TensorProto.FLOAT, ["batch", 4, "height", "width"])],
+        [helper.make_tensor_value_info("ab", TensorProto.FLOAT, None)],
+        [helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 61441])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(model, {"model_id": '"broken-reference"'})
+    onnx.save(model, str(path))
+    return path
+
+
+def test_frames_the_reference_model_fails_on_get_their_camera_s_own_colour(tmp_path):
+    """The reference model fails on every batch: the camera's night frames are coloured by its own (here the
+    generic) model instead of being dropped, and /healthz's failing models name the reference model."""
+    from streamd import config as cfgmod
+    from streamd.pipeline import Pipeline
+
+    video = write_video(tmp_path / "night.mp4", "gray", seconds=2, scene="fixed")
+    reference = tmp_path / "yard.npz"
+    build(scene_frames(10)).save(reference)
+    cfg = cfgmod.parse({"camera": [{"name": "yard", "url": str(video), "reference_file": str(reference),
+                                    "reuse_still_s": 0.0, "carry_frames": 0}],
+                        "reference": {"model": str(write_failing_reference_model(tmp_path / "broken.onnx"))},
+                        "zmq": {"endpoint": ""}, "adapt": {"state_dir": str(tmp_path / "state")}})
+    pipeline = Pipeline(cfg)
+    pipeline.start()
+    deadline = time.monotonic() + 60
+    try:
+        while not pipeline.finished() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        failing = pipeline.failing()
+    finally:
+        pipeline.stop()
+    yard = pipeline.cameras["yard"]
+    assert yard.failed == 0 and yard.colorized > 10 and yard.by_colour == {"generic": yard.colorized}
+    assert failing and "broken-reference" in failing
