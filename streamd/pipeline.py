@@ -40,7 +40,7 @@ from streamd.frame import Frame
 from streamd.health import Instruments
 from streamd.infer import REFERENCE_MODEL, Colorizer, InferenceUnavailable, ModelError, shipped_model
 from streamd.recording import Recorder, RetentionSweeper
-from streamd.reference_store import Builder, CameraReference
+from streamd.reference_store import REFERENCE_FILE, Builder, CameraReference
 from streamd.schedule import AdaptationScheduler, adapted_model
 from streamd.sink import OutputTargets, OutputWorker, ZmqPublisher
 from streamd.source import Camera, SourceSettings, State
@@ -223,6 +223,7 @@ class Pipeline:
         self._failing_models: dict[str, tuple[int, float]] = {}
         self._infer_thread = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
         self.reference_builder = Builder()
+        self._references: dict[str, CameraReference] = {}  # by camera name, kept across a camera's restarts
         self.reference_model = self._load_reference_model()
 
     def _load_reference_model(self) -> Colorizer | None:
@@ -431,13 +432,19 @@ class Pipeline:
         runtime.source.start()
 
     def _reference_for(self, c: CameraConfig, store: FrameStore | None) -> CameraReference | None:
-        """The camera's day reference (its file, or the one built from its store), if it colours from one."""
+        """The camera's day reference (its file, or the one built from its store), if it colours from one. A
+        camera restarted by a reload keeps the one it had: a build in progress lands where its frames look."""
         if not c.reference or self.reference_model is None or (store is None and not c.reference_file):
+            self._references.pop(c.name, None)
             return None
+        folder, fixed = (None, Path(c.reference_file)) if c.reference_file else (store.folder, None)
+        kept = self._references.get(c.name)
+        if kept is not None and kept.folder == folder and kept.path == (fixed or folder / REFERENCE_FILE):
+            return kept
         r = self.config.reference
-        return CameraReference(c.name, None if c.reference_file else store.folder, self.reference_builder,
-                               Path(c.reference_file) if c.reference_file else None, r.min_frames, r.max_frames,
-                               r.rebuild_every_h)
+        self._references[c.name] = CameraReference(c.name, folder, self.reference_builder, fixed, r.min_frames,
+                                                   r.max_frames, r.rebuild_every_h)
+        return self._references[c.name]
 
     def _store_for(self, c: CameraConfig) -> FrameStore | None:
         if not c.collect:
@@ -485,6 +492,8 @@ class Pipeline:
                       if name in old and old[name] != c and dataclasses.replace(old[name], model=c.model) == c}
         restarted = [name for name, c in wanted.items() if name in old and old[name] != c and name not in only_model]
         self.remove_cameras(removed + restarted)
+        for name in removed:
+            self._references.pop(name, None)
         changes += [f"removed {name}" for name in removed]
         for name, c in wanted.items():
             if name in only_model:
