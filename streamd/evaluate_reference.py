@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamd.evaluate import colorfulness, image_files, psnr, read_rgb
+from streamd.evaluate import PSNR_CAP, ab_distance, cast_between, colorfulness, image_files, psnr, read_rgb
 from streamd.infer import REFERENCE_MODEL, Colorizer, shipped_model
 from streamd.lab import lab_to_rgb, rgb_to_lab
 from streamd.model.data import near_infrared_like
@@ -121,13 +121,12 @@ class Tally:
 
     def add(self, out_rgb: np.ndarray, truth_rgb: np.ndarray, truth_lab: np.ndarray, mask: np.ndarray | None) -> None:
         out_lab = rgb_to_lab(out_rgb)
-        self.psnr.append(min(psnr(out_rgb, truth_rgb), 100.0))
-        diff = out_lab[..., 1:].reshape(-1, 2).mean(0) - truth_lab[..., 1:].reshape(-1, 2).mean(0)
-        self.cast.append(float(np.hypot(*diff)))
+        self.psnr.append(min(psnr(out_rgb, truth_rgb), PSNR_CAP))
+        self.cast.append(cast_between(out_lab, truth_lab))
         self.cf.append(colorfulness(out_rgb))
         self.truth_cf.append(colorfulness(truth_rgb))
         if mask is not None:
-            error = np.hypot(*np.moveaxis(out_lab[..., 1:] - truth_lab[..., 1:], -1, 0))
+            error = ab_distance(out_lab, truth_lab)
             mask = cv2.resize(mask, (error.shape[1], error.shape[0]), interpolation=cv2.INTER_NEAREST)
             for value in (MOVING, BACKGROUND):
                 chosen = error[mask == value]

@@ -48,25 +48,17 @@ class ReferenceColouring:
 
 def model_for_frame(frame: Frame, own: Colorizer, by_reference: ReferenceColouring | None,
                     input_size: tuple[int, int], reuse: Reuse | None = None) -> Colorizer:
-    """`choose_model` with the reference model and reference of `by_reference`, if any."""
-    if by_reference is None:
-        return choose_model(frame, own, None, None, input_size, reuse)
-    return choose_model(frame, own, by_reference.model, by_reference.reference, input_size, reuse)
-
-
-def choose_model(frame: Frame, own: Colorizer, reference_model: Colorizer | None,
-                 reference: CameraReference | None, input_size: tuple[int, int],
-                 reuse: Reuse | None = None) -> Colorizer:
-    """The model for a gray frame: the reference model, with the camera's day reference attached to the frame
-    (frame.reference_planes), where the reference fits the frame; else the camera's `own` model. A Reuse
-    holding the other model's prediction forgets it: a frame is never given the colour of a model it was
-    not meant to get."""
+    """The model for a gray frame: the reference model of `by_reference`, with the camera's day reference
+    attached to the frame (frame.reference_planes), where the reference fits the frame; else the camera's
+    `own` model. A Reuse holding the other model's prediction forgets it: a frame is never given the colour
+    of a model it was not meant to get."""
     model = own
     frame.reference_planes = None
-    if reference_model is not None and reference is not None:
-        frame.reference_planes = reference.planes_for(frame.width, frame.height, lightness_of(frame, input_size))
+    if by_reference is not None:
+        frame.reference_planes = by_reference.reference.planes_for(frame.width, frame.height,
+                                                                   lightness_of(frame, input_size))
         if frame.reference_planes is not None:
-            model = reference_model
+            model = by_reference.model
     if reuse is not None and reuse.last_model_id not in (None, model.info.model_id):
         reuse.forget()
     return model

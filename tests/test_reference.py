@@ -386,25 +386,16 @@ def write_failing_reference_model(path: Path) -> Path:
 def test_frames_the_reference_model_fails_on_get_their_camera_s_own_colour(tmp_path):
     """The reference model fails on every batch: the camera's night frames are coloured by its own (here the
     generic) model instead of being dropped, and /healthz's failing models name the reference model."""
-    from streamd import config as cfgmod
-    from streamd.pipeline import Pipeline
+    from tests.test_recordings import run_until_finished
 
     video = write_video(tmp_path / "night.mp4", "gray", seconds=2, scene="fixed")
     reference = tmp_path / "yard.npz"
     build(scene_frames(10)).save(reference)
-    cfg = cfgmod.parse({"camera": [{"name": "yard", "url": str(video), "reference_file": str(reference),
-                                    "reuse_still_s": 0.0, "carry_frames": 0}],
-                        "reference": {"model": str(write_failing_reference_model(tmp_path / "broken.onnx"))},
-                        "zmq": {"endpoint": ""}, "adapt": {"state_dir": str(tmp_path / "state")}})
-    pipeline = Pipeline(cfg)
-    pipeline.start()
-    deadline = time.monotonic() + 60
-    try:
-        while not pipeline.finished() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        failing = pipeline.failing()
-    finally:
-        pipeline.stop()
+    pipeline = run_until_finished(
+        [{"name": "yard", "url": str(video), "reference_file": str(reference), "reuse_still_s": 0.0, "carry_frames": 0}],
+        reference={"model": str(write_failing_reference_model(tmp_path / "broken.onnx"))},
+        adapt={"state_dir": str(tmp_path / "state")})
+    failing = pipeline.failing()
     yard = pipeline.cameras["yard"]
     assert yard.failed == 0 and yard.colorized > 10 and yard.by_colour == {"generic": yard.colorized}
     assert failing and "broken-reference" in failing
