@@ -39,7 +39,11 @@ def test_quantized_model_loads_in_colorizer_and_stays_close(tmp_path):
         (fp32.info.input_height, fp32.info.input_width, fp32.info.temperature)
     graph = onnx.load(str(out)).graph
     assert any(n.op_type == "DequantizeLinear" for n in graph.node)
-    assert next(n for n in graph.node if n.op_type == "Softmax").input[0] == "/Div_output_0"  # decoding in fp32
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    exp = next(n for n in graph.node if n.op_type == "Exp")  # the decoding in fp32: its exp, and the bins' sums
+    assert exp.input[0] not in dequantized
+    bin_sums = next(n for n in graph.node if n.op_type == "Conv" and n.input[0] == exp.output[0])
+    assert not set(bin_sums.input) & dequantized
     assert int8.info.cast_correction == fp32.info.cast_correction > 0
     frame_mean = next(n for n in graph.node if n.op_type == "ReduceMean")  # the cast correction, in fp32 too
     assert not any(n.op_type == "DequantizeLinear" and n.output[0] in frame_mean.input for n in graph.node)

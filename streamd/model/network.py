@@ -196,19 +196,33 @@ class AnnealedMean(nn.Module):
         self.register_buffer("temperature", torch.tensor([temperature], dtype=torch.float32))
         correction = torch.zeros(len(bins)) if log_correction is None else log_correction.float()
         self.register_buffer("log_correction", correction[:, None, None])  # (Q, 1, 1): broadcasts over pixels
+        # What the decoding sums over the bins, as the weights of a 1x1 convolution: (a, b, 1) for the annealed
+        # mean, (a, b, |ab|^2, 1) for the shrinkage's moments
+        ones, power = torch.ones(1, len(bins)), (self.bins ** 2).sum(1)[None]
+        self.register_buffer("mean_sums", torch.cat([self.bins.t(), ones])[:, :, None, None])  # (3, Q, 1, 1)
+        self.register_buffer("moment_sums", torch.cat([self.bins.t(), power, ones])[:, :, None, None])  # (4, Q, 1, 1)
 
     def forward(self, lightness: torch.Tensor) -> torch.Tensor:
         return self.decode(self.net(lightness))
 
+    @staticmethod
+    def expectations(scaled_logits: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
+        """The expectations under softmax(scaled_logits) over the bins (N, Q, h, w) of what `sums` (K + 1, Q,
+        1, 1) weighs the bins by, the last being ones -> (N, K, h, w). Written as exp, a 1x1 convolution and
+        one division rather than Softmax and Einsum: ONNX Runtime's Softmax over the channel axis and its
+        Einsum took 12.5 of the network's 24 ms a frame on a CPU (18 of 28 ms in the int8 copy), this 1.5."""
+        totals = nn.functional.conv2d(torch.exp(scaled_logits - scaled_logits.amax(dim=1, keepdim=True)), sums)
+        return totals[:, :-1] / totals[:, -1:]
+
     def decode(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits (N, Q, h, w) -> ab (N, 2, h, w), as described above."""
         logits = logits.float() + self.log_correction
-        ab = torch.einsum("nqhw,qc->nchw", torch.softmax(logits / self.temperature, dim=1), self.bins)
+        ab = self.expectations(logits / self.temperature, self.mean_sums)
         if self.shrink:
-            probs = torch.softmax(logits, dim=1)
-            mean = torch.einsum("nqhw,qc->nchw", probs, self.bins)
+            moments = self.expectations(logits, self.moment_sums)
+            mean = moments[:, :2]
             power = (mean ** 2).sum(1, keepdim=True)
-            spread = torch.einsum("nqhw,q->nhw", probs, (self.bins ** 2).sum(1))[:, None] - power
+            spread = moments[:, 2:] - power
             ab = ab * power / (power + self.shrink * spread.clamp_min(0.0) + 1e-6)
         if self.cast_correction:
             ab = ab - self.cast_correction * ab.mean(dim=(2, 3), keepdim=True)

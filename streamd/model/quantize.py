@@ -44,9 +44,10 @@ from streamd.offline import gray_frame
 
 log = logging.getLogger(__name__)
 
-# what follows the classifier's logits: the annealed mean, and the shrinkage towards gray and the cast
+# what follows the classifier's logits: the annealed mean (streamd.model.network.AnnealedMean.expectations: exp
+# of the logits, then a 1x1 convolution that sums the bins), and the shrinkage towards gray and the cast
 # correction where export adds them
-DECODING_OPS = {"Cast", "Add", "Div", "Softmax", "Einsum", "Mul", "Sub", "Pow", "ReduceSum", "ReduceMean",
+DECODING_OPS = {"Cast", "Add", "Div", "ReduceMax", "Exp", "Mul", "Sub", "Pow", "ReduceSum", "ReduceMean",
                 "Unsqueeze", "Clip", "Constant",
                 # a reference model's blend of the reference's colour with its own, at the input's size
                 "Resize", "Sigmoid", "Slice", "Shape", "Gather", "Concat"}
@@ -104,12 +105,18 @@ def fp32_weights(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def decoding_nodes(model: onnx.ModelProto) -> list[str]:
     """The nodes of the annealed-mean decoding: everything from the classifier's output on, found by walking
-    back from the output `ab` through DECODING_OPS."""
+    back from the output `ab` through DECODING_OPS and the convolutions that sum the bins (those of an Exp)."""
     producer = {out: node for node in model.graph.node for out in node.output}
+
+    def decodes(node: onnx.NodeProto) -> bool:
+        if node.op_type == "Conv":
+            return getattr(producer.get(node.input[0]), "op_type", None) == "Exp"
+        return node.op_type in DECODING_OPS
+
     names, frontier = [], ["ab"]
     while frontier:
         node = producer.get(frontier.pop())
-        if node is not None and node.op_type in DECODING_OPS and node.name not in names:
+        if node is not None and decodes(node) and node.name not in names:
             names.append(node.name)
             frontier.extend(node.input)
     return names
