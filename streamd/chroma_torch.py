@@ -1,8 +1,8 @@
 """The colour stage's full-resolution half on a GPU, for many cameras at once ([colour] device = "cuda").
 
 On a GPU host the network is a few milliseconds per batch, and the CPU's share of each 1080p frame, the
-chroma planes made from the guide coefficients (streamd.chroma.chroma_planes: upsample, apply to L, look
-up U and V) was most of the work left. Done per frame on the cameras' output threads, the sixty-odd
+chroma planes made from the guide coefficients (streamd.chroma.chroma_planes: upsample, apply to L) was
+most of the work left. Done per frame on the cameras' output threads, the sixty-odd
 threads of 32 cameras spent up to 200 ms per frame on it, half the cores idle: they wait for each other
 (the GIL, OpenCV's pool) more than they compute (BENCHMARKS.md, GPU). Here the output threads hand their
 frame's luma and coefficients to one thread that runs everything waiting as one batch on the device: a
@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from streamd.chroma import ChromaTable, chroma_table
 from streamd.lightness import lightness_table
 
 log = logging.getLogger(__name__)
@@ -35,35 +34,27 @@ class TorchChromaPlanes:
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"{device!r}, but CUDA is not available here (torch.cuda.is_available() is False)")
-        self._tables: dict[tuple[str, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._tables: dict[bool, torch.Tensor] = {}
 
-    def _table(self, matrix: str, full_range: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """The Y' -> L table and ChromaTable's (entries, 2) U, V table, on the device."""
-        key = (matrix, full_range)
-        if key not in self._tables:
-            self._tables[key] = (torch.from_numpy(lightness_table(full_range)).to(self.device),
-                                 torch.from_numpy(chroma_table(matrix, full_range).entries).to(self.device))
-        return self._tables[key]
+    def _lightness_table(self, full_range: bool) -> torch.Tensor:
+        """The Y' -> L table, on the device."""
+        if full_range not in self._tables:
+            self._tables[full_range] = torch.from_numpy(lightness_table(full_range)).to(self.device)
+        return self._tables[full_range]
 
     @torch.inference_mode()
-    def __call__(self, lumas: list[np.ndarray], coeffs: list[np.ndarray], matrix: str,
+    def __call__(self, lumas: list[np.ndarray], coeffs: list[np.ndarray],
                  full_range: bool) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Y' at chroma size (H, W) uint8 and guide coefficients (h, w, 4) per frame -> U, V per frame."""
-        l_table, entries = self._table(matrix, full_range)
+        """Y' at chroma size (H, W) uint8 and guide coefficients of U and V (h, w, 4) per frame -> U, V per
+        frame."""
         luma = torch.from_numpy(np.stack(lumas)).to(self.device).long()  # (N, H, W)
-        # the coefficients in table levels, as streamd.chroma.chroma_planes uses them (the same rounding)
-        grid = torch.from_numpy(ChromaTable.levels(np.stack(coeffs))).to(self.device).permute(0, 3, 1, 2)
+        grid = torch.from_numpy(np.stack(coeffs)).to(self.device).permute(0, 3, 1, 2)
         # align_corners=False is OpenCV's INTER_LINEAR: pixel centres at half-integers, clamped at the edges
         up = F.interpolate(grid, size=luma.shape[1:], mode="bilinear", align_corners=False)
-        lightness = l_table[luma]
-        levels = ChromaTable.AB_LEVELS
-
-        def level(slope: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-            return (slope * lightness + offset).round_().clamp_(0, levels - 1).long()
-
-        index = ((luma >> ChromaTable.Y_SHIFT) * levels + level(up[:, 0], up[:, 1])) * levels
-        index += level(up[:, 2], up[:, 3])
-        planes = entries[index].permute(0, 3, 1, 2).contiguous().cpu().numpy()  # (N, 2, H, W): U, V
+        lightness = self._lightness_table(full_range)[luma][:, None]
+        lo, hi = (0, 255) if full_range else (16, 240)
+        planes = (up[:, 0::2] * lightness + up[:, 1::2]).round_().clamp_(lo, hi).to(torch.uint8)
+        planes = planes.cpu().numpy()  # (N, 2, H, W): U, V
         return [(frame[0], frame[1]) for frame in planes]
 
 
@@ -71,7 +62,6 @@ class TorchChromaPlanes:
 class _Request:
     luma: np.ndarray
     coeffs: np.ndarray
-    matrix: str
     full_range: bool
     done: threading.Event = field(default_factory=threading.Event)
     planes: tuple[np.ndarray, np.ndarray] | None = None
@@ -80,7 +70,7 @@ class _Request:
 
 class ChromaBatcher:
     """A streamd.chroma.ChromaPlanes that many threads call at once: each call waits while one thread of
-    its own runs all waiting requests (grouped by size, matrix and range) as one batch through `planes`.
+    its own runs all waiting requests (grouped by size and range) as one batch through `planes`.
     Whoever creates it starts and closes it."""
 
     def __init__(self, planes: TorchChromaPlanes, max_batch: int = 64) -> None:
@@ -102,9 +92,8 @@ class ChromaBatcher:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def __call__(self, luma: np.ndarray, coeffs: np.ndarray, matrix: str,
-                 full_range: bool) -> tuple[np.ndarray, np.ndarray]:
-        request = _Request(luma, coeffs, matrix, full_range)
+    def __call__(self, luma: np.ndarray, coeffs: np.ndarray, full_range: bool) -> tuple[np.ndarray, np.ndarray]:
+        request = _Request(luma, coeffs, full_range)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the GPU colour stage is closed")
@@ -125,15 +114,14 @@ class ChromaBatcher:
                 taken, self._waiting = self._waiting[:self.max_batch], self._waiting[self.max_batch:]
             groups: dict[tuple, list[_Request]] = {}
             for request in taken:
-                groups.setdefault((request.luma.shape, request.coeffs.shape, request.matrix, request.full_range),
-                                  []).append(request)
-            for (_, _, matrix, full_range), requests in groups.items():
-                self._answer(requests, matrix, full_range)
+                groups.setdefault((request.luma.shape, request.coeffs.shape, request.full_range), []).append(request)
+            for (_, _, full_range), requests in groups.items():
+                self._answer(requests, full_range)
 
-    def _answer(self, requests: list[_Request], matrix: str, full_range: bool) -> None:
+    def _answer(self, requests: list[_Request], full_range: bool) -> None:
         self.busy_since = time.monotonic()
         try:
-            planes = self.planes([r.luma for r in requests], [r.coeffs for r in requests], matrix, full_range)
+            planes = self.planes([r.luma for r in requests], [r.coeffs for r in requests], full_range)
             for request, result in zip(requests, planes):
                 request.planes = result
             self.batches, self.frames = self.batches + 1, self.frames + len(requests)

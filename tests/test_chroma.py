@@ -7,15 +7,10 @@ import numpy as np
 import pytest
 from skimage import color, data
 
-from streamd.chroma import (
-    chroma_planes,
-    guide_coefficients,
-    lab_to_chroma,
-    recombine,
-)
+from streamd.chroma import guide_coefficients, lab_to_chroma, recombine
 from streamd.frame import Frame
 from streamd.lab import ab_bins, lab_to_rgb, rgb_to_lab, y_to_l_table
-from streamd.lightness import lightness_table, luma_to_lightness
+from streamd.lightness import lightness_table, luma_at_chroma_size, luma_to_lightness
 
 
 def test_lab_matches_scikit_image():
@@ -88,13 +83,17 @@ def test_limited_range_chroma_is_bt709s_own():
 def test_live_chroma_follows_luma_edges():
     """A chroma step predicted at low resolution lands on the luma edge in the U, V planes the live path
     makes, instead of being smeared across it as plain upsampling would."""
-    h, w = 64, 64
-    luma = np.where(np.arange(w)[None, :] < 37, 70, 180).astype(np.uint8).repeat(h, 0)  # a dark | bright edge
-    guide_high = lightness_table(True)[luma]
+    h, w = 64, 64  # the chroma planes' size
+    luma = np.where(np.arange(2 * w)[None, :] < 74, 70, 180).astype(np.uint8).repeat(2 * h, 0)  # dark | bright
+    frame = Frame.from_bgr("t", 0, np.dstack([luma] * 3), matrix="bt601", full_range=True)
+    # the dark side is red-ish: the prediction on the grid is that colour averaged over each cell, so the step
+    # falls inside cell 9 (37 / 4 = 9.25), as a network's does, which sees the edge only at 1/4
     ab = np.zeros((2, 16, 16), np.float32)
-    ab[0][:, :10] = 40.0  # the dark side is red-ish; the low-res step sits at 37/4 = 9.25
-    _, v = chroma_planes(luma, guide_coefficients(ab, guide_high[::4, ::4].copy()), "bt601", True)
-    _, v_ideal = lab_to_chroma(guide_high, np.dstack([np.where(luma < 100, 40.0, 0.0), np.zeros((h, w))]), "bt601", True)
+    ab[0][:, :9], ab[0][:, 9] = 40.0, 40.0 * 0.25
+    v = recombine(frame, ab, luma_to_lightness(frame, (64, 64))).v
+    guide_high = lightness_table(True)[frame.luma_half]
+    _, v_ideal = lab_to_chroma(guide_high, np.dstack([np.where(frame.luma_half < 100, 40.0, 0.0), np.zeros((h, w))]),
+                               "bt601", True)
     _, v_smeared = lab_to_chroma(guide_high, np.dstack([np.repeat(np.repeat(ab[0], 4, 0), 4, 1), np.zeros((h, w))]),
                                  "bt601", True)
     assert v[:, :33].mean() > 150 and np.abs(v[:, 41:].astype(int) - 128).mean() < 4
@@ -125,8 +124,8 @@ def bilinear(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def reference_chroma(luma: np.ndarray, coeffs: np.ndarray, matrix: str, full_range: bool) -> np.ndarray:
     """What U and V should be, written from the definitions in float64 with scikit-image: Y' -> L of the
-    neutral grey of that luma; a, b = A L + B with the grid's coefficients resampled to full size; Lab ->
-    sRGB (clipped to the gamut); R'G'B' -> Cb, Cr of the stream's matrix and range. (2, H, W)."""
+    neutral grey of that luma; a, b = A L + B with the grid's coefficients of a and b resampled to full size;
+    Lab -> sRGB (clipped to the gamut); R'G'B' -> Cb, Cr of the stream's matrix and range. (2, H, W)."""
     level = luma / 255.0 if full_range else np.clip((luma - 16.0) / 219.0, 0, 1)
     lightness = color.rgb2lab(np.repeat(level[..., None], 3, axis=-1))[..., 0]
     a, b = (bilinear(coeffs[..., 2 * i], luma.shape) * lightness + bilinear(coeffs[..., 2 * i + 1], luma.shape)
@@ -143,19 +142,26 @@ def reference_chroma(luma: np.ndarray, coeffs: np.ndarray, matrix: str, full_ran
 @pytest.mark.filterwarnings("ignore:Conversion from CIE-LAB")  # out-of-gamut colours, clipped as intended
 @pytest.mark.parametrize("matrix", ["bt601", "bt709"])
 @pytest.mark.parametrize("full_range", [True, False])
-def test_live_chroma_planes_match_the_reference_maths(matrix, full_range):
-    """chroma_planes, the full-resolution step every colorized frame goes through, against the conversion
-    written out independently: its lookup table (Y' in steps of 4, a and b in steps of 2) may cost a code
-    value or two, nothing more."""
-    rng = np.random.default_rng(2)
-    lo, hi = (0, 256) if full_range else (16, 236)
-    luma = cv2.resize(rng.integers(lo, hi, (24, 40)).astype(np.uint8), (160, 96), interpolation=cv2.INTER_NEAREST)
-    slopes, offsets = rng.uniform(-0.6, 0.6, (12, 20, 2)), rng.uniform(-40, 40, (12, 20, 2))
-    coeffs = np.stack([slopes[..., 0], offsets[..., 0], slopes[..., 1], offsets[..., 1]], -1).astype(np.float32)
-    u, v = chroma_planes(luma, coeffs, matrix, full_range)
-    err = np.abs(np.stack([u, v]).astype(np.float64) - reference_chroma(luma, coeffs, matrix, full_range))
-    assert err.mean() < 1.0 and np.percentile(err, 99) <= 4, (err.mean(), np.percentile(err, 99), err.max())
-    assert np.stack([u, v]).std() > 10  # the coefficients span strong colours: a constant answer cannot pass
+@pytest.mark.parametrize("photo", ["astronaut", "coffee", "chelsea"])
+def test_live_chroma_planes_match_the_reference_maths(matrix, full_range, photo):
+    """recombine, the step every colorized frame goes through, against the conversion written out
+    independently: the prediction upsampled edge-aware as a and b, then Lab -> YUV exactly per sample. The
+    live path converts on the grid (through a table: Y' in steps of 4, a and b in steps of 2) and upsamples
+    U and V instead. On real photos, with their own colour as the prediction, that costs under a code value
+    on average; the largest differences, a few code values at one sample in a hundred, sit on strong edges
+    where a cell's colour meets another's luma, and do not show (the validation sets score within 0.01 dB of
+    the exact path)."""
+    rgb = getattr(data, photo)()
+    rgb = rgb[:rgb.shape[0] // 4 * 4, :rgb.shape[1] // 4 * 4]
+    frame = Frame.from_bgr("t", 0, np.ascontiguousarray(rgb[..., ::-1]), matrix=matrix, full_range=full_range)
+    lightness = luma_to_lightness(frame, (192, 320))
+    ab = np.moveaxis(cv2.resize(rgb_to_lab(rgb)[..., 1:], (80, 48), interpolation=cv2.INTER_AREA), -1, 0)
+    guide_low = cv2.resize(lightness, (80, 48), interpolation=cv2.INTER_AREA)
+    expected = reference_chroma(luma_at_chroma_size(frame), guide_coefficients(ab, guide_low), matrix, full_range)
+    recombine(frame, np.ascontiguousarray(ab, dtype=np.float32), lightness)
+    err = np.abs(np.stack([frame.u, frame.v]).astype(np.float64) - expected)
+    assert err.mean() < 1.0 and np.percentile(err, 99) <= 8, (err.mean(), np.percentile(err, 99), err.max())
+    assert np.stack([frame.u, frame.v]).std() > 4  # the photos' colours: a constant answer cannot pass
 
 
 def test_chroma_table_is_built_once_for_cameras_starting_together():

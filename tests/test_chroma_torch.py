@@ -5,40 +5,43 @@ from __future__ import annotations
 import threading
 import time
 
+import cv2
 import numpy as np
 import pytest
 from skimage import data
 
-from streamd.chroma import chroma_planes, guide_coefficients
+from streamd.chroma import chroma_planes, chroma_table, guide_coefficients
 from streamd.chroma_torch import ChromaBatcher, TorchChromaPlanes
 from streamd.frame import Frame
 from streamd.lightness import luma_at_chroma_size, luma_to_lightness
 
 
 def photo_frame(image: np.ndarray, matrix: str = "bt709", full_range: bool = False) -> tuple[Frame, np.ndarray]:
-    """A real photo as a YUV frame, and guide coefficients made from its true colours' blurred ab."""
+    """A real photo as a YUV frame, and the guide coefficients of U and V that streamd.chroma.recombine would
+    fit for a colourful prediction on the network's grid."""
     frame = Frame.from_bgr("test", 0, image[..., ::-1], matrix=matrix, full_range=full_range)
     lightness = luma_to_lightness(frame, (48, 80))
     rng = np.random.default_rng(0)
     ab = np.stack([np.full((48, 80), 20.0), np.linspace(-60, 60, 80)[None].repeat(48, 0)]).astype(np.float32)
     ab += rng.normal(0, 5, ab.shape).astype(np.float32)
-    return frame, guide_coefficients(ab, lightness)
+    luma = cv2.resize(luma_at_chroma_size(frame), (80, 48), interpolation=cv2.INTER_AREA)
+    return frame, guide_coefficients(chroma_table(matrix, full_range).lookup(luma, ab), lightness)
 
 
 def assert_same_planes(ours: tuple[np.ndarray, np.ndarray], theirs: tuple[np.ndarray, np.ndarray]) -> None:
     for a, b in zip(ours, theirs):
         assert a.shape == b.shape and a.dtype == np.uint8
         diff = np.abs(a.astype(int) - b)
-        # float rounding can move a value across a table step (2 ab units), rarely: a few code values
-        assert diff.max() <= 4 and (diff == 0).mean() > 0.999
+        # float rounding in another order can move a value to the next code value, rarely
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.999
 
 
 @pytest.mark.parametrize("matrix,full_range", [("bt709", False), ("bt601", True)])
 def test_torch_planes_match_the_cpu_path(matrix, full_range):
     frame, coeffs = photo_frame(data.astronaut(), matrix, full_range)
     luma = luma_at_chroma_size(frame)
-    u_cpu, v_cpu = chroma_planes(luma, coeffs, matrix, full_range)
-    [(u, v)] = TorchChromaPlanes("cpu")([luma], [coeffs], matrix, full_range)
+    u_cpu, v_cpu = chroma_planes(luma, coeffs, full_range)
+    [(u, v)] = TorchChromaPlanes("cpu")([luma], [coeffs], full_range)
     assert_same_planes((u, v), (u_cpu, v_cpu))
     assert np.abs(u.astype(int) - 128).mean() > 3  # and there is colour in it
 
@@ -46,13 +49,13 @@ def test_torch_planes_match_the_cpu_path(matrix, full_range):
 def test_batcher_serves_many_threads_with_their_own_frames():
     images = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
     inputs = [photo_frame(image) for image in images]
-    expected = [chroma_planes(luma_at_chroma_size(f), c, f.matrix, f.full_range) for f, c in inputs]
+    expected = [chroma_planes(luma_at_chroma_size(f), c, f.full_range) for f, c in inputs]
     stage = ChromaBatcher(TorchChromaPlanes("cpu"))
     results: dict[int, list] = {}
 
     def camera(i: int) -> None:
         frame, coeffs = inputs[i % len(inputs)]
-        results[i] = [stage(luma_at_chroma_size(frame), coeffs, frame.matrix, frame.full_range) for _ in range(3)]
+        results[i] = [stage(luma_at_chroma_size(frame), coeffs, frame.full_range) for _ in range(3)]
 
     threads = [threading.Thread(target=camera, args=(i,)) for i in range(8)]
     for t in threads:
@@ -70,7 +73,7 @@ def test_batcher_serves_many_threads_with_their_own_frames():
         for got in planes:  # each thread got its own frame's planes back, whatever it was batched with
             assert_same_planes(got, expected[i % len(inputs)])
     with pytest.raises(RuntimeError, match="closed"):
-        stage(*[luma_at_chroma_size(inputs[0][0]), inputs[0][1], "bt709", False])
+        stage(luma_at_chroma_size(inputs[0][0]), inputs[0][1], False)
 
 
 def test_pipeline_with_the_batched_colour_stage(tmp_path):
