@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import av
 import cv2
@@ -19,6 +23,7 @@ from streamd.steps import ReferenceColouring, colour_frame, model_for_frame, pre
 from streamd.temporal import Reuse, Temporal
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def input_size_for(width: int, height: int, area: int) -> tuple[int, int]:
@@ -80,24 +85,85 @@ def _decode(path: Path) -> Iterator[Frame]:
 def colorize_video(colorizer: Colorizer, src: Path, dst: Path, temporal: bool = True,
                    reuse: Reuse | None = None, by_reference: ReferenceColouring | None = None) -> tuple[int, int]:
     """A video file -> a colorized H.264 MP4, frame by frame as a camera of the daemon: the network runs only
-    where `reuse` cannot stand in for it (None: on every frame). Returns (frames, network runs)."""
+    where `reuse` cannot stand in for it (None: on every frame). Returns (frames, network runs).
+
+    Two stages overlap, in order, as the daemon's inference and output threads do: decoding and the network
+    (or its stand-in) on a thread of their own, a few frames ahead of the colour and the encoder here. Each
+    spends most of its time outside the GIL (ONNX Runtime, FFmpeg, OpenCV), so on two cores a clip takes
+    about the time of the slower stage rather than of both."""
     with av.open(str(src)) as probe:
         stream = probe.streams.video[0]
         total, rate = stream.frames or None, float(stream.average_rate or 25)
-    writer = H264Writer(str(dst), "mp4", fps=rate)
     size = (colorizer.info.input_height, colorizer.info.input_width)
-    state = Temporal() if temporal else None
-    count = runs = 0
-    try:
-        for frame in tqdm(_decode(src), total=total, unit="frame", desc=src.name, leave=False):
+    runs = 0
+
+    def predicted() -> Iterator[Frame]:
+        nonlocal runs
+        for count, frame in enumerate(_decode(src)):
             frame.arrival = frame.pts if frame.pts is not None else count / rate  # the source's timing
             model = model_for_frame(frame, colorizer, by_reference, size, reuse)
             runs += predict_or_reuse(model, [frame], [reuse], size)
+            yield frame
+
+    writer = H264Writer(str(dst), "mp4", fps=rate)
+    state = Temporal() if temporal else None
+    count = 0
+    try:
+        for frame in tqdm(ahead(predicted(), PREDICTED_AHEAD, f"predict-{src.stem}"), total=total, unit="frame",
+                          desc=src.name, leave=False):
             writer.write(colour_frame(frame, state))
             count += 1
     finally:
         writer.close()
     return count, runs
+
+
+PREDICTED_AHEAD = 4  # frames the network's stage may run ahead of the encoder: enough to even out its runs
+
+
+def ahead(items: Iterator[T], depth: int, name: str) -> Iterator[T]:
+    """What `items` yields, in order, made on a thread named `name` up to `depth` items ahead of the caller.
+    An error there is raised here; a caller that stops early stops the thread (and closes `items`)."""
+    handoff: queue.Queue = queue.Queue(depth)
+    stopped = threading.Event()
+    end = object()
+
+    def put(item: object) -> bool:
+        while not stopped.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    break
+            else:
+                put(end)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller, who raises it
+            put(_Failed(e))
+        finally:
+            items.close()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        while (item := handoff.get()) is not end:
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stopped.set()
+        thread.join()
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
 
 
 def plan(inputs: list[Path], output: str) -> list[tuple[Path, Path]]:

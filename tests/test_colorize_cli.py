@@ -142,3 +142,34 @@ def test_a_cameras_model_of_another_fixed_size_falls_back_to_the_generic_one(tmp
         model = pipeline.model_for(pipeline.config.cameras[0])
     assert model is pipeline.colorizer
     assert any("fixed at 100x100" in r.getMessage() and "feeds 320x192" in r.getMessage() for r in caplog.records)
+
+
+def test_the_network_stage_runs_ahead_in_order_and_stops_with_its_caller():
+    """colorize_video's two stages: the frames come in order, at most a few ahead; a caller that stops early
+    stops the thread and closes the decoder; an error there (a broken file mid-way) reaches the caller."""
+    from streamd.offline import ahead
+
+    made: list = []
+
+    def numbers():
+        try:
+            for i in range(100):
+                made.append(i)
+                yield i
+        finally:
+            made.append("closed")
+
+    got = []
+    for i in ahead(numbers(), 4, "test"):
+        got.append(i)
+        if i == 9:
+            break
+    assert got == list(range(10))
+    assert made[-1] == "closed" and len(made) <= 10 + 4 + 1 + 1  # the queue's 4, one in hand, the close
+
+    def failing():
+        yield 1
+        raise ValueError("frame 2 could not be decoded")
+
+    with pytest.raises(ValueError, match="frame 2"):
+        list(ahead(failing(), 4, "test"))
