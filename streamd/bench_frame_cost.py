@@ -4,8 +4,7 @@ daemon's own frame steps (streamd.steps), with the network replaced by a predict
 On a host whose network runs on a GPU, this is what each delivered frame still costs the CPU besides
 decoding, and so what bounds the frames a host can deliver; the steps say where to cut. CPU time counts
 OpenCV's worker threads. The camera is the daemon's default (`reuse_still_s`, `carry_frames`) on a moving
-clip, so Reuse's check decides per frame as it does in the daemon; the chroma table is built before timing
-(once per process in the daemon).
+clip, so Reuse's check decides per frame as it does in the daemon.
 """
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from streamd.chroma import chroma_planes, chroma_table
+from streamd.chroma import chroma_planes
 from streamd.config import CameraConfig
 from streamd.daynight import DayNight
 from streamd.frame import Frame
@@ -75,7 +74,6 @@ def frame_cost(clip: Path, info: ModelInfo | None = None) -> dict:
     for seq, av_frame in enumerate(decode_av(SourceSettings("cost", str(clip)))):
         frame = clock.time("Frame from PyAV", lambda: Frame.from_av("cost", seq, av_frame))
         frame.arrival = frame.pts
-        chroma_table(frame.matrix, frame.full_range)  # built once per process, before any frame is timed
         clock.time("day/night", lambda: DayNight.looks_colour(frame))
         clock.time("L for the network", lambda: lightness_of(frame, size))
         runs += clock.time("Reuse check", lambda: predict_or_reuse(network, [frame], [reuse], size))

@@ -1,10 +1,7 @@
 """Chroma recombination: the network's ab -> U and V planes beside the untouched luma: converted on the
-network's grid through one (Y', a, b) -> (U, V) table in the stream's own matrix and range, then upsampled
-edge-aware (a guided filter on L)."""
+network's grid to the stream's own matrix and range, then upsampled edge-aware (a guided filter on L)."""
 from __future__ import annotations
 
-import functools
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -40,56 +37,23 @@ def guide_coefficients(planes: np.ndarray, guide_low: np.ndarray) -> np.ndarray:
     return np.dstack(coeffs)
 
 
-def lab_to_chroma(lightness: np.ndarray, ab: np.ndarray, matrix: str, full_range: bool) -> tuple[np.ndarray, np.ndarray]:
-    """L (H, W) and ab (H, W, 2) -> U, V planes (uint8) in the stream's own matrix and range, exactly.
-
-    The live path uses ChromaTable, a lookup table built from this function."""
-    lab = np.dstack([lightness, ab]).astype(np.float32)
-    rgb = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB), 0.0, 1.0)
+def lab_to_uv(lightness: np.ndarray, a: np.ndarray, b: np.ndarray, matrix: str, full_range: bool) -> np.ndarray:
+    """L, a and b (h, w) -> U and V (2, h, w) float32 in the stream's own matrix and range, exactly: Lab ->
+    sRGB clipped to the gamut -> Y'CbCr, kept within the range, not rounded."""
+    rgb = np.clip(cv2.cvtColor(np.dstack([lightness, a, b]).astype(np.float32), cv2.COLOR_Lab2RGB), 0.0, 1.0)
     kr, kb = MATRICES[matrix]
     luma = kr * rgb[..., 0] + (1 - kr - kb) * rgb[..., 1] + kb * rgb[..., 2]
     scale = 255.0 if full_range else 224.0
     u = 128.0 + scale * (rgb[..., 2] - luma) / (2 * (1 - kb))
     v = 128.0 + scale * (rgb[..., 0] - luma) / (2 * (1 - kr))
     lo, hi = (0, 255) if full_range else (16, 240)
-    return (np.clip(u + 0.5, lo, hi).astype(np.uint8), np.clip(v + 0.5, lo, hi).astype(np.uint8))
+    return np.clip(np.stack([u, v]), lo, hi).astype(np.float32)
 
 
-class ChromaTable:
-    """(Y', a, b) -> (U, V) as one lookup: Y' in 64 steps of 4 code values, a and b in steps of 2 over
-    -128..126, built from lab_to_chroma. Used on the network's grid (a few thousand cells a frame), where it
-    replaces a float Lab -> RGB -> YUV round trip per cell at the cost of a code value or two."""
-
-    Y_SHIFT, AB_STEP, AB_LEVELS = 2, 2.0, 128
-
-    def __init__(self, matrix: str, full_range: bool) -> None:
-        y = (np.arange(256 >> self.Y_SHIFT) << self.Y_SHIFT) + (1 << self.Y_SHIFT) // 2
-        ab = (np.arange(self.AB_LEVELS) - self.AB_LEVELS // 2) * self.AB_STEP
-        yy, aa, bb = np.meshgrid(lightness_table(full_range)[y], ab, ab, indexing="ij")
-        u, v = lab_to_chroma(yy.reshape(-1, 1), np.stack([aa, bb], -1).reshape(-1, 1, 2), matrix, full_range)
-        self.entries = np.stack([u.ravel(), v.ravel()]).astype(np.float32)  # (2, entries): U, V
-
-    def lookup(self, luma: np.ndarray, ab: np.ndarray) -> np.ndarray:
-        """luma (h, w) uint8 and ab (2, h, w) -> U, V (2, h, w) float32, each ab to the nearest table step."""
-        levels = np.clip(np.rint(ab * np.float32(1 / self.AB_STEP)) + self.AB_LEVELS // 2, 0, self.AB_LEVELS - 1)
-        index = ((luma.astype(np.intp) >> self.Y_SHIFT) * self.AB_LEVELS + levels[0].astype(np.intp)) * self.AB_LEVELS
-        return self.entries[:, index + levels[1].astype(np.intp)]
-
-
-@functools.cache
-def _cached_chroma_table(matrix: str, full_range: bool) -> ChromaTable:
-    return ChromaTable(matrix, full_range)
-
-
-_CHROMA_TABLE_BUILD = threading.Lock()
-
-
-def chroma_table(matrix: str, full_range: bool) -> ChromaTable:
-    """The table for a stream's matrix and range, built once per process (0.2 s). Under the lock, because
-    every camera's first frame asks at the same moment at start-up: without it each thread built its own
-    (16 cameras on 2 cores: seconds of start-up and 1.4 GB)."""
-    with _CHROMA_TABLE_BUILD:
-        return _cached_chroma_table(matrix, full_range)
+def lab_to_chroma(lightness: np.ndarray, ab: np.ndarray, matrix: str, full_range: bool) -> tuple[np.ndarray, np.ndarray]:
+    """L (H, W) and ab (H, W, 2) -> U, V planes (uint8) in the stream's own matrix and range, exactly."""
+    u, v = lab_to_uv(lightness, ab[..., 0], ab[..., 1], matrix, full_range)
+    return (u + 0.5).astype(np.uint8), (v + 0.5).astype(np.uint8)
 
 
 def chroma_planes(luma: np.ndarray, coeffs: np.ndarray, full_range: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -121,17 +85,16 @@ def recombine(frame: Frame, ab: np.ndarray, lightness_in: np.ndarray, temporal: 
     """A gray frame plus the network's ab (2, h, w) for its L input -> the colour frame, luma untouched.
     With a camera's Temporal, the prediction is first stabilised against that camera's previous frames.
 
-    The colour is converted to U and V on the network's grid, where the cells are few, and the guided
-    upsampling then fits U and V (not a and b) to L: at full resolution only a multiply and an add per
-    sample remain, 3x less CPU than a and b upsampled and looked up per sample, for the same pictures (on
-    the validation photos and camera scenes the two are 47 dB apart and within 0.01 dB of each other's PSNR).
-    The work on the grid happens here; the full-resolution work in `make_chroma`."""
-    grid = (ab.shape[2], ab.shape[1])
-    guide_low = cv2.resize(lightness_in, grid, interpolation=cv2.INTER_AREA)
+    The colour is converted to U and V exactly on the network's grid, where the cells are few, and the
+    guided upsampling then fits U and V (not a and b) to L: at full resolution only a multiply and an add
+    per sample remain, 3x less CPU than a and b upsampled and converted per sample through a lookup table,
+    for the same pictures (on the validation photos and camera scenes the two are 47 dB apart and within
+    0.01 dB of each other's PSNR). The work on the grid happens here; the full-resolution work in
+    `make_chroma`."""
+    guide_low = cv2.resize(lightness_in, (ab.shape[2], ab.shape[1]), interpolation=cv2.INTER_AREA)
     if temporal is not None:
         ab = temporal(guide_low, ab, frame.arrival)
-    luma = luma_at_chroma_size(frame)
-    uv = chroma_table(frame.matrix, frame.full_range).lookup(cv2.resize(luma, grid, interpolation=cv2.INTER_AREA), ab)
-    frame.u, frame.v = make_chroma(luma, guide_coefficients(uv, guide_low), frame.full_range)
+    uv = lab_to_uv(guide_low, ab[0], ab[1], frame.matrix, frame.full_range)
+    frame.u, frame.v = make_chroma(luma_at_chroma_size(frame), guide_coefficients(uv, guide_low), frame.full_range)
     frame.colorized = True
     return frame

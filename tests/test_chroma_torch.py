@@ -5,12 +5,11 @@ from __future__ import annotations
 import threading
 import time
 
-import cv2
 import numpy as np
 import pytest
 from skimage import data
 
-from streamd.chroma import chroma_planes, chroma_table, guide_coefficients
+from streamd.chroma import chroma_planes, guide_coefficients, lab_to_uv
 from streamd.chroma_torch import ChromaBatcher, TorchChromaPlanes
 from streamd.frame import Frame
 from streamd.lightness import luma_at_chroma_size, luma_to_lightness
@@ -24,8 +23,7 @@ def photo_frame(image: np.ndarray, matrix: str = "bt709", full_range: bool = Fal
     rng = np.random.default_rng(0)
     ab = np.stack([np.full((48, 80), 20.0), np.linspace(-60, 60, 80)[None].repeat(48, 0)]).astype(np.float32)
     ab += rng.normal(0, 5, ab.shape).astype(np.float32)
-    luma = cv2.resize(luma_at_chroma_size(frame), (80, 48), interpolation=cv2.INTER_AREA)
-    return frame, guide_coefficients(chroma_table(matrix, full_range).lookup(luma, ab), lightness)
+    return frame, guide_coefficients(lab_to_uv(lightness, ab[0], ab[1], matrix, full_range), lightness)
 
 
 def assert_same_planes(ours: tuple[np.ndarray, np.ndarray], theirs: tuple[np.ndarray, np.ndarray]) -> None:
