@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from streamd import config as cfgmod
-from streamd import fleet
-from streamd.infer import ModelError
+from streamd.daemon import fleet
+from streamd.infer.onnx_runtime import ModelError
 from streamd.redact import RedactingFormatter, redact
-from streamd.source import State
+from streamd.daemon.source import State
 
 log = logging.getLogger("streamd")
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -92,7 +92,7 @@ class Daemon:
     def __init__(self, pipeline, config_path: Path | None, report_every: float, http=None, notifier=None,
                  load: Callable[[Path], cfgmod.Config] = cfgmod.load) -> None:
         """`load` reads the config again on reload (with the command line's overrides)."""
-        from streamd.systemd import Notifier
+        from streamd.daemon.systemd import Notifier
 
         self.pipeline, self.config_path, self.report_every, self.http = pipeline, config_path, report_every, http
         self.load = load
@@ -168,10 +168,10 @@ class Daemon:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from streamd.health import HealthServer
-    from streamd.pipeline import Pipeline
-    from streamd.recording import space_warnings
-    from streamd.systemd import Notifier
+    from streamd.daemon.health import HealthServer
+    from streamd.daemon.pipeline import Pipeline
+    from streamd.daemon.recording import space_warnings
+    from streamd.daemon.systemd import Notifier
 
     if bool(args.config) == bool(args.source):
         print("streamd run: give either -c CONFIG or --source URL", file=sys.stderr)
@@ -231,8 +231,8 @@ def leave(code: int) -> int:
 def state_problem(cfg: cfgmod.Config, cameras: tuple[cfgmod.CameraConfig, ...]) -> str | None:
     """Why the state directory cannot take the day frames of the cameras that collect them, or None (no
     camera collects: nothing is written there)."""
-    from streamd.collect import default_state_dir
-    from streamd.recording import folder_problem
+    from streamd.daemon.collect import default_state_dir
+    from streamd.daemon.recording import folder_problem
 
     if not any(c.collect for c in cameras):
         return None
@@ -260,8 +260,8 @@ def recording_problems(cfg: cfgmod.Config, instance: str, unit: Path | None) -> 
     """Recording folders this process could not write, or the sandbox of `unit`'s instance `instance` would
     not let the service write (streamd@INSTANCE runs /etc/streamd/INSTANCE.toml; streamd-shard@I runs
     fleet.toml)."""
-    from streamd.recording import folder_problem
-    from streamd.systemd import writable_paths
+    from streamd.daemon.recording import folder_problem
+    from streamd.daemon.systemd import writable_paths
 
     sandbox = writable_paths(unit_texts(unit, instance), instance) if unit else None
     service = unit.name.replace("@.service", f"@{instance}") if unit else ""
@@ -288,7 +288,7 @@ def recording_problems(cfg: cfgmod.Config, instance: str, unit: Path | None) -> 
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from streamd.recording import space_warnings
+    from streamd.daemon.recording import space_warnings
 
     cfg = cfgmod.load(args.config)
     if args.shards is not None and not 1 <= args.shards <= fleet.MAX_SHARDS:
@@ -321,14 +321,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streamd import demo
+    from streamd.tools import demo
 
     return demo.run(args)
 
 
 def cmd_colorize(args: argparse.Namespace) -> int:
-    from streamd.infer import Colorizer
-    from streamd.offline import colorize_paths, plan
+    from streamd.infer.onnx_runtime import Colorizer
+    from streamd.tools.colorize import colorize_paths, plan
 
     missing = [str(p) for p in args.inputs if not p.exists()]
     if missing:
@@ -342,9 +342,9 @@ def cmd_colorize(args: argparse.Namespace) -> int:
     colorizer = Colorizer(args.model, temperature=args.temperature, int8=args.int8)
     by_reference = None
     if args.reference:
-        from streamd.infer import REFERENCE_MODEL, shipped_model
-        from streamd.reference import ReferenceError, from_source
-        from streamd.reference_store import CameraReference
+        from streamd.infer.onnx_runtime import REFERENCE_MODEL, shipped_model
+        from streamd.colour.reference import ReferenceError, from_source
+        from streamd.daemon.reference_store import CameraReference
         from streamd.steps import ReferenceColouring
 
         try:
@@ -368,7 +368,7 @@ def cmd_colorize(args: argparse.Namespace) -> int:
 
 
 def cmd_reference_build(args: argparse.Namespace) -> int:
-    from streamd.reference import ReferenceError, from_source
+    from streamd.colour.reference import ReferenceError, from_source
 
     if args.output.suffix.lower() != ".npz":
         print(f"streamd reference build: -o {args.output}: a reference file is named .npz", file=sys.stderr)
@@ -481,7 +481,7 @@ def cmd_export(args: argparse.Namespace) -> int:
               f"{meta['max_ab_difference']:.5f}")
         model = args.output
     if args.triton:
-        from streamd.infer import shipped_model
+        from streamd.infer.onnx_runtime import shipped_model
         from streamd.model.triton_repo import write_repository
 
         model = model or shipped_model()
@@ -507,7 +507,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from streamd.model.quantize import quantize
 
-    from streamd.infer import int8_copy
+    from streamd.infer.onnx_runtime import int8_copy
 
     out = args.output or int8_copy(args.model)
     meta = quantize(args.model, out, args.calibration, args.images)
@@ -518,29 +518,29 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.reference:
-        from streamd import evaluate_reference
+        from streamd.tools.evaluate import reference as evaluate_reference
 
         return evaluate_reference.main(args)
-    from streamd import evaluate
+    from streamd.tools.evaluate import main as evaluate
 
     return evaluate.main(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from streamd import bench
+    from streamd.tools.bench import main as bench
 
     return bench.main(args)
 
 
 @needs_train_extra("torch", "onnx")
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from streamd.schedule import end_with_parent, lowest_priority
+    from streamd.daemon.schedule import end_with_parent, lowest_priority
 
     if args.parent:
         end_with_parent(args.parent)
     if args.idle_priority:  # before torch and ONNX Runtime start their threads (which would inherit it anyway)
         lowest_priority()
-    from streamd import adapt
+    from streamd.tools import adapt
 
     try:
         return adapt.main(args)

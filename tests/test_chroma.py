@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 from skimage import color, data
 
-from streamd.chroma import (
+from streamd.colour.chroma import (
     chroma_planes,
     guide_coefficients,
     lab_to_chroma,
     recombine,
 )
 from streamd.frame import Frame
-from streamd.lab import ab_bins, lab_to_rgb, rgb_to_lab, y_to_l_table
-from streamd.lightness import lightness_table, luma_to_lightness
+from streamd.colour.lab import ab_bins, lab_to_rgb, rgb_to_lab, y_to_l_table
+from streamd.colour.lightness import lightness_table, luma_to_lightness
 
 
 def test_lab_matches_scikit_image():
@@ -162,7 +162,7 @@ def test_chroma_table_is_built_once_for_cameras_starting_together():
     """Every camera's first frame asks for the table at the same moment: one build, one shared table."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from streamd import chroma
+    from streamd.colour import chroma
 
     chroma._cached_chroma_table.cache_clear()
     with ThreadPoolExecutor(8) as pool:

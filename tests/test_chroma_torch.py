@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from skimage import data
 
-from streamd.chroma import chroma_planes, guide_coefficients
-from streamd.chroma_torch import ChromaBatcher, TorchChromaPlanes
+from streamd.colour.chroma import chroma_planes, guide_coefficients
+from streamd.colour.chroma_torch import ChromaBatcher, TorchChromaPlanes
 from streamd.frame import Frame
-from streamd.lightness import luma_at_chroma_size, luma_to_lightness
+from streamd.colour.lightness import luma_at_chroma_size, luma_to_lightness
 
 
 def photo_frame(image: np.ndarray, matrix: str = "bt709", full_range: bool = False) -> tuple[Frame, np.ndarray]:

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from skimage import data
 
-from streamd import evaluate as ev
+from streamd.tools.evaluate import main as ev
 from streamd.cli import main as cli_main
-from streamd.infer import read_info
-from streamd.lab import lab_to_rgb, rgb_to_lab
+from streamd.infer.onnx_runtime import read_info
+from streamd.colour.lab import lab_to_rgb, rgb_to_lab
 
 SHIPPED = Path(__file__).resolve().parent.parent / "models" / "streamd-base.onnx"
 
@@ -25,7 +25,7 @@ def model_args(tmp_path_factory) -> list[str]:
     if SHIPPED.exists():
         return []
     torch = pytest.importorskip("torch")
-    from streamd.lab import ab_bins
+    from streamd.colour.lab import ab_bins
     from streamd.model.export import export
     from streamd.model.loss import Priors
     from streamd.model.network import ColorNet
@@ -314,7 +314,7 @@ def test_eval_videos_reports_both_modes_and_truth(tmp_path, model_args, capsys):
 
 
 def colorize_clip(colorizer, frames_rgb: list[np.ndarray], temporal: bool) -> list[np.ndarray]:
-    from streamd.offline import colorize_sequence
+    from streamd.tools.colorize import colorize_sequence
 
     bgr = [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in frames_rgb]
     return [cv2.cvtColor(o, cv2.COLOR_BGR2RGB) for o in colorize_sequence(colorizer, bgr, temporal=temporal)]
@@ -324,7 +324,7 @@ def colorize_clip(colorizer, frames_rgb: list[np.ndarray], temporal: bool) -> li
 def shipped_colorizer():
     if not SHIPPED.exists():
         pytest.skip("needs the shipped model models/streamd-base.onnx")
-    from streamd.infer import Colorizer
+    from streamd.infer.onnx_runtime import Colorizer
 
     return Colorizer()
 
@@ -368,12 +368,12 @@ def test_temporal_mode_leaves_no_ghost(shipped_colorizer, monkeypatch):
         for i, left in enumerate(lefts[:-1], start=1)]
     assert max(square_vs_background) > 10
 
-    import streamd.offline
+    import streamd.tools.colorize
 
-    class Blind(streamd.offline.Temporal):
+    class Blind(streamd.tools.colorize.Temporal):
         CHANGE_L = 1e6
 
-    monkeypatch.setattr(streamd.offline, "Temporal", Blind)
+    monkeypatch.setattr(streamd.tools.colorize, "Temporal", Blind)
     blind = ab(colorize_clip(shipped_colorizer, frames, temporal=True))
     assert max(trail(blind, per_frame)) > 5.0
 

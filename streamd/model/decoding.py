@@ -12,7 +12,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from streamd.infer import ModelInfo
+from streamd.infer.onnx_runtime import ModelInfo
 from streamd.model.train import build_decoder, build_net
 
 
@@ -72,7 +72,7 @@ def decodings(weights: dict, info: ModelInfo, specs: list[str]) -> dict[str, Dec
     """One Decoding per 'T[:ALPHA[:SHRINK[:CAST]]]' spec, by label, all reading one network; `info` names the
     weights and gives the network's input size."""
     network = CachedNetwork(weights)
-    from streamd.evaluate import decoding_label
+    from streamd.tools.evaluate.main import decoding_label
 
     settings = [parse_decode(spec) for spec in specs]
     return {decoding_label(*each): Decoding(network, weights, info, *each) for each in settings}

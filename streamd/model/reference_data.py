@@ -17,10 +17,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamd.lab import rgb_to_lab
-from streamd.lightness import lightness_table
+from streamd.colour.lab import rgb_to_lab
+from streamd.colour.lightness import lightness_table
 from streamd.model.data import CropSampler, load_images
-from streamd.reference import MIN_FRAMES, build, scene_of
+from streamd.colour.reference import MIN_FRAMES, build, scene_of
 
 
 def load_scenes(folder: Path, max_side: int = 320) -> list[list[np.ndarray]]:

@@ -54,16 +54,16 @@ import onnxruntime as ort
 from streamd import config as cfgmod
 from streamd.config import CameraConfig
 from streamd.frame import Frame
-from streamd.infer import Colorizer
-from streamd.lightness import luma_to_lightness
-from streamd.pipeline import Pipeline
-from streamd.sink import H264Writer
-from streamd.source import SourceSettings, SyntheticCamera, decode_av
+from streamd.infer.onnx_runtime import Colorizer
+from streamd.colour.lightness import luma_to_lightness
+from streamd.daemon.pipeline import Pipeline
+from streamd.daemon.sink import H264Writer
+from streamd.daemon.source import SourceSettings, SyntheticCamera, decode_av
 from streamd.steps import colour_frame, predict_or_reuse, reuse_for
-from streamd.temporal import Reuse
+from streamd.colour.temporal import Reuse
 
 if TYPE_CHECKING:
-    from streamd.infer_torch import TorchColorizer
+    from streamd.infer.pytorch import TorchColorizer
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +359,7 @@ def export_eccv16(path: Path, temperature: float) -> None:
     our 262 bins instead of the paper's 313: under 0.2% of its FLOPs."""
     import torch
 
-    from streamd.lab import ab_bins
+    from streamd.colour.lab import ab_bins
     from streamd.model.export import OPSET
     from streamd.model.network import ECCV16, AnnealedMean
 
@@ -476,7 +476,7 @@ def check_torch_device(device: str) -> None:
 def torch_colorizer(device: str) -> TorchColorizer:
     """The shipped model's training weights through PyTorch on `device`, or BenchUnavailable saying why not."""
     try:
-        from streamd.infer_torch import load_torch_colorizer
+        from streamd.infer.pytorch import load_torch_colorizer
     except ImportError as e:
         raise BenchUnavailable(f"--device {device}: {e.name} is not importable (pip install '.[train]')") from e
     try:
@@ -491,8 +491,8 @@ def torch_network_section(colorizer: TorchColorizer, plan: dict) -> dict:
     the network with its host/device copies, timed apart."""
     import torch
 
-    from streamd.infer_torch import TorchColorizer
-    from streamd.lab import ab_bins
+    from streamd.infer.pytorch import TorchColorizer
+    from streamd.colour.lab import ab_bins
     from streamd.model.network import ECCV16, AnnealedMean
 
     eccv16 = TorchColorizer(AnnealedMean(ECCV16(len(ab_bins())), torch.from_numpy(ab_bins()),
@@ -529,7 +529,7 @@ def ort_network_section(plan: dict, work: Path, temperature: float) -> dict:
     builds an engine per batch shape on first use, which the untimed calls absorb), at the batches of the
     PyTorch rows, interleaved as the CPU comparison is. The torch-cpu smoke run does the same through the
     CPU provider, so this code is tested without a GPU."""
-    from streamd.infer import PROVIDERS
+    from streamd.infer.onnx_runtime import PROVIDERS
 
     wanted = ("tensorrt", "cuda") if plan["device"] == "cuda" else ("cpu",)
     installed = [name for name in wanted if PROVIDERS[name] in ort.get_available_providers()]
@@ -612,7 +612,7 @@ def torch_pipeline_section(colorizer: TorchColorizer, plan: dict, work: Path, hw
 
 def measure_torch(plan: dict, result: dict, work: Path, hwaccel: str = "", processes: int = 1) -> dict:
     if processes > 1:  # the cameras over several processes: the parent loads no model of its own
-        from streamd import bench_processes
+        from streamd.tools.bench import processes as bench_processes
 
         check_torch_device(plan["device"])
         result["machine"] = machine_info(f"torch-{plan['device']}")
@@ -742,19 +742,19 @@ def report(result: dict) -> str:
                                r["eccv16"]["ms_per_batch"], r["eccv16"]["fps"], r["ratio_fps_ours_over_eccv16"]]
                               for r in ort_net["rows"]]))
     if "torch_processes" in result:
-        from streamd import bench_processes
+        from streamd.tools.bench import processes as bench_processes
 
         parts.append(bench_processes.report(result["torch_processes"], size, result["settings"]["camera_fps"]))
     if "frame_cost" in result:
-        from streamd import bench_frame_cost
+        from streamd.tools.bench import frame_cost as bench_frame_cost
 
         parts.append(bench_frame_cost.report(result["frame_cost"]))
     if "reference_cost" in result:
-        from streamd import bench_reference
+        from streamd.tools.bench import reference_cost as bench_reference
 
         parts.append(bench_reference.report(result["reference_cost"]))
     if "triton" in result:
-        from streamd import bench_triton
+        from streamd.tools.bench import triton_cost as bench_triton
 
         parts.append(bench_triton.report(result["triton"]))
     if "error" in result.get("torch_pipeline", {}):
@@ -793,7 +793,7 @@ def command_line(args: argparse.Namespace) -> str:
 def measure(args: argparse.Namespace, work: Path) -> dict:
     result = {"command": command_line(args), "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
     if args.frame_cost:
-        from streamd.bench_frame_cost import frame_cost
+        from streamd.tools.bench.frame_cost import frame_cost
 
         size = resolution(args.frame_cost)
         clip = work / "frame-cost.mp4"
@@ -802,13 +802,13 @@ def measure(args: argparse.Namespace, work: Path) -> dict:
         result["frame_cost"] = {"resolution": f"{size[0]}x{size[1]}", **frame_cost(clip)}
         return result
     if args.reference:
-        from streamd.bench_reference import reference_cost
+        from streamd.tools.bench.reference_cost import reference_cost
 
         result["machine"] = machine_info("CPUExecutionProvider")
         result["reference_cost"] = reference_cost(resolution(args.reference), work, args.short)
         return result
     if args.triton:
-        from streamd.bench_triton import triton_section
+        from streamd.tools.bench.triton_cost import triton_section
 
         result["machine"] = machine_info("CPUExecutionProvider")
         result["triton"] = triton_section(args.triton, args.triton_model, args.short,

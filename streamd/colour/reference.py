@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamd.lab import rgb_to_lab
+from streamd.colour.lab import rgb_to_lab
 
 WORKING_SIDE = 320  # the reference's longer side, in pixels: the network's input is no larger
 MAX_FRAMES = 240  # frames a median is taken over (evenly spaced over the day frames given): enough to be robust
@@ -91,7 +91,7 @@ class DayReference:
 
     def picture(self) -> np.ndarray:
         """The reference as an RGB uint8 image (what the status page and contact sheets show)."""
-        from streamd.lab import lab_to_rgb
+        from streamd.colour.lab import lab_to_rgb
 
         return lab_to_rgb(np.dstack([self.lightness, self.ab[0], self.ab[1]]))
 

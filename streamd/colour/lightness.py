@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from streamd.frame import Frame
-from streamd.lab import y_to_l_table
+from streamd.colour.lab import y_to_l_table
 
 
 @functools.cache

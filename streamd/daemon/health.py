@@ -25,9 +25,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from streamd.config import is_local
-from streamd.schedule import BudgetSpent
-from streamd.source import State
-from streamd.status import StatusPage
+from streamd.daemon.schedule import BudgetSpent
+from streamd.daemon.source import State
+from streamd.daemon.status import StatusPage
 
 log = logging.getLogger(__name__)
 

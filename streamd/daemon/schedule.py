@@ -37,10 +37,10 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
-from streamd.adapt import WORK_SUFFIX
-from streamd.collect import capture_time, stored_frames
+from streamd.tools.adapt import WORK_SUFFIX
+from streamd.daemon.collect import capture_time, stored_frames
 from streamd.config import AdaptConfig
-from streamd.infer import int8_copy
+from streamd.infer.onnx_runtime import int8_copy
 
 log = logging.getLogger(__name__)
 

@@ -30,29 +30,29 @@ import numpy as np
 import zmq
 import zmq.auth
 
-from streamd import fleet
-from streamd.batch import Batcher
-from streamd.collect import FrameStore, default_state_dir
-from streamd.chroma import chroma_planes
+from streamd.daemon import fleet
+from streamd.daemon.batch import Batcher
+from streamd.daemon.collect import FrameStore, default_state_dir
+from streamd.colour.chroma import chroma_planes
 from streamd.config import CameraConfig, Config, ConfigError, ModelConfig, in_use_hint
-from streamd.daynight import DayNight
+from streamd.colour.daynight import DayNight
 from streamd.frame import Frame
-from streamd.health import Instruments
-from streamd.infer import REFERENCE_MODEL, Colorizer, InferenceUnavailable, ModelError, shipped_model
-from streamd.recording import Recorder, RetentionSweeper
-from streamd.reference_store import REFERENCE_FILE, Builder, CameraReference
-from streamd.schedule import AdaptationScheduler, adapted_model
-from streamd.sink import OutputTargets, OutputWorker, ZmqPublisher
-from streamd.source import Camera, SourceSettings, State
-from streamd.status import Latest
+from streamd.daemon.health import Instruments
+from streamd.infer.onnx_runtime import REFERENCE_MODEL, Colorizer, InferenceUnavailable, ModelError, shipped_model
+from streamd.daemon.recording import Recorder, RetentionSweeper
+from streamd.daemon.reference_store import REFERENCE_FILE, Builder, CameraReference
+from streamd.daemon.schedule import AdaptationScheduler, adapted_model
+from streamd.daemon.sink import OutputTargets, OutputWorker, ZmqPublisher
+from streamd.daemon.source import Camera, SourceSettings, State
+from streamd.daemon.status import Latest
 from streamd.steps import colour_frame, lightness_of, predict_or_reuse, reuse_for
-from streamd.systemd import Keepalive, no_keepalive
-from streamd.temporal import Reuse, Temporal
+from streamd.daemon.systemd import Keepalive, no_keepalive
+from streamd.colour.temporal import Reuse, Temporal
 
 if TYPE_CHECKING:
-    from streamd.chroma_torch import ChromaBatcher
-    from streamd.infer_torch import TorchColorizer
-    from streamd.infer_triton import TritonColorizer
+    from streamd.colour.chroma_torch import ChromaBatcher
+    from streamd.infer.pytorch import TorchColorizer
+    from streamd.infer.triton_client import TritonColorizer
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def torch_model(path: str, temperature: float | None) -> TorchColorizer:
     """[model] provider = "torch-cuda": the model's training weights through PyTorch on the GPU, with CUDA
     graphs (streamd.infer_torch), for GPU hosts without onnxruntime-gpu; the path the GPU benchmarks measure."""
     try:
-        from streamd.infer_torch import load_torch_colorizer
+        from streamd.infer.pytorch import load_torch_colorizer
     except ImportError as e:
         raise ConfigError("model.provider: 'torch-cuda' needs torch: pip install 'streamd[train]'") from e
     try:
@@ -86,7 +86,7 @@ def torch_model(path: str, temperature: float | None) -> TorchColorizer:
 def triton_model(m: ModelConfig) -> TritonColorizer:
     """[model] provider = "triton": the model on a Triton Inference Server (streamd.infer_triton)."""
     try:
-        from streamd.infer_triton import ModelMismatch, TritonColorizer
+        from streamd.infer.triton_client import ModelMismatch, TritonColorizer
     except ImportError as e:
         raise ConfigError("model.provider: 'triton' needs tritonclient: pip install 'streamd[triton]'") from e
     try:
@@ -99,7 +99,7 @@ def gpu_colour_stage(device: str) -> ChromaBatcher:
     """The full-resolution colour work batched on the GPU (streamd.chroma_torch, which needs torch); a
     ConfigError naming colour.device where this host cannot run it."""
     try:
-        from streamd.chroma_torch import ChromaBatcher, TorchChromaPlanes
+        from streamd.colour.chroma_torch import ChromaBatcher, TorchChromaPlanes
     except ImportError as e:
         raise ConfigError(f"colour.device: {device!r} needs torch: pip install 'streamd[train]'") from e
     try:

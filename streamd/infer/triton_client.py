@@ -30,7 +30,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from streamd.infer import InferenceUnavailable, ModelInfo
+from streamd.infer.onnx_runtime import InferenceUnavailable, ModelInfo
 from streamd.model.triton_repo import PARAMETER_PREFIX
 
 log = logging.getLogger(__name__)

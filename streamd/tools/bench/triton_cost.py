@@ -15,8 +15,8 @@ import statistics
 import time
 from pathlib import Path
 
-from streamd import bench
-from streamd.infer import Colorizer, InferenceUnavailable
+from streamd.tools.bench import main as bench
+from streamd.infer.onnx_runtime import Colorizer, InferenceUnavailable
 
 SERVER_STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
 NETWORK_BATCHES = (1, 4, 8)
@@ -32,7 +32,7 @@ def remote_colorizer(url: str, model: str):
     """The Triton provider, connected; BenchUnavailable when tritonclient is missing, the server or its
     model cannot be reached, or the model is not streamd's (the reason named)."""
     try:
-        from streamd.infer_triton import ModelMismatch, TritonColorizer
+        from streamd.infer.triton_client import ModelMismatch, TritonColorizer
     except ImportError as e:
         raise bench.BenchUnavailable(f"--triton needs {e.name}, which is not installed here: "
                                      "pip install 'streamd[triton]'") from None

@@ -44,11 +44,11 @@ from skimage.metrics import structural_similarity
 from tqdm import tqdm
 
 from streamd.config import CameraConfig
-from streamd.infer import Colorizer
-from streamd.lab import AB_GRID, AB_LIMIT, lab_to_rgb, rgb_to_lab
+from streamd.infer.onnx_runtime import Colorizer
+from streamd.colour.lab import AB_GRID, AB_LIMIT, lab_to_rgb, rgb_to_lab
 from streamd.model.data import IMAGE_SUFFIXES, VIDEO_SUFFIXES
-from streamd.offline import colorize_images, colorize_sequence
-from streamd.reference import evenly_spaced
+from streamd.tools.colorize import colorize_images, colorize_sequence
+from streamd.colour.reference import evenly_spaced
 from streamd.steps import reuse_for
 
 log = logging.getLogger(__name__)

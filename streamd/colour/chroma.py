@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 
 from streamd.frame import MATRICES, Frame
-from streamd.lightness import lightness_table, luma_at_chroma_size
+from streamd.colour.lightness import lightness_table, luma_at_chroma_size
 
 if TYPE_CHECKING:
-    from streamd.temporal import Temporal
+    from streamd.colour.temporal import Temporal
 
 GUIDE_RADIUS = 2  # box radius of the guided filter, in pixels of the network's output grid
 GUIDE_EPS = 4.0  # L units squared: below this local variance the prediction is smoothed, above it follows L

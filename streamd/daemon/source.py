@@ -19,7 +19,7 @@ from av.codec.hwaccel import HWAccel
 import cv2
 import numpy as np
 
-from streamd.backoff import INITIAL_S, MAX_S, Backoff
+from streamd.daemon.backoff import INITIAL_S, MAX_S, Backoff
 from streamd.frame import Frame
 from streamd.redact import redact
 

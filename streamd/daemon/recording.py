@@ -34,9 +34,9 @@ from pathlib import Path
 import av
 
 from streamd.config import CameraConfig
-from streamd.files import create_file, make_folder
+from streamd.daemon.files import create_file, make_folder
 from streamd.frame import Frame
-from streamd.sink import H264Writer, encoder_candidates
+from streamd.daemon.sink import H264Writer, encoder_candidates
 
 log = logging.getLogger(__name__)
 

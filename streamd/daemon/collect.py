@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamd.files import make_folder, write_file
+from streamd.daemon.files import make_folder, write_file
 from streamd.frame import Frame
 
 log = logging.getLogger(__name__)

@@ -25,9 +25,9 @@ import cv2
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from streamd.backoff import MAX_S, Backoff
+from streamd.daemon.backoff import MAX_S, Backoff
 from streamd.frame import Frame
-from streamd.source import redact
+from streamd.daemon.source import redact
 
 log = logging.getLogger(__name__)
 FORMATS = ("bgr24", "yuv420p", "jpeg")

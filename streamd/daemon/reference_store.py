@@ -22,8 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamd.collect import capture_time, stored_frames
-from streamd.reference import FIT_AGAIN, FIT_THRESHOLD, DayReference, ReferenceError, build, fit
+from streamd.daemon.collect import capture_time, stored_frames
+from streamd.colour.reference import FIT_AGAIN, FIT_THRESHOLD, DayReference, ReferenceError, build, fit
 
 log = logging.getLogger(__name__)
 

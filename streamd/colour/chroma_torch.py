@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from streamd.chroma import ChromaTable, chroma_table
-from streamd.lightness import lightness_table
+from streamd.colour.chroma import ChromaTable, chroma_table
+from streamd.colour.lightness import lightness_table
 
 log = logging.getLogger(__name__)
 

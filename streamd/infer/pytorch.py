@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamd.infer import ModelInfo, read_info, shipped_model
+from streamd.infer.onnx_runtime import ModelInfo, read_info, shipped_model
 from streamd.model.train import build_decoder, load_weights
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ def shipped_model(name: str = GENERIC_MODEL) -> Path:
     <prefix>/share after `pip install`."""
     import sys
 
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent
     for candidate in (here.parent / "models", Path(sys.prefix) / "share" / "streamd" / "models"):
         path = candidate / name
         if path.exists():

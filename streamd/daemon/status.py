@@ -29,7 +29,7 @@ import numpy as np
 from prometheus_client.core import CounterMetricFamily
 
 from streamd.frame import Frame
-from streamd.source import redact
+from streamd.daemon.source import redact
 
 JPEG_QUALITY = 80
 RATE_FRAMES = 1024  # the arrival times kept: a few seconds of a fast camera
@@ -209,7 +209,7 @@ def cameras_doc(pipeline, phase: str) -> dict:
 
 
 def _static(name: str) -> bytes:
-    return resources.files("streamd").joinpath("static", name).read_bytes()
+    return resources.files("streamd.daemon").joinpath("static", name).read_bytes()
 
 
 class StatusPage:

@@ -12,11 +12,11 @@ from tqdm import tqdm
 
 from streamd.config import CameraConfig
 from streamd.frame import Frame
-from streamd.infer import Colorizer
+from streamd.infer.onnx_runtime import Colorizer
 from streamd.model.data import IMAGE_SUFFIXES, VIDEO_SUFFIXES
-from streamd.sink import H264Writer
+from streamd.daemon.sink import H264Writer
 from streamd.steps import ReferenceColouring, colour_frame, model_for_frame, predict, predict_or_reuse, reuse_for
-from streamd.temporal import Reuse, Temporal
+from streamd.colour.temporal import Reuse, Temporal
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ START_TIMEOUT_S = 300.0  # for every process to load the model and warm up (CUDA
 def run_process(index: int, device: str, clip: str, cameras: int, fps: float, colour_device: str, hwaccel: str,
                 barrier: threading.Barrier, results: multiprocessing.Queue) -> None:
     """One process: load, warm up, wait for the others, then the real pipeline with `cameras` cameras."""
-    from streamd import bench
+    from streamd.tools.bench import main as bench
 
     try:
         colorizer = bench.torch_colorizer(device)
@@ -88,7 +88,7 @@ def layout(plan: dict, clip: Path, processes: int, cameras: int, hwaccel: str) -
 
 
 def processes_section(plan: dict, processes: int, work: Path, hwaccel: str) -> dict:
-    from streamd import bench
+    from streamd.tools.bench import main as bench
 
     size = plan["camera_size"]
     clip = work / f"gray-{size[0]}x{size[1]}.mp4"
@@ -107,7 +107,7 @@ def processes_section(plan: dict, processes: int, work: Path, hwaccel: str) -> d
 
 
 def report(section: dict, size: str, fps: float) -> str:
-    from streamd.bench import table
+    from streamd.tools.bench.main import table
 
     failed = [f"{r['processes']} x {r['cameras_per_process']}: FAILED, {'; '.join(r['failed'])}"
               for r in section["rows"] if r["failed"]]

@@ -14,13 +14,13 @@ import statistics
 import time
 from pathlib import Path
 
-from streamd.bench import clip_frames, make_clip
-from streamd.infer import REFERENCE_MODEL, Colorizer, shipped_model
-from streamd.reference import build
-from streamd.reference_store import CameraReference
-from streamd.source import SyntheticCamera
+from streamd.tools.bench.main import clip_frames, make_clip
+from streamd.infer.onnx_runtime import REFERENCE_MODEL, Colorizer, shipped_model
+from streamd.colour.reference import build
+from streamd.daemon.reference_store import CameraReference
+from streamd.daemon.source import SyntheticCamera
 from streamd.steps import ReferenceColouring, colour_frame, model_for_frame, predict
-from streamd.temporal import Temporal
+from streamd.colour.temporal import Temporal
 
 FRAMES, FRAMES_SHORT = 60, 20
 WARM_UP = 3

@@ -14,8 +14,8 @@ import numpy as np
 
 from streamd import config as cfgmod
 from streamd.client import Subscriber
-from streamd.pipeline import Pipeline
-from streamd.source import SyntheticCamera
+from streamd.daemon.pipeline import Pipeline
+from streamd.daemon.source import SyntheticCamera
 
 
 def side_by_side(colour_bgr: np.ndarray, original_bgr: np.ndarray) -> np.ndarray:

@@ -16,14 +16,14 @@ from typing import TypeVar
 
 import numpy as np
 
-from streamd.chroma import chroma_planes, chroma_table
+from streamd.colour.chroma import chroma_planes, chroma_table
 from streamd.config import CameraConfig
-from streamd.daynight import DayNight
+from streamd.colour.daynight import DayNight
 from streamd.frame import Frame
-from streamd.infer import ModelInfo, read_info, shipped_model
-from streamd.source import SourceSettings, decode_av
+from streamd.infer.onnx_runtime import ModelInfo, read_info, shipped_model
+from streamd.daemon.source import SourceSettings, decode_av
 from streamd.steps import colour_frame, lightness_of, predict_or_reuse, reuse_for
-from streamd.temporal import Temporal
+from streamd.colour.temporal import Temporal
 
 T = TypeVar("T")
 
