@@ -228,7 +228,7 @@ def test_bad_bench_options_exit_2_naming_the_option(argv, problem, capsys):
 def test_torch_backend_computes_what_the_onnx_model_computes(one_torch_thread):
     """The GPU numbers are only streamd's if the PyTorch backend is the shipped model: same weights, same
     decoding, same temperature (fp32 on the CPU, so any difference is the runtimes' rounding)."""
-    from streamd.tools.bench.main import lightness_batch
+    from streamd.tools.bench.inputs import lightness_batch
     from streamd.infer.onnx_runtime import Colorizer
     from streamd.infer.pytorch import load_torch_colorizer
 
@@ -247,7 +247,7 @@ def test_torch_backend_computes_what_the_onnx_model_computes(one_torch_thread):
     (10.0, 0.50, 1.0, "neither saturated (threads)"),
 ])
 def test_the_limiting_stage_is_named_from_the_measurements(delivered, busy, cores, expected):
-    from streamd.tools.bench.main import limiting_stage
+    from streamd.tools.bench.pytorch import limiting_stage
 
     row = {"delivered_fps_per_camera": delivered, "camera_fps": 25.0, "inference_busy": busy, "cpu_cores": cores}
     assert limiting_stage(row, usable_cores=2) == expected

@@ -17,13 +17,13 @@ from typing import TypeVar
 import numpy as np
 
 from streamd.colour.chroma import chroma_planes, chroma_table
-from streamd.config import CameraConfig
 from streamd.colour.daynight import DayNight
+from streamd.colour.temporal import Temporal
+from streamd.config import CameraConfig
+from streamd.daemon.source import SourceSettings, decode_av
 from streamd.frame import Frame
 from streamd.infer.onnx_runtime import ModelInfo, read_info, shipped_model
-from streamd.daemon.source import SourceSettings, decode_av
 from streamd.steps import colour_frame, lightness_of, predict_or_reuse, reuse_for
-from streamd.colour.temporal import Temporal
 
 T = TypeVar("T")
 
@@ -90,13 +90,3 @@ def frame_cost(clip: Path, info: ModelInfo | None = None) -> dict:
     return {"frames": frames, "network_runs": runs, "reused": reuse.reused if reuse else 0,
             "carried": reuse.carried if reuse else 0,
             "cpu_ms_per_frame": {step: s * 1000.0 / frames for step, s in clock.seconds.items()}}
-
-
-def report(cost: dict) -> str:
-    steps = cost["cpu_ms_per_frame"]
-    width = max(map(len, steps))
-    lines = [f"CPU per {cost['resolution']} frame, one camera, {cost['frames']} frames (the network, replaced by a "
-             f"fixed prediction, ran on {cost['network_runs']}; {cost['carried']} carried, {cost['reused']} reused):"]
-    lines += [f"  {step:{width}s} {ms:6.2f} ms" for step, ms in steps.items()]
-    lines.append(f"  {'total':{width}s} {sum(steps.values()):6.2f} ms")
-    return "\n".join(lines)

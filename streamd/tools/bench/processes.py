@@ -17,6 +17,11 @@ import threading
 import time
 from pathlib import Path
 
+from streamd.tools.bench.inputs import make_clip
+from streamd.tools.bench.pytorch import check_torch_device, torch_colorizer, warm_up
+from streamd.tools.bench.throughput import run_paced
+from streamd.tools.bench.timing import machine_info, peak_rss_mib
+
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 300.0  # for every process to load the model and warm up (CUDA start-up, graph capture)
@@ -25,17 +30,15 @@ START_TIMEOUT_S = 300.0  # for every process to load the model and warm up (CUDA
 def run_process(index: int, device: str, clip: str, cameras: int, fps: float, colour_device: str, hwaccel: str,
                 barrier: threading.Barrier, results: multiprocessing.Queue) -> None:
     """One process: load, warm up, wait for the others, then the real pipeline with `cameras` cameras."""
-    from streamd.tools.bench import main as bench
-
     try:
-        colorizer = bench.torch_colorizer(device)
-        bench.warm_up(colorizer, cameras)
+        colorizer = torch_colorizer(device)
+        warm_up(colorizer, cameras)
         ready = time.time()
         barrier.wait(START_TIMEOUT_S)
         started = time.time()
         with tempfile.TemporaryDirectory(prefix="streamd-bench-") as work:
-            run = bench.run_paced(Path(clip), cameras, colorizer, Path(work), encode=False, batch_max=cameras,
-                                  fps=fps, colour_device=colour_device, hwaccel=hwaccel)
+            run = run_paced(Path(clip), cameras, colorizer, Path(work), encode=False, batch_max=cameras,
+                            fps=fps, colour_device=colour_device, hwaccel=hwaccel)
         results.put({"process": index, "cameras": cameras, "ready": ready, "started": started, **run})
     except BaseException as e:  # noqa: BLE001 - whatever stops one process is reported, and frees the others
         barrier.abort()
@@ -88,11 +91,9 @@ def layout(plan: dict, clip: Path, processes: int, cameras: int, hwaccel: str) -
 
 
 def processes_section(plan: dict, processes: int, work: Path, hwaccel: str) -> dict:
-    from streamd.tools.bench import main as bench
-
     size = plan["camera_size"]
     clip = work / f"gray-{size[0]}x{size[1]}.mp4"
-    bench.make_clip(clip, size, plan["clip_s"], fps=plan["camera_fps"])
+    make_clip(clip, size, plan["clip_s"], fps=plan["camera_fps"])
     rows = []
     for cameras in plan["cameras"]:
         row = layout(plan, clip, processes, cameras, hwaccel)
@@ -106,18 +107,13 @@ def processes_section(plan: dict, processes: int, work: Path, hwaccel: str) -> d
             "colour_device": plan["colour_device"], "hwaccel": hwaccel, "rows": rows}
 
 
-def report(section: dict, size: str, fps: float) -> str:
-    from streamd.tools.bench.main import table
-
-    failed = [f"{r['processes']} x {r['cameras_per_process']}: FAILED, {'; '.join(r['failed'])}"
-              for r in section["rows"] if r["failed"]]
-    rows = [[r["processes"], r["cameras_per_process"], r["cameras"], r["total_fps"], r["dropped"],
-             r["latency_p50_ms_median"], r["latency_p99_ms_max"], r["cpu_cores"]]
-            for r in section["rows"] if not r["failed"]]
-    text = (f"the real pipeline over {section['processes']} processes started together, {size} cameras at {fps:g} fps, "
-            f"no outputs, colour on {section['colour_device']}"
-            + (f", decoded with hwaccel {section['hwaccel']}" if section["hwaccel"] else "") + ":\n")
-    if rows:
-        text += table(["processes", "cameras each", "cameras", "total fps", "dropped", "p50 ms (median)",
-                       "p99 ms (worst)", "CPU cores"], rows)
-    return "\n".join([text.rstrip("\n"), *failed])
+def measure_processes(plan: dict, result: dict, work: Path, hwaccel: str, processes: int) -> dict:
+    """The cameras over several processes: the parent loads no model of its own."""
+    check_torch_device(plan["device"])
+    result["machine"] = machine_info(f"torch-{plan['device']}")
+    result["settings"] = {"device": plan["device"], "camera_size": "x".join(map(str, plan["camera_size"])),
+                          "cameras": list(plan["cameras"]), "camera_fps": plan["camera_fps"],
+                          "clip_seconds": plan["clip_s"], "processes": processes, "hwaccel": hwaccel}
+    result["torch_processes"] = processes_section(plan, processes, work, hwaccel)
+    result["peak_rss_mib"] = peak_rss_mib()
+    return result

@@ -14,13 +14,13 @@ import statistics
 import time
 from pathlib import Path
 
-from streamd.tools.bench.main import clip_frames, make_clip
-from streamd.infer.onnx_runtime import REFERENCE_MODEL, Colorizer, shipped_model
 from streamd.colour.reference import build
+from streamd.colour.temporal import Temporal
 from streamd.daemon.reference_store import CameraReference
 from streamd.daemon.source import SyntheticCamera
+from streamd.infer.onnx_runtime import REFERENCE_MODEL, Colorizer, shipped_model
 from streamd.steps import ReferenceColouring, colour_frame, model_for_frame, predict
-from streamd.colour.temporal import Temporal
+from streamd.tools.bench.inputs import clip_frames, make_clip
 
 FRAMES, FRAMES_SHORT = 60, 20
 WARM_UP = 3
@@ -56,13 +56,3 @@ def reference_cost(size: tuple[int, int], work: Path, short: bool = False) -> di
     return {"resolution": f"{size[0]}x{size[1]}", "frames": len(ratios), "reference_frames": fitted,
             "ms_per_frame": {name: statistics.median(s) * 1000.0 for name, s in seconds.items()},
             "ratio": statistics.median(ratios)}
-
-
-def report(cost: dict) -> str:
-    ms = cost["ms_per_frame"]
-    return (f"one {cost['resolution']} camera, {cost['frames']} gray frames of a still scene, the network on every "
-            f"frame (median wall time per frame, the two paths frame by frame in turn):\n"
-            f"  generic (L -> network -> colour)                        {ms['generic']:6.2f} ms\n"
-            f"  reference (L + fit check + reference -> network -> colour) {ms['reference']:6.2f} ms "
-            f"({cost['reference_frames']} of {cost['frames']} frames fitted the reference)\n"
-            f"  reference / generic, median of the frames' ratios      {cost['ratio']:6.2f}x")

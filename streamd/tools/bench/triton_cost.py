@@ -15,8 +15,10 @@ import statistics
 import time
 from pathlib import Path
 
-from streamd.tools.bench import main as bench
 from streamd.infer.onnx_runtime import Colorizer, InferenceUnavailable
+from streamd.tools.bench.inputs import lightness_batch, make_clip
+from streamd.tools.bench.throughput import run_paced
+from streamd.tools.bench.timing import BenchUnavailable, repeated, time_interleaved
 
 SERVER_STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
 NETWORK_BATCHES = (1, 4, 8)
@@ -34,14 +36,14 @@ def remote_colorizer(url: str, model: str):
     try:
         from streamd.infer.triton_client import ModelMismatch, TritonColorizer
     except ImportError as e:
-        raise bench.BenchUnavailable(f"--triton needs {e.name}, which is not installed here: "
-                                     "pip install 'streamd[triton]'") from None
+        raise BenchUnavailable(f"--triton needs {e.name}, which is not installed here: "
+                               "pip install 'streamd[triton]'") from None
     try:
         remote = TritonColorizer(url, model, timeout_s=TIMEOUT_S)
     except ModelMismatch as e:
-        raise bench.BenchUnavailable(str(e)) from None
+        raise BenchUnavailable(str(e)) from None
     if remote.unavailable:
-        raise bench.BenchUnavailable(remote.unavailable)
+        raise BenchUnavailable(remote.unavailable)
     return remote
 
 
@@ -55,7 +57,7 @@ def server_ms(url: str, model: str) -> dict[str, float]:
         stats = client.get_inference_statistics(model, as_json=True, client_timeout=TIMEOUT_S)
         stats = stats["model_stats"][0]["inference_stats"]
     except (InferenceServerException, KeyError, IndexError) as e:
-        raise bench.BenchUnavailable(f"Triton at {url}: no inference statistics for model {model!r} ({e})") from None
+        raise BenchUnavailable(f"Triton at {url}: no inference statistics for model {model!r} ({e})") from None
     finally:
         client.close()
     totals = {stage: int(stats.get(stage, {}).get("ns", 0)) / 1e6 for stage in SERVER_STAGES}
@@ -78,20 +80,20 @@ def network_rows(local: Colorizer, remote, url: str, model: str, rounds: int) ->
     max_batch_size goes as several concurrent requests, whose summed server time then exceeds the call's."""
     rows = []
     for batch in NETWORK_BATCHES:
-        lightness = bench.lightness_batch((local.info.input_height, local.info.input_width), batch)
+        lightness = lightness_batch((local.info.input_height, local.info.input_width), batch)
         try:
             for run in (local, remote):  # warm-up: sessions, the server's first request of this shape
                 run(lightness)
             before = server_ms(url, model)
-            seconds = bench.time_interleaved({"local": local, "triton": remote}, lightness, rounds)
+            seconds = time_interleaved({"local": local, "triton": remote}, lightness, rounds)
         except InferenceUnavailable as e:
-            raise bench.BenchUnavailable(f"Triton at {url} failed during the measurement: {e}") from None
+            raise BenchUnavailable(f"Triton at {url} failed during the measurement: {e}") from None
         calls = len(seconds["triton"])
         after = server_ms_after(url, model, before["requests"] + calls)
         requests = after["requests"] - before["requests"]
         if requests < calls:
-            raise bench.BenchUnavailable(f"Triton at {url} counted {requests} requests for {calls} calls: its "
-                                         "statistics do not cover this measurement")
+            raise BenchUnavailable(f"Triton at {url} counted {requests} requests for {calls} calls: its "
+                                   "statistics do not cover this measurement")
         stages = {stage: (after[stage] - before[stage]) / calls for stage in SERVER_STAGES}
         server_model_ms = sum(stages.values())
         rows.append({"batch": batch, "local_ms": statistics.median(seconds["local"]) * 1000,
@@ -110,11 +112,11 @@ def pipeline_rows(local: Colorizer, remote, clip: Path, cameras: tuple[int, ...]
     rows = []
     for count in cameras:
         for provider, colorizer in (("local", local), ("triton", remote)):
-            result = bench.repeated(lambda: bench.run_paced(clip, count, colorizer, work, encode=False), repeats)
+            result = repeated(lambda: run_paced(clip, count, colorizer, work, encode=False), repeats)
             lost = max(run["uncolorized"] for run in result["runs"])
             if lost:
-                raise bench.BenchUnavailable(f"{provider} inference was unavailable for {lost} frames of a "
-                                             f"{count}-camera run: {remote.unavailable or 'see the log'}")
+                raise BenchUnavailable(f"{provider} inference was unavailable for {lost} frames of a "
+                                       f"{count}-camera run: {remote.unavailable or 'see the log'}")
             rows.append({"cameras": count, "provider": provider,
                          **{key: value for key, value in result.items() if key != "runs"}})
     return rows
@@ -124,27 +126,11 @@ def triton_section(url: str, model: str, short: bool, repeats: int, work: Path) 
     remote = remote_colorizer(url, model)
     local = Colorizer(provider="cpu", int8="off")  # what the server runs, on this host's CPU
     if remote.info.model_id != local.info.model_id:
-        raise bench.BenchUnavailable(f"Triton at {url} serves {remote.info.model_id}, this process would run "
-                                     f"{local.info.model_id}: export the same model (streamd export --triton)")
+        raise BenchUnavailable(f"Triton at {url} serves {remote.info.model_id}, this process would run "
+                               f"{local.info.model_id}: export the same model (streamd export --triton)")
     clip = work / "triton-clip.mp4"
-    bench.make_clip(clip, CLIP_SIZE, CLIP_S_SHORT if short else CLIP_S)
+    make_clip(clip, CLIP_SIZE, CLIP_S_SHORT if short else CLIP_S)
     return {"url": url, "model": model, "model_id": local.info.model_id,
             "clip": f"{CLIP_SIZE[0]}x{CLIP_SIZE[1]}",
             "network": network_rows(local, remote, url, model, ROUNDS_SHORT if short else ROUNDS),
             "pipeline": pipeline_rows(local, remote, clip, CAMERAS_SHORT if short else CAMERAS, work, repeats)}
-
-
-def report(section: dict) -> str:
-    network = bench.table(
-        ["batch", "local ms", "Triton ms", "server's model ms", "of it queueing", "protocol ms (mean)"],
-        [[r["batch"], r["local_ms"], r["triton_ms"], r["server_model_ms"], r["server_queue_ms"], r["protocol_ms"]]
-         for r in section["network"]])
-    pipeline = bench.table(
-        ["cameras", "provider", "fps/camera", "p50 ms", "p99 ms", "infer ms/batch", "frames/batch", "dropped",
-         "CPU cores"],
-        [[r["cameras"], r["provider"], r["delivered_fps_per_camera"], r["latency_p50_ms"], r["latency_p99_ms"],
-          r["inference_ms_per_batch"], r["frames_per_batch"], r["dropped"], r["cpu_cores"]]
-         for r in section["pipeline"]])
-    return (f"The network, in this process and on Triton at {section['url']} (model {section['model']}, "
-            f"{section['model_id']}):\n{network}\n\nThe paced Pipeline, {section['clip']} cameras at "
-            f"{bench.CLIP_FPS:g} fps:\n{pipeline}")
