@@ -68,11 +68,9 @@ def parse_decode(spec: str) -> tuple[float, float, float, float]:
     return t, alpha, shrink, cast
 
 
-def decodings(weights: dict, info: ModelInfo, specs: list[str]) -> dict[str, Decoding]:
-    """One Decoding per 'T[:ALPHA[:SHRINK[:CAST]]]' spec, by label, all reading one network; `info` names the
-    weights and gives the network's input size."""
+def decodings(weights: dict, info: ModelInfo, specs: list[str]) -> list[Decoding]:
+    """One Decoding per 'T[:ALPHA[:SHRINK[:CAST]]]' spec, all reading one network; `info` names the weights
+    and gives the network's input size. Each Decoding's `info` carries its settings."""
     network = CachedNetwork(weights)
-    from streamd.tools.evaluate.main import decoding_label
-
     settings = [parse_decode(spec) for spec in specs]
-    return {decoding_label(*each): Decoding(network, weights, info, *each) for each in settings}
+    return [Decoding(network, weights, info, *each) for each in settings]

@@ -22,8 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamd.infer.onnx_runtime import Colorizer, int8_copy, shipped_model
 from streamd.colour.lab import rgb_to_lab
+from streamd.infer.onnx_runtime import Colorizer, int8_copy, shipped_model
 from streamd.model.data import VIDEO_SUFFIXES, load_images, load_video_frames
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,8 @@ def mean_ab(rgb: np.ndarray) -> np.ndarray:
 
 def score(colorizer: Colorizer | None, frames: list[np.ndarray]) -> Scores:
     """Set-wide rebalanced AuC, mean PSNR and colour cast of a model (None: the gray baseline) on RGB frames."""
-    from streamd.tools.evaluate.main import ab_histogram, auc, gray_baseline, psnr
     from streamd.tools.colorize import colorize_images
+    from streamd.tools.evaluate.metrics import ab_histogram, auc, gray_baseline, psnr
 
     if colorizer is None:
         outputs = [gray_baseline(f) for f in frames]

@@ -32,14 +32,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamd.tools.evaluate.main import PSNR_CAP, ab_distance, cast_between, colorfulness, image_files, psnr, read_rgb
-from streamd.infer.onnx_runtime import REFERENCE_MODEL, Colorizer, shipped_model
 from streamd.colour.lab import lab_to_rgb, rgb_to_lab
-from streamd.model.data import near_infrared_like
-from streamd.tools.colorize import colorize_images
 from streamd.colour.reference import DayReference, ReferenceError, build, scene_of
 from streamd.daemon.reference_store import CameraReference
+from streamd.infer.onnx_runtime import REFERENCE_MODEL, Colorizer, shipped_model
+from streamd.model.data import near_infrared_like
 from streamd.steps import ReferenceColouring
+from streamd.tools.colorize import colorize_images
+from streamd.tools.evaluate.inputs import image_files, read_rgb
+from streamd.tools.evaluate.metrics import PSNR_CAP, ab_distance, cast_between, colorfulness, psnr
 
 log = logging.getLogger(__name__)
 
