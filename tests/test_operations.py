@@ -530,7 +530,7 @@ def test_a_hung_network_is_reported_and_ends_the_daemon():
     """A GPU or driver that hangs inside a network call: /healthz says "stalled" with the reason, and the
     main loop, which sends the watchdog pings, ends, so that systemd restarts the process. The hang is injected by
     a network whose call blocks until released, around the shipped model."""
-    from streamd.cli import Daemon
+    from streamd.daemon.service import Daemon
     from streamd.daemon.health import health
     from streamd.infer.onnx_runtime import Colorizer
     from streamd.daemon.pipeline import Pipeline
