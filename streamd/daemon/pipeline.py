@@ -37,7 +37,7 @@ from streamd.colour.chroma import chroma_planes
 from streamd.config import CameraConfig, Config, ConfigError, ModelConfig, in_use_hint
 from streamd.colour.daynight import DayNight
 from streamd.frame import Frame
-from streamd.daemon.health import Instruments
+from streamd.daemon.metrics import Instruments
 from streamd.infer.onnx_runtime import REFERENCE_MODEL, Colorizer, InferenceUnavailable, ModelError, shipped_model
 from streamd.daemon.recording import Recorder, RetentionSweeper
 from streamd.daemon.reference_store import REFERENCE_FILE, Builder, CameraReference
