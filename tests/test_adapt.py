@@ -41,7 +41,7 @@ def unknown_colours_frame(index: int, size: tuple[int, int] = (160, 120)) -> np.
 
 
 def fill_store(folder: Path, count: int, first: float, step_s: float, index: int = 0) -> list[Path]:
-    """`count` frames of the purple scene named as streamd.collect names them, `step_s` apart from `first`."""
+    """`count` frames of the purple scene named as streamd.daemon.collect names them, `step_s` apart from `first`."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):

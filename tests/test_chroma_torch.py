@@ -1,4 +1,4 @@
-"""The GPU colour stage (streamd.chroma_torch), run on PyTorch's CPU device: the same planes as the CPU
+"""The GPU colour stage (streamd.colour.chroma_torch), run on PyTorch's CPU device: the same planes as the CPU
 path, from many camera threads at once, and through the real pipeline."""
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Sharding a fleet: one config file, N streamd processes, each camera run by exactly one of them
-(streamd.fleet's rendezvous hash), and the Kubernetes manifests that deploy it."""
+(streamd.daemon.fleet's rendezvous hash), and the Kubernetes manifests that deploy it."""
 from __future__ import annotations
 
 import copy

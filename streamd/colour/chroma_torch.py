@@ -1,7 +1,7 @@
 """The colour stage's full-resolution half on a GPU, for many cameras at once ([colour] device = "cuda").
 
 On a GPU host the network is a few milliseconds per batch, and the CPU's share of each 1080p frame, the
-chroma planes made from the guide coefficients (streamd.chroma.chroma_planes: upsample, apply to L, look
+chroma planes made from the guide coefficients (streamd.colour.chroma.chroma_planes: upsample, apply to L, look
 up U and V) was most of the work left. Done per frame on the cameras' output threads, the sixty-odd
 threads of 32 cameras spent up to 200 ms per frame on it, half the cores idle: they wait for each other
 (the GIL, OpenCV's pool) more than they compute (BENCHMARKS.md, GPU). Here the output threads hand their
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class TorchChromaPlanes:
-    """streamd.chroma.chroma_planes for a batch of same-size frames on a torch device."""
+    """streamd.colour.chroma.chroma_planes for a batch of same-size frames on a torch device."""
 
     def __init__(self, device: str = "cuda") -> None:
         self.device = torch.device(device)
@@ -51,7 +51,7 @@ class TorchChromaPlanes:
         """Y' at chroma size (H, W) uint8 and guide coefficients (h, w, 4) per frame -> U, V per frame."""
         l_table, entries = self._table(matrix, full_range)
         luma = torch.from_numpy(np.stack(lumas)).to(self.device).long()  # (N, H, W)
-        # the coefficients in table levels, as streamd.chroma.chroma_planes uses them (the same rounding)
+        # the coefficients in table levels, as streamd.colour.chroma.chroma_planes uses them (the same rounding)
         grid = torch.from_numpy(ChromaTable.levels(np.stack(coeffs))).to(self.device).permute(0, 3, 1, 2)
         # align_corners=False is OpenCV's INTER_LINEAR: pixel centres at half-integers, clamped at the edges
         up = F.interpolate(grid, size=luma.shape[1:], mode="bilinear", align_corners=False)
@@ -79,7 +79,7 @@ class _Request:
 
 
 class ChromaBatcher:
-    """A streamd.chroma.ChromaPlanes that many threads call at once: each call waits while one thread of
+    """A streamd.colour.chroma.ChromaPlanes that many threads call at once: each call waits while one thread of
     its own runs all waiting requests (grouped by size, matrix and range) as one batch through `planes`.
     Whoever creates it starts and closes it."""
 

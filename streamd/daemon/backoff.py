@@ -1,5 +1,5 @@
 """Exponential back-off with jitter, written once for whatever retries a connection: a camera's source
-(streamd.source) and an RTSP output (streamd.sink)."""
+(streamd.daemon.source) and an RTSP output (streamd.daemon.sink)."""
 from __future__ import annotations
 
 import random

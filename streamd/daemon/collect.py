@@ -1,4 +1,4 @@
-"""A camera's own day frames, kept on disk for adaptation (`streamd adapt`, streamd.schedule).
+"""A camera's own day frames, kept on disk for adaptation (`streamd adapt`, streamd.daemon.schedule).
 
 Day frames pass through the pipeline untouched; now and then one of them is also written, small, to the
 camera's store in the state directory. The store spreads over time and conditions: at most one frame per

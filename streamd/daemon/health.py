@@ -30,7 +30,7 @@ ADAPT_WINDOW_S = 600.0
 
 def health(pipeline, phase: str) -> tuple[int, dict]:
     """(HTTP status, body). starting/stopping: 503; running: 200; degraded (a camera is down, or silent:
-    running but delivering nothing, streamd.pipeline.CameraRuntime.state; or inference unavailable, with the
+    running but delivering nothing, streamd.daemon.pipeline.CameraRuntime.state; or inference unavailable, with the
     reason; or a model failing batch after batch, its frames dropped): 503; stalled (inference or the GPU
     colour stage hung): 503, with the reason. A process that runs
     a shard of its config says which ("shard": "1/3")."""

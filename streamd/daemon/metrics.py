@@ -86,8 +86,9 @@ class PipelineCollector:
         available = GaugeMetricFamily("streamd_inference_available", "1 while inference can run, 0 while it "
                                       "cannot (an inference server away: night frames pass through gray)")
         available.add_metric([], 0.0 if p.unavailable() else 1.0)
-        shard = GaugeMetricFamily("streamd_shard_info", "The shard of the fleet this process runs (streamd.fleet); "
-                                  "absent when it runs every camera of its config", labels=["shard", "shards"])
+        shard = GaugeMetricFamily("streamd_shard_info", "The shard of the fleet this process runs "
+                                  "(streamd.daemon.fleet); absent when it runs every camera of its config",
+                                  labels=["shard", "shards"])
         shard_cameras = GaugeMetricFamily("streamd_shard_camera", "1 for each camera this process runs as its "
                                           "shard", labels=["camera", "shard"])
         if p.shard:

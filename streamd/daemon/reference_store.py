@@ -1,5 +1,5 @@
 """A camera's day reference in the daemon: kept in the state directory, rebuilt in the background from the
-camera's own day frames (streamd.collect.FrameStore), and checked against each night frame before use.
+camera's own day frames (streamd.daemon.collect.FrameStore), and checked against each night frame before use.
 
     day frames -> FrameStore (JPEG, in the state directory)
                     -> Builder (one thread for all cameras, idle CPU priority) -> reference.npz (atomic)

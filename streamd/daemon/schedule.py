@@ -1,6 +1,6 @@
 """Adaptation inside the daemon: by itself or on request, one camera at a time, at the lowest priority.
 
-A camera is adapted without being asked once its store (streamd.collect) is ready: at least `min_frames` day
+A camera is adapted without being asked once its store (streamd.daemon.collect) is ready: at least `min_frames` day
 frames spread over at least `min_span_h` hours (the store already skips near-duplicates, so these are
 different views and lights). It is adapted again once `readapt_share` of its store is newer than the frames
 its last run saw: the store has turned over (a new season, a moved camera, new light). Runs, automatic
@@ -106,7 +106,7 @@ def remove_model(model: Path) -> None:
 
 
 def remove_leftovers(folder: Path) -> list[Path]:
-    """The scratch folders (streamd.adapt.work_folder: weights, candidate models, files half written) that
+    """The scratch folders (streamd.tools.adapt.work_folder: weights, candidate models, files half written) that
     killed runs left in a camera's folder; a run that ends by itself removes its own. Returns those removed."""
     leftovers = [p for p in folder.glob(f".*{WORK_SUFFIX}") if p.is_dir() and not p.is_symlink()]
     for path in leftovers:

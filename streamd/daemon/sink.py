@@ -1,4 +1,4 @@
-"""Sink stage: colour frames out to ZeroMQ subscribers, RTSP servers and recordings (streamd.recording).
+"""Sink stage: colour frames out to ZeroMQ subscribers, RTSP servers and recordings (streamd.daemon.recording).
 
 Each camera has an OutputWorker thread with a one-frame mailbox, so a slow encoder or a server that went
 away costs that camera frames, never the pipeline time. The ZeroMQ PUB socket drops at its high-water
@@ -27,7 +27,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from streamd.daemon.backoff import MAX_S, Backoff
 from streamd.frame import Frame
-from streamd.daemon.source import redact
+from streamd.redact import redact
 
 log = logging.getLogger(__name__)
 FORMATS = ("bgr24", "yuv420p", "jpeg")
@@ -300,7 +300,7 @@ class RtspOutput:
 
 
 class Recording(Protocol):
-    """A camera's recording (streamd.recording.Recorder): written and closed on the camera's output thread."""
+    """A camera's recording (streamd.daemon.recording.Recorder): written and closed on the camera's output thread."""
 
     fallbacks: int
 

@@ -29,7 +29,7 @@ import numpy as np
 from prometheus_client.core import CounterMetricFamily
 
 from streamd.frame import Frame
-from streamd.daemon.source import redact
+from streamd.redact import redact
 
 JPEG_QUALITY = 80
 RATE_FRAMES = 1024  # the arrival times kept: a few seconds of a fast camera
@@ -213,7 +213,7 @@ def _static(name: str) -> bytes:
 
 
 class StatusPage:
-    """Answers the page's GET requests; the HTTP server (streamd.health) routes them here."""
+    """Answers the page's GET requests; the HTTP server (streamd.daemon.health) routes them here."""
 
     def __init__(self, pipeline, phase) -> None:
         """`phase()` is the daemon's phase (starting, running, stopping)."""

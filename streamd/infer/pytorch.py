@@ -1,7 +1,7 @@
 """Inference through PyTorch: the network's training weights, for hosts where ONNX Runtime has no GPU
 provider (a CUDA host without onnxruntime-gpu or TensorRT).
 
-Same interface as streamd.infer.Colorizer (`info`, `provider`, `path`, L batch in, ab batch out), so the
+Same interface as streamd.infer.onnx_runtime.Colorizer (`info`, `provider`, `path`, L batch in, ab batch out), so the
 Pipeline runs it unchanged. Needs the `train` extra (torch); nothing imports this module unless it is used.
 
 On CUDA the network runs under fp16 autocast in channels_last layout (the tensor-core path for its

@@ -1,7 +1,7 @@
 """Inference on a Triton Inference Server over gRPC ([model] provider = "triton"): camera hosts without a GPU
 share the GPUs of a few inference servers (docs/scaling.md).
 
-Same interface as streamd.infer.Colorizer (`info`, `provider`, `path`, `unavailable`; L batch in, ab batch
+Same interface as streamd.infer.onnx_runtime.Colorizer (`info`, `provider`, `path`, `unavailable`; L batch in, ab batch
 out), so the Pipeline runs it unchanged: a cross-camera batch of the process goes to the server as it is,
 split into requests of at most the model's max_batch_size that are all sent at once (async_infer) and
 merged again in order. The inference thread waits on them without the GIL, so the cameras' decode and

@@ -124,7 +124,7 @@ def make_int8_copy(model: Path, frames: list[np.ndarray]) -> str | None:
 def work_folder(out: Path) -> tempfile.TemporaryDirectory:
     """The run's scratch folder (weights, candidate models, files being written), beside `out`: on its file
     system, so that a finished file is renamed into place, and where the daemon finds what a killed run left
-    (streamd.schedule.remove_leftovers)."""
+    (streamd.daemon.schedule.remove_leftovers)."""
     return tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}-", suffix=WORK_SUFFIX)
 
 

@@ -3,7 +3,7 @@
 "use strict";
 
 const REFRESH_MS = 1000;
-const PICTURE_WIDTH = 640; // pixels asked for, one of the server's widths (streamd.status.WIDTHS); the browser fits the card
+const PICTURE_WIDTH = 640; // pixels asked for, one of the server's widths (streamd.daemon.status.WIDTHS); the browser fits the card
 // "+" stays itself: a token from `openssl rand -base64` holds it, and form decoding would make it a space
 const token = new URLSearchParams(location.search.replace(/\+/g, "%2B")).get("token");
 const authorization = token ? { Authorization: "Bearer " + token } : {};
