@@ -89,6 +89,13 @@ def test_each_part_has_its_folder():
         assert sum(m.startswith(f"streamd.{folder}.") for m in graph) >= 2, folder
 
 
+def test_imports_in_functions_count_and_those_for_type_checking_do_not():
+    source = ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from streamd.b import B\n"
+              "def f():\n    from streamd.c import d\n")
+    modules = {"streamd.a", "streamd.b", "streamd.c", "streamd.c.d"}
+    assert imported(ast.parse(source), "streamd.a", modules) == {"streamd.c", "streamd.c.d"}
+
+
 def test_the_cycle_finder_finds_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
