@@ -27,7 +27,7 @@ from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
-from streamd.infer import Colorizer
+from streamd.infer.onnx_runtime import Colorizer
 from streamd.model.quantize import calibration_inputs
 
 INT16 = 32767

@@ -1,4 +1,6 @@
-"""The `streamd` command.
+"""The `streamd` command: its argument parsers, and each subcommand handed to what does it (the daemon:
+streamd.daemon.service; colorize, eval, bench, adapt, demo: streamd.tools; train, export, quantize:
+streamd.model) with the exit code it ends with.
 
 Exit codes: 0 success; 1 the job failed (every camera failed, a file could not be processed);
 2 bad usage, an invalid config, or one this host cannot start (a port in use, a state directory it cannot
@@ -8,50 +10,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import functools
 import importlib
 import logging
 import os
-import signal
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from streamd import config as cfgmod
-from streamd import fleet
-from streamd.infer import ModelError
+from streamd.daemon import fleet
+from streamd.daemon.preflight import INSTALLED_UNIT, recording_problems, state_problem
+from streamd.daemon.recording import space_warnings
+from streamd.daemon.source import State
+from streamd.infer.onnx_runtime import ModelError
 from streamd.redact import RedactingFormatter, redact
-from streamd.source import State
 
 log = logging.getLogger("streamd")
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 DEFAULT_ZMQ = "tcp://127.0.0.1:5555"
-
-
-def _percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
-
-
-def status_lines(pipeline, elapsed: float, previous: dict[str, int]) -> list[str]:
-    lines = []
-    for name, r in pipeline.cameras.items():
-        out = r.outputs
-        lat = list(out.latencies_ms)[-200:]
-        fps = (out.published - previous.get(name, 0)) / max(elapsed, 1e-6)
-        previous[name] = out.published
-        skipped = r.reuse.reused + r.reuse.carried if r.reuse else 0
-        reused = (f" ({r.reuse.reused} reusing a still scene's prediction, {r.reuse.carried} carrying it along the "
-                  f"flow)") if skipped else ""
-        gray = f"gray {r.uncolorized} (inference unavailable), " if r.uncolorized else ""
-        lines.append(f"{name}: {r.state()}, {fps:.1f} fps out, colorized {r.colorized}{reused}, "
-                     f"passed {r.passed_through}, {gray}dropped {pipeline.dropped(name)}, "
-                     f"latency p50 {_percentile(lat, 50):.0f} ms p99 {_percentile(lat, 99):.0f} ms")
-    return lines
 
 
 def quick_config(args: argparse.Namespace) -> cfgmod.Config:
@@ -78,100 +55,8 @@ def with_flags(cfg: cfgmod.Config, args: argparse.Namespace) -> cfgmod.Config:
     return cfgmod.validate(dataclasses.replace(cfg, zmq=zmq, http=http))
 
 
-def summary(pipeline) -> str:
-    """One line for systemd's STATUS=: how many cameras run, frames colorized and passed through."""
-    states = [r.state() for r in pipeline.cameras.values()]
-    return (f"{states.count('running')}/{len(states)} cameras running; "
-            f"{sum(r.colorized for r in pipeline.cameras.values())} frames colorized, "
-            f"{sum(r.passed_through for r in pipeline.cameras.values())} passed through")
-
-
-class Daemon:
-    """The main loop of `streamd run`: signals, systemd notifications, reloads, status lines."""
-
-    def __init__(self, pipeline, config_path: Path | None, report_every: float, http=None, notifier=None,
-                 load: Callable[[Path], cfgmod.Config] = cfgmod.load) -> None:
-        """`load` reads the config again on reload (with the command line's overrides)."""
-        from streamd.systemd import Notifier
-
-        self.pipeline, self.config_path, self.report_every, self.http = pipeline, config_path, report_every, http
-        self.load = load
-        self.notifier = notifier or Notifier()
-        self.stop = threading.Event()
-        self.reload = threading.Event()
-        self.failure: str | None = None  # why the loop gave up (a stalled pipeline); None: a normal stop
-        self.interrupted = False  # stopped by SIGINT (Ctrl-C): exit 130, as a shell expects
-
-    def install_signals(self) -> None:
-        def interrupt(*_) -> None:
-            self.interrupted = True
-            self.stop.set()
-
-        signal.signal(signal.SIGINT, interrupt)
-        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())  # systemd's stop: a normal end, exit 0
-        signal.signal(signal.SIGHUP, lambda *_: self.reload.set())
-
-    def _reload(self) -> None:
-        self.reload.clear()
-        if self.config_path is None:
-            log.warning("reload: nothing to re-read (started without -c CONFIG)")
-            return
-        self.notifier.reloading()
-        try:
-            config = self.load(self.config_path)
-        except cfgmod.ConfigError as e:
-            log.error("reload refused, the running configuration stays: %s", e)
-        except Exception:  # a fault in reading a config must not end a daemon that runs on a good one
-            log.exception("reload refused, the running configuration stays: reading %s failed", self.config_path)
-        else:
-            changes = self.pipeline.apply(config)
-            log.info("reload: %s", "; ".join(changes) or "no camera changed")
-        self.notifier.ready(summary(self.pipeline))
-
-    def run(self) -> None:
-        self.pipeline.start()
-        if self.http:
-            self.http.start()
-            self.http.phase = "running"
-            log.info("status page on http://%s:%d/ (health: /healthz, metrics: /metrics)", *self.http.address[:2])
-        self.notifier.ready(summary(self.pipeline))
-        last = time.monotonic()
-        previous: dict[str, int] = {}
-        try:
-            while not self.stop.wait(0.2):
-                self.failure = self.pipeline.stalled()
-                if self.failure:  # no watchdog ping either: a restart is what helps
-                    log.error("%s; exiting for the supervisor (systemd: Restart=on-failure) to restart streamd",
-                              self.failure)
-                    break
-                self.notifier.watchdog()
-                if self.http:
-                    self.http.beat = time.monotonic()
-                if self.reload.is_set():
-                    self._reload()
-                now = time.monotonic()
-                if now - last >= self.report_every:
-                    for line in status_lines(self.pipeline, now - last, previous):
-                        print(line, flush=True)
-                    self.notifier.status(summary(self.pipeline))
-                    last = now
-                if self.pipeline.cameras and self.pipeline.finished():  # a shard may have none, and wait
-                    time.sleep(0.3)  # let the outputs publish what is in flight
-                    break
-        finally:
-            if self.http:
-                self.http.phase = "stopping"
-            self.notifier.stopping()
-            self.pipeline.stop()
-            if self.http:
-                self.http.stop()
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from streamd.health import HealthServer
-    from streamd.pipeline import Pipeline
-    from streamd.recording import space_warnings
-    from streamd.systemd import Notifier
+    from streamd.daemon import service
 
     if bool(args.config) == bool(args.source):
         print("streamd run: give either -c CONFIG or --source URL", file=sys.stderr)
@@ -181,115 +66,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         shard = fleet.resolve(args.shard or cfg.fleet.shard, os.environ)
     except ValueError as e:
         raise cfgmod.ConfigError(f"{'--shard' if args.shard else 'fleet.shard'}: {e}") from e
-    for warning in space_warnings(fleet.mine(cfg.cameras, shard)):
-        log.warning(warning)
-    problem = state_problem(cfg, fleet.mine(cfg.cameras, shard))
-    if problem:  # before the model loads: a start that cannot succeed should end at once
-        raise cfgmod.ConfigError(problem)
-    notifier = Notifier()
-    pipeline = Pipeline(cfg, keepalive=notifier.working, shard=shard)
-    http = None
-    if cfg.http.listen:
-        host, _, port = cfg.http.listen.rpartition(":")
-        try:
-            http = HealthServer(pipeline, pipeline.instruments.registry, host, int(port), cfg.http.token)
-        except OSError as e:
-            pipeline.stop()
-            raise cfgmod.ConfigError(f"http.listen: cannot listen on {cfg.http.listen}: {e.strerror}"
-                                     f"{cfgmod.in_use_hint('--http') if e.errno == errno.EADDRINUSE else ''}") from e
-    daemon = Daemon(pipeline, args.config, args.report_every, http, notifier,
-                    lambda path: with_flags(cfgmod.load(path), args))
-    daemon.install_signals()
-    log.info("streamd running %d camera(s)%s", len(pipeline.mine(cfg)),
-             f", ZeroMQ on {pipeline.publisher.endpoint}" if pipeline.publisher else "")
-    daemon.run()
+    daemon = service.run(cfg, args.config, args.report_every, shard, lambda path: with_flags(cfgmod.load(path), args))
     if daemon.failure:
         print(f"streamd: {daemon.failure}", file=sys.stderr)
-        return leave(EXIT_FAILED)
+        return service.leave(EXIT_FAILED)
     if daemon.interrupted:
-        return leave(EXIT_INTERRUPTED)
-    failed = [r for r in pipeline.cameras.values() if r.source.stats.state == State.FAILED]
+        return service.leave(EXIT_INTERRUPTED)
+    cameras = daemon.pipeline.cameras
+    failed = [r for r in cameras.values() if r.source.stats.state == State.FAILED]
     for r in failed:
         print(f"camera {r.config.name} failed: {r.source.stats.last_error}", file=sys.stderr)
-    return leave(EXIT_FAILED if failed and len(failed) == len(pipeline.cameras) else 0)
-
-
-def leave(code: int) -> int:
-    """The end of `streamd run`, once the pipeline has stopped. A stop gives up on threads that outlive its
-    deadline (a camera stuck connecting to a host that never answers, inside FFmpeg); Python's teardown
-    of the interpreter under such a thread can crash the process after a clean stop (exit -11 instead of 0).
-    With any left, the process ends here, its output flushed, without that teardown."""
-    if all(t is threading.main_thread() or not t.is_alive() for t in threading.enumerate()):
-        return code
-    log.debug("exiting past %d thread(s) the stop gave up on", threading.active_count() - 1)
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def state_problem(cfg: cfgmod.Config, cameras: tuple[cfgmod.CameraConfig, ...]) -> str | None:
-    """Why the state directory cannot take the day frames of the cameras that collect them, or None (no
-    camera collects: nothing is written there)."""
-    from streamd.collect import default_state_dir
-    from streamd.recording import folder_problem
-
-    if not any(c.collect for c in cameras):
-        return None
-    folder = Path(cfg.adapt.state_dir) if cfg.adapt.state_dir else default_state_dir()
-    problem = folder_problem(folder.absolute())
-    if problem is None:
-        return None
-    unset = "" if cfg.adapt.state_dir else f" (not set: {folder})"
-    return (f"adapt.state_dir{unset}: {problem}; give a folder this user can write, or collect = false to the "
-            "cameras")
-
-
-INSTALLED_UNIT = Path("/etc/systemd/system/streamd@.service")
-
-
-def unit_texts(unit: Path, instance: str) -> list[str]:
-    """A unit file and its drop-ins (for all instances, then for this one), in the order systemd reads them."""
-    texts = [unit.read_text()]
-    for folder in (unit.with_name(unit.name + ".d"), unit.with_name(unit.name.replace("@.", f"@{instance}.") + ".d")):
-        texts += [conf.read_text() for conf in sorted(folder.glob("*.conf"))]
-    return texts
-
-
-def recording_problems(cfg: cfgmod.Config, instance: str, unit: Path | None) -> list[str]:
-    """Recording folders this process could not write, or the sandbox of `unit`'s instance `instance` would
-    not let the service write (streamd@INSTANCE runs /etc/streamd/INSTANCE.toml; streamd-shard@I runs
-    fleet.toml)."""
-    from streamd.recording import folder_problem
-    from streamd.systemd import writable_paths
-
-    sandbox = writable_paths(unit_texts(unit, instance), instance) if unit else None
-    service = unit.name.replace("@.service", f"@{instance}") if unit else ""
-    problems = []
-    for i, c in enumerate(cfg.cameras):
-        if not c.file_out:
-            continue
-        folder = Path(c.file_out).absolute()
-        if sandbox is not None:
-            managed, listed = sandbox
-            if any(folder.is_relative_to(d) for d in managed):
-                continue  # systemd creates these for the service, writable by its user, before it starts
-            if not any(folder.is_relative_to(d) for d in listed):
-                writable = ", ".join(str(d) for d in managed + listed)
-                problems.append(f"camera[{i}].file_out: {folder} would not be writable by {service}: its unit "
-                                f"{unit} has ProtectSystem=strict, which leaves only {writable} writable. Record "
-                                f"into one of those, or allow the folder with `systemctl edit {service}`: "
-                                f"[Service] ReadWritePaths={folder}")
-                continue
-        problem = folder_problem(folder / c.name)  # the camera's own folder, where the segments go
-        if problem:
-            problems.append(f"camera[{i}].file_out: {problem}")
-    return problems
+    return service.leave(EXIT_FAILED if failed and len(failed) == len(cameras) else 0)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from streamd.recording import space_warnings
-
     cfg = cfgmod.load(args.config)
     if args.shards is not None and not 1 <= args.shards <= fleet.MAX_SHARDS:
         print(f"streamd check: --shards must be between 1 and {fleet.MAX_SHARDS}", file=sys.stderr)
@@ -321,14 +111,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streamd import demo
+    from streamd.tools import demo
 
     return demo.run(args)
 
 
 def cmd_colorize(args: argparse.Namespace) -> int:
-    from streamd.infer import Colorizer
-    from streamd.offline import colorize_paths, plan
+    from streamd.infer.onnx_runtime import Colorizer
+    from streamd.tools.colorize import colorize_paths, plan
 
     missing = [str(p) for p in args.inputs if not p.exists()]
     if missing:
@@ -342,9 +132,9 @@ def cmd_colorize(args: argparse.Namespace) -> int:
     colorizer = Colorizer(args.model, temperature=args.temperature, int8=args.int8)
     by_reference = None
     if args.reference:
-        from streamd.infer import REFERENCE_MODEL, shipped_model
-        from streamd.reference import ReferenceError, from_source
-        from streamd.reference_store import CameraReference
+        from streamd.colour.reference import ReferenceError, from_source
+        from streamd.daemon.reference_store import CameraReference
+        from streamd.infer.onnx_runtime import REFERENCE_MODEL, shipped_model
         from streamd.steps import ReferenceColouring
 
         try:
@@ -368,7 +158,7 @@ def cmd_colorize(args: argparse.Namespace) -> int:
 
 
 def cmd_reference_build(args: argparse.Namespace) -> int:
-    from streamd.reference import ReferenceError, from_source
+    from streamd.colour.reference import ReferenceError, from_source
 
     if args.output.suffix.lower() != ".npz":
         print(f"streamd reference build: -o {args.output}: a reference file is named .npz", file=sys.stderr)
@@ -481,7 +271,7 @@ def cmd_export(args: argparse.Namespace) -> int:
               f"{meta['max_ab_difference']:.5f}")
         model = args.output
     if args.triton:
-        from streamd.infer import shipped_model
+        from streamd.infer.onnx_runtime import shipped_model
         from streamd.model.triton_repo import write_repository
 
         model = model or shipped_model()
@@ -507,7 +297,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from streamd.model.quantize import quantize
 
-    from streamd.infer import int8_copy
+    from streamd.infer.onnx_runtime import int8_copy
 
     out = args.output or int8_copy(args.model)
     meta = quantize(args.model, out, args.calibration, args.images)
@@ -518,29 +308,29 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.reference:
-        from streamd import evaluate_reference
+        from streamd.tools.evaluate import reference as evaluate_reference
 
         return evaluate_reference.main(args)
-    from streamd import evaluate
+    from streamd.tools.evaluate import main as evaluate
 
     return evaluate.main(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from streamd import bench
+    from streamd.tools.bench import main as bench
 
     return bench.main(args)
 
 
 @needs_train_extra("torch", "onnx")
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from streamd.schedule import end_with_parent, lowest_priority
+    from streamd.daemon.schedule import end_with_parent, lowest_priority
 
     if args.parent:
         end_with_parent(args.parent)
     if args.idle_priority:  # before torch and ONNX Runtime start their threads (which would inherit it anyway)
         lowest_priority()
-    from streamd import adapt
+    from streamd.tools import adapt
 
     try:
         return adapt.main(args)

@@ -15,9 +15,9 @@ from typing import Any
 
 import zmq.auth
 
-from streamd import fleet
+from streamd.daemon import fleet
 from streamd.redact import remember
-from streamd.sink import ENCODERS, FORMATS, rtsp_address
+from streamd.daemon.sink import ENCODERS, FORMATS, rtsp_address
 
 
 class ConfigError(ValueError):

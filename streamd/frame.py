@@ -36,9 +36,9 @@ class Frame:
     passed_gray: bool = False  # a night frame passed through without colour: inference was unavailable
     model_kind: str | None = None  # which of the camera's models that is: generic, adapted or camera (its config's)
     prediction: tuple[np.ndarray, np.ndarray] | None = None  # (network input L, predicted ab), until recombined
-    luma_half: np.ndarray | None = None  # Y' at chroma size, computed once (streamd.lightness)
+    luma_half: np.ndarray | None = None  # Y' at chroma size, computed once (streamd.colour.lightness)
     lightness: np.ndarray | None = None  # L at the network's input size, computed once (streamd.steps)
-    reference_planes: np.ndarray | None = None  # the camera's day reference at that size, where it fits (streamd.reference)
+    reference_planes: np.ndarray | None = None  # the camera's day reference at that size, where it fits (streamd.colour.reference)
     reference_info: dict | None = None  # that reference's age and day-frame count, for the frame's header
 
     @property

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamd.chroma import ChromaPlanes, chroma_planes, recombine
+from streamd.colour.chroma import ChromaPlanes, chroma_planes, recombine
 from streamd.config import CameraConfig
 from streamd.frame import Frame
-from streamd.infer import Colorizer
-from streamd.lightness import luma_to_lightness
-from streamd.reference_store import CameraReference
-from streamd.temporal import Reuse, Temporal
+from streamd.infer.onnx_runtime import Colorizer
+from streamd.colour.lightness import luma_to_lightness
+from streamd.daemon.reference_store import CameraReference
+from streamd.colour.temporal import Reuse, Temporal
 
 
 def lightness_of(frame: Frame, input_size: tuple[int, int]) -> np.ndarray:

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from streamd.frame import Frame
-from streamd.source import SyntheticCamera
+from streamd.daemon.source import SyntheticCamera
 
 
 class FixedScene:

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 from streamd import config as cfgmod
-from streamd.adapt import ADAPTED_PRIOR_CORRECTION, ADAPTED_TEMPERATURE, adapt
+from streamd.tools.adapt import ADAPTED_PRIOR_CORRECTION, ADAPTED_TEMPERATURE, adapt
 from streamd.cli import main
-from streamd.collect import STAMP, FrameStore
-from streamd.infer import Colorizer, int8_copy
-from streamd.lab import lab_to_rgb
+from streamd.daemon.collect import STAMP, FrameStore
+from streamd.infer.onnx_runtime import Colorizer, int8_copy
+from streamd.colour.lab import lab_to_rgb
 from streamd.frame import Frame
-from streamd.source import SyntheticCamera
+from streamd.daemon.source import SyntheticCamera
 from tests.conftest import ROOT, free_port, write_video
 
 
@@ -41,7 +41,7 @@ def unknown_colours_frame(index: int, size: tuple[int, int] = (160, 120)) -> np.
 
 
 def fill_store(folder: Path, count: int, first: float, step_s: float, index: int = 0) -> list[Path]:
-    """`count` frames of the purple scene named as streamd.collect names them, `step_s` apart from `first`."""
+    """`count` frames of the purple scene named as streamd.daemon.collect names them, `step_s` apart from `first`."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
@@ -238,7 +238,7 @@ def test_adapted_model_is_swapped_in_between_frames(tmp_path):
     frames keep coming, and every frame's header says which model made it (generic, then adapted)."""
     from streamd.client import Subscriber
     from streamd.cli import main as streamd_main
-    from streamd.pipeline import Pipeline
+    from streamd.daemon.pipeline import Pipeline
 
     clip = write_video(tmp_path / "night.mp4", "gray", seconds=2)
     state, endpoint = tmp_path / "state", f"tcp://127.0.0.1:{free_port()}"
@@ -281,7 +281,7 @@ def test_adapted_model_is_swapped_in_between_frames(tmp_path):
 
 def test_schedule_picks_the_camera_that_waited_longest(tmp_path):
     from streamd.config import AdaptConfig
-    from streamd.schedule import AdaptationScheduler
+    from streamd.daemon.schedule import AdaptationScheduler
 
     for camera, frames in (("a", 3), ("b", 3), ("small", 1)):
         (tmp_path / camera).mkdir()
@@ -317,7 +317,7 @@ T0 = 1_700_000_000.0  # a store's first frame (2023-11-14: in the past, as a sto
 def scheduler_for(state: Path, cameras: list[str], on_adapted=lambda camera, path: None, init: Path | None = None,
                   **settings):
     from streamd.config import AdaptConfig
-    from streamd.schedule import AdaptationScheduler
+    from streamd.daemon.schedule import AdaptationScheduler
 
     return AdaptationScheduler(state, AdaptConfig(**settings), lambda: cameras, on_adapted, init=init)
 
@@ -356,7 +356,7 @@ def test_automatic_runs_share_a_daily_cpu_budget(tmp_path, caplog):
     scheduler.ledger.add(60.0, now=time.time() - 25 * 3600)  # yesterday's: does not count
     scheduler.ledger.add(360.0)
     assert scheduler.run_budget_s() is None  # 4 CPU minutes left: 2 minutes over 2 threads, less than half a run
-    caplog.set_level(logging.INFO, logger="streamd.schedule")
+    caplog.set_level(logging.INFO, logger="streamd.daemon.schedule")
     assert scheduler.due() is None and scheduler.due() is None
     assert sum("daily CPU budget is spent" in r.message for r in caplog.records) == 1  # said once, not per look
     restarted = scheduler_for(state, ["yard"], **settings)  # the ledger is on disk
@@ -450,7 +450,7 @@ def test_a_record_that_cannot_be_written_does_not_make_the_schedule_spin(tmp_pat
     camera again, and the failure is logged once."""
     import logging
 
-    caplog.set_level(logging.INFO, logger="streamd.schedule")
+    caplog.set_level(logging.INFO, logger="streamd.daemon.schedule")
     state = tmp_path / "state"
     for path in fill_store(state / "yard", 3, T0, 3600 * 7):
         path.write_bytes(b"not a picture")  # the run fails quickly: no frames to adapt on
@@ -474,7 +474,7 @@ def test_a_failing_camera_backs_off(tmp_path, caplog):
     left alone for, and is not tried again meanwhile."""
     import logging
 
-    caplog.set_level(logging.INFO, logger="streamd.schedule")
+    caplog.set_level(logging.INFO, logger="streamd.daemon.schedule")
     state = tmp_path / "state"
     fill_store(state / "yard", 3, T0, 3600 * 7)
     (state / "yard" / "adapt.log").mkdir()
@@ -500,7 +500,7 @@ def adapt_once_with_a_stand_in_child(state: Path, monkeypatch, leave, exit_code:
     import subprocess
     import sys
 
-    from streamd import schedule
+    from streamd.daemon import schedule
     from streamd.config import AdaptConfig
 
     (state / "yard").mkdir()
@@ -531,7 +531,7 @@ def test_an_adapted_model_that_cannot_be_used_is_recorded_once_and_removed(tmp_p
     the run counts as failed once, and the file is gone, so that a restart does not pick it up. The child is
     a stand-in that writes what a run leaves (a garbage model and its report); the swap is the daemon's."""
     from streamd import config as cfgmod
-    from streamd.pipeline import Pipeline
+    from streamd.daemon.pipeline import Pipeline
 
     def kept_garbage(out: Path, report: Path) -> None:  # the child's part of the contract: model and report
         out.write_bytes(b"not an ONNX model")
@@ -556,8 +556,8 @@ def test_the_status_page_reads_the_scores_an_adaptation_report_holds():
     """The card's last adaptation holds the scores of the run's report, under the keys the page reads."""
     import dataclasses
 
-    from streamd.adapt import AdaptReport, Scores
-    from streamd.status import _last_adaptation
+    from streamd.tools.adapt import AdaptReport, Scores
+    from streamd.daemon.status import _last_adaptation
 
     report = AdaptReport(30, 20, 400, 240.0, "streamd-base", Scores(1.0, 20.0, 9.0), Scores(4.0, 24.0, 3.0),
                          Scores(0.0, 22.0, 5.0), True, "yard.onnx", None)
@@ -570,7 +570,7 @@ def test_the_status_page_reads_the_scores_an_adaptation_report_holds():
 def test_a_run_that_fails_or_is_killed_leaves_no_model_behind(tmp_path, monkeypatch):
     """A child that had begun to write its model when it failed (a full disk) or was killed: the half file
     is removed, so that neither a restart nor the next run's comparison loads it."""
-    from streamd import schedule
+    from streamd.daemon import schedule
 
     def half_written(out: Path, report: Path) -> None:
         out.write_bytes(b"\x08\x07")  # the first bytes of a model, then the disk was full
@@ -586,8 +586,8 @@ def test_a_clock_that_was_ahead_does_not_hold_the_schedule(tmp_path):
     no longer takes the day's budget, and the store's turnover since is seen."""
     from datetime import datetime, timezone
 
-    from streamd import schedule
-    from streamd.collect import STAMP
+    from streamd.daemon import schedule
+    from streamd.daemon.collect import STAMP
     from streamd.config import AdaptConfig
 
     def name(t: float) -> str:
@@ -644,7 +644,7 @@ def test_a_run_stopped_with_the_daemon_is_charged_from_its_rusage_and_leaves_not
     """The real child, `streamd adapt` as the scheduler starts it, killed (its process group, SIGKILL) while it
     trains: its scratch folder, with the weights and whatever it was writing, is removed, and the CPU time
     its rusage reports is charged to the daily ledger."""
-    from streamd.schedule import RUNNING, child_cpu_seconds
+    from streamd.daemon.schedule import RUNNING, child_cpu_seconds
 
     state = tmp_path / "state"
     fill_store(state / "yard", 8, T0, 3600)
@@ -672,7 +672,7 @@ def test_a_daemon_killed_mid_run_ends_its_run_and_the_next_start_charges_and_tid
     import subprocess
     import sys
 
-    from streamd.schedule import RUNNING
+    from streamd.daemon.schedule import RUNNING
 
     state = tmp_path / "state"
     fill_store(state / "yard", 8, T0, 3600)

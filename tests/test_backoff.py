@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamd.backoff import Backoff
+from streamd.daemon.backoff import Backoff
 
 
 def test_waits_double_up_to_the_maximum_and_a_success_starts_over():

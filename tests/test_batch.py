@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from streamd.batch import Batcher
+from streamd.daemon.batch import Batcher
 from streamd.frame import Frame
 
 

@@ -183,7 +183,7 @@ def test_frame_cost_runs_every_frame_through_the_daemons_steps(tmp_path, capsys)
     """--frame-cost: every frame of a moving clip through each step, the network (a fixed stand-in) deciding
     as the daemon's default camera does: each frame either runs the network or is carried along the flow,
     on average at most carry_frames carried per run."""
-    from streamd.bench_frame_cost import STEPS
+    from streamd.tools.bench.frame_cost import STEPS
     from streamd.config import CameraConfig
 
     out = tmp_path / "f.json"
@@ -228,9 +228,9 @@ def test_bad_bench_options_exit_2_naming_the_option(argv, problem, capsys):
 def test_torch_backend_computes_what_the_onnx_model_computes(one_torch_thread):
     """The GPU numbers are only streamd's if the PyTorch backend is the shipped model: same weights, same
     decoding, same temperature (fp32 on the CPU, so any difference is the runtimes' rounding)."""
-    from streamd.bench import lightness_batch
-    from streamd.infer import Colorizer
-    from streamd.infer_torch import load_torch_colorizer
+    from streamd.tools.bench.inputs import lightness_batch
+    from streamd.infer.onnx_runtime import Colorizer
+    from streamd.infer.pytorch import load_torch_colorizer
 
     onnx, torch_backend = Colorizer(), load_torch_colorizer(device="cpu")
     lightness = lightness_batch((192, 320), 2)
@@ -247,7 +247,7 @@ def test_torch_backend_computes_what_the_onnx_model_computes(one_torch_thread):
     (10.0, 0.50, 1.0, "neither saturated (threads)"),
 ])
 def test_the_limiting_stage_is_named_from_the_measurements(delivered, busy, cores, expected):
-    from streamd.bench import limiting_stage
+    from streamd.tools.bench.pytorch import limiting_stage
 
     row = {"delivered_fps_per_camera": delivered, "camera_fps": 25.0, "inference_busy": busy, "cpu_cores": cores}
     assert limiting_stage(row, usable_cores=2) == expected

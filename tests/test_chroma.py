@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from skimage import color, data
 
-from streamd.chroma import guide_coefficients, lab_to_chroma, recombine
+from streamd.colour.chroma import guide_coefficients, lab_to_chroma, recombine
 from streamd.frame import Frame
-from streamd.lab import ab_bins, lab_to_rgb, rgb_to_lab, y_to_l_table
-from streamd.lightness import lightness_table, luma_at_chroma_size, luma_to_lightness
+from streamd.colour.lab import ab_bins, lab_to_rgb, rgb_to_lab, y_to_l_table
+from streamd.colour.lightness import lightness_table, luma_at_chroma_size, luma_to_lightness
 
 
 def test_lab_matches_scikit_image():

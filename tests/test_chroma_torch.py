@@ -1,4 +1,4 @@
-"""The GPU colour stage (streamd.chroma_torch), run on PyTorch's CPU device: the same planes as the CPU
+"""The GPU colour stage (streamd.colour.chroma_torch), run on PyTorch's CPU device: the same planes as the CPU
 path, from many camera threads at once, and through the real pipeline."""
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from skimage import data
 
-from streamd.chroma import chroma_planes, guide_coefficients, lab_to_uv
-from streamd.chroma_torch import ChromaBatcher, TorchChromaPlanes
+from streamd.colour.chroma import chroma_planes, guide_coefficients, lab_to_uv
+from streamd.colour.chroma_torch import ChromaBatcher, TorchChromaPlanes
 from streamd.frame import Frame
-from streamd.lightness import luma_at_chroma_size, luma_to_lightness
+from streamd.colour.lightness import luma_at_chroma_size, luma_to_lightness
 
 
 def photo_frame(image: np.ndarray, matrix: str = "bt709", full_range: bool = False) -> tuple[Frame, np.ndarray]:
-    """A real photo as a YUV frame, and the guide coefficients of U and V that streamd.chroma.recombine would
+    """A real photo as a YUV frame, and the guide coefficients of U and V that streamd.colour.chroma.recombine would
     fit for a colourful prediction on the network's grid."""
     frame = Frame.from_bgr("test", 0, image[..., ::-1], matrix=matrix, full_range=full_range)
     lightness = luma_to_lightness(frame, (48, 80))

@@ -121,7 +121,7 @@ def test_a_model_streamd_cannot_run_is_refused_naming_the_file_and_the_fault(tmp
 
 def test_metadata_of_other_tools_is_left_alone(tmp_path):
     """Keys streamd does not write (an author, a licence) are not streamd's to parse."""
-    from streamd.infer import Colorizer
+    from streamd.infer.onnx_runtime import Colorizer
 
     model = small_onnx(tmp_path / "m.onnx", author="someone", licence="CC BY 4.0", model_id='"pool"')
     colorizer = Colorizer(model)
@@ -133,12 +133,12 @@ def test_a_cameras_model_of_another_fixed_size_falls_back_to_the_generic_one(tmp
     """A model whose input is fixed at 100x100, where the config feeds 320x192: it would fail on every batch,
     so it is refused at load, with both sizes named, and the camera runs the generic model."""
     from streamd import config as cfgmod
-    from streamd.pipeline import Pipeline
+    from streamd.daemon.pipeline import Pipeline
 
     fixed = small_onnx(tmp_path / "fixed.onnx", shape=(1, 1, 100, 100), model_id='"fixed"')
     pipeline = Pipeline(cfgmod.parse({"camera": [{"name": "gate", "url": "synthetic:", "model": str(fixed)}],
                                       "zmq": {"endpoint": ""}}))
-    with caplog.at_level("ERROR", logger="streamd.pipeline"):
+    with caplog.at_level("ERROR", logger="streamd.daemon.pipeline"):
         model = pipeline.model_for(pipeline.config.cameras[0])
     assert model is pipeline.colorizer
     assert any("fixed at 100x100" in r.getMessage() and "feeds 320x192" in r.getMessage() for r in caplog.records)
@@ -147,7 +147,7 @@ def test_a_cameras_model_of_another_fixed_size_falls_back_to_the_generic_one(tmp
 def test_the_network_stage_runs_ahead_in_order_and_stops_with_its_caller():
     """colorize_video's two stages: the frames come in order, at most a few ahead; a caller that stops early
     stops the thread and closes the decoder; an error there (a broken file mid-way) reaches the caller."""
-    from streamd.offline import ahead
+    from streamd.tools.colorize import ahead
 
     made: list = []
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamd.daynight import DayNight
+from streamd.colour.daynight import DayNight
 from streamd.frame import Frame
 
 

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from skimage import data
 
-from streamd import evaluate as ev
 from streamd.cli import main as cli_main
-from streamd.infer import read_info
-from streamd.lab import lab_to_rgb, rgb_to_lab
+from streamd.colour.lab import lab_to_rgb, rgb_to_lab
+from streamd.colour.reference import evenly_spaced
+from streamd.infer.onnx_runtime import read_info
+from streamd.tools.evaluate import inputs, metrics, report, scoring
+from streamd.tools.evaluate.main import decoding_label
 
 SHIPPED = Path(__file__).resolve().parent.parent / "models" / "streamd-base.onnx"
 
@@ -25,7 +27,7 @@ def model_args(tmp_path_factory) -> list[str]:
     if SHIPPED.exists():
         return []
     torch = pytest.importorskip("torch")
-    from streamd.lab import ab_bins
+    from streamd.colour.lab import ab_bins
     from streamd.model.export import export
     from streamd.model.loss import Priors
     from streamd.model.network import ColorNet
@@ -60,36 +62,36 @@ def write_mp4(path: Path, frames: list[np.ndarray]) -> None:
 # -- metrics -----------------------------------------------------------------------------------------------
 def test_psnr():
     a = data.astronaut()
-    assert ev.psnr(a, a) == math.inf
+    assert metrics.psnr(a, a) == math.inf
     zeros, tens = solid((0, 0, 0)), solid((10, 10, 10))
-    assert ev.psnr(zeros, tens) == pytest.approx(20 * math.log10(255 / 10))  # MSE 100
+    assert metrics.psnr(zeros, tens) == pytest.approx(20 * math.log10(255 / 10))  # MSE 100
     one_off = zeros.copy()
     one_off[0, 0, 0] = 255  # MSE = 255^2 / (8 * 8 * 3)
-    assert ev.psnr(zeros, one_off) == pytest.approx(10 * math.log10(8 * 8 * 3))
+    assert metrics.psnr(zeros, one_off) == pytest.approx(10 * math.log10(8 * 8 * 3))
 
 
 def test_ssim_of_identical_images_is_one_at_any_size():
     coffee = data.coffee()
-    assert ev.ssim(coffee, coffee) == pytest.approx(1.0)
+    assert metrics.ssim(coffee, coffee) == pytest.approx(1.0)
     small = coffee[:5, :9]
-    assert ev.ssim(small, small) == pytest.approx(1.0)
-    assert ev.ssim(coffee, ev.gray_baseline(coffee)) < 1.0
-    assert math.isnan(ev.ssim(coffee[:2, :2], coffee[:2, :2]))
+    assert metrics.ssim(small, small) == pytest.approx(1.0)
+    assert metrics.ssim(coffee, metrics.gray_baseline(coffee)) < 1.0
+    assert math.isnan(metrics.ssim(coffee[:2, :2], coffee[:2, :2]))
 
 
 def test_colorfulness():
-    assert ev.colorfulness(solid((90, 90, 90))) == 0.0
+    assert metrics.colorfulness(solid((90, 90, 90))) == 0.0
     gray_photo = np.repeat(data.camera()[..., None], 3, axis=2)
-    assert ev.colorfulness(gray_photo) == 0.0
+    assert metrics.colorfulness(gray_photo) == 0.0
     # pure red: rg = 255, yb = 127.5 everywhere, no spread
-    assert ev.colorfulness(solid((255, 0, 0))) == pytest.approx(0.3 * math.hypot(255, 127.5))
+    assert metrics.colorfulness(solid((255, 0, 0))) == pytest.approx(0.3 * math.hypot(255, 127.5))
     chelsea = data.chelsea()
-    assert ev.colorfulness(chelsea) > 10 * ev.colorfulness(ev.gray_baseline(chelsea)) + 1
+    assert metrics.colorfulness(chelsea) > 10 * metrics.colorfulness(metrics.gray_baseline(chelsea)) + 1
 
 
 def test_gray_baseline_keeps_lightness_and_drops_chroma():
     rgb = data.astronaut()[::2, ::2]
-    gray = ev.gray_baseline(rgb)
+    gray = metrics.gray_baseline(rgb)
     assert gray.shape == rgb.shape and gray.dtype == np.uint8
     assert np.abs(rgb_to_lab(gray)[..., 0] - rgb_to_lab(rgb)[..., 0]).max() < 1.0
     assert np.abs(rgb_to_lab(gray)[..., 1:]).max() < 1.0
@@ -97,22 +99,22 @@ def test_gray_baseline_keeps_lightness_and_drops_chroma():
 
 def test_auc_of_truth_is_100_and_gray_is_lower():
     coffee = data.coffee()
-    assert np.all(ev.ab_error(coffee, coffee) == 0)
-    perfect = ev.ab_histogram(coffee, coffee)
-    assert ev.auc(perfect) == pytest.approx(100.0)
-    assert ev.auc(perfect, rebalanced=True) == pytest.approx(100.0)
-    gray = ev.ab_histogram(ev.gray_baseline(coffee), coffee)
+    assert np.all(metrics.ab_error(coffee, coffee) == 0)
+    perfect = metrics.ab_histogram(coffee, coffee)
+    assert metrics.auc(perfect) == pytest.approx(100.0)
+    assert metrics.auc(perfect, rebalanced=True) == pytest.approx(100.0)
+    gray = metrics.ab_histogram(metrics.gray_baseline(coffee), coffee)
     assert gray.sum() == coffee.shape[0] * coffee.shape[1]
-    assert 0 < ev.auc(gray) < 99
-    assert 0 < ev.auc(gray, rebalanced=True) < 99
+    assert 0 < metrics.auc(gray) < 99
+    assert 0 < metrics.auc(gray, rebalanced=True) < 99
 
 
 def test_auc_by_hand_for_one_colour():
     blue = solid((30, 60, 200))
-    d = ev.ab_error(ev.gray_baseline(blue), blue)
+    d = metrics.ab_error(metrics.gray_baseline(blue), blue)
     assert np.ptp(d) == 0  # one error value, D
     k = math.ceil(d[0, 0])  # within t for t >= k: the curve is 0 for t < k and 1 from k to 150
-    assert ev.auc(ev.ab_histogram(ev.gray_baseline(blue), blue)) == pytest.approx((150 - k + 0.5) / 150 * 100)
+    assert metrics.auc(metrics.ab_histogram(metrics.gray_baseline(blue), blue)) == pytest.approx((150 - k + 0.5) / 150 * 100)
 
 
 def test_rebalanced_auc_weighs_each_colour_equally():
@@ -121,41 +123,41 @@ def test_rebalanced_auc_weighs_each_colour_equally():
     truth = solid(common, (10, 10))
     truth[9] = rare
     out = truth.copy()
-    out[9] = ev.gray_baseline(truth[9:])[0]
-    hist = ev.ab_histogram(out, truth)
+    out[9] = metrics.gray_baseline(truth[9:])[0]
+    hist = metrics.ab_histogram(out, truth)
     assert np.count_nonzero(hist.sum(axis=1)) == 2  # two ground-truth ab cells
-    rare_auc = ev.auc(ev.ab_histogram(out[9:], truth[9:]))
+    rare_auc = metrics.auc(metrics.ab_histogram(out[9:], truth[9:]))
     assert rare_auc < 50
-    assert ev.auc(hist) == pytest.approx(0.9 * 100 + 0.1 * rare_auc)  # by pixels
-    assert ev.auc(hist, rebalanced=True) == pytest.approx(0.5 * 100 + 0.5 * rare_auc)  # by colours
+    assert metrics.auc(hist) == pytest.approx(0.9 * 100 + 0.1 * rare_auc)  # by pixels
+    assert metrics.auc(hist, rebalanced=True) == pytest.approx(0.5 * 100 + 0.5 * rare_auc)  # by colours
     # the frequencies are those of the whole set: histograms of two images add up
-    halves = ev.ab_histogram(out[:5], truth[:5]) + ev.ab_histogram(out[5:], truth[5:])
-    assert ev.auc(halves, rebalanced=True) == pytest.approx(ev.auc(hist, rebalanced=True))
+    halves = metrics.ab_histogram(out[:5], truth[:5]) + metrics.ab_histogram(out[5:], truth[5:])
+    assert metrics.auc(halves, rebalanced=True) == pytest.approx(metrics.auc(hist, rebalanced=True))
 
 
 def test_ciede2000():
     chelsea = data.chelsea()
-    assert ev.ciede2000(chelsea, chelsea) == 0.0
-    assert ev.ciede2000(ev.gray_baseline(chelsea), chelsea) > 5
+    assert metrics.ciede2000(chelsea, chelsea) == 0.0
+    assert metrics.ciede2000(metrics.gray_baseline(chelsea), chelsea) > 5
 
 
 def test_cdc():
     frame = data.astronaut()[::4, ::4]
-    assert ev.cdc([frame] * 6) == 0.0
+    assert metrics.cdc([frame] * 6) == 0.0
     moving = [np.roll(frame, 10 * i, axis=1) for i in range(6)]  # same pixels, same histograms
-    assert ev.cdc(moving) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.cdc(moving) == pytest.approx(0.0, abs=1e-12)
     flicker = [frame if i % 2 else data.coffee()[::4, ::4][:128, :128] for i in range(6)]
-    assert 0 < ev.cdc(flicker) <= 1
-    assert ev.cdc([frame, frame // 2]) > 0
-    assert math.isnan(ev.cdc([frame]))
+    assert 0 < metrics.cdc(flicker) <= 1
+    assert metrics.cdc([frame, frame // 2]) > 0
+    assert math.isnan(metrics.cdc([frame]))
 
 
 def test_warp_error_of_a_static_clip_is_zero():
     frame = data.astronaut()[::2, ::2]
-    assert ev.warp_error([frame] * 6, [frame] * 6) == pytest.approx(0.0, abs=1e-9)
+    assert metrics.warp_error([frame] * 6, [frame] * 6) == pytest.approx(0.0, abs=1e-9)
     gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-    assert ev.warp_error([frame] * 6, [gray] * 6) == pytest.approx(0.0, abs=1e-9)  # gray (H, W) works too
-    assert math.isnan(ev.warp_error([frame], [frame]))
+    assert metrics.warp_error([frame] * 6, [gray] * 6) == pytest.approx(0.0, abs=1e-9)  # gray (H, W) works too
+    assert math.isnan(metrics.warp_error([frame], [frame]))
 
 
 def flicker_clip(frame: np.ndarray, count: int = 6) -> list[np.ndarray]:
@@ -169,15 +171,15 @@ def flicker_clip(frame: np.ndarray, count: int = 6) -> list[np.ndarray]:
 def test_warp_error_sees_flicker_and_forgives_motion():
     frame = data.astronaut()[::2, ::2]
     gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-    flicker = ev.warp_error(flicker_clip(frame), [gray] * 6)  # luma still, colour flickering
+    flicker = metrics.warp_error(flicker_clip(frame), [gray] * 6)  # luma still, colour flickering
     assert flicker > 0.01
     moving = [np.roll(frame, (2 * i, 3 * i), axis=(0, 1)) for i in range(6)]  # a pure translation
-    translation = ev.warp_error(moving, moving)
+    translation = metrics.warp_error(moving, moving)
     assert translation < flicker / 100
     # the flow comes from the gray input: judged as a still scene, the same motion is an error
-    assert ev.warp_error(moving, [gray] * 6) > 10 * translation
+    assert metrics.warp_error(moving, [gray] * 6) > 10 * translation
     # the occlusion mask: the columns that np.roll wraps around have no match and are left out
-    (_, visible), *_ = ev.flow_pairs(moving)
+    (_, visible), *_ = metrics.flow_pairs(moving)
     assert 0.9 < visible.mean() < 1.0
 
 
@@ -186,7 +188,7 @@ def test_temporal_comparison_and_goals():
             "ours T=1": {"warp_error": 0.01, "cdc": 0.004, "auc_rebalanced": 60.0, "colorfulness": 20.0},
             "ours T=1 temporal": {"warp_error": 0.006, "cdc": 0.003, "auc_rebalanced": 59.8, "colorfulness": 19.5},
             "truth": {"cdc": 0.0025}}
-    (label, c), = ev.temporal_comparison(rows).items()
+    (label, c), = scoring.temporal_comparison(rows).items()
     assert label == "ours T=1"
     assert c["warp_error_change_pct"] == pytest.approx(-40.0)
     assert c["warp_error_excess_change_pct"] == pytest.approx(-50.0)  # (0.006 - 0.002) / (0.01 - 0.002) - 1
@@ -194,16 +196,16 @@ def test_temporal_comparison_and_goals():
     assert c["auc_rebalanced_diff"] == pytest.approx(-0.2) and c["colorfulness_diff_pct"] == pytest.approx(-2.5)
     assert all(c["goals"].values())
     rows["ours T=1 temporal"]["colorfulness"] = 18.0  # -10 %: stability bought with washed-out colour
-    assert not ev.temporal_comparison(rows)["ours T=1"]["goals"]["colorfulness"]
-    assert "MISSES colorfulness" in ev.format_comparison("ours T=1", ev.temporal_comparison(rows)["ours T=1"])
+    assert not scoring.temporal_comparison(rows)["ours T=1"]["goals"]["colorfulness"]
+    assert "MISSES colorfulness" in report.format_comparison("ours T=1", scoring.temporal_comparison(rows)["ours T=1"])
 
 
 def test_evenly_spaced():
     items = list(range(10))
-    assert ev.evenly_spaced(items, 0) == items
-    assert ev.evenly_spaced(items, 20) == items
-    assert ev.evenly_spaced(items, 3) == [0, 4, 9]
-    assert len(set(ev.evenly_spaced(items, 9))) == 9
+    assert evenly_spaced(items, 0) == items
+    assert evenly_spaced(items, 20) == items
+    assert evenly_spaced(items, 3) == [0, 4, 9]
+    assert len(set(evenly_spaced(items, 9))) == 9
 
 
 # -- the command -------------------------------------------------------------------------------------------
@@ -219,7 +221,7 @@ def decoding(model_args: list[str]) -> str:
     """The label's part after the temperature: the model's baked-in decoding (prior correction, shrink, cast
     correction), as its rows are labelled."""
     info = read_info(Path(model_args[-1]) if model_args else SHIPPED)
-    return ev.decoding_label(1.0, info.prior_correction, info.shrink, info.cast_correction)[len("ours T=1"):]
+    return decoding_label(1.0, info.prior_correction, info.shrink, info.cast_correction)[len("ours T=1"):]
 
 
 def test_eval_end_to_end(tmp_path, model_args):
@@ -238,7 +240,7 @@ def test_eval_end_to_end(tmp_path, model_args):
     assert rows[label]["delta_psnr"] == pytest.approx(rows[label]["psnr"] - rows["gray"]["psnr"])
     assert result["summary"][label]["images"]["delta_psnr"] == rows[label]["delta_psnr"]
     tiles = cv2.imread(str(sheets / "images.jpg"))
-    assert tiles is not None and tiles.shape[0] == 3 * ev.SHEET_HEIGHT
+    assert tiles is not None and tiles.shape[0] == 3 * report.SHEET_HEIGHT
 
 
 def test_eval_odd_inputs_videos_and_temperatures(tmp_path, model_args, capsys):
@@ -314,7 +316,7 @@ def test_eval_videos_reports_both_modes_and_truth(tmp_path, model_args, capsys):
 
 
 def colorize_clip(colorizer, frames_rgb: list[np.ndarray], temporal: bool) -> list[np.ndarray]:
-    from streamd.offline import colorize_sequence
+    from streamd.tools.colorize import colorize_sequence
 
     bgr = [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in frames_rgb]
     return [cv2.cvtColor(o, cv2.COLOR_BGR2RGB) for o in colorize_sequence(colorizer, bgr, temporal=temporal)]
@@ -324,7 +326,7 @@ def colorize_clip(colorizer, frames_rgb: list[np.ndarray], temporal: bool) -> li
 def shipped_colorizer():
     if not SHIPPED.exists():
         pytest.skip("needs the shipped model models/streamd-base.onnx")
-    from streamd.infer import Colorizer
+    from streamd.infer.onnx_runtime import Colorizer
 
     return Colorizer()
 
@@ -333,8 +335,8 @@ def test_temporal_mode_is_steadier_than_per_frame(shipped_colorizer):
     """On a panning clip the per-frame colours flicker along the motion; the temporal mode's hold them (its
     warp error was about two thirds of per-frame mode's when measured: a fifth less is required)."""
     clip = shifted_clip()
-    per_frame = ev.warp_error(colorize_clip(shipped_colorizer, clip, temporal=False), clip)
-    temporal = ev.warp_error(colorize_clip(shipped_colorizer, clip, temporal=True), clip)
+    per_frame = metrics.warp_error(colorize_clip(shipped_colorizer, clip, temporal=False), clip)
+    temporal = metrics.warp_error(colorize_clip(shipped_colorizer, clip, temporal=True), clip)
     assert per_frame > 0 and temporal < 0.8 * per_frame
 
 
@@ -368,12 +370,12 @@ def test_temporal_mode_leaves_no_ghost(shipped_colorizer, monkeypatch):
         for i, left in enumerate(lefts[:-1], start=1)]
     assert max(square_vs_background) > 10
 
-    import streamd.offline
+    import streamd.tools.colorize
 
-    class Blind(streamd.offline.Temporal):
+    class Blind(streamd.tools.colorize.Temporal):
         CHANGE_L = 1e6
 
-    monkeypatch.setattr(streamd.offline, "Temporal", Blind)
+    monkeypatch.setattr(streamd.tools.colorize, "Temporal", Blind)
     blind = ab(colorize_clip(shipped_colorizer, frames, temporal=True))
     assert max(trail(blind, per_frame)) > 5.0
 
@@ -399,14 +401,14 @@ def test_colour_cast_is_the_distance_between_mean_colours():
     lab[..., 0] = 50.0
     truth = lab_to_rgb(lab)
     lab[..., 1:] = (6.0, 8.0)
-    assert ev.colour_cast(lab_to_rgb(lab), truth) == pytest.approx(10.0, abs=0.5)  # 8-bit RGB rounding apart
-    assert ev.colour_cast(truth, lab_to_rgb(lab)) == pytest.approx(10.0, abs=0.5)
+    assert metrics.colour_cast(lab_to_rgb(lab), truth) == pytest.approx(10.0, abs=0.5)  # 8-bit RGB rounding apart
+    assert metrics.colour_cast(truth, lab_to_rgb(lab)) == pytest.approx(10.0, abs=0.5)
     halves = np.zeros((8, 8, 3))
     halves[..., 0] = 50.0
     halves[:, :4, 1], halves[:, 4:, 1] = 40.0, -40.0
     swapped = halves[:, ::-1].copy()
-    assert ev.colour_cast(lab_to_rgb(swapped), lab_to_rgb(halves)) < 1.0
-    assert ev.ab_error(lab_to_rgb(swapped), lab_to_rgb(halves)).mean() > 60
+    assert metrics.colour_cast(lab_to_rgb(swapped), lab_to_rgb(halves)) < 1.0
+    assert metrics.ab_error(lab_to_rgb(swapped), lab_to_rgb(halves)).mean() > 60
 
 
 def test_subsets_are_scored_apart_pairs_on_colour_only(tmp_path, model_args):
@@ -424,7 +426,7 @@ def test_subsets_are_scored_apart_pairs_on_colour_only(tmp_path, model_args):
         write_png(pairs / f"scene_{i}_nir.png", np.dstack([nir] * 3))
     for i, frame in enumerate(shifted_clip(3)):
         write_png(clips / "pan" / f"{i:05d}.jpg", frame)
-    assert [ev.find_subset(f).kind for f in (photos, pairs, clips)] == ["images", "pairs", "videos"]
+    assert [inputs.find_subset(f).kind for f in (photos, pairs, clips)] == ["images", "pairs", "videos"]
 
     out, sheets = tmp_path / "eval.json", tmp_path / "sheets"
     assert cli_main(["eval", str(photos), str(pairs), str(clips), "--json", str(out), "--sheets", str(sheets),
@@ -451,7 +453,7 @@ def test_subsets_are_scored_apart_pairs_on_colour_only(tmp_path, model_args):
             n, _, h, w = lightness.shape
             return np.zeros((n, 2, h // 4, w // 4), np.float32)
 
-    rows = ev.evaluate_pairs({"none": NoColour()}, ev.pair_files(pairs), []).rows()
+    rows = scoring.evaluate_pairs({"none": NoColour()}, inputs.pair_files(pairs), []).rows()
     assert rows["none"]["psnr"] == pytest.approx(rows["gray"]["psnr"], abs=0.05)
     assert rows["none"]["cast"] == pytest.approx(rows["gray"]["cast"], abs=0.3)
 

@@ -1,5 +1,5 @@
 """Sharding a fleet: one config file, N streamd processes, each camera run by exactly one of them
-(streamd.fleet's rendezvous hash), and the Kubernetes manifests that deploy it."""
+(streamd.daemon.fleet's rendezvous hash), and the Kubernetes manifests that deploy it."""
 from __future__ import annotations
 
 import copy
@@ -19,7 +19,7 @@ import pytest
 import zmq.auth
 
 from streamd import config as cfgmod
-from streamd import fleet
+from streamd.daemon import fleet
 from streamd.cli import main
 from tests.conftest import ROOT, free_port, write_video
 from tests.test_operations import Recorder, http_get, start_streamd, stop_streamd
@@ -251,7 +251,7 @@ def test_kubernetes_manifests_agree_with_streamd():
 
 
 def test_livez_fails_only_for_a_silent_main_loop():
-    from streamd.health import LIVE_S, liveness
+    from streamd.daemon.health import LIVE_S, liveness
 
     assert liveness("running", 1.0) == (200, {"status": "running", "silent_s": 1.0})
     assert liveness("starting", 10 * LIVE_S)[0] == 200  # loading a model is not hanging

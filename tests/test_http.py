@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from streamd import config as cfgmod
-from streamd.health import ADAPT_POSTS, HealthServer
-from streamd.pipeline import Pipeline
+from streamd.daemon.health import ADAPT_POSTS, HealthServer
+from streamd.daemon.pipeline import Pipeline
 from tests.conftest import free_port
 
 TOKEN = "base64+made/token=0123456789"  # as `openssl rand -base64` makes them: '+', '/' and '='
@@ -107,7 +107,7 @@ def closed_by_server(sock: socket.socket, wait_s: float) -> bool:
 def test_one_address_holds_at_most_its_share_of_connections(serve):
     """MAX_PER_CLIENT + 4 connections from one address that never finish their head: the 4 oldest are ended
     to make room for the newer ones (the newest client is the one still asking), the others stay open."""
-    from streamd.health import MAX_PER_CLIENT
+    from streamd.daemon.http_guard import MAX_PER_CLIENT
 
     server = serve()
     socks = []
@@ -203,7 +203,7 @@ def test_a_requested_run_trains_only_for_what_is_left_of_the_days_budget(tmp_pat
     import subprocess
     import sys
 
-    from streamd import schedule
+    from streamd.daemon import schedule
     from streamd.config import AdaptConfig
 
     (tmp_path / "adapt-cpu.json").write_text(json.dumps([[time.time() - 60, 55 * 60.0]]))
@@ -253,7 +253,7 @@ def test_a_client_gone_early_leaves_no_traceback_on_stderr(serve, capfd, caplog)
     meets (a reset read or write), no raw traceback goes to stderr, past the redacting log formatter; it is
     logged, at debug level."""
     server = serve()
-    caplog.set_level(logging.DEBUG, logger="streamd.health")
+    caplog.set_level(logging.DEBUG, logger="streamd.daemon.http_guard")
     for _ in range(20):
         sock = socket.create_connection(server.address[:2], timeout=5)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -286,8 +286,8 @@ def test_a_flood_of_slow_clients_leaves_healthz_answering_and_recordings_written
     import tempfile
     import threading
 
-    from streamd.health import MAX_CONNECTIONS
-    from streamd.recording import segment_key
+    from streamd.daemon.http_guard import MAX_CONNECTIONS
+    from streamd.daemon.recording import segment_key
     from tests.conftest import ROOT, write_video
     from tests.test_operations import http_get, stop_streamd
 
@@ -379,7 +379,7 @@ def test_a_reload_and_an_adapted_model_at_once_leave_the_page_saying_what_the_ca
     import shutil
     import threading
 
-    from streamd.status import camera_card
+    from streamd.daemon.status import camera_card
     from tests.conftest import MODEL
 
     own, adapted = shutil.copy(MODEL, tmp_path / "own.onnx"), shutil.copy(MODEL, tmp_path / "adapted.onnx")
@@ -447,8 +447,8 @@ def test_the_main_loop_of_a_running_daemon_keeps_livez_fed(tmp_path):
 def test_the_units_allow_far_more_open_files_than_the_http_server_holds():
     """LimitNOFILE= in both units, well above the HTTP server's connections: cameras, recordings and
     ZeroMQ subscribers need theirs too (systemd's default soft limit is 1024)."""
-    from streamd.health import MAX_CONNECTIONS
-    from streamd.systemd import unit_settings
+    from streamd.daemon.http_guard import MAX_CONNECTIONS
+    from streamd.daemon.systemd import unit_settings
     from tests.conftest import ROOT
 
     for unit in ("streamd@.service", "streamd-shard@.service"):

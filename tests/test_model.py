@@ -12,9 +12,9 @@ import torch
 from skimage import data
 
 from streamd.cli import main
-from streamd.infer import Colorizer, read_info
-from streamd.infer_torch import load_torch_colorizer
-from streamd.lab import ab_bins, rgb_to_lab
+from streamd.infer.onnx_runtime import Colorizer, read_info
+from streamd.infer.pytorch import load_torch_colorizer
+from streamd.colour.lab import ab_bins, rgb_to_lab
 from streamd.model.loss import BinGrid, Priors, WeightedCrossEntropy, gradient_magnitude
 from streamd.model.network import ECCV16, AnnealedMean, ColorNet
 from streamd.model.train import build_decoder, load_weights
@@ -163,7 +163,7 @@ def test_training_only_the_head_leaves_the_rest_exactly_as_it_was(tmp_path):
 def test_training_sees_the_lightness_the_daemon_feeds():
     """Training's L is that of the gray frame streamd makes of the same picture (L of a neutral gray at its
     luma), not the colour pixels' own L*, which is off by up to 20 units on saturated colours."""
-    from streamd.lightness import lightness_table
+    from streamd.colour.lightness import lightness_table
     from streamd.frame import Frame
     from streamd.model.data import CropSampler
 
@@ -277,7 +277,7 @@ def test_folder_weights_and_luma_mix_shape_what_training_draws(tmp_path):
     luma = cv2.cvtColor(red, cv2.COLOR_RGB2GRAY)[0, 0]
     mixed = CropSampler([red], 64, np.random.default_rng(0), luma_mix=0.5)
     lightness = [mixed.batch(1)[0][0, 0, 0, 0] for _ in range(40)]
-    from streamd.lightness import lightness_table
+    from streamd.colour.lightness import lightness_table
     plain = lightness_table(True)[luma]
     share = np.mean([abs(value - plain) > 1.0 for value in lightness])
     assert 0.25 < share < 0.75

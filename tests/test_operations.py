@@ -221,7 +221,7 @@ def test_slow_subscriber_does_not_slow_others(tmp_path):
 # of one frame per camera a second, far below what the cameras send
 SLOW_NETWORK = """
 import sys, time
-from streamd import infer
+from streamd.infer import onnx_runtime as infer
 from streamd.cli import main
 network = infer.Colorizer.__call__
 def slow(self, lightness):
@@ -495,8 +495,8 @@ def test_a_model_that_fails_every_batch_makes_health_degraded_and_spares_the_oth
     """A camera's own model that loads but fails on every batch (here a graph whose reshape cannot fit the
     input): its frames are dropped, and /healthz says degraded, naming the model, instead of running; the
     camera on the generic model keeps being colorized."""
-    from streamd.health import health
-    from streamd.pipeline import Pipeline
+    from streamd.daemon.health import health
+    from streamd.daemon.pipeline import Pipeline
 
     camera = {"url": "synthetic:", "width": 320, "height": 240}
     broken = write_failing_model(tmp_path / "broken.onnx")
@@ -530,10 +530,10 @@ def test_a_hung_network_is_reported_and_ends_the_daemon():
     """A GPU or driver that hangs inside a network call: /healthz says "stalled" with the reason, and the
     main loop, which sends the watchdog pings, ends, so that systemd restarts the process. The hang is injected by
     a network whose call blocks until released, around the shipped model."""
-    from streamd.cli import Daemon
-    from streamd.health import health
-    from streamd.infer import Colorizer
-    from streamd.pipeline import Pipeline
+    from streamd.daemon.service import Daemon
+    from streamd.daemon.health import health
+    from streamd.infer.onnx_runtime import Colorizer
+    from streamd.daemon.pipeline import Pipeline
 
     class HangingNetwork:
         def __init__(self) -> None:

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from streamd.frame import Frame
-from streamd.sink import OutputTargets, OutputWorker
+from streamd.daemon.sink import OutputTargets, OutputWorker
 
 
 def small_frame(seq: int) -> Frame:
@@ -50,7 +50,7 @@ class HeldNetwork:
     """The shipped model, whose next call waits until released: a batch caught in the middle of inference."""
 
     def __init__(self) -> None:
-        from streamd.infer import Colorizer
+        from streamd.infer.onnx_runtime import Colorizer
 
         self.model = Colorizer()
         self.info, self.provider, self.path = self.model.info, self.model.provider, self.model.path
@@ -76,7 +76,7 @@ def idle_pipeline(network=None):
     """A pipeline with one camera whose source ends at once (a file that does not exist): its batches are
     driven by the test, on the pipeline's own code."""
     from streamd import config as cfgmod
-    from streamd.pipeline import Pipeline
+    from streamd.daemon.pipeline import Pipeline
 
     cfg = cfgmod.parse({"camera": [{"name": "gate", "url": "/nonexistent/gate.mp4", "collect": False}],
                         "zmq": {"endpoint": ""}})
@@ -120,7 +120,7 @@ def test_a_model_asked_for_by_two_threads_at_once_is_loaded_once(monkeypatch):
     """The reload thread (a camera's config names the model) and the scheduler (the same file as its
     adapted model) both ask for a model that is not loaded yet."""
     from streamd.config import CameraConfig
-    from streamd.pipeline import Pipeline
+    from streamd.daemon.pipeline import Pipeline
     from tests.conftest import MODEL
 
     pipeline = idle_pipeline()
@@ -148,7 +148,7 @@ def test_a_model_being_loaded_does_not_hold_up_another(tmp_path, monkeypatch):
     import shutil
 
     from streamd.config import CameraConfig
-    from streamd.pipeline import Pipeline
+    from streamd.daemon.pipeline import Pipeline
     from tests.conftest import MODEL
 
     pipeline = idle_pipeline()

@@ -13,8 +13,8 @@ import pytest
 
 from streamd import config as cfgmod
 from streamd.client import Subscriber
-from streamd.pipeline import Pipeline
-from streamd.recording import segment_key
+from streamd.daemon.pipeline import Pipeline
+from streamd.daemon.recording import segment_key
 from tests.conftest import ROOT, free_port, write_failing_model, write_video
 
 
@@ -349,11 +349,11 @@ def test_a_panning_camera_carries_predictions_between_network_runs(tmp_path):
 def test_colorize_a_video_file_as_a_camera_would(tmp_path):
     """`streamd colorize` on a gray H.264 file: every frame comes out in colour, and the network runs only on
     the frames a camera of the daemon would run it on (--every-frame: on all)."""
-    from streamd.bench_frame_cost import frame_cost
+    from streamd.tools.bench.frame_cost import frame_cost
     from streamd.cli import main
     from streamd.config import CameraConfig
-    from streamd.infer import Colorizer
-    from streamd.offline import colorize_video
+    from streamd.infer.onnx_runtime import Colorizer
+    from streamd.tools.colorize import colorize_video
     from streamd.steps import reuse_for
 
     video = write_video(tmp_path / "gray.mp4", "gray", seconds=2)
@@ -376,7 +376,7 @@ def test_colorize_a_video_file_as_a_camera_would(tmp_path):
 def test_a_camera_asking_for_nvdec_on_a_host_without_it_decodes_on_the_cpu(tmp_path, caplog):
     """hwaccel = "cuda" where no CUDA device can be opened (as in CI): a warning, and the camera runs."""
     video = write_video(tmp_path / "gray.mp4", "gray", seconds=1)
-    with caplog.at_level("WARNING", logger="streamd.source"):
+    with caplog.at_level("WARNING", logger="streamd.daemon.source"):
         pipeline, got = run_pipeline([{"name": "nvdec", "url": str(video), "hwaccel": "cuda"}], seconds=30)
     assert len(got) > 0 and all(h["colorized"] for h, _ in got)
     assert pipeline.cameras["nvdec"].source.stats.frames == 25

@@ -10,7 +10,7 @@ from onnx import numpy_helper
 from skimage import data
 
 from streamd.cli import main
-from streamd.infer import Colorizer
+from streamd.infer.onnx_runtime import Colorizer
 from streamd.model.quantize import calibration_inputs, fp32_weights, saturating_weights
 from tests.conftest import MODEL
 
@@ -100,7 +100,7 @@ def test_daemon_runs_a_models_int8_copy_on_the_cpu_and_export_removes_a_stale_on
 def test_a_reference_model_is_quantized_with_references_and_blends_in_fp32(tmp_path):
     """The reference model's copy is calibrated with day references (fitting and not), its blend of the
     reference's colour with its own stays fp32, and it colours as the original does."""
-    from streamd.infer import REFERENCE_MODEL, shipped_model
+    from streamd.infer.onnx_runtime import REFERENCE_MODEL, shipped_model
     from streamd.model.quantize import quantize_images
 
     source = shipped_model(REFERENCE_MODEL)

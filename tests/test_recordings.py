@@ -17,9 +17,9 @@ import av
 import pytest
 
 from streamd import config as cfgmod
-from streamd.pipeline import Pipeline
-from streamd.recording import RetentionSweeper, reserve, segment_key, sweep
-from streamd.systemd import unit_settings
+from streamd.daemon.pipeline import Pipeline
+from streamd.daemon.recording import RetentionSweeper, reserve, segment_key, sweep
+from streamd.daemon.systemd import unit_settings
 from tests.conftest import ROOT, write_video
 from tests.test_operations import free_port, http_get, metric_value, start_streamd, stop_streamd, write_config
 
@@ -108,7 +108,7 @@ RECORDER = """
 import sys, time
 import numpy as np
 from streamd.frame import Frame
-from streamd.recording import Recorder
+from streamd.daemon.recording import Recorder
 folder, count = sys.argv[1], int(sys.argv[2])
 recorder = Recorder(folder, "gate", segment_s=3600.0, encoder="libx264")
 start = 1_800_000_000.0  # on the hour: the segment lasts the hour

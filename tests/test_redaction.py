@@ -131,7 +131,7 @@ def test_a_traceback_logged_by_the_daemon_is_redacted():
     url = "rtsp://admin:Tb1secret@127.0.0.1:1/s?password=Tb2secret"
     script = ("import logging, av\nfrom streamd.cli import setup_logging\nsetup_logging(False)\n"
               f"try:\n    av.open({url!r}, timeout=2)\nexcept Exception:\n"
-              "    logging.getLogger('streamd.source').exception('camera gate: unexpected error')\n")
+              "    logging.getLogger('streamd.daemon.source').exception('camera gate: unexpected error')\n")
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert "Traceback" in out.stderr and "rtsp://***@127.0.0.1:1/s?password=***" in out.stderr, out.stderr
     assert "Tb1secret" not in out.stderr and "Tb2secret" not in out.stderr

@@ -15,12 +15,12 @@ import zmq
 from skimage import data
 
 from streamd.client import Subscriber
-from streamd.infer import REFERENCE_MODEL, Colorizer, shipped_model
-from streamd.lab import rgb_to_lab
+from streamd.infer.onnx_runtime import REFERENCE_MODEL, Colorizer, shipped_model
+from streamd.colour.lab import rgb_to_lab
 from streamd.model.data import near_infrared_like
-from streamd.offline import colorize_images
-from streamd.reference import FIT_THRESHOLD, DayReference, ReferenceError, build, fit
-from streamd.reference_store import CameraReference
+from streamd.tools.colorize import colorize_images
+from streamd.colour.reference import FIT_THRESHOLD, DayReference, ReferenceError, build, fit
+from streamd.daemon.reference_store import CameraReference
 from streamd.steps import ReferenceColouring
 from tests.conftest import ROOT, free_port, write_video
 from tests.publish import FixedScene
@@ -118,7 +118,7 @@ def test_a_reference_of_another_frame_size_is_rescaled_or_refused():
 def test_a_fit_that_hovers_about_the_threshold_does_not_flip_the_colour(caplog):
     """Lost below FIT_THRESHOLD, regained only at FIT_AGAIN: night frames whose score wavers in between (rain,
     glare, a van across half the view) keep what they had, and the log says it once."""
-    from streamd.reference import FIT_AGAIN
+    from streamd.colour.reference import FIT_AGAIN
 
     reference = build(scene_frames(10))
     keeper = CameraReference("cam", None, None, reference=reference)
@@ -308,7 +308,7 @@ def store_day_frames(folder: Path, frames: list[np.ndarray], first: float, step_
     """Frames written as a camera's store keeps them: JPEGs named by their UTC capture time."""
     from datetime import datetime, timezone
 
-    from streamd.collect import STAMP
+    from streamd.daemon.collect import STAMP
 
     folder.mkdir(parents=True, exist_ok=True)
     for i, rgb in enumerate(frames):
@@ -317,7 +317,7 @@ def store_day_frames(folder: Path, frames: list[np.ndarray], first: float, step_
 
 
 def test_a_reference_is_rebuilt_at_nightfall_when_due_and_from_later_days_after_a_misfit(tmp_path):
-    from streamd.reference_store import Builder
+    from streamd.daemon.reference_store import Builder
 
     folder, builder = tmp_path / "yard", Builder()
     try:
@@ -351,7 +351,7 @@ def test_references_are_built_at_the_idle_cpu_priority():
     import os
     import threading
 
-    from streamd.reference_store import Builder
+    from streamd.daemon.reference_store import Builder
 
     def priority() -> int:
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())

@@ -22,11 +22,11 @@ import pytest
 from skimage import data
 
 from streamd import config as cfgmod
-from streamd.adapt import AdaptReport, Scores
+from streamd.tools.adapt import AdaptReport, Scores
 from streamd.frame import Frame
-from streamd.reference import build
-from streamd.source import SyntheticCamera
-from streamd.status import Snapshots, rate
+from streamd.colour.reference import build
+from streamd.daemon.source import SyntheticCamera
+from streamd.daemon.status import Snapshots, rate
 from tests.browser import Browser
 from tests.conftest import ROOT, free_port
 from tests.test_operations import start_streamd, stop_streamd
@@ -292,10 +292,10 @@ def test_the_page_ships_in_the_package(tmp_path):
     assert wheel.returncode == 0, wheel.stderr[-2000:]
     site = tmp_path / "site"
     with zipfile.ZipFile(tmp_path / wheel.stdout.split()[-1]) as archive:
-        assert {"streamd/static/status.html", "streamd/static/status.js", "streamd/static/status.css"} <= set(archive.namelist())
+        assert {"streamd/daemon/static/status.html", "streamd/daemon/static/status.js", "streamd/daemon/static/status.css"} <= set(archive.namelist())
         archive.extractall(site)
     served = subprocess.run(
-        [sys.executable, "-c", "import streamd.status as s; page = s.StatusPage(None, lambda: 'running'); "
+        [sys.executable, "-c", "import streamd.daemon.status as s; page = s.StatusPage(None, lambda: 'running'); "
          "print(s.__file__); print(page.get('/', '').body.decode()); print(page.get('/static/status.js', '').code)"],
         cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
     assert served.returncode == 0, served.stderr[-2000:]
@@ -308,8 +308,8 @@ def test_a_client_that_sends_nothing_is_disconnected(tmp_path):
     instead of holding a server thread and a file descriptor for good; other clients are served meanwhile."""
     import socket
 
-    from streamd.health import HealthServer
-    from streamd.pipeline import Pipeline
+    from streamd.daemon.health import HealthServer
+    from streamd.daemon.pipeline import Pipeline
 
     pipeline = Pipeline(cfgmod.parse({"camera": [{"name": "a", "url": "synthetic:"}], "zmq": {"endpoint": ""}}))
     server = HealthServer(pipeline, pipeline.instruments.registry, port=free_port(), request_timeout_s=1.0)

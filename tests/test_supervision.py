@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 
-from streamd.systemd import Notifier
+from streamd.daemon.systemd import Notifier
 from tests.conftest import ROOT, free_port, write_video
 from tests.test_operations import http_get, start_streamd, stop_streamd, write_config
 
@@ -246,8 +246,8 @@ def test_listeners_bind_to_localhost_by_default(tmp_path):
 # command (the hang cannot be had otherwise)
 HANGING_NETWORK_RUN = """
 import sys, threading
-import streamd.infer
-streamd.infer.Colorizer.__call__ = lambda self, lightness: threading.Event().wait()
+import streamd.infer.onnx_runtime
+streamd.infer.onnx_runtime.Colorizer.__call__ = lambda self, lightness: threading.Event().wait()
 from streamd.cli import main
 sys.exit(main(sys.argv[1:]))
 """

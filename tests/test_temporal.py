@@ -7,9 +7,9 @@ import numpy as np
 from skimage import data
 
 from streamd.frame import Frame
-from streamd.lab import rgb_to_lab
+from streamd.colour.lab import rgb_to_lab
 from streamd.steps import lightness_of
-from streamd.temporal import Reuse, Temporal
+from streamd.colour.temporal import Reuse, Temporal
 
 
 def _scene(seed: int, shape: tuple[int, int] = (48, 300)) -> tuple[np.ndarray, np.ndarray]:

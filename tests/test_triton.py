@@ -18,8 +18,8 @@ import zmq
 from streamd import config as cfgmod
 from streamd.cli import main
 from streamd.client import Subscriber
-from streamd.lightness import luma_to_lightness
-from streamd.infer import Colorizer, InferenceUnavailable, read_info
+from streamd.colour.lightness import luma_to_lightness
+from streamd.infer.onnx_runtime import Colorizer, InferenceUnavailable, read_info
 from tests.conftest import MODEL, free_port, write_video
 from tests.triton import ServerEnvironmentMissing, TritonServer, exported_repository
 from tests.test_operations import Recorder, http_get, metric_value, start_streamd, stop_streamd
@@ -106,7 +106,7 @@ def test_a_server_that_is_not_there_leaves_inference_unavailable_and_retries():
     again only after its back-off."""
     import socket
 
-    from streamd.infer_triton import RETRY_FIRST_S, TritonColorizer
+    from streamd.infer.triton_client import RETRY_FIRST_S, TritonColorizer
 
     listener = socket.create_server(("127.0.0.1", 0))  # takes each connection and closes it: no gRPC server
     accepted = []
@@ -170,7 +170,7 @@ def test_triton_settings_are_checked_at_load(model, key):
 
 
 def test_model_that_is_not_streamds_is_refused_by_name():
-    from streamd.infer_triton import ModelMismatch, model_info
+    from streamd.infer.triton_client import ModelMismatch, model_info
 
     good = {"input": [{"name": "L", "data_type": "TYPE_FP32"}], "output": [{"name": "ab", "data_type": "TYPE_FP32"}],
             "max_batch_size": 8, "parameters": {"streamd.model_id": {"string_value": "m-1"}}}
@@ -188,8 +188,8 @@ def test_triton_and_local_inference_agree_on_the_same_frames(triton, tmp_path):
     server: the same ab within float tolerance. A batch larger than the server's max batch goes as several
     requests at once."""
     from streamd.frame import Frame
-    from streamd.infer_triton import TritonColorizer
-    from streamd.source import SourceSettings, decode_av
+    from streamd.infer.triton_client import TritonColorizer
+    from streamd.daemon.source import SourceSettings, decode_av
 
     server = triton(max_batch=4)
     clip = write_video(tmp_path / "clip.mp4", "gray", seconds=1)

@@ -109,7 +109,7 @@ def test_only_listed_clients_receive_frames(tmp_path):
 
 PUBLISH_ON_A_TAKEN_PORT = """
 import sys, zmq, zmq.auth
-from streamd.sink import ZmqPublisher
+from streamd.daemon.sink import ZmqPublisher
 folder = sys.argv[1]
 public, secret = zmq.auth.load_certificate(folder + "/server.key_secret")
 taken_by, context = zmq.Context(), zmq.Context()

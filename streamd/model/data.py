@@ -8,8 +8,8 @@ import av
 import cv2
 import numpy as np
 
-from streamd.lab import rgb_to_lab
-from streamd.lightness import lightness_table
+from streamd.colour.lab import rgb_to_lab
+from streamd.colour.lightness import lightness_table
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".ts", ".webm"}

@@ -12,7 +12,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from streamd.infer import ModelInfo
+from streamd.infer.onnx_runtime import ModelInfo
 from streamd.model.train import build_decoder, build_net
 
 
@@ -68,11 +68,9 @@ def parse_decode(spec: str) -> tuple[float, float, float, float]:
     return t, alpha, shrink, cast
 
 
-def decodings(weights: dict, info: ModelInfo, specs: list[str]) -> dict[str, Decoding]:
-    """One Decoding per 'T[:ALPHA[:SHRINK[:CAST]]]' spec, by label, all reading one network; `info` names the
-    weights and gives the network's input size."""
+def decodings(weights: dict, info: ModelInfo, specs: list[str]) -> list[Decoding]:
+    """One Decoding per 'T[:ALPHA[:SHRINK[:CAST]]]' spec, all reading one network; `info` names the weights
+    and gives the network's input size. Each Decoding's `info` carries its settings."""
     network = CachedNetwork(weights)
-    from streamd.evaluate import decoding_label
-
     settings = [parse_decode(spec) for spec in specs]
-    return {decoding_label(*each): Decoding(network, weights, info, *each) for each in settings}
+    return [Decoding(network, weights, info, *each) for each in settings]

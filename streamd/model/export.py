@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 import torch
 
-from streamd.infer import int8_copy
-from streamd.lab import rgb_to_lab
-from streamd.infer import REFERENCE_INPUT
+from streamd.infer.onnx_runtime import int8_copy
+from streamd.colour.lab import rgb_to_lab
+from streamd.infer.onnx_runtime import REFERENCE_INPUT
 from streamd.model.network import AnnealedMean, ReferenceDecoder
 from streamd.model.train import build_decoder, load_weights
 

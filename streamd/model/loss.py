@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from streamd.lab import AB_GRID
+from streamd.colour.lab import AB_GRID
 
 SOFT_NEIGHBOURS = 5
 SOFT_SIGMA = 5.0

@@ -36,11 +36,11 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_static)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from streamd.infer import REFERENCE_INPUT
-from streamd.lab import rgb_to_lab
-from streamd.lightness import luma_to_lightness
+from streamd.infer.onnx_runtime import REFERENCE_INPUT
+from streamd.colour.lab import rgb_to_lab
+from streamd.colour.lightness import luma_to_lightness
 from streamd.model.data import IMAGE_SUFFIXES
-from streamd.offline import gray_frame
+from streamd.tools.colorize import gray_frame
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Two kinds of pairs, mixed:
 - fixed-camera sequences: the reference is the per-pixel median of some of a scene's frames
-  (streamd.reference.build, as the daemon builds it) and the night frame another frame of the same scene,
+  (streamd.colour.reference.build, as the daemon builds it) and the night frame another frame of the same scene,
   so what moves through it (people, cars) is where the reference is wrong;
 - single photos, with a synthetic reference: the photo itself under other light (gain, gamma, white
   balance), shifted by a pixel or two, with objects pasted into the night frame (new things the reference
@@ -17,10 +17,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamd.lab import rgb_to_lab
-from streamd.lightness import lightness_table
+from streamd.colour.lab import rgb_to_lab
+from streamd.colour.lightness import lightness_table
 from streamd.model.data import CropSampler, load_images
-from streamd.reference import MIN_FRAMES, build, scene_of
+from streamd.colour.reference import MIN_FRAMES, build, scene_of
 
 
 def load_scenes(folder: Path, max_side: int = 320) -> list[list[np.ndarray]]:

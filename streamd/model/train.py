@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from streamd.lab import ab_bins
+from streamd.colour.lab import ab_bins
 from streamd.model.data import CropSampler, load_folder
 from streamd.model.loss import Priors, WeightedCrossEntropy
 from streamd.model.network import AnnealedMean, ColorNet, ReferenceColorNet, blend_with_reference

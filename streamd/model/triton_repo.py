@@ -15,7 +15,7 @@ import re
 import shutil
 from pathlib import Path
 
-from streamd.infer import ModelInfo, read_info
+from streamd.infer.onnx_runtime import ModelInfo, read_info
 
 MAX_BATCH_SIZE = 64  # frames per server batch; a streamd process sends at most [batch] max_size at once
 QUEUE_DELAY_US = 2000  # how long the server may hold a request to batch it with other hosts' requests
