@@ -112,7 +112,7 @@ class AdaptConfig:
 
 @dataclass(frozen=True)
 class ReferenceConfig:
-    """Colour from each camera's own day reference (streamd.reference, docs/reference.md)."""
+    """Colour from each camera's own day reference (streamd.colour.reference, docs/reference.md)."""
 
     model: str = ""  # the reference model; "" = the shipped streamd-reference.onnx
     min_frames: int = 20  # a camera's first reference is built once its day store holds this many frames
@@ -122,7 +122,7 @@ class ReferenceConfig:
 
 @dataclass(frozen=True)
 class FleetConfig:
-    """One config file for a whole fleet: each process runs its shard of the cameras (streamd.fleet)."""
+    """One config file for a whole fleet: each process runs its shard of the cameras (streamd.daemon.fleet)."""
 
     shard: str = ""  # "": every camera; "I/N": shard I (from 0) of N; "auto": from $STREAMD_SHARDS and the pod ordinal
 
@@ -137,7 +137,7 @@ class CameraConfig:
     rtsp_out: str = ""
     rtsp_out_transport: str = ""  # "" = same as transport
     rtsp_out_timeout_s: float = 5.0  # a socket operation of the RTSP output not done in this long fails it
-    file_out: str = ""  # a folder: the camera's recording goes to FOLDER/NAME/ (streamd.recording)
+    file_out: str = ""  # a folder: the camera's recording goes to FOLDER/NAME/ (streamd.daemon.recording)
     file_segment_s: float = 60.0
     file_retain_days: float = 7.0  # 0 = no age limit
     file_retain_gb: float = 50.0  # per camera; 0 = no size limit

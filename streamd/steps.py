@@ -1,5 +1,5 @@
-"""The steps a gray frame takes from decoded to colour, shared by the daemon (streamd.pipeline), `streamd
-colorize` (streamd.offline), `streamd eval` and `streamd bench`: L for the network, the network or a reused
+"""The steps a gray frame takes from decoded to colour, shared by the daemon (streamd.daemon.pipeline), `streamd
+colorize` (streamd.tools.colorize), `streamd eval` and `streamd bench`: L for the network, the network or a reused
 prediction, and recombination into the frame's chroma planes."""
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ def lab_to_chroma(lightness: np.ndarray, ab: np.ndarray, matrix: str, full_range
 def chroma_planes(luma: np.ndarray, coeffs: np.ndarray, full_range: bool) -> tuple[np.ndarray, np.ndarray]:
     """The full-resolution half of recombination, on the CPU: Y' at chroma size (H, W) uint8 and the grid's
     guide coefficients of U and V (h, w, 4) -> U, V (H, W) uint8, rounded and kept in the stream's range.
-    streamd.chroma_torch does the same on a GPU."""
+    streamd.colour.chroma_torch does the same on a GPU."""
     guide_high = cv2.LUT(luma, lightness_table(full_range))  # 7x faster than numpy's gather (0.08 ms at 720p)
     size = (luma.shape[1], luma.shape[0])
 

@@ -72,7 +72,7 @@ def source_settings(c: CameraConfig) -> SourceSettings:
 
 def torch_model(path: str, temperature: float | None) -> TorchColorizer:
     """[model] provider = "torch-cuda": the model's training weights through PyTorch on the GPU, with CUDA
-    graphs (streamd.infer_torch), for GPU hosts without onnxruntime-gpu; the path the GPU benchmarks measure."""
+    graphs (streamd.infer.pytorch), for GPU hosts without onnxruntime-gpu; the path the GPU benchmarks measure."""
     try:
         from streamd.infer.pytorch import load_torch_colorizer
     except ImportError as e:
@@ -84,7 +84,7 @@ def torch_model(path: str, temperature: float | None) -> TorchColorizer:
 
 
 def triton_model(m: ModelConfig) -> TritonColorizer:
-    """[model] provider = "triton": the model on a Triton Inference Server (streamd.infer_triton)."""
+    """[model] provider = "triton": the model on a Triton Inference Server (streamd.infer.triton_client)."""
     try:
         from streamd.infer.triton_client import ModelMismatch, TritonColorizer
     except ImportError as e:
@@ -96,7 +96,7 @@ def triton_model(m: ModelConfig) -> TritonColorizer:
 
 
 def gpu_colour_stage(device: str) -> ChromaBatcher:
-    """The full-resolution colour work batched on the GPU (streamd.chroma_torch, which needs torch); a
+    """The full-resolution colour work batched on the GPU (streamd.colour.chroma_torch, which needs torch); a
     ConfigError naming colour.device where this host cannot run it."""
     try:
         from streamd.colour.chroma_torch import ChromaBatcher, TorchChromaPlanes
@@ -165,7 +165,7 @@ class Pipeline:
         run the GPU colour stage on the CPU); the pipeline starts and closes either way. `keepalive` wraps
         the long work done on the caller's thread (model loads, cameras stopping): under systemd it keeps
         the watchdog fed meanwhile (streamd.systemd.Notifier.working). With a `shard`, it runs only the
-        cameras of the config that the shard owns (streamd.fleet), also after reloads."""
+        cameras of the config that the shard owns (streamd.daemon.fleet), also after reloads."""
         self.config = config
         self.shard = shard
         m = config.model
@@ -407,7 +407,7 @@ class Pipeline:
         # Colour work happens in `prepare`, on the camera's output thread: full-resolution chroma is made in
         # parallel across cameras, and the temporal state and the store are touched by one thread only.
         make_chroma = self.colour_stage or chroma_planes
-        latest = Latest()  # references only: pictures are encoded when someone asks (streamd.status)
+        latest = Latest()  # references only: pictures are encoded when someone asks (streamd.daemon.status)
 
         def prepare(frame: Frame) -> Frame:
             if store is not None and frame.prediction is None and not frame.passed_gray:

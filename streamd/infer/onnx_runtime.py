@@ -69,7 +69,7 @@ class ModelInfo:
     cast_correction: float = 0.0  # likewise
 
 
-REFERENCE_INPUT = "reference"  # a reference model's second input: the day reference's planes (streamd.reference)
+REFERENCE_INPUT = "reference"  # a reference model's second input: the day reference's planes (streamd.colour.reference)
 REFERENCE_PLANES = 4
 
 
@@ -120,7 +120,7 @@ class Colorizer:
     """Runs the network on batches of L (N, 1, H, W) float32 and returns ab (N, 2, H/4, W/4)."""
 
     unavailable: str | None = None  # why inference cannot run now: never, for a model in this process
-    takes_reference = False  # a reference model (streamd.reference): L and the camera's day reference in
+    takes_reference = False  # a reference model (streamd.colour.reference): L and the camera's day reference in
 
     def __init__(self, path: Path | None = None, provider: str = "auto", temperature: float | None = None,
                  threads: int = 0, cache_dir: Path | None = None, int8: str = "off") -> None:
@@ -166,7 +166,7 @@ class Colorizer:
         except (InvalidProtobuf, InvalidGraph) as e:  # a file that is not an ONNX model, or a broken one
             raise ModelError(f"model {path}: ONNX Runtime cannot load it ({e})") from e
         self.info = session_info(self.session, path, temperature)
-        # A reference model also takes the camera's day reference (streamd.reference) and returns ab at the input's size
+        # A reference model also takes the camera's day reference (streamd.colour.reference) and returns ab at the input's size
         self.takes_reference = any(i.name == REFERENCE_INPUT for i in self.session.get_inputs())
         sides = self.session.get_inputs()[0].shape[2:]
         self.fixed_sides = tuple(sides) if all(isinstance(s, int) for s in sides) else None  # (H, W), or any

@@ -2,7 +2,7 @@
 
 The graph takes L (N, 1, H, W; 0..100; H and W multiples of 16) and returns ab (N, 2, H/4, W/4), so the
 runtime needs neither torch nor Python-side post-processing. The temperature is an initializer named
-`temperature`: baked at export, overridable when a session is created (streamd.infer does this). The prior
+`temperature`: baked at export, overridable when a session is created (streamd.infer.onnx_runtime does this). The prior
 correction (how much of the class-rebalancing weights is divided back out before decoding) is baked.
 """
 from __future__ import annotations

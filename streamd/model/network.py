@@ -88,7 +88,7 @@ class ColorNet(nn.Module):
         return self.classify(self.features((lightness - 50.0) / 100.0))
 
 
-REFERENCE_PLANES = 4  # a day reference's planes at the input size: L, a, b and confidence (streamd.reference)
+REFERENCE_PLANES = 4  # a day reference's planes at the input size: L, a, b and confidence (streamd.colour.reference)
 
 
 class ReferenceColorNet(ColorNet):

@@ -55,7 +55,7 @@ DECODING_OPS = {"Cast", "Add", "Div", "ReduceMax", "Exp", "Mul", "Sub", "Pow", "
 
 def calibration_inputs(images: list[np.ndarray], size: tuple[int, int],
                        reference: bool = False) -> list[dict[str, np.ndarray]]:
-    """BGR images -> network inputs at size = (H, W), as streamd.offline makes them: L (1, 1, H, W) float32,
+    """BGR images -> network inputs at size = (H, W), as streamd.tools.colorize makes them: L (1, 1, H, W) float32,
     and for a reference model a day reference (1, 4, H, W): every other image its own colours (a reference
     that fits), the others the next image's (one that does not), so that both ranges are calibrated."""
     feeds = []
