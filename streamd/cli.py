@@ -18,6 +18,8 @@ import sys
 import threading
 from pathlib import Path
 
+import cv2
+
 from streamd import config as cfgmod
 from streamd.daemon import fleet
 from streamd.daemon.preflight import INSTALLED_UNIT, recording_problems, state_problem
@@ -578,6 +580,10 @@ def setup_logging(verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    # Every OpenCV call per frame is small (on the network's grid, or one frame's chroma planes): spread over
+    # OpenCV's pool it cost 1.5x the CPU for the same work (BENCHMARKS.md). The parallelism comes from the
+    # cameras' and stages' own threads instead.
+    cv2.setNumThreads(1)
     try:
         return args.func(args)
     except cfgmod.ConfigError as e:
