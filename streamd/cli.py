@@ -237,9 +237,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                       crop=args.crop, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=args.device,
                       rebalance=not args.no_rebalance, gradient_prior=not args.no_gradient_prior,
                       gradient_mix=args.gradient_mix, class_mix=args.class_mix, init=str(args.init) if args.init else None, checkpoint_every=args.checkpoint_every,
-                      widths=tuple(args.widths), max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+                      widths=tuple(args.widths) if args.widths else None, max_seconds=args.max_minutes * 60 if args.max_minutes else None,
                       augment=args.augment, context=args.context, luma_mix=args.luma_mix, nir_like=args.nir_like,
-                      folder_weights=folder_weights, reference=bool(args.scenes), scenes=[str(d) for d in args.scenes])
+                      folder_weights=folder_weights, reference=bool(args.scenes), scenes=[str(d) for d in args.scenes],
+                      teacher=str(args.teacher) if args.teacher else None)
     weights = train(cfg)
     print(f"weights: {weights}")
     return 0
@@ -421,10 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--crop", type=int, default=176)
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW's decoupled weight decay")
-    t.add_argument("--widths", type=int, nargs=4, default=[24, 48, 96, 192])
+    t.add_argument("--widths", type=int, nargs=4, help="the network's widths (default: --init's, else 24 48 96 "
+                   "192); narrower than --init's: it starts as --init narrowed, each layer its strongest channels")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto, cpu, cuda")
     t.add_argument("--init", type=Path, help="start from these weights (e.g. models/streamd-base.pt)")
+    t.add_argument("--teacher", type=Path, help="weights whose distribution over the ab bins the network also "
+                   "learns to match (distillation: a narrower network trained from a wider one)")
     t.add_argument("--checkpoint-every", type=int, default=500)
     t.add_argument("--max-minutes", type=float, help="a time budget: the schedule ends with it")
     t.add_argument("--augment", action="store_true", help="random gamma, contrast and noise on L")

@@ -372,3 +372,58 @@ def test_export_bakes_the_shrink_and_keeps_the_hand_written_card(tmp_path):
     assert np.linalg.norm(uncorrected, axis=1).mean() < 0.9 * np.linalg.norm(plain, axis=1).mean()
     shutil.copy(shipped, model.with_suffix(".pt"))
     assert np.abs(load_torch_colorizer(model, device="cpu")(lightness) - shrunk).max() < 0.05
+
+
+def test_a_narrowed_network_starts_from_the_wider_ones_strongest_channels():
+    """streamd.model.narrow on the shipped weights: at the same widths it is the network itself; narrower,
+    it predicts far nearer the wide network than a network of those widths that learned nothing; wider
+    widths, or a network it cannot walk, are refused."""
+    from streamd.model.narrow import narrowed
+    from streamd.model.network import ReferenceColorNet
+    from streamd.model.train import build_net
+
+    shipped = Path(__file__).resolve().parent.parent / "models" / "streamd-base.pt"
+    weights = load_weights(shipped)
+    wide = build_net(weights).eval()
+    photos = [cv2.resize(image, (160, 96), interpolation=cv2.INTER_AREA)
+              for image in (data.astronaut(), data.coffee(), data.chelsea())]
+    lightness = torch.from_numpy(np.stack([rgb_to_lab(p)[None, ..., 0] for p in photos]).astype(np.float32))
+    decode = build_decoder(weights, 2.0).eval()
+    with torch.no_grad():
+        assert torch.equal(narrowed(wide, wide.widths).eval()(lightness), wide(lightness))
+        expected = decode(lightness)
+        small = narrowed(wide, (16, 32, 64, 128)).eval()
+        assert small.widths == (16, 32, 64, 128)
+        decode.net = small
+        error = (decode(lightness) - expected).norm(dim=1).mean()
+        decode.net = ColorNet(len(weights["bins"]), (16, 32, 64, 128)).eval()
+        untrained = (decode(lightness) - expected).norm(dim=1).mean()
+    assert error < 0.9 * untrained, (error, untrained)
+    with pytest.raises(ValueError, match="at most"):
+        narrowed(wide, (32, 48, 96, 192))
+    with pytest.raises(ValueError, match="generic"):
+        narrowed(ReferenceColorNet(len(weights["bins"]), wide.widths), (16, 32, 64, 128))
+
+
+def test_training_a_narrower_network_from_a_teacher(tmp_path):
+    """`streamd train --init WIDE --widths ... --teacher WIDE`: the network starts narrowed, learns the
+    teacher's distribution beside the truth, and keeps the teacher's priors (its colour is decoded with
+    them); the distillation loss is smallest for the teacher's own distribution."""
+    from streamd.model.train import distillation_loss
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("coffee", "chelsea"):
+        cv2.imwrite(str(images / f"{name}.png"), cv2.cvtColor(getattr(data, name)(), cv2.COLOR_RGB2BGR))
+    wide = tmp_path / "wide"
+    main(["train", str(images), "-o", str(wide), "--batch", "2", "--crop", "64", "--steps", "2",
+          "--widths", "8", "16", "32", "64"])
+    narrow = tmp_path / "narrow"
+    assert main(["train", str(images), "-o", str(narrow), "--batch", "2", "--crop", "64",
+                 "--steps", "2", "--init", str(wide / "weights.pt"), "--teacher", str(wide / "weights.pt"),
+                 "--widths", "4", "8", "16", "32"]) == 0
+    teacher, student = load_weights(wide / "weights.pt"), load_weights(narrow / "weights.pt")
+    assert student["widths"] == [4, 8, 16, 32] and student["config"]["teacher"] == str(wide / "weights.pt")
+    assert np.array_equal(student["bin_prior"], teacher["bin_prior"])
+    logits = torch.randn(2, 262, 4, 4) * 3
+    assert distillation_loss(logits, logits) < distillation_loss(torch.zeros_like(logits), logits)

@@ -21,9 +21,11 @@ from tqdm import tqdm
 from streamd.colour.lab import ab_bins
 from streamd.model.data import CropSampler, load_folder
 from streamd.model.loss import Priors, WeightedCrossEntropy
+from streamd.model.narrow import narrowed
 from streamd.model.network import AnnealedMean, ColorNet, ReferenceColorNet, blend_with_reference
 
 log = logging.getLogger(__name__)
+DEFAULT_WIDTHS = (24, 48, 96, 192)
 
 
 @dataclass
@@ -36,7 +38,8 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup: int = 300
-    widths: tuple[int, int, int, int] = (24, 48, 96, 192)
+    widths: tuple[int, int, int, int] | None = None  # None: those of `init`, else DEFAULT_WIDTHS; narrower
+    # than `init`'s: the network starts as `init` narrowed to them (streamd.model.narrow)
     context: bool = False  # the global-context branch; added (at zero) to `init` weights that lack it
     rebalance: bool = True
     gradient_prior: bool = True
@@ -45,6 +48,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     init: str | None = None  # weights to start from (a shipped .pt); ignored when a checkpoint resumes
+    teacher: str | None = None  # weights whose distribution over the bins the network also learns to match
+    teacher_weight: float = 1.0  # the weight of that match (a cross-entropy) beside the loss on the truth
     checkpoint_every: int = 500
     video_every: int = 8
     max_seconds: float | None = None  # a time budget: training ends, and its schedule is laid out, by it
@@ -195,6 +200,14 @@ def reference_loss(model: torch.nn.Module, batch: tuple[np.ndarray, ...], criter
             + trust_weight * torch.nn.functional.binary_cross_entropy_with_logits(trust, trust_target))
 
 
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """The cross-entropy of the network's distribution over the bins against the teacher's, per position,
+    averaged: a narrower network learns the wider one's whole distribution (which the annealed mean
+    decodes), not only where the truth's colour lies (Hinton et al. 2015)."""
+    target = torch.softmax(teacher_logits.float(), dim=1)
+    return -(target * torch.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
+
 def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
     """Train (or resume) as `cfg` says, on the folders in cfg.data or on `images` (RGB arrays)."""
     distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
@@ -230,11 +243,17 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
 
     resume = out / "last.ckpt"
     init = load_weights(cfg.init) if cfg.init and not resume.exists() else None
+    teacher = None
+    if cfg.teacher:
+        taught_by = load_weights(cfg.teacher)
+        teacher = build_net(taught_by).to(device).to(memory_format=torch.channels_last).eval().requires_grad_(False)
     if resume.exists():
         ckpt = load_weights(resume)
         priors = Priors(ckpt["bin_prior"], ckpt["gradient_prior"])
     elif init is not None:  # keep the priors of the model we start from: the loss stays the same
         priors = Priors(init["bin_prior"], init["gradient_prior"])
+    elif teacher is not None:  # the teacher's: its distribution is decoded with them
+        priors = Priors(taught_by["bin_prior"], taught_by["gradient_prior"])
     else:
         same_on_every_rank = CropSampler(images, cfg.crop, np.random.default_rng(cfg.seed))
         priors = Priors.measure([torch.from_numpy(same_on_every_rank.batch(64)[1]) for _ in range(16)], bins)
@@ -242,15 +261,18 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
     kind = ReferenceColorNet if cfg.reference else ColorNet
     if resume.exists():  # the network that was trained, whatever cfg or --init says now
         kind = ReferenceColorNet if ckpt.get("reference") else ColorNet
-        net = kind(len(bins), tuple(ckpt.get("widths", cfg.widths)), ckpt.get("context", cfg.context))
+        net = kind(len(bins), tuple(ckpt.get("widths", cfg.widths or DEFAULT_WIDTHS)), ckpt.get("context", cfg.context))
     elif init is not None:
         net = build_net(init, cfg.context or None)
+        if cfg.widths and tuple(cfg.widths) != tuple(net.widths):
+            net = narrowed(net, tuple(cfg.widths))
+            log.info("started from %s narrowed to widths %s", cfg.init, list(net.widths))
         if cfg.reference and not isinstance(net, ReferenceColorNet):
             generic = net
             net = ReferenceColorNet(len(bins), generic.widths, generic.context is not None)
             net.take_generic(generic)
     else:
-        net = kind(len(bins), cfg.widths, cfg.context)
+        net = kind(len(bins), tuple(cfg.widths or DEFAULT_WIDTHS), cfg.context)
     net = net.to(device).to(memory_format=torch.channels_last)
     frozen = [m for name, m in net.named_children() if cfg.train_only and name not in cfg.train_only]
     for module in frozen:
@@ -289,9 +311,14 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
             loss = reference_loss(model, sampler.batch(cfg.batch), criterion, own_colour, cfg.trust_weight, device)
         else:
             lightness, ab = (torch.from_numpy(x) for x in sampler.batch(cfg.batch))
+            lightness = lightness.to(device).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16):
-                logits = model(lightness.to(device).contiguous(memory_format=torch.channels_last))
+                logits = model(lightness)
             loss = criterion(logits.float().cpu() if device.type != "cpu" else logits, ab)
+            if teacher is not None:
+                with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+                    taught = teacher(lightness)
+                loss = loss + cfg.teacher_weight * distillation_loss(logits, taught).to(loss.device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
