@@ -74,7 +74,8 @@ def colorize_sequence(colorizer: Colorizer, frames: list[np.ndarray], temporal: 
     return out
 
 
-def _decode(path: Path) -> Iterator[Frame]:
+def decode_file(path: Path) -> Iterator[Frame]:
+    """A video file's frames, decoded on FFmpeg's own threads."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -99,7 +100,7 @@ def colorize_video(colorizer: Colorizer, src: Path, dst: Path, temporal: bool = 
 
     def predicted() -> Iterator[Frame]:
         nonlocal runs
-        for count, frame in enumerate(_decode(src)):
+        for count, frame in enumerate(decode_file(src)):
             frame.arrival = frame.pts if frame.pts is not None else count / rate  # the source's timing
             model = model_for_frame(frame, colorizer, by_reference, size, reuse)
             runs += predict_or_reuse(model, [frame], [reuse], size)
@@ -110,7 +111,7 @@ def colorize_video(colorizer: Colorizer, src: Path, dst: Path, temporal: bool = 
     count = 0
     try:
         for frame in tqdm(ahead(predicted(), PREDICTED_AHEAD, f"predict-{src.stem}"), total=total, unit="frame",
-                          desc=src.name, leave=False):
+                          desc=src.name, leave=False, disable=None):  # None: a progress bar on a terminal only
             writer.write(colour_frame(frame, state))
             count += 1
     finally:

@@ -42,6 +42,13 @@ def report(result: dict) -> str:
                                t["decode_ms_per_frame"],
                                t["predict_ms_per_frame"], t["finish_ms_per_frame"], t["encode_ms_per_frame"],
                                limit[t["resolution"]], t["ratio_to_passthrough"]] for t in runs["throughput"]]))
+    if result.get("streamd", {}).get("colorize"):
+        parts.append("streamd colorize of a moving clip against decoding and encoding the same file alone (wall time "
+                     "of the whole file, in turns; medians):\n" + table(
+                         ["resolution", "frames", "network runs", "colorize fps", "decode + encode fps",
+                          "colorize / decode + encode"],
+                         [[c["resolution"], c["frames"], c["network_runs"], c["colorize_fps"], c["passthrough_fps"],
+                           c["ratio"]] for c in result["streamd"]["colorize"]]))
     if "network" in result:
         parts.append(f"network alone ({result['network']['baseline']}; {result['network']['rounds']} rounds, each "
                      "network once per round in turn; ratios are medians of the rounds' ratios):\n" + table(

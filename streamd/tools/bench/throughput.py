@@ -1,6 +1,7 @@
 """Pass-through against streamd on the same clips: the stages back to back, serially and dropping nothing (what
-the work costs: `run_stages`), and the real Pipeline fed by files played at the cameras' frame rate (what a
-deployment sees: delivered fps, dropped frames, capture-to-publish latency, CPU cores and peak memory:
+the work costs: `run_stages`), `streamd colorize` of the clip against decoding and encoding the same file
+(`run_colorize`, `run_file_passthrough`), and the real Pipeline fed by files played at the cameras' frame rate
+(what a deployment sees: delivered fps, dropped frames, capture-to-publish latency, CPU cores and peak memory:
 `run_paced`)."""
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from streamd.frame import Frame
 from streamd.infer.onnx_runtime import Colorizer
 from streamd.steps import colour_frame, predict_or_reuse, reuse_for
 from streamd.tools.bench.inputs import CLIP_FPS, clip_frames, make_clip
+from streamd.tools.colorize import colorize_video, decode_file
 from streamd.tools.bench.timing import peak_rss_mib, repeated
 
 if TYPE_CHECKING:
@@ -80,6 +82,29 @@ def run_stages(clip: Path, cameras: int, frames_per_camera: int, out_dir: Path,
     return {"fps": frames / wall, "cpu_cores": cpu / wall,
             "reused": sum(r.reused for r in reuses), "carried": sum(r.carried for r in reuses),
             **{f"{stage}_ms_per_frame": s * 1000.0 / frames for stage, s in laps.seconds.items()}}
+
+
+def run_file_passthrough(clip: Path, out_dir: Path) -> dict:
+    """Decode the clip and encode it again as `streamd colorize` writes its output (the same decoder and
+    H264Writer), nothing else: the most colorize could deliver. Wall time of the whole file."""
+    start, frames = time.perf_counter(), 0
+    writer = H264Writer(str(out_dir / "file-passthrough.mp4"), "mp4", fps=CLIP_FPS)
+    try:
+        for frame in decode_file(clip):
+            writer.write(frame)
+            frames += 1
+    finally:
+        writer.close()
+    return {"fps": frames / (time.perf_counter() - start)}
+
+
+def run_colorize(clip: Path, colorizer: Colorizer, out_dir: Path) -> dict:
+    """`streamd colorize` of the clip, as a user runs it (its two stages overlapped, the default camera's
+    Reuse): wall time of the whole file, and the frames the network ran on."""
+    start = time.perf_counter()
+    frames, runs = colorize_video(colorizer, clip, out_dir / "colorized.mp4",
+                                  reuse=reuse_for(CameraConfig("bench", "")))
+    return {"fps": frames / (time.perf_counter() - start), "network_runs": runs}
 
 
 class StageClock:
@@ -198,8 +223,9 @@ def run_paced(clip: Path, cameras: int, colorizer: Colorizer | TorchColorizer, o
 
 def video_sections(colorizer: Colorizer, plan: dict, repeats: int, work: Path, still: bool = False) -> tuple[list, dict]:
     """Pass-through and streamd (unpaced and paced) at every resolution and camera count of the plan, on
-    moving clips, or (`still`) on a still scene's, where frames reuse predictions as the pipeline does."""
-    passthrough, throughput, paced = [], [], []
+    moving clips (and there `streamd colorize` of each clip), or (`still`) on a still scene's, where frames
+    reuse predictions as the pipeline does."""
+    passthrough, throughput, paced, files = [], [], [], []
     kind = "still" if still else "gray"
     for size in plan["still_sizes" if still else "sizes"]:
         resolution = f"{size[0]}x{size[1]}"
@@ -208,6 +234,14 @@ def video_sections(colorizer: Colorizer, plan: dict, repeats: int, work: Path, s
         limit = repeated(lambda: run_stages(clip, 1, frames, work), repeats)
         passthrough.append({"resolution": resolution, **limit})
         print(f"pass-through {kind} {resolution}: {limit['fps']:.1f} fps", flush=True)
+        if not still:  # `streamd colorize` and the same file decoded and encoded alone, in turns
+            rounds = [(run_file_passthrough(clip, work), run_colorize(clip, colorizer, work)) for _ in range(repeats)]
+            files.append({"resolution": resolution, "frames": frames,
+                          "passthrough_fps": statistics.median(p["fps"] for p, _ in rounds),
+                          "colorize_fps": statistics.median(c["fps"] for _, c in rounds),
+                          "network_runs": rounds[0][1]["network_runs"],
+                          "ratio": statistics.median(c["fps"] / p["fps"] for p, c in rounds)})
+            print(f"streamd colorize {resolution}: {files[-1]['ratio']:.3f} of decode + encode alone", flush=True)
         for cameras in plan["still_cameras" if still else "cameras"]:
             # A still scene is timed over the whole clip: a prediction is reused for up to a second, so a
             # short stretch would hide the network runs that renew it.
@@ -225,4 +259,4 @@ def video_sections(colorizer: Colorizer, plan: dict, repeats: int, work: Path, s
                   f"({stages['fps'] / limit['fps']:.3f} of pass-through); paced "
                   f"{live['delivered_fps_per_camera']:.1f} fps/camera, p50 {live['latency_p50_ms']:.0f} ms",
                   flush=True)
-    return passthrough, {"throughput": throughput, "paced": paced}
+    return passthrough, {"throughput": throughput, "paced": paced, **({} if still else {"colorize": files})}
