@@ -56,7 +56,7 @@ def test_going_from_3_to_4_shards_moves_only_a_quarter_and_only_to_the_new_shard
 def test_the_assignment_is_the_same_in_every_process():
     """Python's str hash is salted per process; the fleet's hash must not be: two interpreters with
     different hash seeds agree."""
-    code = "import sys; from streamd import fleet; print([fleet.owner(n, 5) for n in sys.argv[1:]])"
+    code = "import sys; from streamd.daemon import fleet; print([fleet.owner(n, 5) for n in sys.argv[1:]])"
     answers = set()
     for seed in ("1", "2"):
         out = subprocess.run([sys.executable, "-c", code, *NAMES[:200]], cwd=ROOT, capture_output=True, text=True,
