@@ -120,17 +120,17 @@ def test_a_model_asked_for_by_two_threads_at_once_is_loaded_once(monkeypatch):
     """The reload thread (a camera's config names the model) and the scheduler (the same file as its
     adapted model) both ask for a model that is not loaded yet."""
     from streamd.config import CameraConfig
-    from streamd.daemon.pipeline import Pipeline
+    from streamd.daemon.models import ModelStore
     from tests.conftest import MODEL
 
     pipeline = idle_pipeline()
-    loads, load = [], Pipeline._load_model
+    loads, load = [], ModelStore.load
 
     def counted(self, path):
         loads.append(path)
         return load(self, path)
 
-    monkeypatch.setattr(Pipeline, "_load_model", counted)
+    monkeypatch.setattr(ModelStore, "load", counted)
     try:
         start = threading.Barrier(2)
         reload = threading.Thread(target=lambda: (start.wait(), pipeline.model_for(CameraConfig("gate", "x", model=str(MODEL)))))
@@ -148,13 +148,13 @@ def test_a_model_being_loaded_does_not_hold_up_another(tmp_path, monkeypatch):
     import shutil
 
     from streamd.config import CameraConfig
-    from streamd.daemon.pipeline import Pipeline
+    from streamd.daemon.models import ModelStore
     from tests.conftest import MODEL
 
     pipeline = idle_pipeline()
     slow, other = tmp_path / "slow.onnx", tmp_path / "other.onnx"
     shutil.copy(MODEL, slow), shutil.copy(MODEL, other)
-    entered, release, load = threading.Event(), threading.Event(), Pipeline._load_model
+    entered, release, load = threading.Event(), threading.Event(), ModelStore.load
 
     def held(self, path):
         if path == str(slow):
@@ -162,7 +162,7 @@ def test_a_model_being_loaded_does_not_hold_up_another(tmp_path, monkeypatch):
             assert release.wait(60)
         return load(self, path)
 
-    monkeypatch.setattr(Pipeline, "_load_model", held)
+    monkeypatch.setattr(ModelStore, "load", held)
     got = {}
     try:
         builder = threading.Thread(target=lambda: got.setdefault("slow", pipeline.model_for(

@@ -14,6 +14,7 @@ import pytest
 from streamd import config as cfgmod
 from streamd.client import Subscriber
 from streamd.daemon.pipeline import Pipeline
+from streamd.daemon.systemd import no_keepalive
 from streamd.daemon.recording import segment_key
 from tests.conftest import ROOT, free_port, write_failing_model, write_video
 
@@ -226,13 +227,13 @@ def test_reload_reaches_running_cameras_and_frees_replaced_models(tmp_path):
     pipeline = Pipeline(cfgmod.parse({**raw, "camera": [{**camera, "model": str(own)}]}))
     pipeline.start()
     try:
-        assert pipeline.cameras["cam"].colorizer is pipeline._models[str(own)]
+        assert pipeline.cameras["cam"].colorizer is pipeline.models.get(str(own), no_keepalive)
         changes = pipeline.apply(cfgmod.parse({**raw, "camera": [camera],
                                                "daynight": {"to_night_s": 0.5, "to_day_s": 9.0}}))
         runtime = pipeline.cameras["cam"]
         assert changes == ["model of cam is now " + pipeline.colorizer.info.model_id]
         assert (runtime.daynight.to_night_s, runtime.daynight.to_day_s) == (0.5, 9.0)
-        assert runtime.colorizer is pipeline.colorizer and str(own) not in pipeline._models
+        assert runtime.colorizer is pipeline.colorizer and not pipeline.models.holds(str(own))
         before = runtime.colorized
         deadline = time.monotonic() + 20
         while runtime.colorized < before + 5 and time.monotonic() < deadline:

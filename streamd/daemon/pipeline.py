@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,11 +34,12 @@ from streamd.daemon import fleet
 from streamd.daemon.batch import Batcher
 from streamd.daemon.collect import FrameStore, default_state_dir
 from streamd.colour.chroma import chroma_planes
-from streamd.config import CameraConfig, Config, ConfigError, ModelConfig, in_use_hint
+from streamd.config import CameraConfig, Config, ConfigError, in_use_hint
 from streamd.colour.daynight import DayNight
 from streamd.frame import Frame
 from streamd.daemon.metrics import Instruments
-from streamd.infer.onnx_runtime import REFERENCE_MODEL, Colorizer, InferenceUnavailable, ModelError, shipped_model
+from streamd.daemon.models import ModelStore
+from streamd.infer.onnx_runtime import Colorizer, InferenceUnavailable
 from streamd.daemon.recording import Recorder, RetentionSweeper
 from streamd.daemon.reference_store import REFERENCE_FILE, Builder, CameraReference
 from streamd.daemon.schedule import AdaptationScheduler, adapted_model
@@ -51,8 +52,6 @@ from streamd.colour.temporal import Reuse, Temporal
 
 if TYPE_CHECKING:
     from streamd.colour.chroma_torch import ChromaBatcher
-    from streamd.infer.pytorch import TorchColorizer
-    from streamd.infer.triton_client import TritonColorizer
 
 log = logging.getLogger(__name__)
 
@@ -68,31 +67,6 @@ def source_settings(c: CameraConfig) -> SourceSettings:
                           open_timeout=c.open_timeout_s, read_timeout=c.read_timeout_s,
                           stall_timeout=c.stall_timeout_s, synthetic_size=(c.width, c.height), fps=c.fps,
                           duration=c.duration_s or None, hwaccel=c.hwaccel)
-
-
-def torch_model(path: str, temperature: float | None) -> TorchColorizer:
-    """[model] provider = "torch-cuda": the model's training weights through PyTorch on the GPU, with CUDA
-    graphs (streamd.infer.pytorch), for GPU hosts without onnxruntime-gpu; the path the GPU benchmarks measure."""
-    try:
-        from streamd.infer.pytorch import load_torch_colorizer
-    except ImportError as e:
-        raise ConfigError("model.provider: 'torch-cuda' needs torch: pip install 'streamd[train]'") from e
-    try:
-        return load_torch_colorizer(Path(path) if path else None, "cuda", temperature)
-    except RuntimeError as e:
-        raise ConfigError(f"model.provider: 'torch-cuda', but {e}") from e
-
-
-def triton_model(m: ModelConfig) -> TritonColorizer:
-    """[model] provider = "triton": the model on a Triton Inference Server (streamd.infer.triton_client)."""
-    try:
-        from streamd.infer.triton_client import ModelMismatch, TritonColorizer
-    except ImportError as e:
-        raise ConfigError("model.provider: 'triton' needs tritonclient: pip install 'streamd[triton]'") from e
-    try:
-        return TritonColorizer(m.triton_url, m.triton_model, m.triton_timeout_s)
-    except ModelMismatch as e:
-        raise ConfigError(f"model.triton_model: {e}") from e
 
 
 def gpu_colour_stage(device: str) -> ChromaBatcher:
@@ -170,19 +144,11 @@ class Pipeline:
         self.shard = shard
         m = config.model
         self._keepalive = keepalive
-        with keepalive("loading the model", m.load_timeout_s):
-            try:
-                self.colorizer = colorizer or self._load_model(m.path)
-            except (FileNotFoundError, ModelError) as e:  # the config's model or its int8 copy: the operator's
-                key = "model.int8" if isinstance(e, FileNotFoundError) and m.int8 == "on" else "model.path"
-                raise ConfigError(f"{key}: {e}") from e
-        self._models: dict[str, Colorizer] = {"": self.colorizer}  # per-camera models, by path
-        # Models are loaded and swapped from the reload thread and the adaptation scheduler's, and used by the
-        # inference thread: each file is loaded once (a second asker waits for the first load; different files
-        # load side by side, without the lock), and a swap waits for the batch in progress, so that no batch
-        # mixes a camera's old model with its reset Reuse.
-        self._models_lock = threading.Lock()
-        self._loading: dict[str, Future] = {}  # models being loaded, by path: a second asker waits for the first
+        self.models = ModelStore(config, keepalive, colorizer,
+                                 references_wanted=any(c.reference for c in self.mine(config)))
+        self.colorizer = self.models.generic
+        self.reference_model = self.models.reference
+        # A swap waits for the batch in progress, so that no batch mixes a camera's old model with its reset Reuse
         self._batch_lock = threading.Lock()
         # Full-resolution chroma: on the cameras' output threads, or one GPU batch for all of them
         self.colour_stage = colour_stage
@@ -224,77 +190,6 @@ class Pipeline:
         self._infer_thread = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
         self.reference_builder = Builder()
         self._references: dict[str, CameraReference] = {}  # by camera name, kept across a camera's restarts
-        self.reference_model = self._load_reference_model()
-
-    def _load_reference_model(self) -> Colorizer | None:
-        """The model that colours from a day reference, if a camera may use one; None (logged) where it
-        cannot be loaded: those cameras then colour without their references."""
-        if not any(c.reference for c in self.mine(self.config)):
-            return None
-        m, path = self.config.model, self.config.reference.model
-        if m.provider == "triton" and not path:  # it would run here, on a host that sends its network's work away
-            log.info("cameras colour without day references: with provider = \"triton\" the reference model would "
-                     "run on this host's CPU; [reference] model names one to run here all the same")
-            return None
-        try:
-            with self._keepalive("loading the reference model", m.load_timeout_s):
-                provider = "auto" if m.provider in ("triton", "torch-cuda") else m.provider  # it runs here
-                model = Colorizer(Path(path) if path else shipped_model(REFERENCE_MODEL), provider,
-                                  m.temperature or None, m.threads, Path(m.cache_dir) if m.cache_dir else None, m.int8)
-        except (OSError, ModelError, RuntimeError) as e:
-            log.error("reference model cannot be loaded (%s): cameras colour without their day references", e)
-            return None
-        if not model.takes_reference:
-            log.error("reference.model %s takes no day reference: cameras colour without their day references",
-                      model.path)
-            return None
-        return model
-
-    def _load_model(self, path: str) -> Colorizer:
-        m = self.config.model
-        if m.provider == "triton" and not path:
-            return triton_model(m)
-        if m.provider == "torch-cuda":
-            return torch_model(path, m.temperature or None)
-        # With Triton, a camera's own model (its config's, or adapted to it here) runs in this process.
-        provider = "auto" if m.provider == "triton" else m.provider
-        colorizer = Colorizer(Path(path) if path else None, provider, m.temperature or None, m.threads,
-                              Path(m.cache_dir) if m.cache_dir else None, m.int8)
-        fed = self.input_size(colorizer)
-        if colorizer.fixed_sides and colorizer.fixed_sides != fed:  # it would fail on every batch
-            raise ModelError(f"model {colorizer.path}: its input is fixed at {colorizer.fixed_sides[1]}x"
-                             f"{colorizer.fixed_sides[0]}, and this config feeds {fed[1]}x{fed[0]} ([model] "
-                             "input_width and input_height)")
-        return colorizer
-
-    def _model(self, path: str, keepalive: Keepalive) -> Colorizer:
-        """The model at `path` ("": the generic one), loaded once however many threads ask for it at the
-        same time; `keepalive` wraps a load (and the wait for another thread's)."""
-        with self._models_lock:
-            if path in self._models:
-                return self._models[path]
-            loading = self._loading.get(path)
-            mine = loading is None
-            if mine:
-                loading = self._loading[path] = Future()
-        # The lock is not held while a model loads (a TensorRT engine build takes minutes): the main thread
-        # must stay free to look up and release other models meanwhile.
-        if not mine:
-            with keepalive(f"waiting for model {path}", self.config.model.load_timeout_s):
-                return loading.result()
-        try:
-            with keepalive(f"loading model {path}", self.config.model.load_timeout_s):
-                model = self._load_model(path)
-        except BaseException as e:  # whoever waits for this load hears why it failed, and a later ask tries anew
-            with self._models_lock:
-                del self._loading[path]
-            loading.set_exception(e)
-            raise
-        with self._models_lock:
-            self._models[path] = model
-            del self._loading[path]
-        loading.set_result(model)
-        return model
 
     def mine(self, config: Config) -> tuple[CameraConfig, ...]:
         """The config's cameras that this process runs: its shard's, or all of them."""
@@ -307,7 +202,7 @@ class Pipeline:
         thread that feeds the watchdog (start, reload), which is kept alive while a model loads."""
         path = c.model or str(adapted_model(self.state_dir / c.name) or "")
         try:
-            return self._model(path, self._keepalive)
+            return self.models.get(path, self._keepalive)
         except Exception as e:  # a broken file must not take the camera down
             log.error("camera %s: model %s cannot be loaded (%s); using the generic model", c.name, path, e)
             return self.colorizer
@@ -338,7 +233,7 @@ class Pipeline:
         runtime = self.cameras.get(camera)
         if runtime is None:
             return
-        model = self._model(str(path), no_keepalive)
+        model = self.models.get(str(path), no_keepalive)
         if not self._swap_model(runtime, model, adapted=True):  # removed, restarted or given a model of its
             return  # own by a reload while this one loaded: not for it now
         log.info("camera %s now uses its adapted model %s", camera, runtime.colorizer.info.model_id)
@@ -363,18 +258,8 @@ class Pipeline:
         return old is not model
 
     def _release_unused(self, old: Colorizer) -> None:
-        """Free a replaced model (its session, on a GPU its memory) once no camera uses it; never the
-        default model."""
-        with self._models_lock:
-            if any(r.colorizer is old for r in list(self.cameras.values())):
-                return
-            for key, colorizer in list(self._models.items()):
-                if colorizer is old and key:
-                    del self._models[key]
-
-    def input_size(self, colorizer: Colorizer) -> tuple[int, int]:
-        m, info = self.config.model, colorizer.info
-        return (m.input_height or info.input_height, m.input_width or info.input_width)
+        """Free a replaced model once no camera uses it."""
+        self.models.release(old, lambda model: any(r.colorizer is model for r in list(self.cameras.values())))
 
     # -- life cycle ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -565,12 +450,12 @@ class Pipeline:
                 except OSError as e:  # a store being cleaned under it: the next nightfall tries again
                     log.error("camera %s: day reference not rebuilt: %s", runtime.config.name, e)
             frame.reference_planes = runtime.reference.planes_for(
-                frame.width, frame.height, lightness_of(frame, self.input_size(self.reference_model)))
+                frame.width, frame.height, lightness_of(frame, self.models.input_size(self.reference_model)))
             if frame.reference_planes is not None:
                 frame.reference_info = runtime.reference.status()
         runtime.was_day = False
         if runtime.reuse is not None:  # Reuse compares it; computed here, in parallel across cameras
-            lightness_of(frame, self.input_size(runtime.colorizer))
+            lightness_of(frame, self.models.input_size(runtime.colorizer))
         self.batcher.put(frame)
 
     def _update_batching(self) -> None:
@@ -663,7 +548,7 @@ class Pipeline:
         """predict_or_reuse on one model's frames: how many ran the network, or None if the model failed (logged,
         and counted towards /healthz's failing models). Frames an inference server could not take go to `gray`."""
         try:
-            count = predict_or_reuse(colorizer, frames, reuses, self.input_size(colorizer), self._reuse_pool)
+            count = predict_or_reuse(colorizer, frames, reuses, self.models.input_size(colorizer), self._reuse_pool)
             self._failing_models.pop(colorizer.info.model_id, None)
             return count
         except InferenceUnavailable:  # an inference server away: the cameras keep flowing, gray
@@ -695,7 +580,7 @@ class Pipeline:
 
     def unavailable(self) -> str | None:
         """Why inference cannot run now (an inference server that went away), or None."""
-        return next((c.unavailable for c in list(self._models.values()) if c.unavailable), None)
+        return next((c.unavailable for c in self.models.loaded() if c.unavailable), None)
 
     def failing(self) -> str | None:
         """Which models in use fail batch after batch now (FAILING_BATCHES in a row or more), or None: their
