@@ -18,8 +18,6 @@ import sys
 import threading
 from pathlib import Path
 
-import cv2
-
 from streamd import config as cfgmod
 from streamd.daemon import fleet
 from streamd.daemon.preflight import INSTALLED_UNIT, recording_problems, state_problem
@@ -27,6 +25,7 @@ from streamd.daemon.recording import space_warnings
 from streamd.daemon.source import State
 from streamd.infer.onnx_runtime import ModelError
 from streamd.redact import RedactingFormatter, redact
+from streamd.steps import one_opencv_thread
 
 log = logging.getLogger("streamd")
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -241,7 +240,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                       augment=args.augment, context=args.context, luma_mix=args.luma_mix, nir_like=args.nir_like,
                       folder_weights=folder_weights, reference=bool(args.scenes), scenes=[str(d) for d in args.scenes],
                       teacher=str(args.teacher) if args.teacher else None)
-    weights = train(cfg)
+    try:
+        weights = train(cfg)
+    except ValueError as e:  # a combination of options that cannot train (named in the message)
+        print(f"streamd train: {e}", file=sys.stderr)
+        return 2
     print(f"weights: {weights}")
     return 0
 
@@ -584,10 +587,7 @@ def setup_logging(verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    # Every OpenCV call per frame is small (on the network's grid, or one frame's chroma planes): spread over
-    # OpenCV's pool it cost 1.5x the CPU for the same work (BENCHMARKS.md). The parallelism comes from the
-    # cameras' and stages' own threads instead.
-    cv2.setNumThreads(1)
+    one_opencv_thread()
     try:
         return args.func(args)
     except cfgmod.ConfigError as e:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from streamd.colour.chroma import ChromaPlanes, chroma_planes, recombine
@@ -15,6 +16,14 @@ from streamd.infer.onnx_runtime import Colorizer
 from streamd.colour.lightness import luma_to_lightness
 from streamd.daemon.reference_store import CameraReference
 from streamd.colour.temporal import Reuse, Temporal
+
+
+def one_opencv_thread() -> None:
+    """OpenCV on one thread in this process. Every OpenCV call per frame is small (on the network's grid, or
+    one frame's chroma planes): spread over OpenCV's pool it cost 1.5x the CPU for the same work
+    (BENCHMARKS.md); the parallelism comes from the cameras' and stages' own threads instead. Called where a
+    streamd process starts (the command line, the benchmark's child processes)."""
+    cv2.setNumThreads(1)
 
 
 def lightness_of(frame: Frame, input_size: tuple[int, int]) -> np.ndarray:

@@ -427,3 +427,16 @@ def test_training_a_narrower_network_from_a_teacher(tmp_path):
     assert np.array_equal(student["bin_prior"], teacher["bin_prior"])
     logits = torch.randn(2, 262, 4, 4) * 3
     assert distillation_loss(logits, logits) < distillation_loss(torch.zeros_like(logits), logits)
+
+
+def test_the_decoding_runs_in_fp32_under_autocast(bins):
+    """The annealed mean sums unnormalised weights over the bins (|ab|^2 up to 18,500 for the shrinkage):
+    under an autocast (fp16 on a GPU, bf16 here) it must still compute in fp32, or the sums lose their
+    precision (bf16) or overflow (fp16) and uncertain pixels turn gray."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, len(bins), 6, 8) * 0.5
+    decoder = AnnealedMean(torch.nn.Identity(), bins, 0.38, shrink=1.0).eval()
+    expected = decoder(logits)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = decoder(logits)
+    assert got.dtype == torch.float32 and torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()

@@ -48,14 +48,13 @@ def triton_model(m: ModelConfig) -> TritonColorizer:
 
 class ModelStore:
     """The generic model ([model] path, or `generic` where the caller gives one), the other models by path as
-    cameras ask for them, and the reference model where a camera may use one.
+    cameras ask for them; and the reference model, loaded on request (`load_reference`).
 
     Models are asked for from the reload thread and the adaptation scheduler's, and used by the inference
     thread: each file is loaded once (a second asker waits for the first load; different files load side by
     side, without the lock, since a TensorRT engine build takes minutes)."""
 
-    def __init__(self, config: Config, keepalive: Keepalive, generic: Colorizer | None = None,
-                 references_wanted: bool = False) -> None:
+    def __init__(self, config: Config, keepalive: Keepalive, generic: Colorizer | None = None) -> None:
         self.config = config.model
         self._reference_config = config.reference
         m = self.config
@@ -68,7 +67,6 @@ class ModelStore:
         self._models: dict[str, Colorizer] = {"": self.generic}  # by path; "" the generic one
         self._lock = threading.Lock()
         self._loading: dict[str, Future] = {}  # models being loaded, by path: a second asker waits for the first
-        self.reference = self._load_reference(keepalive) if references_wanted else None
 
     def input_size(self, colorizer: Colorizer) -> tuple[int, int]:
         """The (height, width) the model is fed: the config's, else the model's own."""
@@ -141,7 +139,7 @@ class ModelStore:
         with self._lock:
             return path in self._models
 
-    def _load_reference(self, keepalive: Keepalive) -> Colorizer | None:
+    def load_reference(self, keepalive: Keepalive) -> Colorizer | None:
         """The model that colours from a day reference; None (logged) where it cannot be loaded: those cameras
         then colour without their references."""
         m, path = self.config, self._reference_config.model

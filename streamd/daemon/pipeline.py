@@ -144,10 +144,8 @@ class Pipeline:
         self.shard = shard
         m = config.model
         self._keepalive = keepalive
-        self.models = ModelStore(config, keepalive, colorizer,
-                                 references_wanted=any(c.reference for c in self.mine(config)))
+        self.models = ModelStore(config, keepalive, colorizer)
         self.colorizer = self.models.generic
-        self.reference_model = self.models.reference
         # A swap waits for the batch in progress, so that no batch mixes a camera's old model with its reset Reuse
         self._batch_lock = threading.Lock()
         # Full-resolution chroma: on the cameras' output threads, or one GPU batch for all of them
@@ -190,6 +188,9 @@ class Pipeline:
         self._infer_thread = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
         self.reference_builder = Builder()
         self._references: dict[str, CameraReference] = {}  # by camera name, kept across a camera's restarts
+        # last, after every check that can refuse the config: a reference model may take long to load
+        self.reference_model = (self.models.load_reference(keepalive)
+                                if any(c.reference for c in self.mine(config)) else None)
 
     def mine(self, config: Config) -> tuple[CameraConfig, ...]:
         """The config's cameras that this process runs: its shard's, or all of them."""

@@ -5,8 +5,8 @@ Same interface as streamd.infer.onnx_runtime.Colorizer (`info`, `provider`, `pat
 Pipeline runs it unchanged. Needs the `train` extra (torch); nothing imports this module unless it is used.
 
 On CUDA the network runs under fp16 autocast in channels_last layout (the tensor-core path for its
-convolutions); the decoding's softmax stays in fp32 (AnnealedMean upcasts the logits, and autocast keeps
-softmax in fp32). Each batch is replayed from a CUDA graph: the network is a few milliseconds of GPU work
+convolutions); the decoding stays in fp32 (AnnealedMean.decode turns autocast off: its sums over the bins
+are not normalised until the division). Each batch is replayed from a CUDA graph: the network is a few milliseconds of GPU work
 but some hundred kernel launches, each a Python call that needs the GIL, and in the daemon the inference
 thread shares the GIL with a decode and an output thread per camera, so launched one by one a 5 ms
 batch took over 100 ms (BENCHMARKS.md, GPU). A graph is captured per batch size bucket (powers of two up

@@ -167,6 +167,9 @@ def blend_with_reference(own: torch.Tensor, trust_logit: torch.Tensor, reference
     return trust * reference[:, 1:3] + (1.0 - trust) * own
 
 
+POWER_SCALE = 1024.0  # |ab|^2 reaches 18,500: summed over the bins in fp16 it would overflow unscaled
+
+
 class AnnealedMean(nn.Module):
     """Seed eq. 2: ab = sum_q softmax(log p / T)_q * centre_q, which equals softmax(logits / T) @ centres.
 
@@ -197,8 +200,9 @@ class AnnealedMean(nn.Module):
         correction = torch.zeros(len(bins)) if log_correction is None else log_correction.float()
         self.register_buffer("log_correction", correction[:, None, None])  # (Q, 1, 1): broadcasts over pixels
         # What the decoding sums over the bins, as the weights of a 1x1 convolution: (a, b, 1) for the annealed
-        # mean, (a, b, |ab|^2, 1) for the shrinkage's moments
-        ones, power = torch.ones(1, len(bins)), (self.bins ** 2).sum(1)[None]
+        # mean, (a, b, |ab|^2 / POWER_SCALE, 1) for the shrinkage's moments: scaled so that the sums stay in
+        # fp16's range where a runtime computes the convolution in fp16 (TensorRT)
+        ones, power = torch.ones(1, len(bins)), (self.bins ** 2).sum(1)[None] / POWER_SCALE
         self.register_buffer("mean_sums", torch.cat([self.bins.t(), ones])[:, :, None, None])  # (3, Q, 1, 1)
         self.register_buffer("moment_sums", torch.cat([self.bins.t(), power, ones])[:, :, None, None])  # (4, Q, 1, 1)
 
@@ -215,14 +219,19 @@ class AnnealedMean(nn.Module):
         return totals[:, :-1] / totals[:, -1:]
 
     def decode(self, logits: torch.Tensor) -> torch.Tensor:
-        """Logits (N, Q, h, w) -> ab (N, 2, h, w), as described above."""
-        logits = logits.float() + self.log_correction
+        """Logits (N, Q, h, w) -> ab (N, 2, h, w), as described above. In fp32 under any autocast: the sums
+        over the bins are not normalised until the division."""
+        with torch.autocast(logits.device.type, enabled=False):
+            return self._decode(logits.float())
+
+    def _decode(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits + self.log_correction
         ab = self.expectations(logits / self.temperature, self.mean_sums)
         if self.shrink:
             moments = self.expectations(logits, self.moment_sums)
             mean = moments[:, :2]
             power = (mean ** 2).sum(1, keepdim=True)
-            spread = moments[:, 2:] - power
+            spread = moments[:, 2:] * POWER_SCALE - power
             ab = ab * power / (power + self.shrink * spread.clamp_min(0.0) + 1e-6)
         if self.cast_correction:
             ab = ab - self.cast_correction * ab.mean(dim=(2, 3), keepdim=True)

@@ -11,8 +11,9 @@ elements in pairs into 16 bits (VPMADDUBSW), which saturate at 32767: 255 x 127 
 does. With full-range weights a copy was 2 to 8 times farther from fp32 on such a CPU than on one with VNNI
 (BENCHMARKS.md, "int8 on a CPU").
 
-The annealed-mean decoding (logits / T -> softmax -> mean over the bin centres) stays in fp32: softmax
-turns small logit errors into colour shifts, and these nodes cost next to nothing. The logits themselves
+The annealed-mean decoding (logits / T -> exp -> a 1x1 convolution summing the bins -> one division) stays
+in fp32, its convolution included: the exponential turns small logit errors into colour shifts, and these
+nodes cost little. The logits themselves
 leave the last convolution quantized: keeping that convolution in fp32 left the mean ab error against the
 fp32 model where it was (1.14 ab units either way, in a trial), so it is quantized like the rest.
 

@@ -222,6 +222,11 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
     torch.manual_seed(cfg.seed + rank)
     rng = np.random.default_rng(cfg.seed + rank)  # each rank draws its own crops
 
+    if cfg.teacher:  # checked before the data loads: distillation is between generic networks
+        taught_by = load_weights(cfg.teacher)
+        if cfg.reference or taught_by.get("reference"):
+            raise ValueError("--teacher: distillation trains a generic network from a generic one; "
+                             f"{'a reference network is being trained' if cfg.reference else cfg.teacher + ' is a reference network'}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     weights = None
@@ -245,7 +250,6 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
     init = load_weights(cfg.init) if cfg.init and not resume.exists() else None
     teacher = None
     if cfg.teacher:
-        taught_by = load_weights(cfg.teacher)
         teacher = build_net(taught_by).to(device).to(memory_format=torch.channels_last).eval().requires_grad_(False)
     if resume.exists():
         ckpt = load_weights(resume)
@@ -263,10 +267,14 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
         kind = ReferenceColorNet if ckpt.get("reference") else ColorNet
         net = kind(len(bins), tuple(ckpt.get("widths", cfg.widths or DEFAULT_WIDTHS)), ckpt.get("context", cfg.context))
     elif init is not None:
-        net = build_net(init, cfg.context or None)
+        net = build_net(init)
         if cfg.widths and tuple(cfg.widths) != tuple(net.widths):
             net = narrowed(net, tuple(cfg.widths))
             log.info("started from %s narrowed to widths %s", cfg.init, list(net.widths))
+        if cfg.context and net.context is None:  # a new branch, at zero: the network computes what it did
+            grown = ColorNet(len(bins), net.widths, context=True)
+            grown.load_state_dict(net.state_dict(), strict=False)
+            net = grown
         if cfg.reference and not isinstance(net, ReferenceColorNet):
             generic = net
             net = ReferenceColorNet(len(bins), generic.widths, generic.context is not None)

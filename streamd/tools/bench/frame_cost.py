@@ -3,8 +3,9 @@ daemon's own frame steps (streamd.steps), with the network replaced by a predict
 
 On a host whose network runs on a GPU, this is what each delivered frame still costs the CPU besides
 decoding, and so what bounds the frames a host can deliver; the steps say where to cut. CPU time counts
-OpenCV's worker threads. The camera is the daemon's default (`reuse_still_s`, `carry_frames`) on a moving
-clip, so Reuse's check decides per frame as it does in the daemon.
+OpenCV's worker threads (none under `streamd bench`, which runs OpenCV on one thread as the daemon does).
+The camera is the daemon's default (`reuse_still_s`, `carry_frames`) on a moving clip, so Reuse's check
+decides per frame as it does in the daemon.
 """
 from __future__ import annotations
 
