@@ -159,8 +159,8 @@ def test_the_network_stage_runs_ahead_in_order_and_stops_with_its_caller():
         finally:
             made.append("closed")
 
-    got = []
-    for i in ahead(numbers(), 4, "test"):
+    got, source = [], numbers()  # held here too, so that only ahead() can have closed it
+    for i in ahead(source, 4, "test"):
         got.append(i)
         if i == 9:
             break

@@ -422,7 +422,12 @@ def test_training_a_narrower_network_from_a_teacher(tmp_path):
     assert main(["train", str(images), "-o", str(narrow), "--batch", "2", "--crop", "64",
                  "--steps", "2", "--init", str(wide / "weights.pt"), "--teacher", str(wide / "weights.pt"),
                  "--widths", "4", "8", "16", "32"]) == 0
+    untaught = tmp_path / "untaught"  # the same run without the teacher: the teacher must change what is learned
+    assert main(["train", str(images), "-o", str(untaught), "--batch", "2", "--crop", "64", "--steps", "2",
+                 "--init", str(wide / "weights.pt"), "--widths", "4", "8", "16", "32"]) == 0
     teacher, student = load_weights(wide / "weights.pt"), load_weights(narrow / "weights.pt")
+    alone = load_weights(untaught / "weights.pt")["model"]
+    assert any(not torch.equal(student["model"][k], alone[k]) for k in alone if alone[k].is_floating_point())
     assert student["widths"] == [4, 8, 16, 32] and student["config"]["teacher"] == str(wide / "weights.pt")
     assert np.array_equal(student["bin_prior"], teacher["bin_prior"])
     logits = torch.randn(2, 262, 4, 4) * 3

@@ -44,6 +44,12 @@ def test_quantized_model_loads_in_colorizer_and_stays_close(tmp_path):
     assert exp.input[0] not in dequantized
     bin_sums = next(n for n in graph.node if n.op_type == "Conv" and n.input[0] == exp.output[0])
     assert not set(bin_sums.input) & dequantized
+    # nothing after the logits' Cast takes a quantized input (the log-correction's Add and the division by
+    # the temperature are quantizable ops: quantized, they would shift the colours)
+    decoding = [n for n in graph.node if "/net/" not in n.name and n.op_type not in ("Cast", "DequantizeLinear",
+                                                                                    "QuantizeLinear", "Constant")]
+    assert {n.op_type for n in decoding} >= {"Add", "Div", "ReduceMax", "Exp", "Conv"}
+    assert not [n.name for n in decoding if set(n.input) & dequantized]
     assert int8.info.cast_correction == fp32.info.cast_correction > 0
     frame_mean = next(n for n in graph.node if n.op_type == "ReduceMean")  # the cast correction, in fp32 too
     assert not any(n.op_type == "DequantizeLinear" and n.output[0] in frame_mean.input for n in graph.node)
