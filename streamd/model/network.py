@@ -12,6 +12,9 @@ import torch
 from torch import nn
 
 
+WIDTHS = (24, 48, 96, 192)  # the shipped networks' widths, from the 1/2 to the 1/16 resolution
+
+
 def conv_block(c_in: int, c_out: int, n_convs: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
     """n_convs 3x3 convolutions with ReLU; the first one strides; BatchNorm closes the block."""
     layers: list[nn.Module] = []
@@ -57,7 +60,7 @@ class ColorNet(nn.Module):
     Input sides must be multiples of 16.
     """
 
-    def __init__(self, n_bins: int, widths: tuple[int, int, int, int] = (24, 48, 96, 192),
+    def __init__(self, n_bins: int, widths: tuple[int, int, int, int] = WIDTHS,
                  context: bool = False, in_channels: int = 1) -> None:
         super().__init__()
         w1, w2, w3, w4 = widths
@@ -100,7 +103,7 @@ class ReferenceColorNet(ColorNet):
 
     TRUST_WIDTH = 16
 
-    def __init__(self, n_bins: int, widths: tuple[int, int, int, int] = (24, 48, 96, 192),
+    def __init__(self, n_bins: int, widths: tuple[int, int, int, int] = WIDTHS,
                  context: bool = False) -> None:
         super().__init__(n_bins, widths, context, in_channels=1 + REFERENCE_PLANES)
         # the trust reads the network's features beside explicit evidence of a match (local_match)

@@ -22,10 +22,9 @@ from streamd.colour.lab import ab_bins
 from streamd.model.data import CropSampler, load_folder
 from streamd.model.loss import Priors, WeightedCrossEntropy
 from streamd.model.narrow import narrowed
-from streamd.model.network import AnnealedMean, ColorNet, ReferenceColorNet, blend_with_reference
+from streamd.model.network import WIDTHS, AnnealedMean, ColorNet, ReferenceColorNet, blend_with_reference
 
 log = logging.getLogger(__name__)
-DEFAULT_WIDTHS = (24, 48, 96, 192)
 
 
 @dataclass
@@ -38,7 +37,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup: int = 300
-    widths: tuple[int, int, int, int] | None = None  # None: those of `init`, else DEFAULT_WIDTHS; narrower
+    widths: tuple[int, int, int, int] | None = None  # None: those of `init`, else WIDTHS; narrower
     # than `init`'s: the network starts as `init` narrowed to them (streamd.model.narrow)
     context: bool = False  # the global-context branch; added (at zero) to `init` weights that lack it
     rebalance: bool = True
@@ -265,7 +264,7 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
     kind = ReferenceColorNet if cfg.reference else ColorNet
     if resume.exists():  # the network that was trained, whatever cfg or --init says now
         kind = ReferenceColorNet if ckpt.get("reference") else ColorNet
-        net = kind(len(bins), tuple(ckpt.get("widths", cfg.widths or DEFAULT_WIDTHS)), ckpt.get("context", cfg.context))
+        net = kind(len(bins), tuple(ckpt.get("widths", cfg.widths or WIDTHS)), ckpt.get("context", cfg.context))
     elif init is not None:
         net = build_net(init)
         if cfg.widths and tuple(cfg.widths) != tuple(net.widths):
@@ -280,7 +279,7 @@ def train(cfg: TrainConfig, images: list[np.ndarray] | None = None) -> Path:
             net = ReferenceColorNet(len(bins), generic.widths, generic.context is not None)
             net.take_generic(generic)
     else:
-        net = kind(len(bins), tuple(cfg.widths or DEFAULT_WIDTHS), cfg.context)
+        net = kind(len(bins), tuple(cfg.widths or WIDTHS), cfg.context)
     net = net.to(device).to(memory_format=torch.channels_last)
     frozen = [m for name, m in net.named_children() if cfg.train_only and name not in cfg.train_only]
     for module in frozen:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -122,7 +122,7 @@ def colorize_video(colorizer: Colorizer, src: Path, dst: Path, temporal: bool = 
 PREDICTED_AHEAD = 4  # frames the network's stage may run ahead of the encoder: enough to even out its runs
 
 
-def ahead(items: Iterator[T], depth: int, name: str) -> Iterator[T]:
+def ahead(items: Generator[T, None, None], depth: int, name: str) -> Iterator[T]:
     """What `items` yields, in order, made on a thread named `name` up to `depth` items ahead of the caller.
     An error there is raised here; a caller that stops early stops the thread (and closes `items`)."""
     handoff: queue.Queue = queue.Queue(depth)
