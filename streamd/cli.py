@@ -25,7 +25,7 @@ from streamd.daemon.recording import space_warnings
 from streamd.daemon.source import State
 from streamd.infer.onnx_runtime import ModelError
 from streamd.redact import RedactingFormatter, redact
-from streamd.steps import one_opencv_thread
+from streamd.steps import set_up_threads
 
 log = logging.getLogger("streamd")
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
@@ -587,7 +587,7 @@ def setup_logging(verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    one_opencv_thread()
+    set_up_threads()
     try:
         return args.func(args)
     except cfgmod.ConfigError as e:

@@ -58,6 +58,10 @@ class ColourConfig:
 class BatchConfig:
     max_size: int = 8
     deadline_ms: float = 0.0  # 0 = one frame interval of the fastest camera
+    # A frame that has waited this long since it was decoded is dropped at the next queue (the batch, its
+    # camera's outputs) once a newer frame of its camera waits behind it: shorter stalls cost latency, not
+    # frames; a camera that outpaces the machine loses frames, not latency. 0 = only the newest frame waits
+    max_delay_ms: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -334,6 +338,7 @@ def validate(cfg: Config) -> Config:
     _check(cfg.colour.device in ("cpu", "cuda"), "colour.device", "must be cpu or cuda")
     _check(1 <= cfg.batch.max_size <= 256, "batch.max_size", "must be between 1 and 256")
     _check(cfg.batch.deadline_ms >= 0, "batch.deadline_ms", "must be 0 (automatic) or more")
+    _check(0 <= cfg.batch.max_delay_ms <= 10_000, "batch.max_delay_ms", "must be between 0 and 10000")
     _check(not cfg.zmq.endpoint or bool(_ZMQ_ENDPOINT.match(cfg.zmq.endpoint)), "zmq.endpoint",
            'must be a ZeroMQ endpoint such as "tcp://127.0.0.1:5555", or "" for none')
     _check(cfg.zmq.format in FORMATS, "zmq.format", f"must be one of {', '.join(FORMATS)}")

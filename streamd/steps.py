@@ -3,6 +3,9 @@ colorize` (streamd.tools.colorize), `streamd eval` and `streamd bench`: L for th
 prediction, and recombination into the frame's chroma planes."""
 from __future__ import annotations
 
+import logging
+import math
+import sys
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -17,13 +20,24 @@ from streamd.colour.lightness import luma_to_lightness
 from streamd.daemon.reference_store import CameraReference
 from streamd.colour.temporal import Reuse, Temporal
 
+log = logging.getLogger(__name__)
 
-def one_opencv_thread() -> None:
-    """OpenCV on one thread in this process. Every OpenCV call per frame is small (on the network's grid, or
-    one frame's chroma planes): spread over OpenCV's pool it cost 1.5x the CPU for the same work
-    (BENCHMARKS.md); the parallelism comes from the cameras' and stages' own threads instead. Called where a
-    streamd process starts (the command line, the benchmark's child processes)."""
+
+# Python's GIL hand-over interval in a streamd process (the default is 5 ms): the per-frame threads (decode,
+# inference, a camera's outputs) each hold it for short stretches between calls into OpenCV, ONNX Runtime
+# and FFmpeg, which release it; a thread back from such a call waited up to the whole interval for it. At 1
+# ms four paced 720p cameras on 2 cores showed a p99 latency of 106 against 149 ms (BENCHMARKS.md).
+GIL_SWITCH_INTERVAL_S = 0.001
+
+
+def set_up_threads() -> None:
+    """How a streamd process shares its cores between the per-frame threads; called where a streamd process
+    starts (the command line, the benchmark's child processes). OpenCV runs on one thread: every OpenCV call
+    per frame is small (on the network's grid, or one frame's chroma planes), and spread over OpenCV's pool it
+    cost 1.5x the CPU for the same work (BENCHMARKS.md); the parallelism comes from the cameras' and stages'
+    own threads instead. And the GIL changes hands every GIL_SWITCH_INTERVAL_S."""
     cv2.setNumThreads(1)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 
 
 def lightness_of(frame: Frame, input_size: tuple[int, int]) -> np.ndarray:
@@ -83,18 +97,33 @@ def reuse_for(camera: CameraConfig) -> Reuse | None:
 def predict_or_reuse(colorizer: Colorizer, frames: list[Frame], reuses: list[Reuse | None],
                      input_size: tuple[int, int], pool: Executor | None = None) -> int:
     """`predict` for the frames whose camera's Reuse (reuses[i]; None: always predict) cannot reuse its
-    last prediction; the others get that one. Returns how many frames ran the network. With a `pool`,
-    the cameras' Reuse checks (an optical flow each) run in parallel instead of one after the other: a
-    batch holds one frame per camera, so each Reuse is still used by one thread at a time, in order."""
+    last prediction; the others get that one. Returns how many frames ran the network.
+
+    Cameras whose carry is due renew their predictions a few per batch: at most the batch's share of network
+    runs (one per camera per carry cycle, rounded up), counting the frames that must run anyway; the others
+    carry on (Reuse's `overdue`), longest carried renewing first. Cameras started together, or in step on one
+    scene, would otherwise all run the network on the same batch every carry cycle, and stall every camera
+    behind that batch; spread out, the same runs cost no frame. With a `pool`, the cameras' Reuse checks (an
+    optical flow each) run in parallel instead of one after the other: a batch holds one frame per camera, so
+    each Reuse is still used by one thread at a time, in order."""
     checks = [(frame, reuse) for frame, reuse in zip(frames, reuses) if reuse is not None]
     for frame, _ in checks:
         lightness_of(frame, input_size)  # what Reuse compares; usually done on the decode thread
-    one_per_camera = len({id(reuse) for _, reuse in checks}) == len(checks)
-    if pool is not None and len(checks) > 1 and one_per_camera:
-        list(pool.map(lambda check: check[1].try_reuse(check[0]), checks))
-    else:
-        for frame, reuse in checks:
-            reuse.try_reuse(frame)
+    in_parallel = pool is not None and len({id(reuse) for _, reuse in checks}) == len(checks)
+
+    def check(items: list[tuple[Frame, Reuse, bool]]) -> None:
+        if in_parallel and len(items) > 1:
+            list(pool.map(lambda item: item[1].try_reuse(item[0], item[2]), items))
+        else:
+            for frame, reuse, overdue in items:
+                reuse.try_reuse(frame, overdue)
+
+    due = sorted((c for c in checks if c[1].due), key=lambda c: -c[1].carried_in_row)
+    check([(frame, reuse, False) for frame, reuse in checks if not reuse.due])
+    share = sum(1.0 / (reuse.carry_frames + 1) if reuse else 1.0 for reuse in reuses)
+    due_ids = {id(frame) for frame, _ in due}
+    free = max(0, math.ceil(share) - sum(f.prediction is None for f in frames if id(f) not in due_ids))
+    check([(frame, reuse, i >= free) for i, (frame, reuse) in enumerate(due)])
     fresh = [(frame, reuse) for frame, reuse in zip(frames, reuses) if frame.prediction is None]
     if fresh:
         predict(colorizer, [f for f, _ in fresh], input_size)
@@ -102,6 +131,21 @@ def predict_or_reuse(colorizer: Colorizer, frames: list[Frame], reuses: list[Reu
         if reuse is not None:
             reuse.remember(frame)
     return len(fresh)
+
+
+def warm_up(colorizer: Colorizer, input_size: tuple[int, int]) -> None:
+    """Take a small gray frame through the steps once: the first call of several costs far more than the next
+    (ONNX Runtime's first run, OpenCV's Lab tables built on first use: 40 ms), and where cameras start
+    together those first calls land on all their first frames at once. A model that cannot run now (an
+    inference server away) is left for the cameras to find."""
+    plane = np.full((64, 64), 128, np.uint8)
+    frame = Frame("warm-up", 0, plane, plane[::2, ::2].copy(), plane[::2, ::2].copy())
+    try:
+        predict(colorizer, [frame], input_size)
+    except Exception:
+        log.debug("warm-up: model %s did not run", colorizer.info.model_id, exc_info=True)
+        return
+    colour_frame(frame, Temporal())
 
 
 def colour_frame(frame: Frame, temporal: Temporal | None = None, make_chroma: ChromaPlanes = chroma_planes) -> Frame:

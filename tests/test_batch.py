@@ -1,4 +1,5 @@
-"""The batcher: newest frame per camera, full batches leave at once, partial ones at the deadline."""
+"""The batcher: one frame per camera, its oldest within the delay budget (with none, the newest); full batches
+leave at once, partial ones at the deadline."""
 from __future__ import annotations
 
 import threading
@@ -6,16 +7,17 @@ import time
 
 import numpy as np
 
+from streamd.daemon.backlog import MAX_FRAMES, Backlog
 from streamd.daemon.batch import Batcher
 from streamd.frame import Frame
 
 
-def frame(camera: str, seq: int) -> Frame:
+def frame(camera: str, seq: int, arrival: float | None = None) -> Frame:
     plane = np.zeros((4, 4), np.uint8)
-    return Frame(camera, seq, plane, plane[:2, :2], plane[:2, :2])
+    return Frame(camera, seq, plane, plane[:2, :2], plane[:2, :2], arrival=time.monotonic() if arrival is None else arrival)
 
 
-def test_newest_frame_wins_and_drops_are_counted():
+def test_without_a_budget_the_newest_frame_wins_and_drops_are_counted():
     b = Batcher(max_size=4, deadline_s=0.01)
     for seq in range(5):
         b.put(frame("a", seq))
@@ -68,3 +70,40 @@ def test_a_discarded_frame_takes_its_deadline_with_it():
     batch = b.next_batch(timeout=5)
     assert [f.camera for f in batch] == ["a", "b"]
     assert time.monotonic() - start >= 0.3  # waited (about) a's own deadline for a third camera
+
+
+def test_frames_within_the_budget_wait_and_leave_in_order_one_per_camera_and_batch():
+    """A stall of inference shorter than the budget costs latency, not frames: the frames queued meanwhile
+    leave oldest first, one per camera and batch, so each camera's reach the network in order."""
+    b = Batcher(max_size=2, deadline_s=0.01, max_delay_s=5.0)
+    for seq in range(3):
+        b.put(frame("a", seq))
+    b.put(frame("b", 0))
+    assert b.waiting() == 4
+    batches = [[(f.camera, f.seq) for f in b.next_batch(timeout=1)] for _ in range(3)]
+    assert batches == [[("a", 0), ("b", 0)], [("a", 1)], [("a", 2)]]
+    assert b.dropped == {} and b.pending() == 1  # the last batch is still in flight
+    b.done()
+    assert b.pending() == 0
+
+
+def test_a_frame_past_the_budget_is_dropped_only_for_a_newer_one():
+    """Frames older than the budget are dropped when newer frames of their camera wait behind them (that
+    camera outpaces inference); the newest is sent however late, and other cameras lose nothing."""
+    b = Batcher(max_size=2, deadline_s=0.01, max_delay_s=0.1)
+    now = time.monotonic()
+    for seq, age in enumerate((0.5, 0.3, 0.2, 0.05)):
+        b.put(frame("a", seq, arrival=now - age))
+    b.put(frame("b", 0, arrival=now - 0.5))  # alone: late, but nothing newer to show instead
+    assert sorted((f.camera, f.seq) for f in b.next_batch(timeout=1)) == [("a", 3), ("b", 0)]
+    assert b.dropped == {"a": 3}
+    b.discard("a")
+    assert b.dropped == {"a": 3}  # a camera removed keeps its count
+
+
+def test_a_backlog_holds_at_most_max_frames_whatever_the_budget():
+    backlog = Backlog(max_delay_s=3600.0)
+    for seq in range(MAX_FRAMES + 3):
+        backlog.push(frame("a", seq))
+    assert len(backlog) == MAX_FRAMES and backlog.dropped == 3
+    assert backlog.pop().seq == 3

@@ -346,6 +346,7 @@ def test_credentials_never_leak(rtsp_server):
 
 @pytest.mark.parametrize("raw,key", [
     ({"batch": {"deadline_ms": float("inf")}}, "batch.deadline_ms"),
+    ({"batch": {"max_delay_ms": -40}}, "batch.max_delay_ms"),
     ({"model": {"temperature": float("nan")}}, "model.temperature"),
     ({"zmq": {"endpoint": "127.0.0.1:5555"}}, "zmq.endpoint"),
     ({"http": {"listen": "::1:9090"}}, "http.listen"),

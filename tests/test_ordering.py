@@ -46,6 +46,35 @@ def test_an_older_frame_never_overwrites_or_follows_a_newer_one_in_the_output_sl
     assert worker.dropped == 2
 
 
+def test_an_output_stalled_within_the_budget_sends_every_frame_in_order():
+    """A camera's outputs held up (an encoder opening, the CPU taken by a batch) for less than the delay
+    budget send the frames that came meanwhile, in order; with no budget, only the newest of them."""
+    for budget, expected in ((5.0, [1, 2, 3, 4]), (0.0, [1, 4])):
+        sent, first_taken, release = [], threading.Event(), threading.Event()
+
+        def prepare(frame: Frame) -> Frame:
+            sent.append(frame.seq)
+            first_taken.set()
+            release.wait(10)
+            return frame
+
+        worker = OutputWorker("cam", OutputTargets(), prepare=prepare, max_delay_s=budget)
+        try:
+            worker.put(small_frame(1))
+            assert first_taken.wait(10)
+            for seq in (2, 3, 4):
+                worker.put(small_frame(seq))
+            release.set()
+            for _ in range(200):
+                if worker.idle:
+                    break
+                time.sleep(0.01)
+        finally:
+            worker.close()
+        assert sent == expected
+        assert worker.dropped == 4 - len(expected) and worker.published == len(expected)
+
+
 class HeldNetwork:
     """The shipped model, whose next call waits until released: a batch caught in the middle of inference."""
 

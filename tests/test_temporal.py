@@ -8,7 +8,8 @@ from skimage import data
 
 from streamd.frame import Frame
 from streamd.colour.lab import rgb_to_lab
-from streamd.steps import lightness_of
+from streamd.infer.onnx_runtime import Colorizer
+from streamd.steps import lightness_of, predict_or_reuse
 from streamd.colour.temporal import Reuse, Temporal
 
 
@@ -124,3 +125,26 @@ def test_a_moving_scene_carries_the_prediction_along_the_flow_for_a_few_frames()
     lightness_of(cut, (192, 320))
     assert not reuse.try_reuse(cut)
     assert reuse.carried == 2 and reuse.reused == 0
+
+
+def test_cameras_in_step_spread_their_network_runs_over_the_batches():
+    """Four cameras film the same pan from the same moment, so every camera's carry falls due on the same
+    batch. Past the first batch (nothing to carry yet) a batch runs the network on at most its share: 4
+    cameras / (carry_frames 2 + 1), rounded up, 2; the others carry on, none more than twice carry_frames in
+    a row; and the network runs no more often than it would in step."""
+    network, size = Colorizer(), (192, 320)
+    reuses = [Reuse(still_s=0.0, carry_frames=2) for _ in range(4)]
+    runs, longest = [], 0
+    for seq in range(12):
+        pan = 4 * min(seq % 10, 10 - seq % 10)  # back and forth, a cell of the ab grid per frame
+        frames = []
+        for i in range(4):
+            frame = scene(seq, arrival=0.04 * seq, pan=pan)
+            frame.camera = f"cam{i}"
+            frames.append(frame)
+        runs.append(predict_or_reuse(network, frames, reuses, size))
+        longest = max(longest, *(r.carried_in_row for r in reuses))
+    assert runs[0] == 4 and max(runs[1:]) <= 2, runs
+    assert longest <= 2 * 2
+    assert sum(runs) <= 4 * 4  # in step: all four at batches 0, 3, 6 and 9
+    assert all(f.prediction is not None for f in frames)

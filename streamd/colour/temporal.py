@@ -141,6 +141,9 @@ class Reuse:
     # nothing there, 10 % over half the frames; 15 % cost colourfulness (docs/temporal.md)
     CARRY_MISMATCH = 0.10
     CARRY_MAX_AGE_S = Temporal.MAX_GAP_S  # after a longer gap the past is not carried over
+    # A camera whose carry is due may carry on to this many times carry_frames while other cameras of the
+    # batch renew theirs (streamd.steps.predict_or_reuse): the network runs spread over the batches
+    OVERDUE_FACTOR = 2
 
     def __init__(self, still_s: float, carry_frames: int = 0) -> None:
         self.still_s, self.carry_frames = still_s, carry_frames
@@ -150,8 +153,20 @@ class Reuse:
         self.reused = 0
         self.carried = 0
 
-    def try_reuse(self, frame: Frame) -> bool:
-        """If the frame can reuse the last prediction, give it that prediction and return True."""
+    @property
+    def due(self) -> bool:
+        """Whether the last prediction has been carried carry_frames times in a row, so that the next moving
+        frame renews it unless it is let to carry on (try_reuse's `overdue`)."""
+        return self._last is not None and self.carry_frames > 0 and self._carried >= self.carry_frames
+
+    @property
+    def carried_in_row(self) -> int:
+        """Frames carried since the last prediction."""
+        return self._carried
+
+    def try_reuse(self, frame: Frame, overdue: bool = False) -> bool:
+        """If the frame can reuse the last prediction, give it that prediction and return True. `overdue`:
+        a due carry may go on, up to OVERDUE_FACTOR times carry_frames in a row."""
         last = self._last
         if last is None or frame.lightness is None:
             return False
@@ -160,7 +175,8 @@ class Reuse:
             frame.prediction, frame.model_id = (frame.lightness, last.ab), last.model_id
             self.reused += 1
             return True
-        if self._carried < self.carry_frames and frame.arrival - last.arrival <= self.CARRY_MAX_AGE_S:
+        limit = self.carry_frames * (self.OVERDUE_FACTOR if overdue else 1)
+        if self._carried < limit and frame.arrival - last.arrival <= self.CARRY_MAX_AGE_S:
             ab = self._carry(last, cells)
             if ab is not None:
                 frame.prediction, frame.model_id = (frame.lightness, ab), last.model_id

@@ -1,8 +1,9 @@
-"""Batch stage: the newest frame of each camera, gathered into one inference batch.
+"""Batch stage: one frame of each waiting camera, its oldest within the delay budget, gathered into one batch.
 
-Each camera owns a one-frame mailbox: a new frame replaces one not yet taken (counted as dropped), so a
-camera that outpaces inference loses frames, never gains latency. A batch leaves when it is full or when
-the deadline, measured from the first waiting frame, expires (DeepStream's nvstreammux rule).
+Each camera's frames wait in a Backlog (streamd.daemon.backlog): a short stall of inference costs them latency
+within the budget, a camera that outpaces inference loses frames (counted as dropped). A batch holds at most
+one frame per camera, so each camera's frames reach the network and its Reuse in order. A batch leaves when it
+is full or when the deadline, measured from the oldest waiting frame, expires (DeepStream's nvstreammux rule).
 """
 from __future__ import annotations
 
@@ -10,43 +11,55 @@ import threading
 import time
 from collections import OrderedDict
 
+from streamd.daemon.backlog import Backlog
 from streamd.frame import Frame
 
 
 class Batcher:
-    def __init__(self, max_size: int, deadline_s: float) -> None:
+    def __init__(self, max_size: int, deadline_s: float, max_delay_s: float = 0.0) -> None:
+        """`max_delay_s`: the Backlog's budget (0: only each camera's newest frame waits)."""
         self.max_size = max_size
         self.deadline_s = deadline_s
+        self.max_delay_s = max_delay_s
         self._ready = threading.Condition()
-        self._waiting: OrderedDict[str, Frame] = OrderedDict()  # camera -> newest frame, oldest first
-        # camera -> when its mailbox was filled (a replaced frame keeps the time): the batch's deadline runs
-        # from the earliest of these, so it follows the frames actually waiting, whatever leaves or is discarded
-        self._waiting_since: dict[str, float] = {}
-        self.dropped: dict[str, int] = {}
+        # camera -> its waiting frames; cameras in the order they are served (one that gave a frame to a
+        # batch goes to the back: fair to the others when a batch cannot take every camera)
+        self._waiting: OrderedDict[str, Backlog] = OrderedDict()
+        self._backlogs: dict[str, Backlog] = {}  # every camera's, waiting or not (its drops are counted there)
+        self._dropped_gone: dict[str, int] = {}  # drops of cameras discarded since
         self._in_flight = 0  # frames handed out by next_batch and not yet passed on (see done)
         self._closed = False
 
-    def put(self, frame: Frame) -> None:
-        """Never blocks: replaces the camera's frame that is still waiting, if any."""
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Frames dropped so far, by camera."""
         with self._ready:
-            if frame.camera in self._waiting:
-                self.dropped[frame.camera] = self.dropped.get(frame.camera, 0) + 1
-                del self._waiting[frame.camera]  # re-queued at the back: fair to the other cameras
-            self._waiting[frame.camera] = frame
-            self._waiting_since.setdefault(frame.camera, time.monotonic())
-            if len(self._waiting) >= self.max_size:
-                self._ready.notify()
-            elif len(self._waiting) == 1:
+            counts = dict(self._dropped_gone)
+            for camera, backlog in self._backlogs.items():
+                counts[camera] = counts.get(camera, 0) + backlog.dropped
+            return {camera: n for camera, n in counts.items() if n}
+
+    def put(self, frame: Frame) -> None:
+        """Never blocks."""
+        with self._ready:
+            backlog = self._backlogs.get(frame.camera)
+            if backlog is None:
+                backlog = self._backlogs[frame.camera] = Backlog(self.max_delay_s)
+            if not backlog:
+                self._waiting[frame.camera] = backlog
+            backlog.push(frame)
+            if len(self._waiting) >= self.max_size or len(self._waiting) == 1:
                 self._ready.notify()
 
     def waiting(self) -> int:
+        """Frames waiting for a batch, all cameras together."""
         with self._ready:
-            return len(self._waiting)
+            return sum(len(b) for b in self._waiting.values())
 
     def pending(self) -> int:
         """Frames waiting or in inference: 0 means every frame put in has been passed on."""
         with self._ready:
-            return len(self._waiting) + self._in_flight
+            return sum(len(b) for b in self._waiting.values()) + self._in_flight
 
     def done(self) -> None:
         """The consumer passed the last batch on."""
@@ -54,10 +67,12 @@ class Batcher:
             self._in_flight = 0
 
     def discard(self, camera: str) -> None:
-        """Forget a camera's waiting frame (the camera was removed)."""
+        """Forget a camera's waiting frames (the camera was removed); its drops so far stay counted."""
         with self._ready:
             self._waiting.pop(camera, None)
-            self._waiting_since.pop(camera, None)
+            backlog = self._backlogs.pop(camera, None)
+            if backlog is not None and backlog.dropped:
+                self._dropped_gone[camera] = self._dropped_gone.get(camera, 0) + backlog.dropped
 
     def close(self) -> None:
         with self._ready:
@@ -75,16 +90,18 @@ class Batcher:
                         return []
                     self._ready.wait(left)
                 while self._waiting and len(self._waiting) < self.max_size and not self._closed:
-                    left = min(self._waiting_since.values()) + self.deadline_s - time.monotonic()
+                    oldest = min(b.oldest_arrival() for b in self._waiting.values())
+                    left = oldest + self.deadline_s - time.monotonic()
                     if left <= 0:
                         break
                     self._ready.wait(left)
                 if self._waiting or self._closed:  # (all of them may have been discarded meanwhile)
                     break
-            batch = []
-            while self._waiting and len(batch) < self.max_size:
-                camera, frame = self._waiting.popitem(last=False)
-                del self._waiting_since[camera]
-                batch.append(frame)
+            batch, now = [], time.monotonic()
+            for camera in list(self._waiting)[:self.max_size]:
+                backlog = self._waiting.pop(camera)
+                batch.append(backlog.pop(now))
+                if backlog:
+                    self._waiting[camera] = backlog  # its next frame waits behind the other cameras'
             self._in_flight = len(batch)
             return batch

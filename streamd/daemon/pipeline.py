@@ -3,7 +3,7 @@
     Camera (decode thread per camera)
       -> DayNight: colour frames go straight to the camera's outputs, gray ones to the batcher
       -> CameraReference: the camera's day reference joins a night frame where it shows the reference's view
-      -> Batcher: newest frame per camera, one batch per deadline
+      -> Batcher: one frame per camera, its oldest within [batch] max_delay_ms; one batch per deadline
       -> Colorizer (the inference thread): L batch (+ references) -> ab batch; the reference model for frames
                                            with a reference, the camera's own model for the others
       -> OutputWorker (thread per camera): ab + untouched Y -> colour frame -> ZeroMQ, RTSP, MP4
@@ -46,7 +46,7 @@ from streamd.daemon.schedule import AdaptationScheduler, adapted_model
 from streamd.daemon.sink import OutputTargets, OutputWorker, ZmqPublisher
 from streamd.daemon.source import Camera, SourceSettings, State
 from streamd.daemon.status import Latest
-from streamd.steps import colour_frame, lightness_of, predict_or_reuse, reuse_for
+from streamd.steps import colour_frame, lightness_of, predict_or_reuse, reuse_for, warm_up
 from streamd.daemon.systemd import Keepalive, no_keepalive
 from streamd.colour.temporal import Reuse, Temporal
 
@@ -60,6 +60,7 @@ OUTPUTS_CLOSE_S = 5.0  # all cameras' outputs together: an RTSP peer's time-out 
 SILENT_INTERVALS = 10  # a running camera that has delivered nothing for this many frame intervals is silent
 FAILING_BATCHES = 3  # a model that failed this many batches in a row (and none since) makes /healthz degraded...
 FAILING_RECENT_S = 600.0  # ...while its last failure is this recent (at day a night model runs on nothing)
+WARM_UP_WAIT_S = 10.0  # the cameras start once the model has answered its first call, or after this long
 
 
 def source_settings(c: CameraConfig) -> SourceSettings:
@@ -152,7 +153,8 @@ class Pipeline:
         self.colour_stage = colour_stage
         if colour_stage is None and config.colour.device != "cpu":
             self.colour_stage = gpu_colour_stage(config.colour.device)
-        self.batcher = Batcher(config.batch.max_size, (config.batch.deadline_ms or 40.0) / 1000.0)
+        self.batcher = Batcher(config.batch.max_size, (config.batch.deadline_ms or 40.0) / 1000.0,
+                               config.batch.max_delay_ms / 1000.0)
         self.instruments = Instruments()
         self._zmq_context = zmq.Context()
         self.publisher = None
@@ -186,6 +188,7 @@ class Pipeline:
         # failed batches in a row and the monotonic time of the last, by model id, while it fails
         self._failing_models: dict[str, tuple[int, float]] = {}
         self._infer_thread = threading.Thread(target=self._infer_loop, name="inference", daemon=True)
+        self._warmed_up = threading.Event()
         self.reference_builder = Builder()
         self._references: dict[str, CameraReference] = {}  # by camera name, kept across a camera's restarts
         # last, after every check that can refuse the config: a reference model may take long to load
@@ -266,13 +269,15 @@ class Pipeline:
     def start(self) -> None:
         if self.colour_stage:
             self.colour_stage.start()
+        self._infer_thread.start()  # it warms the steps up first (_infer_loop), before the cameras start...
+        if not self._warmed_up.wait(WARM_UP_WAIT_S):  # ...unless the model hangs: `stalled` will say so
+            log.warning("the model has not answered its first call after %g s; starting the cameras", WARM_UP_WAIT_S)
         if self.shard:
             names = [c.name for c in self.mine(self.config)]
             log.info("shard %s: running %d of the config's %d cameras (%s)", self.shard, len(names),
                      len(self.config.cameras), ", ".join(names) or "none")
         for c in self.mine(self.config):
             self.add_camera(c)
-        self._infer_thread.start()
         self.adaptation.start()
         self.retention.start()
 
@@ -301,7 +306,8 @@ class Pipeline:
             return latest.keep_output(colour_frame(frame, temporal, make_chroma))
 
         outputs = OutputWorker(c.name, targets, prepare=prepare,
-                               observe_latency=self.instruments.latency.labels(c.name).observe, fps=fps)
+                               observe_latency=self.instruments.latency.labels(c.name).observe, fps=fps,
+                               max_delay_s=self.config.batch.max_delay_ms / 1000.0)
         runtime = CameraRuntime(c, None, DayNight(self.config.daynight.to_night_s, self.config.daynight.to_day_s),
                                 outputs, temporal, store, reuse_for(c),
                                 self.model_for(c), self._reference_for(c, store), latest=latest)
@@ -469,6 +475,14 @@ class Pipeline:
             self.batcher.deadline_s = float(np.clip(fastest, 0.005, 0.1))
 
     def _infer_loop(self) -> None:
+        # The steps' first calls cost far more than the next (steps.warm_up): taken here, before start() starts
+        # the cameras, not on all their first frames at once. Timed as a batch: a model hanging here is a stall.
+        self._batch_since = time.monotonic()
+        try:
+            warm_up(self.colorizer, self.models.input_size(self.colorizer))
+        finally:
+            self._batch_since = None
+            self._warmed_up.set()
         while not self._stop.is_set():
             try:
                 batch = self.batcher.next_batch(timeout=0.5)

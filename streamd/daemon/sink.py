@@ -1,7 +1,7 @@
 """Sink stage: colour frames out to ZeroMQ subscribers, RTSP servers and recordings (streamd.daemon.recording).
 
-Each camera has an OutputWorker thread with a one-frame mailbox, so a slow encoder or a server that went
-away costs that camera frames, never the pipeline time. The ZeroMQ PUB socket drops at its high-water
+Each camera has an OutputWorker thread behind a Backlog of its frames (streamd.daemon.backlog), so a slow
+encoder or a server that went away costs that camera frames past the delay budget, never the pipeline time. The ZeroMQ PUB socket drops at its high-water
 mark instead of blocking, so a slow subscriber costs only itself.
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ import cv2
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from streamd.daemon.backlog import Backlog
 from streamd.daemon.backoff import MAX_S, Backoff
 from streamd.frame import Frame
 from streamd.redact import redact
@@ -322,12 +323,13 @@ class OutputTargets:
 
 
 class OutputWorker:
-    """One camera's outputs, on a thread of their own behind a one-frame mailbox (newest wins)."""
+    """One camera's outputs, on a thread of their own behind a Backlog of its frames."""
 
     def __init__(self, camera: str, targets: OutputTargets, prepare: Callable[[Frame], Frame] = lambda f: f,
                  observe_latency: Callable[[float], None] = lambda seconds: None,
-                 fps: Callable[[], float] = lambda: 25.0) -> None:
-        """`fps` gives the camera's frame rate when an encoder opens."""
+                 fps: Callable[[], float] = lambda: 25.0, max_delay_s: float = 0.0) -> None:
+        """`fps` gives the camera's frame rate when an encoder opens; `max_delay_s` is the budget of the
+        frames waiting for the thread (streamd.daemon.backlog; 0: only the newest waits)."""
         self.camera, self.targets, self.prepare = camera, targets, prepare
         self.observe_latency = observe_latency
         self.rtsp = RtspOutput(camera, targets.rtsp_url, targets.rtsp_transport, timeout_s=targets.rtsp_timeout_s,
@@ -335,11 +337,11 @@ class OutputWorker:
                                encoder=targets.encoder) if targets.rtsp_url else None
         self.recording = targets.recording
         self.published = 0
-        self.dropped = 0
+        self._out_of_order = 0
         self.failures = 0  # output steps that raised, all outputs together
         self._failures_by: Counter[str] = Counter()  # by output: each logged the first time and every 250th
         self.latencies_ms: deque[float] = deque(maxlen=1000)  # capture-to-publish, the most recent frames
-        self._slot: Frame | None = None
+        self._backlog = Backlog(max_delay_s)
         self._newest_seq: int | None = None  # the newest frame ever put: an older one never follows it
         self._busy = False
         self._cond = threading.Condition()
@@ -353,22 +355,27 @@ class OutputWorker:
         return (self.rtsp.fallbacks if self.rtsp else 0) + (self.recording.fallbacks if self.recording else 0)
 
     def put(self, frame: Frame) -> None:
-        """Newest wins: a frame older than one already put is dropped (at a day/night switch a gray frame
-        can come back from inference after a newer day frame went straight here), so frames leave in order."""
+        """A frame older than one already put is dropped (at a day/night switch a gray frame can come back
+        from inference after a newer day frame went straight here), so frames leave in order."""
         with self._cond:
             if self._newest_seq is not None and frame.seq <= self._newest_seq:
-                self.dropped += 1
+                self._out_of_order += 1
                 return
-            if self._slot is not None:
-                self.dropped += 1
-            self._slot, self._newest_seq = frame, frame.seq
+            self._backlog.push(frame)
+            self._newest_seq = frame.seq
             self._cond.notify()
+
+    @property
+    def dropped(self) -> int:
+        """Frames this camera's outputs never sent: late past the budget, or older than one sent."""
+        with self._cond:
+            return self._backlog.dropped + self._out_of_order
 
     @property
     def idle(self) -> bool:
         """Nothing waiting and nothing being sent."""
         with self._cond:
-            return self._slot is None and not self._busy
+            return not self._backlog and not self._busy
 
     def request_close(self) -> None:
         """Ask the thread to send what is waiting, close the outputs and end, without waiting (a pipeline
@@ -388,9 +395,9 @@ class OutputWorker:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._slot is None and not self._closing:
+                while not self._backlog and not self._closing:
                     self._cond.wait()
-                frame, self._slot = self._slot, None
+                frame = self._backlog.pop()
                 self._busy = frame is not None
             if frame is None:  # closing, and nothing left to send
                 break

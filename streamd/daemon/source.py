@@ -2,7 +2,7 @@
 
 Network cameras (RTSP), video files played at their native rate (optionally looped, as a camera would),
 and a synthetic gray camera for the demo. A source never waits for the rest of the pipeline: `deliver`
-must not block (the batcher keeps only the newest frame per camera). Failures reconnect with exponential
+must not block (the batcher queues it, within the delay budget). Failures reconnect with exponential
 back-off and jitter; the camera's state and counters say what happened.
 """
 from __future__ import annotations
@@ -219,10 +219,11 @@ class Camera:
         if _is_stream_url(s.url) or not s.realtime:
             yield from frames
             return
-        start, first_pts = time.monotonic(), None
+        start, first_pts = 0.0, None
         for frame in frames:
             if frame.pts is not None:
-                first_pts = frame.pts if first_pts is None else first_pts
+                if first_pts is None:  # the clock starts at the first frame, not at the file's opening: a
+                    start, first_pts = time.monotonic(), frame.pts  # slow open must not send a burst after it
                 delay = start + (frame.pts - first_pts) - time.monotonic()
                 if delay > 0 and self._stop.wait(delay):
                     return

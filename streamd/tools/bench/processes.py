@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from streamd.steps import one_opencv_thread
+from streamd.steps import set_up_threads
 from streamd.tools.bench.inputs import make_clip
 from streamd.tools.bench.pytorch import check_torch_device, torch_colorizer, warm_up
 from streamd.tools.bench.throughput import run_paced
@@ -31,7 +31,7 @@ START_TIMEOUT_S = 300.0  # for every process to load the model and warm up (CUDA
 def run_process(index: int, device: str, clip: str, cameras: int, fps: float, colour_device: str, hwaccel: str,
                 barrier: threading.Barrier, results: multiprocessing.Queue) -> None:
     """One process: load, warm up, wait for the others, then the real pipeline with `cameras` cameras."""
-    one_opencv_thread()  # as in a daemon's process
+    set_up_threads()  # as in a daemon's process
     try:
         colorizer = torch_colorizer(device)
         warm_up(colorizer, cameras)

@@ -29,7 +29,10 @@ def report(result: dict) -> str:
         runs = result[key]
         passthrough = result["passthrough"] if key == "streamd" else runs["passthrough"]
         limit = {p["resolution"]: p["fps"] for p in passthrough}
-        parts.append(f"streamd, paced, {scene} (the real pipeline, cameras at 25 fps, every number a median):\n"
+        seconds = result.get("settings", {}).get("paced_clip_seconds")
+        clip = f", {seconds:g}-s clips" if seconds else ""
+        parts.append(f"streamd, paced, {scene} (the real pipeline, cameras at 25 fps{clip}, every number a median; "
+                     f"dropped: of all cameras' frames):\n"
                      + table(["resolution", "cameras", "fps/camera", "dropped", "reused", "carried", "p50 ms",
                               "p99 ms", "CPU cores", "peak RSS MiB"],
                              [[p["resolution"], p["cameras"], p["delivered_fps_per_camera"], p["dropped"], p["reused"],

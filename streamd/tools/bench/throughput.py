@@ -231,6 +231,10 @@ def video_sections(colorizer: Colorizer, plan: dict, repeats: int, work: Path, s
         resolution = f"{size[0]}x{size[1]}"
         clip = work / f"{kind}-{resolution}.mp4"
         frames = make_clip(clip, size, plan["clip_s"], still)
+        paced_clip = clip
+        if plan["paced_s"] != plan["clip_s"]:
+            paced_clip = work / f"{kind}-{resolution}-paced.mp4"
+            make_clip(paced_clip, size, plan["paced_s"], still)
         limit = repeated(lambda: run_stages(clip, 1, frames, work), repeats)
         passthrough.append({"resolution": resolution, **limit})
         print(f"pass-through {kind} {resolution}: {limit['fps']:.1f} fps", flush=True)
@@ -253,7 +257,7 @@ def video_sections(colorizer: Colorizer, plan: dict, repeats: int, work: Path, s
             stages = repeated(lambda: run_stages(clip, cameras, per_camera, work, colorizer), repeats)
             throughput.append({"resolution": resolution, "cameras": cameras, "frames_per_camera": per_camera,
                                "ratio_to_passthrough": stages["fps"] / limit["fps"], **stages})
-            live = repeated(lambda: run_paced(clip, cameras, colorizer, work), repeats)
+            live = repeated(lambda: run_paced(paced_clip, cameras, colorizer, work), repeats)
             paced.append({"resolution": resolution, "cameras": cameras, "camera_fps": CLIP_FPS, **live})
             print(f"streamd {kind} {resolution} x{cameras}: {stages['fps']:.1f} fps unpaced "
                   f"({stages['fps'] / limit['fps']:.3f} of pass-through); paced "
