@@ -67,7 +67,8 @@ def colour_of(bgr: np.ndarray, mask: np.ndarray | None = None) -> dict:
     angle = hsv[:, 0] / 256.0 * 2 * np.pi
     saturation = hsv[:, 1] / 255.0
     x, y = float(np.mean(saturation * np.cos(angle))), float(np.mean(saturation * np.sin(angle)))
-    return {"hue": round(float(np.degrees(np.arctan2(y, x))) % 360, 1), "saturation": round(float(saturation.mean()), 3)}
+    # rounded before the wrap: 359.97 degrees is 0.0, not 360.0
+    return {"hue": round(float(np.degrees(np.arctan2(y, x))), 1) % 360, "saturation": round(float(saturation.mean()), 3)}
 
 
 class Follower:
