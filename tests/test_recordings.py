@@ -549,3 +549,26 @@ def test_check_reports_a_read_only_recording_folder(tmp_path):
     proc = subprocess.run([unshare, "-m", "sh", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"camera[0].file_out: {folder} is not writable" in proc.stderr
+
+
+def test_the_cameras_encoders_share_the_cores(tmp_path):
+    """Four recorded cameras in one process: each libx264 gets a share of the machine's cores, at least one
+    thread, so that together they start no more encoding threads than there are cores (or cameras)."""
+    import os
+
+    from tests.test_pipeline import run_pipeline
+
+    clip = write_video(tmp_path / "c.mp4", "gray", seconds=2)
+    threads: dict[str, int] = {}
+
+    def all_opened(pipeline: Pipeline) -> bool:
+        for name, runtime in pipeline.cameras.items():
+            stream = runtime.outputs.recording._writer._stream
+            if stream is not None:
+                threads[name] = stream.codec_context.thread_count
+        return len(threads) == 4
+
+    run_pipeline([{"name": f"cam{i}", "url": str(clip), "file_out": str(tmp_path / "rec"), "encoder": "libx264"}
+                  for i in range(4)], seconds=60, until=all_opened)
+    assert len(threads) == 4 and all(t >= 1 for t in threads.values()), threads
+    assert sum(threads.values()) <= max(os.cpu_count() or 1, 4), threads

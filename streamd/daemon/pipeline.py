@@ -43,7 +43,7 @@ from streamd.infer.onnx_runtime import Colorizer, InferenceUnavailable
 from streamd.daemon.recording import Recorder, RetentionSweeper
 from streamd.daemon.reference_store import REFERENCE_FILE, Builder, CameraReference
 from streamd.daemon.schedule import AdaptationScheduler, adapted_model
-from streamd.daemon.sink import OutputTargets, OutputWorker, ZmqPublisher
+from streamd.daemon.sink import OutputTargets, OutputWorker, ZmqPublisher, x264_threads
 from streamd.daemon.source import Camera, SourceSettings, State
 from streamd.daemon.status import Latest
 from streamd.steps import colour_frame, lightness_of, predict_or_reuse, reuse_for, warm_up
@@ -287,11 +287,16 @@ class Pipeline:
         def fps() -> float:  # the camera's measured rate, asked when an encoder opens
             return 1.0 / runtime.interval_s if runtime else c.fps
 
+        def encoder_threads() -> int:  # the cores shared among the cameras running when an encoder opens
+            return x264_threads(len(self.cameras))
+
         recording = Recorder(Path(c.file_out), c.name, c.file_segment_s, c.file_retain_days, c.file_retain_gb,
-                             fps=fps, keyframe_interval_s=c.keyframe_interval_s, encoder=c.encoder) if c.file_out else None
+                             fps=fps, keyframe_interval_s=c.keyframe_interval_s, encoder=c.encoder,
+                             threads=encoder_threads) if c.file_out else None
         targets = OutputTargets(zmq=self.publisher, zmq_format=c.zmq_format or self.config.zmq.format,
                                 rtsp_url=c.rtsp_out or None, rtsp_transport=c.rtsp_out_transport or c.transport,
                                 rtsp_timeout_s=c.rtsp_out_timeout_s, recording=recording, encoder=c.encoder,
+                                encoder_threads=encoder_threads,
                                 keyframe_interval_s=c.keyframe_interval_s)
         temporal = Temporal() if c.temporal else None  # used on the camera's output thread only
         store = self._store_for(c)

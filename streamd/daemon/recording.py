@@ -217,13 +217,15 @@ class Recorder:
 
     def __init__(self, folder: Path, camera: str, segment_s: float = 60.0, retain_days: float = 7.0,
                  retain_gb: float = 50.0, fps: float | Callable[[], float] = 25.0, keyframe_interval_s: float = 1.0,
-                 encoder: str = "auto") -> None:
+                 encoder: str = "auto", threads: Callable[[], int] | None = None) -> None:
+        """`threads`: libx264's, asked when a segment's encoder opens (streamd.daemon.sink.H264Writer)."""
         self.folder = Path(folder) / camera
         self.camera, self.segment_s = camera, segment_s
         self.max_age_s, self.max_bytes = retain_days * 86400.0, int(retain_gb * 1e9)
         # One writer for all segments: an encoder that fails to open is passed over once, not every segment
         self._writer = H264Writer("", "mp4", FRAGMENTED_MP4, fps=fps, keyframe_interval_s=keyframe_interval_s,
-                                  encoders=encoder_candidates(encoder), label=f"camera {camera}: recording")
+                                  encoders=encoder_candidates(encoder), label=f"camera {camera}: recording",
+                                  threads=threads)
         self.path: Path | None = None  # the segment being written
         self.closed = 0  # segments closed
         self._frames = 0  # in the current segment

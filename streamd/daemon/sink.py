@@ -113,6 +113,14 @@ NVENC = ("h264_nvenc", {"preset": "p1", "tune": "ll", "zerolatency": "1", "force
 LIBX264 = ("libx264", {"preset": "ultrafast", "tune": "zerolatency"})
 
 
+def x264_threads(cameras: int, cores: int | None = None) -> int:
+    """libx264's threads for each of `cameras` cameras: the cores shared out, at least one. With as many cameras
+    as cores, the cameras' own output threads are the parallelism, and x264's slice threads only add hand-offs:
+    on one thread a 720p frame took 4.4 instead of 5.1 ms of CPU (BENCHMARKS.md). One camera on many cores
+    keeps them all, for a large frame's sake."""
+    return max(1, (cores or os.cpu_count() or 1) // max(1, cameras))
+
+
 def encoder_candidates(choice: str = "auto") -> list[tuple[str, dict]]:
     """The H.264 encoders a writer tries, best first. auto: NVENC on a host with an NVIDIA device, then
     libx264; nvenc: NVENC first wherever; libx264: never NVENC (it leaves the GPU's encoder sessions to others)."""
@@ -133,15 +141,18 @@ class H264Writer:
 
     def __init__(self, target: str, fmt: str | None = None, options: dict | None = None,
                  fps: float | Callable[[], float] = 25.0, keyframe_interval_s: float = 1.0,
-                 encoders: list[tuple[str, dict]] | None = None, label: str = "") -> None:
+                 encoders: list[tuple[str, dict]] | None = None, label: str = "",
+                 threads: Callable[[], int] | None = None) -> None:
         """`options` are the container's (the muxer's and its protocol's); `fps` the camera's rate (or a
         function giving it when the writer opens), for the encoder's rate control; `label` names the
-        writer in log lines (default: the target, without credentials)."""
+        writer in log lines (default: the target, without credentials); `threads` gives libx264's threads
+        when it opens (None: x264's own choice, from the machine's cores)."""
         self.target, self.fmt, self.options = target, fmt, options or {}
         self._fps = fps if callable(fps) else (lambda: fps)
         self.keyframe_interval_s = keyframe_interval_s
         self.encoders = list(encoders or encoder_candidates())
         self.label = label or redact(target)
+        self._threads = threads
         self.fallbacks = 0
         self._container: av.container.OutputContainer | None = None
         self._stream = None
@@ -184,7 +195,10 @@ class H264Writer:
                 stream.codec_context.time_base = Fraction(1, 90000)
                 # Keyframes are placed by time (write); a high g keeps the encoder's own frame count (FFmpeg's
                 # default: every 12 frames) from adding more.
-                stream.options = {**codec_options, "g": str(max(1, round(fps * self.keyframe_interval_s * 10)))}
+                options = {**codec_options, "g": str(max(1, round(fps * self.keyframe_interval_s * 10)))}
+                if codec == LIBX264[0] and self._threads is not None:
+                    options["threads"] = str(self._threads())
+                stream.options = options
                 stream.codec_context.color_range = 2 if frame.full_range else 1
                 stream.codec_context.colorspace = 1 if frame.matrix == "bt709" else 6
                 stream.codec_context.open()  # here, not at the first packet: a failure is the encoder's
@@ -261,11 +275,11 @@ class RtspOutput:
 
     def __init__(self, camera: str, url: str, transport: str = "tcp", backoff_max: float = MAX_S,
                  timeout_s: float = 5.0, fps: float | Callable[[], float] = 25.0, keyframe_interval_s: float = 1.0,
-                 encoder: str = "auto") -> None:
+                 encoder: str = "auto", threads: Callable[[], int] | None = None) -> None:
         self.camera, self.url = camera, url
         options = {"rtsp_transport": transport, "timeout": str(round(timeout_s * 1e6))}  # microseconds
         self._writer = H264Writer(url, "rtsp", options, fps=fps, keyframe_interval_s=keyframe_interval_s,
-                                  encoders=encoder_candidates(encoder),
+                                  encoders=encoder_candidates(encoder), threads=threads,
                                   label=f"camera {camera}: RTSP output {redact(url)}")
         self._retry_at, self._timeout_s = 0.0, timeout_s
         self._backoff = Backoff(maximum=backoff_max)
@@ -320,6 +334,7 @@ class OutputTargets:
     recording: Recording | None = None
     encoder: str = "auto"  # for the RTSP output (the recording has its own)
     keyframe_interval_s: float = 1.0
+    encoder_threads: Callable[[], int] | None = None  # libx264's threads (x264_threads), asked when it opens
 
 
 class OutputWorker:
@@ -334,7 +349,7 @@ class OutputWorker:
         self.observe_latency = observe_latency
         self.rtsp = RtspOutput(camera, targets.rtsp_url, targets.rtsp_transport, timeout_s=targets.rtsp_timeout_s,
                                fps=fps, keyframe_interval_s=targets.keyframe_interval_s,
-                               encoder=targets.encoder) if targets.rtsp_url else None
+                               encoder=targets.encoder, threads=targets.encoder_threads) if targets.rtsp_url else None
         self.recording = targets.recording
         self.published = 0
         self._out_of_order = 0
