@@ -60,7 +60,8 @@ class BatchConfig:
     deadline_ms: float = 0.0  # 0 = one frame interval of the fastest camera
     # A frame that has waited this long since it was decoded is dropped at the next queue (the batch, its
     # camera's outputs) once a newer frame of its camera waits behind it: shorter stalls cost latency, not
-    # frames; a camera that outpaces the machine loses frames, not latency. 0 = only the newest frame waits
+    # frames; a camera that outpaces the machine loses frames, not latency. 0 = only the newest frame waits.
+    # A stage holds at most 16 frames of a camera (streamd.daemon.backlog.MAX_FRAMES) whatever the budget
     max_delay_ms: float = 100.0
 
 

@@ -8,6 +8,7 @@ import math
 import sys
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from fractions import Fraction
 
 import cv2
 import numpy as np
@@ -94,21 +95,28 @@ def reuse_for(camera: CameraConfig) -> Reuse | None:
     return None
 
 
-def predict_or_reuse(colorizer: Colorizer, frames: list[Frame], reuses: list[Reuse | None],
-                     input_size: tuple[int, int], pool: Executor | None = None) -> int:
-    """`predict` for the frames whose camera's Reuse (reuses[i]; None: always predict) cannot reuse its
-    last prediction; the others get that one. Returns how many frames ran the network.
+# (frames, their cameras' Reuse or None, the input size of the model they are for): one model's share of a batch
+Group = tuple[list[Frame], list[Reuse | None], tuple[int, int]]
 
-    Cameras whose carry is due renew their predictions a few per batch: at most the batch's share of network
-    runs (one per camera per carry cycle, rounded up), counting the frames that must run anyway; the others
-    carry on (Reuse's `overdue`), longest carried renewing first. Cameras started together, or in step on one
-    scene, would otherwise all run the network on the same batch every carry cycle, and stall every camera
-    behind that batch; spread out, the same runs cost no frame. With a `pool`, the cameras' Reuse checks (an
-    optical flow each) run in parallel instead of one after the other: a batch holds one frame per camera, so
-    each Reuse is still used by one thread at a time, in order."""
+
+def check_reuses(groups: list[Group], pool: Executor | None = None) -> None:
+    """Give each frame of a batch (its frames grouped by the model each is for) whose camera's Reuse can reuse
+    the last prediction that prediction; the others are left for the network.
+
+    Cameras whose carry is due renew their predictions a few per batch, whatever model each runs: at most the
+    batch's share of network runs (one per camera per carry cycle, rounded up), counting the frames that must
+    run anyway; the other due cameras carry on (Reuse's `overdue`), those furthest into their carry renewing
+    first. Cameras started together, or in step on one scene, would otherwise all run the network on the same
+    batch every carry cycle, and stall every camera behind that batch; spread out, the same runs cost no
+    frame. With a `pool`, the cameras' checks (an optical flow each) run in parallel instead of one after the
+    other: a batch holds one frame per camera, so each Reuse is still used by one thread at a time, in order."""
+    frames = [frame for group, _, _ in groups for frame in group]
+    reuses = [reuse for _, group, _ in groups for reuse in group]
+    for group, group_reuses, input_size in groups:
+        for frame, reuse in zip(group, group_reuses):
+            if reuse is not None:
+                lightness_of(frame, input_size)  # what Reuse compares; usually done on the decode thread
     checks = [(frame, reuse) for frame, reuse in zip(frames, reuses) if reuse is not None]
-    for frame, _ in checks:
-        lightness_of(frame, input_size)  # what Reuse compares; usually done on the decode thread
     in_parallel = pool is not None and len({id(reuse) for _, reuse in checks}) == len(checks)
 
     def check(items: list[tuple[Frame, Reuse, bool]]) -> None:
@@ -118,12 +126,18 @@ def predict_or_reuse(colorizer: Colorizer, frames: list[Frame], reuses: list[Reu
             for frame, reuse, overdue in items:
                 reuse.try_reuse(frame, overdue)
 
-    due = sorted((c for c in checks if c[1].due), key=lambda c: -c[1].carried_in_row)
+    due = sorted((c for c in checks if c[1].due), key=lambda c: -c[1].carried_in_row / c[1].carry_frames)
     check([(frame, reuse, False) for frame, reuse in checks if not reuse.due])
-    share = sum(1.0 / (reuse.carry_frames + 1) if reuse else 1.0 for reuse in reuses)
+    share = sum(Fraction(1, reuse.carry_frames + 1) if reuse else 1 for reuse in reuses)
     due_ids = {id(frame) for frame, _ in due}
     free = max(0, math.ceil(share) - sum(f.prediction is None for f in frames if id(f) not in due_ids))
     check([(frame, reuse, i >= free) for i, (frame, reuse) in enumerate(due)])
+
+
+def predict_fresh(colorizer: Colorizer, frames: list[Frame], reuses: list[Reuse | None],
+                  input_size: tuple[int, int]) -> int:
+    """`predict` for the frames that got no reused prediction, each remembered by its camera's Reuse; returns
+    how many ran the network."""
     fresh = [(frame, reuse) for frame, reuse in zip(frames, reuses) if frame.prediction is None]
     if fresh:
         predict(colorizer, [f for f, _ in fresh], input_size)
@@ -131,6 +145,13 @@ def predict_or_reuse(colorizer: Colorizer, frames: list[Frame], reuses: list[Reu
         if reuse is not None:
             reuse.remember(frame)
     return len(fresh)
+
+
+def predict_or_reuse(colorizer: Colorizer, frames: list[Frame], reuses: list[Reuse | None],
+                     input_size: tuple[int, int], pool: Executor | None = None) -> int:
+    """One model's frames: `check_reuses`, then `predict_fresh`. Returns how many frames ran the network."""
+    check_reuses([(frames, reuses, input_size)], pool)
+    return predict_fresh(colorizer, frames, reuses, input_size)
 
 
 def warm_up(colorizer: Colorizer, input_size: tuple[int, int]) -> None:
@@ -142,10 +163,9 @@ def warm_up(colorizer: Colorizer, input_size: tuple[int, int]) -> None:
     frame = Frame("warm-up", 0, plane, plane[::2, ::2].copy(), plane[::2, ::2].copy())
     try:
         predict(colorizer, [frame], input_size)
-    except Exception:
+        colour_frame(frame, Temporal())
+    except Exception:  # the cameras' frames will meet the fault and report it
         log.debug("warm-up: model %s did not run", colorizer.info.model_id, exc_info=True)
-        return
-    colour_frame(frame, Temporal())
 
 
 def colour_frame(frame: Frame, temporal: Temporal | None = None, make_chroma: ChromaPlanes = chroma_planes) -> Frame:

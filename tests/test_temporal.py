@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 from skimage import data
 
 from streamd.frame import Frame
 from streamd.colour.lab import rgb_to_lab
 from streamd.infer.onnx_runtime import Colorizer
-from streamd.steps import lightness_of, predict_or_reuse
+from streamd.steps import check_reuses, lightness_of, predict_fresh, predict_or_reuse
 from streamd.colour.temporal import Reuse, Temporal
 
 
@@ -127,11 +128,13 @@ def test_a_moving_scene_carries_the_prediction_along_the_flow_for_a_few_frames()
     assert reuse.carried == 2 and reuse.reused == 0
 
 
-def test_cameras_in_step_spread_their_network_runs_over_the_batches():
+@pytest.mark.parametrize("models", [1, 4])
+def test_cameras_in_step_spread_their_network_runs_over_the_batches(models):
     """Four cameras film the same pan from the same moment, so every camera's carry falls due on the same
-    batch. Past the first batch (nothing to carry yet) a batch runs the network on at most its share: 4
-    cameras / (carry_frames 2 + 1), rounded up, 2; the others carry on, none more than twice carry_frames in
-    a row; and the network runs no more often than it would in step."""
+    batch; they share one model, or each runs its own (adapted) one. Past the first batch (nothing to carry
+    yet) a batch runs the network on at most its share: 4 cameras / (carry_frames 2 + 1), rounded up, 2; the
+    others carry on, none more than twice carry_frames in a row; and the network runs no more often than it
+    would in step."""
     network, size = Colorizer(), (192, 320)
     reuses = [Reuse(still_s=0.0, carry_frames=2) for _ in range(4)]
     runs, longest = [], 0
@@ -142,7 +145,11 @@ def test_cameras_in_step_spread_their_network_runs_over_the_batches():
             frame = scene(seq, arrival=0.04 * seq, pan=pan)
             frame.camera = f"cam{i}"
             frames.append(frame)
-        runs.append(predict_or_reuse(network, frames, reuses, size))
+        if models == 1:
+            runs.append(predict_or_reuse(network, frames, reuses, size))
+        else:  # the daemon's way with a model per camera: the batch's checks together, then each model's run
+            check_reuses([([f], [r], size) for f, r in zip(frames, reuses)])
+            runs.append(sum(predict_fresh(network, [f], [r], size) for f, r in zip(frames, reuses)))
         longest = max(longest, *(r.carried_in_row for r in reuses))
     assert runs[0] == 4 and max(runs[1:]) <= 2, runs
     assert longest <= 2 * 2

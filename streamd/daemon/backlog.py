@@ -13,7 +13,7 @@ from collections import deque
 
 from streamd.frame import Frame
 
-MAX_FRAMES = 16  # whatever the budget: a stalled stage holds at most this many frames of a camera
+MAX_FRAMES = 16  # whatever the budget, a stage holds at most this many frames of a camera (0.64 s at 25 fps)
 
 
 class Backlog:
@@ -27,20 +27,20 @@ class Backlog:
 
     def push(self, frame: Frame) -> None:
         self._frames.append(frame)
+        self._drop_late(frame.arrival)  # a stalled stage holds what is still within the budget, no more
         if len(self._frames) > MAX_FRAMES:
             self._frames.popleft()
             self.dropped += 1
 
     def pop(self, now: float | None = None) -> Frame | None:
         """The oldest frame still within the budget (or the newest, if none is); None when empty."""
-        now = time.monotonic() if now is None else now
+        self._drop_late(time.monotonic() if now is None else now)
+        return self._frames.popleft() if self._frames else None
+
+    def _drop_late(self, now: float) -> None:
         while len(self._frames) > 1 and now - self._frames[0].arrival > self.max_delay_s:
             self._frames.popleft()
             self.dropped += 1
-        return self._frames.popleft() if self._frames else None
 
     def oldest_arrival(self) -> float | None:
         return self._frames[0].arrival if self._frames else None
-
-    def clear(self) -> None:
-        self._frames.clear()

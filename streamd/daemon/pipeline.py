@@ -46,7 +46,7 @@ from streamd.daemon.schedule import AdaptationScheduler, adapted_model
 from streamd.daemon.sink import OutputTargets, OutputWorker, ZmqPublisher, x264_threads
 from streamd.daemon.source import Camera, SourceSettings, State
 from streamd.daemon.status import Latest
-from streamd.steps import colour_frame, lightness_of, predict_or_reuse, reuse_for, warm_up
+from streamd.steps import check_reuses, colour_frame, lightness_of, predict_fresh, reuse_for, warm_up
 from streamd.daemon.systemd import Keepalive, no_keepalive
 from streamd.colour.temporal import Reuse, Temporal
 
@@ -287,8 +287,8 @@ class Pipeline:
         def fps() -> float:  # the camera's measured rate, asked when an encoder opens
             return 1.0 / runtime.interval_s if runtime else c.fps
 
-        def encoder_threads() -> int:  # the cores shared among the cameras running when an encoder opens
-            return x264_threads(len(self.cameras))
+        def encoder_threads() -> int:  # the cores shared among the cameras, asked when an encoder opens
+            return x264_threads(max(len(self.cameras), len(self.mine(self.config))))
 
         recording = Recorder(Path(c.file_out), c.name, c.file_segment_s, c.file_retain_days, c.file_retain_gb,
                              fps=fps, keyframe_interval_s=c.keyframe_interval_s, encoder=c.encoder,
@@ -485,6 +485,8 @@ class Pipeline:
         self._batch_since = time.monotonic()
         try:
             warm_up(self.colorizer, self.models.input_size(self.colorizer))
+        except Exception:  # a cost saved, not a step any frame needs: the thread goes on to the cameras
+            log.exception("inference thread: the warm-up failed")
         finally:
             self._batch_since = None
             self._warmed_up.set()
@@ -513,6 +515,10 @@ class Pipeline:
         camera's last prediction still holds (a still scene, or one carried along the flow) skip it. Frames
         the reference model fails on get their cameras' own colour instead of none."""
         by_model = self._by_model(batch, use_reference=True)
+        # Reuse's checks over the whole batch, whatever model each frame is for: the network runs renewing
+        # carries are spread over the batches across all the models (steps.check_reuses)
+        check_reuses([(frames, reuses, self.models.input_size(colorizer))
+                      for colorizer, frames, reuses in by_model.values()], self._reuse_pool)
         t0 = time.perf_counter()
         predicted, failed, gray = 0, set(), set()
         for colorizer, frames, reuses in by_model.values():
@@ -565,10 +571,11 @@ class Pipeline:
         return by_model
 
     def _predict(self, colorizer: Colorizer, frames: list[Frame], reuses: list, gray: set[int]) -> int | None:
-        """predict_or_reuse on one model's frames: how many ran the network, or None if the model failed (logged,
-        and counted towards /healthz's failing models). Frames an inference server could not take go to `gray`."""
+        """predict_fresh on one model's frames (the batch's Reuse checks done): how many ran the network, or None
+        if the model failed (logged, and counted towards /healthz's failing models). Frames an inference server
+        could not take go to `gray`."""
         try:
-            count = predict_or_reuse(colorizer, frames, reuses, self.models.input_size(colorizer), self._reuse_pool)
+            count = predict_fresh(colorizer, frames, reuses, self.models.input_size(colorizer))
             self._failing_models.pop(colorizer.info.model_id, None)
             return count
         except InferenceUnavailable:  # an inference server away: the cameras keep flowing, gray

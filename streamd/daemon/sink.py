@@ -1,7 +1,8 @@
 """Sink stage: colour frames out to ZeroMQ subscribers, RTSP servers and recordings (streamd.daemon.recording).
 
 Each camera has an OutputWorker thread behind a Backlog of its frames (streamd.daemon.backlog), so a slow
-encoder or a server that went away costs that camera frames past the delay budget, never the pipeline time. The ZeroMQ PUB socket drops at its high-water
+encoder or a server that went away costs that camera frames past the delay budget, never the pipeline
+time. The ZeroMQ PUB socket drops at its high-water
 mark instead of blocking, so a slow subscriber costs only itself.
 """
 from __future__ import annotations
@@ -118,7 +119,9 @@ def x264_threads(cameras: int, cores: int | None = None) -> int:
     as cores, the cameras' own output threads are the parallelism, and x264's slice threads only add hand-offs:
     on one thread a 720p frame took 4.4 instead of 5.1 ms of CPU (BENCHMARKS.md). One camera on many cores
     keeps them all, for a large frame's sake."""
-    return max(1, (cores or os.cpu_count() or 1) // max(1, cameras))
+    if cores is None:  # the cores this process may run on (a container's or a systemd unit's CPU set)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, cameras))
 
 
 def encoder_candidates(choice: str = "auto") -> list[tuple[str, dict]]:
