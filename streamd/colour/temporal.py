@@ -142,7 +142,7 @@ class Reuse:
     CARRY_MISMATCH = 0.10
     CARRY_MAX_AGE_S = Temporal.MAX_GAP_S  # after a longer gap the past is not carried over
     # A camera whose carry is due may carry on to this many times carry_frames while other cameras of the
-    # batch renew theirs (streamd.steps.predict_or_reuse): the network runs spread over the batches
+    # batch renew theirs (streamd.steps.check_reuses): the network runs spread over the batches
     OVERDUE_FACTOR = 2
 
     def __init__(self, still_s: float, carry_frames: int = 0) -> None:
