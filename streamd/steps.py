@@ -164,7 +164,7 @@ def warm_up(colorizer: Colorizer, input_size: tuple[int, int]) -> None:
     try:
         predict(colorizer, [frame], input_size)
         colour_frame(frame, Temporal())
-    except Exception:  # the cameras' frames will meet the fault and report it
+    except Exception:  # a cost saved, not a step any frame needs: the cameras' frames meet the fault and report it
         log.debug("warm-up: model %s did not run", colorizer.info.model_id, exc_info=True)
 
 

@@ -287,16 +287,13 @@ class Pipeline:
         def fps() -> float:  # the camera's measured rate, asked when an encoder opens
             return 1.0 / runtime.interval_s if runtime else c.fps
 
-        def encoder_threads() -> int:  # the cores shared among the cameras, asked when an encoder opens
-            return x264_threads(max(len(self.cameras), len(self.mine(self.config))))
-
         recording = Recorder(Path(c.file_out), c.name, c.file_segment_s, c.file_retain_days, c.file_retain_gb,
                              fps=fps, keyframe_interval_s=c.keyframe_interval_s, encoder=c.encoder,
-                             threads=encoder_threads) if c.file_out else None
+                             threads=self._encoder_threads) if c.file_out else None
         targets = OutputTargets(zmq=self.publisher, zmq_format=c.zmq_format or self.config.zmq.format,
                                 rtsp_url=c.rtsp_out or None, rtsp_transport=c.rtsp_out_transport or c.transport,
                                 rtsp_timeout_s=c.rtsp_out_timeout_s, recording=recording, encoder=c.encoder,
-                                encoder_threads=encoder_threads,
+                                encoder_threads=self._encoder_threads,
                                 keyframe_interval_s=c.keyframe_interval_s)
         temporal = Temporal() if c.temporal else None  # used on the camera's output thread only
         store = self._store_for(c)
@@ -327,6 +324,10 @@ class Pipeline:
         log.info("camera %s: %s model %s%s", c.name, kind, runtime.colorizer.info.model_id, until)
         self._update_batching()
         runtime.source.start()
+
+    def _encoder_threads(self) -> int:
+        """libx264's threads for a camera's encoder as it opens: the cores shared among the cameras."""
+        return x264_threads(max(len(self.cameras), len(self.mine(self.config))))
 
     def _reference_for(self, c: CameraConfig, store: FrameStore | None) -> CameraReference | None:
         """The camera's day reference (its file, or the one built from its store), if it colours from one. A
@@ -484,9 +485,7 @@ class Pipeline:
         # the cameras, not on all their first frames at once. Timed as a batch: a model hanging here is a stall.
         self._batch_since = time.monotonic()
         try:
-            warm_up(self.colorizer, self.models.input_size(self.colorizer))
-        except Exception:  # a cost saved, not a step any frame needs: the thread goes on to the cameras
-            log.exception("inference thread: the warm-up failed")
+            warm_up(self.colorizer, self.models.input_size(self.colorizer))  # a failure is logged there
         finally:
             self._batch_since = None
             self._warmed_up.set()
