@@ -145,6 +145,10 @@ class TritonColorizer:
             self.unavailable = None
         return ab
 
+    def requests_for(self, batch: int) -> int:
+        """How many requests a call with `batch` frames sends (the server takes at most max_batch_size)."""
+        return -(-batch // self._max_batch)
+
     def _infer(self, lightness: np.ndarray) -> np.ndarray:
         """All requests of the batch in flight at once; their answers in order."""
         chunks = [lightness[i:i + self._max_batch] for i in range(0, len(lightness), self._max_batch)]

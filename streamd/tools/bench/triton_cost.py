@@ -82,9 +82,11 @@ def network_rows(local: Colorizer, remote, url: str, model: str, rounds: int) ->
     for batch in NETWORK_BATCHES:
         lightness = lightness_batch((local.info.input_height, local.info.input_width), batch)
         try:
+            start = server_ms(url, model)
             for run in (local, remote):  # warm-up: sessions, the server's first request of this shape
                 run(lightness)
-            before = server_ms(url, model)
+            # the server counts the warm-up once its response has left, perhaps after this call returned
+            before = server_ms_after(url, model, start["requests"] + remote.requests_for(batch))
             seconds = time_interleaved({"local": local, "triton": remote}, lightness, rounds)
         except InferenceUnavailable as e:
             raise BenchUnavailable(f"Triton at {url} failed during the measurement: {e}") from None
