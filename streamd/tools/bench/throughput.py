@@ -126,11 +126,11 @@ class StageClock:
 
 
 class TimedColorizer:
-    """A colorizer that charges each network call (host/device copies included) to a clock; the Pipeline
-    sees the interface it expects."""
+    """A colorizer that charges each network call (host/device copies included) to a clock, except its first
+    `uncharged` calls; the Pipeline sees the interface it expects."""
 
-    def __init__(self, colorizer: Colorizer | TorchColorizer, clock: StageClock) -> None:
-        self.colorizer, self.clock = colorizer, clock
+    def __init__(self, colorizer: Colorizer | TorchColorizer, clock: StageClock, uncharged: int = 0) -> None:
+        self.colorizer, self.clock, self.uncharged = colorizer, clock, uncharged
         self.info, self.provider, self.path = colorizer.info, colorizer.provider, colorizer.path
 
     @property
@@ -138,6 +138,9 @@ class TimedColorizer:
         return self.colorizer.unavailable
 
     def __call__(self, lightness: np.ndarray) -> np.ndarray:
+        if self.uncharged:
+            self.uncharged -= 1
+            return self.colorizer(lightness)
         start = time.perf_counter()
         ab = self.colorizer(lightness)
         self.clock.add(time.perf_counter() - start, len(lightness))
@@ -187,8 +190,9 @@ def run_paced(clip: Path, cameras: int, colorizer: Colorizer | TorchColorizer, o
     """The real Pipeline, each camera the clip played at its own frame rate (`fps`, the clip's): what a deployment would see, frame
     drops and latency included, with the time the inference thread and the colour step took."""
     inference, colour = StageClock(), StageClock()
+    # the Pipeline's first call is its warm-up (steps.warm_up), before the cameras start: not a batch
     pipeline = Pipeline(paced_config(clip, cameras, out_dir, encode, batch_max, colour_device, hwaccel),
-                        TimedColorizer(colorizer, inference))
+                        TimedColorizer(colorizer, inference, uncharged=1))
     cpu_start, start = time.process_time(), time.perf_counter()
     pipeline.start()
     # Wrapped once the cameras exist: a camera's first frames may pass untimed, so the colour step is
@@ -209,6 +213,8 @@ def run_paced(clip: Path, cameras: int, colorizer: Colorizer | TorchColorizer, o
             "sent": sum(r.source.stats.frames for r in runtimes),
             "published": sum(r.outputs.published for r in runtimes),
             "dropped": sum(pipeline.dropped(name) for name in pipeline.cameras),
+            "colorized": sum(r.colorized for r in runtimes),
+            "network_frames": inference.frames,
             "reused": sum(r.reuse.reused for r in runtimes if r.reuse),
             "uncolorized": sum(r.uncolorized for r in runtimes),
             "carried": sum(r.reuse.carried for r in runtimes if r.reuse),
