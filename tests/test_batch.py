@@ -98,7 +98,7 @@ def test_a_frame_past_the_budget_is_dropped_only_for_a_newer_one():
     assert sorted((f.camera, f.seq) for f in b.next_batch(timeout=1)) == [("a", 3), ("b", 0)]
     assert b.dropped == {"a": 3}
     b.discard("a")
-    assert b.dropped == {"a": 3}  # a camera removed keeps its count
+    assert b.dropped == {}  # removed: a camera added again under its name counts afresh, as its other counters
 
 
 def test_a_backlog_holds_at_most_max_frames_whatever_the_budget():
@@ -107,3 +107,16 @@ def test_a_backlog_holds_at_most_max_frames_whatever_the_budget():
         backlog.push(frame("a", seq))
     assert len(backlog) == MAX_FRAMES and backlog.dropped == 3
     assert backlog.pop().seq == 3
+
+
+def test_a_closed_batcher_hands_out_what_waits_then_counts_late_comers_as_dropped():
+    b = Batcher(max_size=4, deadline_s=10.0, max_delay_s=5.0)
+    b.put(frame("a", 0))
+    b.put(frame("a", 1))
+    b.close()
+    b.put(frame("a", 2))  # a camera that had not stopped yet
+    assert b.closed and b.dropped == {"a": 1}
+    assert [f.seq for f in b.next_batch(timeout=5)] == [0]  # at once: no deadline to wait for once closed
+    assert [f.seq for f in b.next_batch(timeout=5)] == [1]
+    start = time.monotonic()
+    assert b.next_batch(timeout=5) == [] and time.monotonic() - start < 1

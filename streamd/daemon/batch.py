@@ -26,25 +26,25 @@ class Batcher:
         # batch goes to the back: fair to the others when a batch cannot take every camera)
         self._waiting: OrderedDict[str, Backlog] = OrderedDict()
         self._backlogs: dict[str, Backlog] = {}  # every camera's, waiting or not (its drops are counted there)
-        self._dropped_gone: dict[str, int] = {}  # drops of cameras discarded since
         self._in_flight = 0  # frames handed out by next_batch and not yet passed on (see done)
         self._closed = False
 
     @property
     def dropped(self) -> dict[str, int]:
-        """Frames dropped so far, by camera."""
+        """Frames dropped so far, by camera (since it was last added: as its other counters, which a restart
+        of the camera starts again)."""
         with self._ready:
-            counts = dict(self._dropped_gone)
-            for camera, backlog in self._backlogs.items():
-                counts[camera] = counts.get(camera, 0) + backlog.dropped
-            return {camera: n for camera, n in counts.items() if n}
+            return {camera: backlog.dropped for camera, backlog in self._backlogs.items() if backlog.dropped}
 
     def put(self, frame: Frame) -> None:
-        """Never blocks."""
+        """Never blocks. Once closed, the frame is counted as dropped (a camera that did not stop in time)."""
         with self._ready:
             backlog = self._backlogs.get(frame.camera)
             if backlog is None:
                 backlog = self._backlogs[frame.camera] = Backlog(self.max_delay_s)
+            if self._closed:
+                backlog.dropped += 1
+                return
             if not backlog:
                 self._waiting[frame.camera] = backlog
             backlog.push(frame)
@@ -67,20 +67,25 @@ class Batcher:
             self._in_flight = 0
 
     def discard(self, camera: str) -> None:
-        """Forget a camera's waiting frames (the camera was removed); its drops so far stay counted."""
+        """Forget a camera (it was removed): its waiting frames and its count of drops."""
         with self._ready:
             self._waiting.pop(camera, None)
-            backlog = self._backlogs.pop(camera, None)
-            if backlog is not None and backlog.dropped:
-                self._dropped_gone[camera] = self._dropped_gone.get(camera, 0) + backlog.dropped
+            self._backlogs.pop(camera, None)
 
     def close(self) -> None:
+        """No more frames come: next_batch hands out what still waits, then returns [] at once."""
         with self._ready:
             self._closed = True
             self._ready.notify_all()
 
+    @property
+    def closed(self) -> bool:
+        with self._ready:
+            return self._closed
+
     def next_batch(self, timeout: float = 0.5) -> list[Frame]:
-        """Up to max_size frames, one per camera; [] if none arrived within `timeout` or on close."""
+        """Up to max_size frames, one per camera; [] if none arrived within `timeout`, or once closed and
+        empty."""
         end = time.monotonic() + timeout
         with self._ready:
             while True:

@@ -424,7 +424,7 @@ class Pipeline:
         deadline = time.monotonic() + CAMERA_STOP_S
         for runtime in runtimes:
             runtime.source.stop(timeout=max(0.0, deadline - time.monotonic()))
-        self.batcher.close()
+        self.batcher.close()  # the frames decoded so far go through (a few per camera, within the delay budget)
         if self._infer_thread.is_alive():
             self._infer_thread.join(5.0)
         self._reuse_pool.shutdown(wait=False, cancel_futures=True)
@@ -489,10 +489,12 @@ class Pipeline:
         finally:
             self._batch_since = None
             self._warmed_up.set()
-        while not self._stop.is_set():
+        while True:  # until stop() has closed the batcher and its last frames are through
             try:
                 batch = self.batcher.next_batch(timeout=0.5)
                 if not batch:
+                    if self.batcher.closed:
+                        break
                     continue
                 self._batch_since = time.monotonic()
                 try:
