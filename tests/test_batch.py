@@ -120,3 +120,13 @@ def test_a_closed_batcher_hands_out_what_waits_then_counts_late_comers_as_droppe
     assert [f.seq for f in b.next_batch(timeout=5)] == [1]
     start = time.monotonic()
     assert b.next_batch(timeout=5) == [] and time.monotonic() - start < 1
+
+
+def test_an_abandoned_batcher_counts_what_waits_as_dropped():
+    b = Batcher(max_size=4, deadline_s=10.0, max_delay_s=5.0)
+    for seq in range(3):
+        b.put(frame("a", seq))
+    b.put(frame("b", 0))
+    b.abandon()
+    assert b.closed and b.dropped == {"a": 3, "b": 1} and b.pending() == 0
+    assert b.next_batch(timeout=5) == []

@@ -190,6 +190,7 @@ def test_triton_and_local_inference_agree_on_the_same_frames(triton, tmp_path):
     from streamd.frame import Frame
     from streamd.infer.triton_client import TritonColorizer
     from streamd.daemon.source import SourceSettings, decode_av
+    from streamd.tools.bench.triton_cost import server_ms, server_ms_after
 
     server = triton(max_batch=4)
     clip = write_video(tmp_path / "clip.mp4", "gray", seconds=1)
@@ -198,7 +199,10 @@ def test_triton_and_local_inference_agree_on_the_same_frames(triton, tmp_path):
     remote = TritonColorizer(server.url, "streamd", timeout_s=20.0)
     assert remote.unavailable is None and remote.info == read_info(MODEL)  # the decoding's settings too
     local = Colorizer(MODEL, "cpu", int8="off")
+    before = server_ms(server.url, "streamd")["requests"]
     ab_remote, ab_local = remote(lightness), local(lightness)
+    assert remote.requests_for(10) == 3  # 4 + 4 + 2, as the server counts them
+    assert server_ms_after(server.url, "streamd", before + 3)["requests"] == before + 3
     assert ab_remote.shape == ab_local.shape == (10, 2, 48, 80)
     assert np.abs(ab_remote - ab_local).max() < 1e-3
     assert np.abs(ab_local).max() > 5  # real colour, not a gray answer that would agree trivially

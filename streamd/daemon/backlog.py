@@ -42,5 +42,10 @@ class Backlog:
             self._frames.popleft()
             self.dropped += 1
 
+    def drop_all(self) -> None:
+        """Count every waiting frame as dropped (its stage will not take it)."""
+        self.dropped += len(self._frames)
+        self._frames.clear()
+
     def oldest_arrival(self) -> float | None:
         return self._frames[0].arrival if self._frames else None

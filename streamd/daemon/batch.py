@@ -78,8 +78,18 @@ class Batcher:
             self._closed = True
             self._ready.notify_all()
 
+    def abandon(self) -> None:
+        """Close, and count the frames still waiting as dropped: the consumer stops taking them."""
+        with self._ready:
+            self._closed = True
+            for backlog in self._waiting.values():
+                backlog.drop_all()
+            self._waiting.clear()
+            self._ready.notify_all()
+
     @property
     def closed(self) -> bool:
+        """Whether close (or abandon) was called: from then on no frame is taken in."""
         with self._ready:
             return self._closed
 

@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 CAMERA_STOP_S = 5.0  # cameras removed or restarted together get this long, all at once, to end their threads
 OUTPUTS_CLOSE_S = 5.0  # all cameras' outputs together: an RTSP peer's time-out (rtsp_out_timeout_s) fits
+DRAIN_S = 3.0  # at a stop, the frames already decoded are colorized for this long at most...
+INFER_STOP_S = 2.0  # ...then the inference thread has this long to finish the batch it is running
 SILENT_INTERVALS = 10  # a running camera that has delivered nothing for this many frame intervals is silent
 FAILING_BATCHES = 3  # a model that failed this many batches in a row (and none since) makes /healthz degraded...
 FAILING_RECENT_S = 600.0  # ...while its last failure is this recent (at day a night model runs on nothing)
@@ -415,18 +417,22 @@ class Pipeline:
 
     def stop(self) -> None:
         self._stop.set()
-        runtimes = list(self.cameras.values())
-        for runtime in runtimes:  # all at once: a camera stuck opening a dead host must not hold up the rest
-            runtime.source.request_stop()
-        self.adaptation.stop()
-        self.reference_builder.shutdown()
-        self.retention.stop()
-        deadline = time.monotonic() + CAMERA_STOP_S
-        for runtime in runtimes:
-            runtime.source.stop(timeout=max(0.0, deadline - time.monotonic()))
-        self.batcher.close()  # the frames decoded so far go through (a few per camera, within the delay budget)
+        try:
+            runtimes = list(self.cameras.values())
+            for runtime in runtimes:  # all at once: a camera stuck opening a dead host must not hold up the rest
+                runtime.source.request_stop()
+            self.adaptation.stop()
+            self.reference_builder.shutdown()
+            self.retention.stop()
+            deadline = time.monotonic() + CAMERA_STOP_S
+            for runtime in runtimes:
+                runtime.source.stop(timeout=max(0.0, deadline - time.monotonic()))
+        finally:
+            self.batcher.close()  # the frames decoded so far go through: a few per camera, within the budget...
         if self._infer_thread.is_alive():
-            self._infer_thread.join(5.0)
+            self._infer_thread.join(DRAIN_S)
+            self.batcher.abandon()  # ...unless the model is too slow for that: then they count as dropped
+            self._infer_thread.join(INFER_STOP_S)
         self._reuse_pool.shutdown(wait=False, cancel_futures=True)
         close_outputs([runtime.outputs for runtime in self.cameras.values()], OUTPUTS_CLOSE_S)
         if self.colour_stage:  # after the outputs: they may be waiting on it
@@ -491,9 +497,10 @@ class Pipeline:
             self._warmed_up.set()
         while True:  # until stop() has closed the batcher and its last frames are through
             try:
+                closed = self.batcher.closed  # read first: a frame put before the close is still taken below
                 batch = self.batcher.next_batch(timeout=0.5)
                 if not batch:
-                    if self.batcher.closed:
+                    if closed:
                         break
                     continue
                 self._batch_since = time.monotonic()

@@ -65,12 +65,16 @@ def server_ms(url: str, model: str) -> dict[str, float]:
 
 
 def server_ms_after(url: str, model: str, requests: int) -> dict[str, float]:
-    """server_ms once the server has counted at least `requests` (it counts a request after responding)."""
+    """server_ms once the server has counted at least `requests` (it counts a request after responding);
+    BenchUnavailable if it has not within STATS_WAIT_S (its statistics would not cover the measurement)."""
     deadline = time.monotonic() + STATS_WAIT_S
     while True:
         stats = server_ms(url, model)
-        if stats["requests"] >= requests or time.monotonic() > deadline:
+        if stats["requests"] >= requests:
             return stats
+        if time.monotonic() > deadline:
+            raise BenchUnavailable(f"Triton at {url} counted {stats['requests']} requests of model {model!r} "
+                                   f"where {requests} were sent: its statistics do not cover this measurement")
         time.sleep(0.05)
 
 
@@ -91,11 +95,8 @@ def network_rows(local: Colorizer, remote, url: str, model: str, rounds: int) ->
         except InferenceUnavailable as e:
             raise BenchUnavailable(f"Triton at {url} failed during the measurement: {e}") from None
         calls = len(seconds["triton"])
-        after = server_ms_after(url, model, before["requests"] + calls)
+        after = server_ms_after(url, model, before["requests"] + calls * remote.requests_for(batch))
         requests = after["requests"] - before["requests"]
-        if requests < calls:
-            raise BenchUnavailable(f"Triton at {url} counted {requests} requests for {calls} calls: its "
-                                   "statistics do not cover this measurement")
         stages = {stage: (after[stage] - before[stage]) / calls for stage in SERVER_STAGES}
         server_model_ms = sum(stages.values())
         rows.append({"batch": batch, "local_ms": statistics.median(seconds["local"]) * 1000,
