@@ -183,6 +183,30 @@ def test_a_stop_mid_stream_accounts_for_every_decoded_frame(tmp_path, monkeypatc
         assert runtime.outputs.published + pipeline.dropped(name) == runtime.source.stats.frames, name
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_cameras_decoder_gives_each_frame_for_its_own_packet(tmp_path, threads):
+    """Frame threading, FFmpeg's own choice, holds every frame back by a frame per extra thread (latency no
+    later stage can win back): a camera decodes on slice threads only, each packet's frame out as it goes in."""
+    import os
+
+    from streamd.daemon.source import set_decode_threads
+
+    clip = write_video(tmp_path / "c.mp4", "gray", seconds=1)
+
+    def lag(threads: int | None) -> int:
+        with av.open(str(clip)) as container:
+            stream = container.streams.video[0]
+            set_decode_threads(stream, threads)
+            for packets, packet in enumerate(container.demux(stream), 1):
+                if packet.decode():
+                    return packets - 1
+        raise AssertionError("no frame decoded")
+
+    assert lag(threads) == 0
+    if (os.cpu_count() or 1) > 1:
+        assert lag(None) > 0  # files read as fast as they decode keep FFmpeg's choice
+
+
 def test_bad_sources_fail_alone_while_others_run(tmp_path):
     good = write_video(tmp_path / "good.mp4", "gray", seconds=3)
     not_video = tmp_path / "notes.mp4"

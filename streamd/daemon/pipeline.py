@@ -43,7 +43,7 @@ from streamd.infer.onnx_runtime import Colorizer, InferenceUnavailable
 from streamd.daemon.recording import Recorder, RetentionSweeper
 from streamd.daemon.reference_store import REFERENCE_FILE, Builder, CameraReference
 from streamd.daemon.schedule import AdaptationScheduler, adapted_model
-from streamd.daemon.sink import OutputTargets, OutputWorker, ZmqPublisher, x264_threads
+from streamd.daemon.sink import OutputTargets, OutputWorker, ZmqPublisher, threads_per_camera
 from streamd.daemon.source import Camera, SourceSettings, State
 from streamd.daemon.status import Latest
 from streamd.steps import check_reuses, colour_frame, lightness_of, predict_fresh, reuse_for, warm_up
@@ -291,11 +291,11 @@ class Pipeline:
 
         recording = Recorder(Path(c.file_out), c.name, c.file_segment_s, c.file_retain_days, c.file_retain_gb,
                              fps=fps, keyframe_interval_s=c.keyframe_interval_s, encoder=c.encoder,
-                             threads=self._encoder_threads) if c.file_out else None
+                             threads=self._codec_threads) if c.file_out else None
         targets = OutputTargets(zmq=self.publisher, zmq_format=c.zmq_format or self.config.zmq.format,
                                 rtsp_url=c.rtsp_out or None, rtsp_transport=c.rtsp_out_transport or c.transport,
                                 rtsp_timeout_s=c.rtsp_out_timeout_s, recording=recording, encoder=c.encoder,
-                                encoder_threads=self._encoder_threads,
+                                encoder_threads=self._codec_threads,
                                 keyframe_interval_s=c.keyframe_interval_s)
         temporal = Temporal() if c.temporal else None  # used on the camera's output thread only
         store = self._store_for(c)
@@ -315,7 +315,8 @@ class Pipeline:
         runtime = CameraRuntime(c, None, DayNight(self.config.daynight.to_night_s, self.config.daynight.to_day_s),
                                 outputs, temporal, store, reuse_for(c),
                                 self.model_for(c), self._reference_for(c, store), latest=latest)
-        runtime.source = Camera(source_settings(c), lambda frame, r=runtime: self._on_frame(r, frame))
+        runtime.source = Camera(source_settings(c), lambda frame, r=runtime: self._on_frame(r, frame),
+                                decode_threads=self._codec_threads)
         self.cameras[c.name] = runtime
         kind = self.model_kind(runtime)
         until = ""
@@ -327,9 +328,9 @@ class Pipeline:
         self._update_batching()
         runtime.source.start()
 
-    def _encoder_threads(self) -> int:
-        """libx264's threads for a camera's encoder as it opens: the cores shared among the cameras."""
-        return x264_threads(max(len(self.cameras), len(self.mine(self.config))))
+    def _codec_threads(self) -> int:
+        """Threads for a camera's decoder or encoder as it opens: the cores shared among the cameras."""
+        return threads_per_camera(max(len(self.cameras), len(self.mine(self.config))))
 
     def _reference_for(self, c: CameraConfig, store: FrameStore | None) -> CameraReference | None:
         """The camera's day reference (its file, or the one built from its store), if it colours from one. A

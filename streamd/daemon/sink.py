@@ -114,11 +114,11 @@ NVENC = ("h264_nvenc", {"preset": "p1", "tune": "ll", "zerolatency": "1", "force
 LIBX264 = ("libx264", {"preset": "ultrafast", "tune": "zerolatency"})
 
 
-def x264_threads(cameras: int, cores: int | None = None) -> int:
-    """libx264's threads for each of `cameras` cameras: the cores shared out, at least one. With as many cameras
-    as cores, the cameras' own output threads are the parallelism, and x264's slice threads only add hand-offs:
-    on one thread a 720p frame took 4.4 instead of 5.1 ms of CPU (BENCHMARKS.md). One camera on many cores
-    keeps them all, for a large frame's sake."""
+def threads_per_camera(cameras: int, cores: int | None = None) -> int:
+    """Threads for each of `cameras` cameras' encoder (libx264) or decoder: the cores shared out, at least
+    one. With as many cameras as cores, the cameras' own threads are the parallelism, and a codec's threads
+    only add hand-offs: on one thread a 720p frame took 4.4 instead of 5.1 ms of libx264's CPU
+    (BENCHMARKS.md). One camera on many cores keeps them all, for a large frame's sake."""
     if cores is None:  # the cores this process may run on (a container's or a systemd unit's CPU set)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, cores // max(1, cameras))
@@ -337,7 +337,7 @@ class OutputTargets:
     recording: Recording | None = None
     encoder: str = "auto"  # for the RTSP output (the recording has its own)
     keyframe_interval_s: float = 1.0
-    encoder_threads: Callable[[], int] | None = None  # libx264's threads (x264_threads), asked when it opens
+    encoder_threads: Callable[[], int] | None = None  # libx264's threads (threads_per_camera), asked when it opens
 
 
 class OutputWorker:

@@ -19,6 +19,7 @@ from streamd.frame import Frame
 from streamd.infer.onnx_runtime import Colorizer
 from streamd.model.data import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from streamd.daemon.sink import H264Writer
+from streamd.daemon.source import set_decode_threads
 from streamd.steps import ReferenceColouring, colour_frame, model_for_frame, predict, predict_or_reuse, reuse_for
 from streamd.colour.temporal import Reuse, Temporal
 
@@ -78,7 +79,7 @@ def decode_file(path: Path) -> Iterator[Frame]:
     """A video file's frames, decoded on FFmpeg's own threads."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        set_decode_threads(stream, None)
         for i, av_frame in enumerate(container.decode(stream)):
             yield Frame.from_av(path.stem, i, av_frame)
 
