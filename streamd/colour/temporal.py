@@ -94,12 +94,18 @@ class Temporal:
         out = ab
         if not fresh:
             prev_l, previous, outside = warp_along_flow(self._dis, gray, self._gray, self._lightness, self._ab)
-            change = cv2.blur(np.abs(lightness - prev_l), (3, 3))
+            change = cv2.blur(cv2.absdiff(lightness, prev_l), (3, 3))
             change[outside] = np.inf  # entered the frame: nothing of it in the past
-            if (change > self.CHANGE_L).mean() < self.CUT_FRACTION:
-                weight = (self.HOLD * np.exp(-(change / self.CHANGE_L) ** 2))[..., None]
-                out = np.moveaxis(weight * previous + (1.0 - weight) * np.moveaxis(ab, 0, -1), -1, 0)
-                out = np.ascontiguousarray(out, dtype=np.float32)
+            if np.count_nonzero(change > self.CHANGE_L) < self.CUT_FRACTION * change.size:
+                weight = cv2.exp(cv2.multiply(change, change, scale=-1.0 / self.CHANGE_L ** 2))
+                weight *= np.float32(self.HOLD)
+                # ab + w (previous - ab), plane by plane in place: a reference model's 320x192 grid made
+                # the whole-array form (temporaries of both planes and a transposed copy) 1.1 ms of 4
+                out = np.empty_like(ab, dtype=np.float32)
+                for c, plane in enumerate(out):
+                    np.subtract(previous[..., c], ab[c], out=plane)
+                    plane *= weight
+                    plane += ab[c]
         self._lightness, self._gray, self._ab, self._time = lightness, gray, out, now
         return out
 
