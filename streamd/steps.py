@@ -126,9 +126,9 @@ def check_reuses(groups: list[Group], pool: Executor | None = None) -> None:
             for frame, reuse, overdue in items:
                 reuse.try_reuse(frame, overdue)
 
-    due = sorted((c for c in checks if c[1].due), key=lambda c: -c[1].carried_in_row / c[1].carry_frames)
+    due = sorted((c for c in checks if c[1].due), key=lambda c: -c[1].carried_in_row / c[1].cycle_frames)
     check([(frame, reuse, False) for frame, reuse in checks if not reuse.due])
-    share = sum(Fraction(1, reuse.carry_frames + 1) if reuse else 1 for reuse in reuses)
+    share = sum(Fraction(1, reuse.cycle_frames + 1) if reuse else 1 for reuse in reuses)
     due_ids = {id(frame) for frame, _ in due}
     free = max(0, math.ceil(share) - sum(f.prediction is None for f in frames if id(f) not in due_ids))
     check([(frame, reuse, i >= free) for i, (frame, reuse) in enumerate(due)])

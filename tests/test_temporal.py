@@ -128,21 +128,22 @@ def test_a_moving_scene_carries_the_prediction_along_the_flow_for_a_few_frames()
     assert reuse.carried == 2 and reuse.reused == 0
 
 
-@pytest.mark.parametrize("models", [1, 4])
-def test_cameras_in_step_spread_their_network_runs_over_the_batches(models):
+@pytest.mark.parametrize("models, interval_s, carry_frames", [(1, 0.04, 2), (4, 0.04, 2), (1, 0.2, 8)])
+def test_cameras_in_step_spread_their_network_runs_over_the_batches(models, interval_s, carry_frames):
     """Four cameras film the same pan from the same moment, so every camera's carry falls due on the same
     batch; they share one model, or each runs its own (adapted) one. Past the first batch (nothing to carry
-    yet) a batch runs the network on at most its share: 4 cameras / (carry_frames 2 + 1), rounded up, 2; the
-    others carry on, none more than twice carry_frames in a row; and the network runs no more often than it
-    would in step."""
+    yet) a batch runs the network on at most its share: 4 cameras / (2 frames carried + 1), rounded up, 2;
+    the others carry on, none more than twice 2 frames in a row; and the network runs no more often than it
+    would in step. At 5 fps 8 frames and 8 more would outlast the carry's age limit (1 s): a carry falls due
+    after 2 there, so the runs spread the same way."""
     network, size = Colorizer(), (192, 320)
-    reuses = [Reuse(still_s=0.0, carry_frames=2) for _ in range(4)]
+    reuses = [Reuse(still_s=0.0, carry_frames=carry_frames) for _ in range(4)]
     runs, longest = [], 0
     for seq in range(12):
         pan = 4 * min(seq % 10, 10 - seq % 10)  # back and forth, a cell of the ab grid per frame
         frames = []
         for i in range(4):
-            frame = scene(seq, arrival=0.04 * seq, pan=pan)
+            frame = scene(seq, arrival=interval_s * seq, pan=pan)
             frame.camera = f"cam{i}"
             frames.append(frame)
         if models == 1:
@@ -155,3 +156,22 @@ def test_cameras_in_step_spread_their_network_runs_over_the_batches(models):
     assert longest <= 2 * 2
     assert sum(runs) <= 4 * 4  # in step: all four at batches 0, 3, 6 and 9
     assert all(f.prediction is not None for f in frames)
+
+
+def test_temporal_takes_any_float_type_and_layout_and_gives_float32():
+    """A model may answer in fp64 (a remote server) or channels-last (a GPU): the filter works on float32
+    either way, with the same result."""
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    scene = cv2.resize(data.camera(), (100, 48)).astype(np.float32) / 2.55
+    ab = rng.normal(0, 10, (2, 48, 80)).astype(np.float32)
+    results = []
+    for as_given in (lambda x: x, lambda x: x.astype(np.float64),
+                     lambda x: np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 0, -1)), -1, 0)):  # channels-last
+        temporal = Temporal()
+        for i in range(3):  # the first frame's ab passes as it is, the next two are blended
+            out = temporal(as_given(np.ascontiguousarray(scene[:, 2 * i:2 * i + 80])), as_given(ab), 0.04 * i)
+            assert out.dtype == np.float32 and out.flags.c_contiguous
+        results.append(out)
+    assert np.abs(results[1] - results[0]).max() < 1e-4 and np.abs(results[2] - results[0]).max() < 1e-4

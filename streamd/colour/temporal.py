@@ -3,6 +3,7 @@ carried along the optical flow where it moves (Temporal); the network skipped on
 still holds, as it is or carried along the flow (Reuse)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -88,7 +89,11 @@ class Temporal:
         self._time = 0.0
 
     def __call__(self, lightness: np.ndarray, ab: np.ndarray, now: float) -> np.ndarray:
-        """lightness (h, w) on the ab grid, ab (2, h, w) -> the stabilised ab (2, h, w)."""
+        """lightness (h, w) on the ab grid, ab (2, h, w) -> the stabilised ab (2, h, w), float32."""
+        # float32 whatever the model returned (OpenCV's arithmetic takes one type; a remote model may send
+        # fp64, a GPU one a channels-last layout)
+        lightness = np.ascontiguousarray(lightness, dtype=np.float32)
+        ab = np.ascontiguousarray(ab, dtype=np.float32)
         gray = lightness_to_gray(lightness)
         fresh = self._ab is None or self._ab.shape != ab.shape or now - self._time > self.MAX_GAP_S
         out = ab
@@ -101,7 +106,7 @@ class Temporal:
                 weight *= np.float32(self.HOLD)
                 # ab + w (previous - ab), plane by plane in place: a reference model's 320x192 grid made
                 # the whole-array form (temporaries of both planes and a transposed copy) 1.1 ms of 4
-                out = np.empty_like(ab, dtype=np.float32)
+                out = np.empty(ab.shape, np.float32)
                 for c, plane in enumerate(out):
                     np.subtract(previous[..., c], ab[c], out=plane)
                     plane *= weight
@@ -156,14 +161,25 @@ class Reuse:
         self._last: _Prediction | None = None
         self._carried = 0  # frames carried since the last prediction
         self._dis = grid_flow() if carry_frames else None
+        self._last_arrival: float | None = None  # of the last frame checked
+        self._interval: float | None = None  # the camera's frame interval, smoothed
         self.reused = 0
         self.carried = 0
 
     @property
+    def cycle_frames(self) -> int:
+        """Frames a prediction is carried before it is due: carry_frames, or fewer where the camera's frames
+        come too slowly for that many and as many again (overdue) within CARRY_MAX_AGE_S (5 fps: 2)."""
+        if not self.carry_frames or not self._interval:
+            return self.carry_frames
+        fits = math.floor(self.CARRY_MAX_AGE_S / (self.OVERDUE_FACTOR * self._interval))
+        return max(1, min(self.carry_frames, fits))
+
+    @property
     def due(self) -> bool:
-        """Whether the last prediction has been carried carry_frames times in a row, so that the next moving
+        """Whether the last prediction has been carried cycle_frames times in a row, so that the next moving
         frame renews it unless it is let to carry on (try_reuse's `overdue`)."""
-        return self._last is not None and self.carry_frames > 0 and self._carried >= self.carry_frames
+        return self._last is not None and self.carry_frames > 0 and self._carried >= self.cycle_frames
 
     @property
     def carried_in_row(self) -> int:
@@ -173,6 +189,10 @@ class Reuse:
     def try_reuse(self, frame: Frame, overdue: bool = False) -> bool:
         """If the frame can reuse the last prediction, give it that prediction and return True. `overdue`:
         a due carry may go on, up to OVERDUE_FACTOR times carry_frames in a row."""
+        if self._last_arrival is not None and frame.arrival > self._last_arrival:
+            gap = frame.arrival - self._last_arrival
+            self._interval = gap if self._interval is None else 0.8 * self._interval + 0.2 * gap
+        self._last_arrival = frame.arrival
         last = self._last
         if last is None or frame.lightness is None:
             return False
@@ -181,7 +201,7 @@ class Reuse:
             frame.prediction, frame.model_id = (frame.lightness, last.ab), last.model_id
             self.reused += 1
             return True
-        limit = self.carry_frames * (self.OVERDUE_FACTOR if overdue else 1)
+        limit = self.cycle_frames * (self.OVERDUE_FACTOR if overdue else 1)
         if self._carried < limit and frame.arrival - last.arrival <= self.CARRY_MAX_AGE_S:
             ab = self._carry(last, cells)
             if ab is not None:

@@ -44,7 +44,7 @@ from streamd.daemon.recording import Recorder, RetentionSweeper
 from streamd.daemon.reference_store import REFERENCE_FILE, Builder, CameraReference
 from streamd.daemon.schedule import AdaptationScheduler, adapted_model
 from streamd.daemon.sink import OutputTargets, OutputWorker, ZmqPublisher, threads_per_camera
-from streamd.daemon.source import Camera, SourceSettings, State
+from streamd.daemon.source import MAX_CAMERA_DECODE_THREADS, Camera, SourceSettings, State
 from streamd.daemon.status import Latest
 from streamd.steps import check_reuses, colour_frame, lightness_of, predict_fresh, reuse_for, warm_up
 from streamd.daemon.systemd import Keepalive, no_keepalive
@@ -316,7 +316,7 @@ class Pipeline:
                                 outputs, temporal, store, reuse_for(c),
                                 self.model_for(c), self._reference_for(c, store), latest=latest)
         runtime.source = Camera(source_settings(c), lambda frame, r=runtime: self._on_frame(r, frame),
-                                decode_threads=self._codec_threads)
+                                decode_threads=self._decode_threads)
         self.cameras[c.name] = runtime
         kind = self.model_kind(runtime)
         until = ""
@@ -329,8 +329,12 @@ class Pipeline:
         runtime.source.start()
 
     def _codec_threads(self) -> int:
-        """Threads for a camera's decoder or encoder as it opens: the cores shared among the cameras."""
+        """Threads for a camera's encoder as it opens: the cores shared among the cameras."""
         return threads_per_camera(max(len(self.cameras), len(self.mine(self.config))))
+
+    def _decode_threads(self) -> int:
+        """Threads for a camera's decoder as it opens: its share of the cores, at most two (source.py)."""
+        return min(MAX_CAMERA_DECODE_THREADS, self._codec_threads())
 
     def _reference_for(self, c: CameraConfig, store: FrameStore | None) -> CameraReference | None:
         """The camera's day reference (its file, or the one built from its store), if it colours from one. A

@@ -98,16 +98,20 @@ def _open_av(s: SourceSettings) -> av.container.InputContainer:
         raise SourceError(f"camera {s.name}: cannot open {redact(s.url)}: {reason}") from e
 
 
+MAX_CAMERA_DECODE_THREADS = 2  # frame threads beyond the first hold a camera's frames back: one frame at most
+
+
 def set_decode_threads(stream: av.video.stream.VideoStream, threads: int | None) -> None:
     """None: FFmpeg's own choice, frame and slice threads on every core, for throughput (a file read as fast
-    as it decodes). A number: that many slice threads and no frame threads, for a camera. Frame threading
-    holds every frame back by one frame per extra thread (80 ms at 25 fps on 2 cores, 0.6 s on 16) for a
-    live camera, and with several cameras per core they are the parallelism anyway."""
+    as it decodes). A number, for a camera: that many threads, frame threads included, which hold every
+    frame back by a frame per thread beyond the first (FFmpeg's own choice held it back by 2 frames, 80 ms at
+    25 fps, on 2 cores, and by 15 on 16). One thread adds no delay; two double what one heavy camera with a
+    single slice per frame (most cameras' H.264) can decode, for one frame of delay."""
     if threads is None:
         stream.thread_type = "AUTO"
-    else:
-        stream.thread_type = "SLICE"
-        stream.codec_context.thread_count = threads
+        return
+    stream.codec_context.thread_count = threads
+    stream.thread_type = "AUTO" if threads > 1 else "SLICE"
 
 
 def decode_av(s: SourceSettings, threads: int | None = None) -> Iterator[av.VideoFrame]:
