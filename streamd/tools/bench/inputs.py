@@ -40,9 +40,10 @@ def make_clip(path: Path, size: tuple[int, int], seconds: float, still: bool = F
     return count
 
 
-def clip_frames(path: Path, camera: str) -> Iterator[Frame]:
-    """The clip decoded the way a camera source decodes, with its own timing kept for the encoder."""
-    for seq, av_frame in enumerate(decode_av(SourceSettings(camera, str(path)))):
+def clip_frames(path: Path, camera: str, threads: int | None = None) -> Iterator[Frame]:
+    """The clip decoded into Frames as a camera source does, on `threads` (streamd.daemon.source.
+    set_decode_threads; None: FFmpeg's own, as for a file), with its own timing kept for the encoder."""
+    for seq, av_frame in enumerate(decode_av(SourceSettings(camera, str(path)), threads)):
         frame = Frame.from_av(camera, seq, av_frame)
         frame.arrival = frame.pts
         yield frame

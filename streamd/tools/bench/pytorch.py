@@ -140,10 +140,11 @@ def ort_network_section(plan: dict, work: Path, temperature: float) -> dict:
 
 
 def decode_cpu_ms_per_frame(clip: Path) -> float:
-    """CPU time (all the decoder's threads) per frame to decode the clip into Frames as a camera does: the
-    paced pipeline decodes inside each camera's thread, where it cannot be timed apart."""
+    """CPU time per frame to decode the clip into Frames as a camera of a host with more cameras than cores
+    does (one decoder thread): the paced pipeline decodes inside each camera's thread, where it cannot be
+    timed apart."""
     cpu_start = time.process_time()
-    count = sum(1 for _ in clip_frames(clip, "decode"))
+    count = sum(1 for _ in clip_frames(clip, "decode", threads=1))
     return (time.process_time() - cpu_start) * 1000.0 / count
 
 
