@@ -24,6 +24,7 @@ from streamd.daemon.recording import space_warnings
 from streamd.daemon.systemd import Notifier
 
 log = logging.getLogger("streamd")
+LOOP_S = 0.2  # the main loop's round: signals, reloads, the watchdog, status lines
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -64,22 +65,31 @@ class Daemon:
         self.pipeline, self.config_path, self.report_every, self.http = pipeline, config_path, report_every, http
         self.load = load
         self.notifier = notifier or Notifier()
-        self.stop = threading.Event()
-        self.reload = threading.Event()
+        # Set by the signal handlers, which must take no lock: a handler runs in the main thread between two
+        # of its bytecodes, maybe while that thread holds the very lock (Event.wait's), and would wait forever
+        # for itself. Plain flags, read by the main loop every LOOP_S.
+        self.stop_requested = False
+        self.reload_requested = False
         self.failure: str | None = None  # why the loop gave up (a stalled pipeline); None: a normal stop
         self.interrupted = False  # stopped by SIGINT (Ctrl-C): exit 130, as a shell expects
 
     def install_signals(self) -> None:
         def interrupt(*_) -> None:
             self.interrupted = True
-            self.stop.set()
+            self.stop_requested = True
+
+        def terminate(*_) -> None:  # systemd's stop: a normal end, exit 0
+            self.stop_requested = True
+
+        def reload(*_) -> None:
+            self.reload_requested = True
 
         signal.signal(signal.SIGINT, interrupt)
-        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())  # systemd's stop: a normal end, exit 0
-        signal.signal(signal.SIGHUP, lambda *_: self.reload.set())
+        signal.signal(signal.SIGTERM, terminate)
+        signal.signal(signal.SIGHUP, reload)
 
     def _reload(self) -> None:
-        self.reload.clear()
+        self.reload_requested = False
         if self.config_path is None:
             log.warning("reload: nothing to re-read (started without -c CONFIG)")
             return
@@ -105,7 +115,10 @@ class Daemon:
         last = time.monotonic()
         previous: dict[str, int] = {}
         try:
-            while not self.stop.wait(0.2):
+            while not self.stop_requested:
+                time.sleep(LOOP_S)  # a signal's handler runs at once; the loop sees its flag after the sleep
+                if self.stop_requested:
+                    break
                 self.failure = self.pipeline.stalled()
                 if self.failure:  # no watchdog ping either: a restart is what helps
                     log.error("%s; exiting for the supervisor (systemd: Restart=on-failure) to restart streamd",
@@ -114,7 +127,7 @@ class Daemon:
                 self.notifier.watchdog()
                 if self.http:
                     self.http.beat = time.monotonic()
-                if self.reload.is_set():
+                if self.reload_requested:
                     self._reload()
                 now = time.monotonic()
                 if now - last >= self.report_every:
