@@ -291,11 +291,11 @@ class Pipeline:
 
         recording = Recorder(Path(c.file_out), c.name, c.file_segment_s, c.file_retain_days, c.file_retain_gb,
                              fps=fps, keyframe_interval_s=c.keyframe_interval_s, encoder=c.encoder,
-                             threads=self._codec_threads) if c.file_out else None
+                             threads=self._encoder_threads) if c.file_out else None
         targets = OutputTargets(zmq=self.publisher, zmq_format=c.zmq_format or self.config.zmq.format,
                                 rtsp_url=c.rtsp_out or None, rtsp_transport=c.rtsp_out_transport or c.transport,
                                 rtsp_timeout_s=c.rtsp_out_timeout_s, recording=recording, encoder=c.encoder,
-                                encoder_threads=self._codec_threads,
+                                encoder_threads=self._encoder_threads,
                                 keyframe_interval_s=c.keyframe_interval_s)
         temporal = Temporal() if c.temporal else None  # used on the camera's output thread only
         store = self._store_for(c)
@@ -328,13 +328,13 @@ class Pipeline:
         self._update_batching()
         runtime.source.start()
 
-    def _codec_threads(self) -> int:
-        """Threads for a camera's encoder as it opens: the cores shared among the cameras."""
+    def _encoder_threads(self) -> int:
+        """libx264's threads for a camera's encoder as it opens: the cores shared among the cameras."""
         return threads_per_camera(max(len(self.cameras), len(self.mine(self.config))))
 
     def _decode_threads(self) -> int:
         """Threads for a camera's decoder as it opens: its share of the cores, at most two (source.py)."""
-        return min(MAX_CAMERA_DECODE_THREADS, self._codec_threads())
+        return min(MAX_CAMERA_DECODE_THREADS, self._encoder_threads())
 
     def _reference_for(self, c: CameraConfig, store: FrameStore | None) -> CameraReference | None:
         """The camera's day reference (its file, or the one built from its store), if it colours from one. A

@@ -115,7 +115,7 @@ class Daemon:
         last = time.monotonic()
         previous: dict[str, int] = {}
         try:
-            while not self.stop_requested:
+            while True:
                 time.sleep(LOOP_S)  # a signal's handler runs at once; the loop sees its flag after the sleep
                 if self.stop_requested:
                     break

@@ -195,8 +195,8 @@ class Camera:
 
     def __init__(self, settings: SourceSettings, deliver: Callable[[Frame], None],
                  decode_threads: Callable[[], int] | None = None) -> None:
-        """`decode_threads` gives the decoder's slice threads each time it opens (set_decode_threads; None:
-        FFmpeg's choice)."""
+        """`decode_threads` gives the decoder's threads each time it opens (set_decode_threads; None: FFmpeg's
+        choice)."""
         self.settings = settings
         self.deliver = deliver
         self._decode_threads = decode_threads
