@@ -23,7 +23,22 @@ def luma_at_chroma_size(frame: Frame) -> np.ndarray:
     return frame.luma_half
 
 
+def shrink(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A uint8 plane resized to size = (height, width): averaged over whole blocks of pixels (the nearest
+    integer factor per side: OpenCV's fast path), then stretched the rest of the way linearly. A plain
+    INTER_AREA resize by a factor that is not a whole number took 9x as long (0.47 against 0.05 ms from a
+    720p frame's 640x360 to the network's 320x192); the picture differs by the stretch's softness within a
+    pixel of the network's input."""
+    height, width = plane.shape
+    rows, cols = max(1, round(height / size[0])), max(1, round(width / size[1]))
+    if (rows, cols) != (1, 1):  # the last rows or columns that do not fill a block are left out
+        plane = cv2.resize(plane[:height - height % rows, :width - width % cols], (width // cols, height // rows),
+                           interpolation=cv2.INTER_AREA)
+    if plane.shape != size:
+        plane = cv2.resize(plane, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    return plane
+
+
 def luma_to_lightness(frame: Frame, size: tuple[int, int]) -> np.ndarray:
     """The frame's Y' -> L (height, width) float32 at the network's input size (size = (height, width))."""
-    small = cv2.resize(luma_at_chroma_size(frame), (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    return cv2.LUT(small, lightness_table(frame.full_range))
+    return cv2.LUT(shrink(luma_at_chroma_size(frame), size), lightness_table(frame.full_range))
