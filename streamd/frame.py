@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
+
+if TYPE_CHECKING:
+    from streamd.colour.temporal import GridFlow
 
 # Luma weights (Kr, Kb) of the two matrices cameras use: BT.709 for HD, BT.601 for SD.
 MATRICES = {"bt709": (0.2126, 0.0722), "bt601": (0.299, 0.114)}
@@ -40,6 +44,7 @@ class Frame:
     lightness: np.ndarray | None = None  # L at the network's input size, computed once (streamd.steps)
     reference_planes: np.ndarray | None = None  # the camera's day reference at that size, where it fits (streamd.colour.reference)
     reference_info: dict | None = None  # that reference's age and day-frame count, for the frame's header
+    grid_flow: GridFlow | None = None  # its optical flow onto an earlier frame, where Reuse made one (streamd.colour.temporal)
 
     @property
     def width(self) -> int:

@@ -2,6 +2,8 @@
 prediction, moving ones may have it carried along the flow."""
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import pytest
@@ -10,8 +12,8 @@ from skimage import data
 from streamd.frame import Frame
 from streamd.colour.lab import rgb_to_lab
 from streamd.infer.onnx_runtime import Colorizer
-from streamd.steps import check_reuses, lightness_of, predict_fresh, predict_or_reuse
-from streamd.colour.temporal import Reuse, Temporal
+from streamd.steps import check_reuses, colour_frame, lightness_of, predict_fresh, predict_or_reuse
+from streamd.colour.temporal import GridFlow, Reuse, Temporal
 
 
 def _scene(seed: int, shape: tuple[int, int] = (48, 300)) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +101,9 @@ def test_still_scene_reuses_the_last_prediction_and_anything_that_moves_is_predi
 
 
 def test_a_moving_scene_carries_the_prediction_along_the_flow_for_a_few_frames():
-    reuse = Reuse(still_s=1.0, carry_frames=2)
+    """Each frame's flow goes to the frame before, composed onto the steps since the prediction: the colour
+    edge stays on its L edge however far the camera pans."""
+    reuse = Reuse(still_s=1.0, carry_frames=4)
     first = scene(0, arrival=0.0)
     lightness_of(first, (192, 320))
     predicted(first)
@@ -109,23 +113,59 @@ def test_a_moving_scene_carries_the_prediction_along_the_flow_for_a_few_frames()
     lightness_of(stalled, (192, 320))
     assert not reuse.try_reuse(stalled)
 
-    for seq in (1, 2):  # the camera pans 8 pixels a frame: 2 cells of the ab grid
-        panned = scene(seq, arrival=0.04 * seq, pan=8 * seq)
+    for seq in (1, 2, 3, 4):  # the camera pans 5 pixels a frame: 1.25 cells of the ab grid
+        panned = scene(seq, arrival=0.04 * seq, pan=5 * seq)
         lightness_of(panned, (192, 320))
         assert reuse.try_reuse(panned)
         ab = panned.prediction[1]
-        edge = 40 - 2 * seq  # the content moved left: so did its colour
-        assert np.abs(ab[:, 10:38, edge - 3] - 7.0).max() < 1.0 and np.abs(ab[:, 10:38, edge + 2] + 20.0).max() < 1.0
-    third = scene(3, arrival=0.12, pan=24)
-    lightness_of(third, (192, 320))
-    assert not reuse.try_reuse(third)  # carried twice in a row: the network sees the camera again
-    reuse.remember(predicted(third))
+        edge = 40 - 1.25 * seq  # the content moved left: so did its colour
+        assert np.abs(ab[:, 10:38, math.floor(edge) - 3] - 7.0).max() < 1.0
+        assert np.abs(ab[:, 10:38, math.ceil(edge) + 2] + 20.0).max() < 1.0
+    fifth = scene(5, arrival=0.20, pan=25)
+    lightness_of(fifth, (192, 320))
+    assert not reuse.try_reuse(fifth)  # carried 4 times in a row: the network sees the camera again
+    reuse.remember(predicted(fifth))
 
-    cut = scene(4, arrival=0.16, texture=1)  # another scene altogether: nothing to carry
+    cut = scene(6, arrival=0.24, texture=1)  # another scene altogether: nothing to carry
     cut.y[:96] = 235 - cut.y[:96] // 2  # (at the ab grid's scale, blurred noise looks alike: add structure)
     lightness_of(cut, (192, 320))
     assert not reuse.try_reuse(cut)
-    assert reuse.carried == 2 and reuse.reused == 0
+    assert reuse.carried == 4 and reuse.reused == 0
+
+
+def test_temporal_takes_up_the_flow_reuse_made_for_the_same_pair_of_frames():
+    """Reuse follows the flow frame to frame and leaves each step's flow on the frame; Temporal, whose
+    previous frame is that same frame, takes it up instead of computing it again, for the same colour to
+    the last bit. A flow onto another frame is not taken."""
+    def run(share_flow: bool) -> tuple[list[np.ndarray], int]:
+        reuse, temporal, chroma, flows = Reuse(still_s=0.0, carry_frames=8), Temporal(), [], 0
+        for seq in range(8):
+            frame = scene(seq, arrival=0.04 * seq, pan=3 * seq)
+            lightness_of(frame, (192, 320))
+            if not reuse.try_reuse(frame):
+                reuse.remember(predicted(frame))
+                frame.prediction[1][:, :, 40:] = -20.0
+            flows += frame.grid_flow is not None
+            if not share_flow:
+                frame.grid_flow = None
+            chroma.append(colour_frame(frame, temporal).u)
+        return chroma, flows
+
+    shared, flows = run(share_flow=True)
+    own, _ = run(share_flow=False)
+    assert flows == 7  # every frame after the first: all carried
+    assert all(np.array_equal(a, b) for a, b in zip(shared, own))
+
+    lightness, ab = _scene(0, (48, 80))
+    still = np.dstack(np.meshgrid(np.arange(80, dtype=np.float32), np.arange(48, dtype=np.float32)))
+    results = []
+    for flow_from in (None, 0.04, 0.0):  # none; onto a frame Temporal did not see; onto its previous frame
+        temporal = Temporal()
+        temporal(lightness[:, 2:], ab[..., 2:], 0.0)
+        flow = None if flow_from is None else GridFlow(still[:, :78], flow_from)  # "nothing moved"
+        results.append(temporal(lightness[:, :78], ab[..., :78], 0.08, flow))
+    assert np.array_equal(results[1], results[0])  # its own flow: the scene moved 2 cells
+    assert not np.array_equal(results[2], results[0])  # the flow given, although wrong
 
 
 @pytest.mark.parametrize("models, interval_s, carry_frames", [(1, 0.04, 2), (4, 0.04, 2), (1, 0.2, 8)])

@@ -105,7 +105,8 @@ def recombine(frame: Frame, ab: np.ndarray, lightness_in: np.ndarray, temporal: 
     `make_chroma`."""
     guide_low = cv2.resize(lightness_in, (ab.shape[2], ab.shape[1]), interpolation=cv2.INTER_AREA)
     if temporal is not None:
-        ab = temporal(guide_low, ab, frame.arrival)
+        ab = temporal(guide_low, ab, frame.arrival, frame.grid_flow)
+    frame.grid_flow = None
     uv = lab_to_uv(guide_low, ab[0], ab[1], frame.matrix, frame.full_range)
     frame.u, frame.v = make_chroma(luma_at_chroma_size(frame), guide_coefficients(uv, guide_low), frame.full_range)
     frame.colorized = True

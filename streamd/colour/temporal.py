@@ -32,28 +32,61 @@ def lightness_to_gray(lightness: np.ndarray) -> np.ndarray:
     return np.clip(lightness * 2.55 + 0.5, 0, 255).astype(np.uint8)
 
 
-def warp_along_flow(dis: cv2.DISOpticalFlow, gray: np.ndarray, prev_gray: np.ndarray, prev_lightness: np.ndarray,
-                    prev_ab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """An earlier frame's L (h, w) and ab (2, h, w) carried onto the current one along the optical flow
-    between their 8-bit L (`gray`, `prev_gray`): the warped L, the warped ab as (h, w, 2), and where the flow
-    points outside the earlier frame (nothing to carry there)."""
+@dataclass(frozen=True)
+class GridFlow:
+    """Where each cell of a frame's grid was in an earlier frame of the same camera: (h, w, 2) float32
+    absolute (x, y) grid coordinates, and that earlier frame's arrival. Reuse computes it once per frame on
+    the inference thread; Temporal takes it up on the output thread where its own previous frame is that
+    one, instead of computing the same flow again."""
+
+    coords: np.ndarray
+    previous_arrival: float
+
+
+def flow_coords(dis: cv2.DISOpticalFlow, gray: np.ndarray, previous_gray: np.ndarray) -> np.ndarray:
+    """The optical flow between two frames' 8-bit L on the grid, as where each cell of `gray` was in
+    `previous_gray`: (h, w, 2) float32 absolute coordinates (current(x) ~ previous(coords(x)))."""
     h, w = gray.shape
     scale = min(1.0, FLOW_MAX_WIDTH / w)
     if scale < 1:  # a finer grid (a reference model's, at its input size): the flow on a coarser copy of it
         small = (round(w * scale), max(1, round(h * scale)))
         flow = dis.calc(cv2.resize(gray, small, interpolation=cv2.INTER_AREA),
-                        cv2.resize(prev_gray, small, interpolation=cv2.INTER_AREA), None)
+                        cv2.resize(previous_gray, small, interpolation=cv2.INTER_AREA), None)
         flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR) * np.float32(w / small[0])
     else:
-        flow = dis.calc(gray, prev_gray, None)  # current(x) ~ previous(x + flow(x))
+        flow = dis.calc(gray, previous_gray, None)
     flow[..., 0] += np.arange(w, dtype=np.float32)
     flow[..., 1] += np.arange(h, dtype=np.float32)[:, None]
+    return flow
+
+
+def outside(coords: np.ndarray) -> np.ndarray:
+    """Where `coords` point outside the earlier frame's grid (the same size): nothing to carry there."""
+    h, w = coords.shape[:2]
+    x, y = coords[..., 0], coords[..., 1]
+    return (x < 0) | (x > w - 1) | (y < 0) | (y > h - 1)
+
+
+def compose(earlier: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Chain two maps: where each cell was two frames back, from where it was one frame back (`coords`) and
+    where each cell of that frame was in the one before (`earlier`). The earlier step's motion is looked up
+    where each cell was and added on; where that lies outside the frame between, the motion at its edge
+    goes on, so a cell that left the frame stays outside instead of being pinned to the edge."""
+    h, w = coords.shape[:2]
+    earlier_motion = earlier.copy()
+    earlier_motion[..., 0] -= np.arange(w, dtype=np.float32)
+    earlier_motion[..., 1] -= np.arange(h, dtype=np.float32)[:, None]
+    return coords + cv2.remap(earlier_motion, coords, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def carry_along(coords: np.ndarray, lightness: np.ndarray, ab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An earlier frame's L (h, w) and ab (2, h, w) carried onto the current frame's grid along `coords`:
+    the carried L, and the carried ab as (h, w, 2)."""
     # bicubic: the held colour is resampled again every frame, and bilinear's blur, compounded over the
     # ~20 frames it is held, washed it out (DAVIS colourfulness -5.3 % against -3.5 %, docs/temporal.md)
-    carried = cv2.remap(np.dstack([prev_lightness, np.moveaxis(prev_ab, 0, -1)]), flow, None, cv2.INTER_CUBIC,
+    carried = cv2.remap(np.dstack([lightness, np.moveaxis(ab, 0, -1)]), coords, None, cv2.INTER_CUBIC,
                         borderMode=cv2.BORDER_REPLICATE)
-    outside = (flow[..., 0] < 0) | (flow[..., 0] > w - 1) | (flow[..., 1] < 0) | (flow[..., 1] > h - 1)
-    return carried[..., 0], carried[..., 1:], outside
+    return carried[..., 0], carried[..., 1:]
 
 
 class Temporal:
@@ -88,8 +121,9 @@ class Temporal:
         self._ab: np.ndarray | None = None
         self._time = 0.0
 
-    def __call__(self, lightness: np.ndarray, ab: np.ndarray, now: float) -> np.ndarray:
-        """lightness (h, w) on the ab grid, ab (2, h, w) -> the stabilised ab (2, h, w), float32."""
+    def __call__(self, lightness: np.ndarray, ab: np.ndarray, now: float, flow: GridFlow | None = None) -> np.ndarray:
+        """lightness (h, w) on the ab grid, ab (2, h, w) -> the stabilised ab (2, h, w), float32. `flow`: the
+        frame's flow onto an earlier frame, where Reuse computed one; used when that frame is the previous."""
         # float32 whatever the model returned (OpenCV's arithmetic takes one type; a remote model may send
         # fp64, a GPU one a channels-last layout)
         lightness = np.ascontiguousarray(lightness, dtype=np.float32)
@@ -98,9 +132,13 @@ class Temporal:
         fresh = self._ab is None or self._ab.shape != ab.shape or now - self._time > self.MAX_GAP_S
         out = ab
         if not fresh:
-            prev_l, previous, outside = warp_along_flow(self._dis, gray, self._gray, self._lightness, self._ab)
+            if flow is not None and flow.previous_arrival == self._time and flow.coords.shape[:2] == gray.shape:
+                coords = flow.coords
+            else:
+                coords = flow_coords(self._dis, gray, self._gray)
+            prev_l, previous = carry_along(coords, self._lightness, self._ab)
             change = cv2.blur(cv2.absdiff(lightness, prev_l), (3, 3))
-            change[outside] = np.inf  # entered the frame: nothing of it in the past
+            change[outside(coords)] = np.inf  # entered the frame: nothing of it in the past
             if np.count_nonzero(change > self.CHANGE_L) < self.CUT_FRACTION * change.size:
                 weight = cv2.exp(cv2.multiply(change, change, scale=-1.0 / self.CHANGE_L ** 2))
                 weight *= np.float32(self.HOLD)
@@ -116,9 +154,19 @@ class Temporal:
 
 
 @dataclass(frozen=True)
+class _Link:
+    """The last frame of a carry's chain (the predicted frame, or one that reused or carried its
+    prediction): its 8-bit L on the grid, its arrival, and where its cells were in the predicted frame
+    (None: it is that frame, or matches it cell for cell)."""
+
+    gray: np.ndarray
+    arrival: float
+    in_last: np.ndarray | None
+
+
+@dataclass(frozen=True)
 class _Prediction:
     cells: np.ndarray  # the L input, area-averaged onto the ab grid
-    gray: np.ndarray  # the same as 8 bits, for the optical flow
     ab: np.ndarray
     model_id: str | None
     arrival: float
@@ -138,7 +186,12 @@ class Reuse:
     most CARRY_MISMATCH of the cells differ by more than CHANGE_L (3x3 mean, as in Temporal) and the
     prediction is under CARRY_MAX_AGE_S old: much content that entered or was uncovered since, a cut, a light
     switched on or a stalled stream sends the frame to the network. Colour is smooth in time (Temporal keeps
-    most of it from frame to frame anyway), so most of what the network would say again is known.
+    most of it from frame to frame anyway), so most of what the network would say again is known. The flow
+    is followed frame to frame, each step composed onto the steps before (where every cell was in the
+    predicted frame), and the prediction is resampled from the predicted frame once: each step's flow is
+    the one Temporal needs for the same two frames, and travels with the frame (GridFlow) so that Temporal
+    does not compute it again; DAVIS and the fixed-camera videos score the same as with the flow from each
+    frame straight to the predicted one (docs/temporal.md).
 
     Either way the reused ab is fitted to the frame's own luma by the guided upsampling. Driven by the
     inference thread, on the frames of each batch in order (a batch's checks may run on the pipeline's pool,
@@ -161,6 +214,7 @@ class Reuse:
         self._last: _Prediction | None = None
         self._carried = 0  # frames carried since the last prediction
         self._dis = grid_flow() if carry_frames else None
+        self._link: _Link | None = None  # the chain's last frame, which the next frame's flow goes to
         self._last_arrival: float | None = None  # of the last frame checked
         self._interval: float | None = None  # the camera's frame interval, smoothed
         self.reused = 0
@@ -197,39 +251,49 @@ class Reuse:
         if last is None or frame.lightness is None:
             return False
         cells = cv2.resize(frame.lightness, last.cells.shape[::-1], interpolation=cv2.INTER_AREA)
+        gray = lightness_to_gray(cells)
         if frame.arrival - last.arrival <= self.still_s and np.abs(cells - last.cells).max() <= self.CHANGE_L:
             frame.prediction, frame.model_id = (frame.lightness, last.ab), last.model_id
+            self._link = _Link(gray, frame.arrival, None)
             self.reused += 1
             return True
         limit = self.cycle_frames * (self.OVERDUE_FACTOR if overdue else 1)
-        if self._carried < limit and frame.arrival - last.arrival <= self.CARRY_MAX_AGE_S:
-            ab = self._carry(last, cells)
+        link = self._link
+        if (self._carried < limit and frame.arrival - last.arrival <= self.CARRY_MAX_AGE_S and link is not None
+                and link.gray.shape == gray.shape):
+            coords = flow_coords(self._dis, gray, link.gray)
+            frame.grid_flow = GridFlow(coords, link.arrival)
+            in_last = coords if link.in_last is None else compose(link.in_last, coords)
+            ab = self._carry(last, cells, in_last)
             if ab is not None:
                 frame.prediction, frame.model_id = (frame.lightness, ab), last.model_id
+                self._link = _Link(gray, frame.arrival, in_last)
                 self._carried += 1
                 self.carried += 1
                 return True
         return False
 
-    def _carry(self, last: _Prediction, cells: np.ndarray) -> np.ndarray | None:
-        """The last prediction warped onto these cells, or None where the warp does not explain them."""
-        warped_l, warped_ab, outside = warp_along_flow(self._dis, lightness_to_gray(cells), last.gray, last.cells,
-                                                       last.ab)
-        unexplained = (cv2.blur(np.abs(warped_l - cells), (3, 3)) > self.CHANGE_L) | outside
+    def _carry(self, last: _Prediction, cells: np.ndarray, in_last: np.ndarray) -> np.ndarray | None:
+        """The last prediction carried onto these cells from where they were in its frame (`in_last`), or
+        None where that does not explain them."""
+        carried_l, carried_ab = carry_along(in_last, last.cells, last.ab)
+        unexplained = (cv2.blur(np.abs(carried_l - cells), (3, 3)) > self.CHANGE_L) | outside(in_last)
         if unexplained.mean() > self.CARRY_MISMATCH:
             return None
-        return np.ascontiguousarray(np.moveaxis(warped_ab, -1, 0))
+        return np.ascontiguousarray(np.moveaxis(carried_ab, -1, 0))
 
     def remember(self, frame: Frame) -> None:
-        """A frame came back from the network with its prediction."""
+        """A frame came back from the network with its prediction: the chain starts again from it."""
         lightness, ab = frame.prediction
         cells = cv2.resize(lightness, (ab.shape[2], ab.shape[1]), interpolation=cv2.INTER_AREA)
-        self._last = _Prediction(cells, lightness_to_gray(cells), ab, frame.model_id, frame.arrival)
+        self._last = _Prediction(cells, ab, frame.model_id, frame.arrival)
+        self._link = _Link(lightness_to_gray(cells), frame.arrival, None)
         self._carried = 0
 
     def forget(self) -> None:
         """Predict the next frame afresh (the model changed)."""
         self._last = None
+        self._link = None
 
     @property
     def last_model_id(self) -> str | None:

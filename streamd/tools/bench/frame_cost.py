@@ -3,7 +3,8 @@ daemon's own frame steps (streamd.steps), with the network replaced by a predict
 
 On a host whose network runs on a GPU, this is what each delivered frame still costs the CPU besides
 decoding, and so what bounds the frames a host can deliver; the steps say where to cut. CPU time counts
-OpenCV's worker threads (none under `streamd bench`, which runs OpenCV on one thread as the daemon does).
+the process's every thread: OpenCV runs on one thread under `streamd bench`, as in the daemon, and the clip is
+decoded on the calling thread, between the steps timed.
 The camera is the daemon's default (`reuse_still_s`, `carry_frames`) on a moving clip, so Reuse's check
 decides per frame as it does in the daemon.
 """
@@ -72,7 +73,8 @@ def frame_cost(clip: Path, info: ModelInfo | None = None) -> dict:
         return uv
 
     frames = runs = 0
-    for seq, av_frame in enumerate(decode_av(SourceSettings("cost", str(clip)))):
+    # decoded on the calling thread, between the steps timed: a decoder thread's CPU would count in them
+    for seq, av_frame in enumerate(decode_av(SourceSettings("cost", str(clip)), threads=1)):
         frame = clock.time("Frame from PyAV", lambda: Frame.from_av("cost", seq, av_frame))
         frame.arrival = frame.pts
         clock.time("day/night", lambda: DayNight.looks_colour(frame))
