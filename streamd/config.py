@@ -162,7 +162,7 @@ class CameraConfig:
     hwaccel: str = ""  # "cuda": decode on the GPU's NVDEC (falls back to the CPU where it cannot); "": the CPU
     temporal: bool = True  # hold colour still where the scene is still (off: each frame on its own)
     reuse_still_s: float = 1.0  # a still scene reuses the last prediction up to this long; 0 = network every frame
-    carry_frames: int = 8  # a moving scene: up to this many frames in a row carry the last prediction along the
+    carry_frames: int = 12  # a moving scene: up to this many frames in a row carry the last prediction along the
     # optical flow instead of running the network; 0 = off (docs/temporal.md)
     model: str = ""  # this camera's own ONNX model (`streamd adapt`); "" = its adapted one if any, else [model].path
     collect: bool = True  # keep day frames in the state directory for adaptation (false: nothing is stored)
