@@ -75,9 +75,10 @@ def evaluator(model: onnx.ModelProto, saturate: bool) -> ReferenceEvaluator:
             attrs = {"dilations": list(dilations or [1, 1]), "pads": list(pads or [0, 0, 0, 0]),
                      "strides": list(strides or [1, 1])}
             xt, wt = torch.from_numpy(x).double(), torch.from_numpy(w).double()
-            y = F.conv2d(xt, wt, None if b is None else torch.from_numpy(b).double(), attrs["strides"],
-                         (attrs["pads"][0], attrs["pads"][1]), attrs["dilations"], group or 1)
-            if saturate and group in (None, 1):
+            top, left, bottom, right = attrs["pads"]  # asymmetric in the upsampling's phase convolutions
+            y = F.conv2d(F.pad(xt, (left, right, top, bottom)), wt, None if b is None else torch.from_numpy(b).double(),
+                         attrs["strides"], 0, attrs["dilations"], group or 1)
+            if saturate and group in (None, 1) and self.onnx_node.input[0] in params:  # not the fp32 decoding's
                 (sa, za), (sw, _) = params[self.onnx_node.input[0]], params[self.onnx_node.input[1]]
                 a = torch.round(xt / float(sa) + float(za))
                 q = torch.round(wt / torch.from_numpy(sw).view(-1, 1, 1, 1))
@@ -85,7 +86,7 @@ def evaluator(model: onnx.ModelProto, saturate: bool) -> ReferenceEvaluator:
                 y = y + lost * float(sa) * torch.from_numpy(sw).view(1, -1, 1, 1)
             return (y.float().numpy(),)
 
-    class ConvTranspose(OpRun):  # fp32 in ONNX Runtime too: no int8 kernel for it
+    class ConvTranspose(OpRun):  # a model quantized before the upsampling became phase convolutions
         def _run(self, x, w, b=None, dilations=None, group=None, kernel_shape=None, pads=None, strides=None,
                  output_padding=None, auto_pad=None, output_shape=None):
             y = F.conv_transpose2d(torch.from_numpy(x), torch.from_numpy(w), None if b is None else torch.from_numpy(b),

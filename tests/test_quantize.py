@@ -11,7 +11,7 @@ from skimage import data
 
 from streamd.cli import main
 from streamd.infer.onnx_runtime import Colorizer
-from streamd.model.quantize import calibration_inputs, fp32_weights, saturating_weights
+from streamd.model.quantize import calibration_inputs, fp32_weights, phase_convolutions, saturating_weights
 from tests.conftest import MODEL
 
 
@@ -23,6 +23,51 @@ def test_fp32_weights_reproduce_the_fp16_stored_model_exactly():
     assert not any(n.op_type == "Cast" and n.input[0].endswith("_fp16") for n in plain.graph.node)
     unpacked = ort.InferenceSession(plain.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(unpacked.run(["ab"], {"L": lightness})[0], stored.run(["ab"], {"L": lightness})[0])
+
+
+def quantized_upsampling(weights: np.ndarray, bias: np.ndarray, input_scale: float, output_scale: float) -> onnx.ModelProto:
+    """x -> quantize -> a ConvTranspose (kernel 4, stride 2, padding 1) on int8 weights -> quantize, in the
+    QDQ form quantize_static leaves the network's upsampling in (its ReLU in the output's zero point)."""
+    h, tensor = onnx.helper, numpy_helper.from_array
+    scales = np.abs(weights).max(axis=(0, 2, 3)) / 64  # per output channel, 7 bits as streamd quantizes
+    constants = [tensor(np.float32(input_scale), "x_scale"), tensor(np.uint8(3), "x_zero"),
+                 tensor(np.round(weights / scales[None, :, None, None]).astype(np.int8), "w"),
+                 tensor(scales.astype(np.float32), "w_scale"), tensor(np.zeros(len(scales), np.int8), "w_zero"),
+                 tensor(np.round(bias / (input_scale * scales)).astype(np.int32), "b"),
+                 tensor((input_scale * scales).astype(np.float32), "b_scale"),
+                 tensor(np.zeros(len(scales), np.int32), "b_zero"),
+                 tensor(np.float32(output_scale), "y_scale"), tensor(np.uint8(0), "y_zero")]
+    nodes = [h.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["xq"]),
+             h.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero"], ["xd"]),
+             h.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["wd"], axis=1),
+             h.make_node("DequantizeLinear", ["b", "b_scale", "b_zero"], ["bd"], axis=0),
+             h.make_node("ConvTranspose", ["xd", "wd", "bd"], ["up"], name="up", kernel_shape=[4, 4],
+                         strides=[2, 2], pads=[1, 1, 1, 1]),
+             h.make_node("QuantizeLinear", ["up", "y_scale", "y_zero"], ["yq"]),
+             h.make_node("DequantizeLinear", ["yq", "y_scale", "y_zero"], ["y"])]
+    sides = ["n", weights.shape[0], "h", "w"]
+    graph = h.make_graph(nodes, "upsampling", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, sides)],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", weights.shape[1], "2h", "2w"])],
+                         constants)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+
+
+def test_the_upsampling_as_phase_convolutions_computes_what_the_transposed_one_did():
+    """ONNX Runtime's ConvTranspose on int8 weights against the four 2x2 convolutions and the interleave that
+    replace it, on odd sizes: the same output, and no transposed convolution left."""
+    rng = np.random.default_rng(0)
+    model = quantized_upsampling(rng.normal(0, 0.05, (16, 8, 4, 4)), rng.normal(0, 0.1, 8), 0.02, 0.01)
+    x = rng.uniform(-0.05, 3.0, (2, 16, 5, 7)).astype(np.float32)
+    transposed = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert phase_convolutions(model) == ["up"]
+    onnx.checker.check_model(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert "ConvTranspose" not in ops and ops.count("Conv") == 4 and ops.count("DepthToSpace") == 1
+    phased = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected, got = transposed.run(["y"], {"x": x})[0], phased.run(["y"], {"x": x})[0]
+    assert got.shape == expected.shape == (2, 8, 10, 14) and 0.1 < (expected > 0).mean() < 0.9
+    differs = np.abs(got - expected) > 1e-6  # at most a rounding step, where a sum falls on a half
+    assert differs.mean() < 0.01 and np.abs(got - expected).max() <= 0.01 + 1e-6
 
 
 def test_quantized_model_loads_in_colorizer_and_stays_close(tmp_path):
@@ -40,6 +85,10 @@ def test_quantized_model_loads_in_colorizer_and_stays_close(tmp_path):
     graph = onnx.load(str(out)).graph
     assert any(n.op_type == "DequantizeLinear" for n in graph.node)
     dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    # every convolution of the network, the upsampling's phases included, reads a quantized input: int8
+    network_convs = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose") and "/net/" in n.name]
+    assert len(network_convs) == 16 + 2 * 4 and all(n.op_type == "Conv" for n in network_convs)
+    assert all(n.input[0] in dequantized and n.input[1] in dequantized for n in network_convs)
     exp = next(n for n in graph.node if n.op_type == "Exp")  # the decoding in fp32: its exp, and the bins' sums
     assert exp.input[0] not in dequantized
     bin_sums = next(n for n in graph.node if n.op_type == "Conv" and n.input[0] == exp.output[0])
@@ -77,7 +126,8 @@ def test_the_shipped_int8_copy_sums_the_same_with_and_without_vnni():
     (VPMADDUBSW): the copy colours alike on every CPU, which running it on one CPU could not show. One
     full-range weight is found."""
     shipped = onnx.load(str(MODEL.with_name("streamd-base-int8.onnx")))
-    assert not saturating_weights(shipped)
+    assert not saturating_weights(shipped)  # the upsampling's phase convolutions included:
+    assert sum(n.op_type == "Conv" and "_phase" in n.name for n in shipped.graph.node) == 8
     weights = next(i for i in shipped.graph.initializer if i.name == "net.classify.weight_quantized")
     full = numpy_helper.to_array(weights).copy()
     full.flat[0] = 127
