@@ -70,6 +70,21 @@ def test_the_upsampling_as_phase_convolutions_computes_what_the_transposed_one_d
     assert differs.mean() < 0.01 and np.abs(got - expected).max() <= 0.01 + 1e-6
 
 
+def test_onnx_runtime_runs_the_shipped_copys_upsampling_in_int8(tmp_path):
+    """The point of the rewrite: in the graph ONNX Runtime runs, every convolution of the network is a
+    QLinearConv (the upsampling's phases too) and the interleave reads the uint8 stack, not a dequantized one."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(MODEL.with_name("streamd-base-int8.onnx")), options, providers=["CPUExecutionProvider"])
+    graph = onnx.load(str(tmp_path / "optimized.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QLinearConv") == 16 + 2 * 4 and "ConvTranspose" not in ops
+    producer = {out: n for n in graph.node for out in n.output}
+    interleaves = [n for n in graph.node if n.op_type == "DepthToSpace"]
+    assert len(interleaves) == 2 and all(producer[n.input[0]].op_type == "QLinearConcat" for n in interleaves)
+
+
 def test_quantized_model_loads_in_colorizer_and_stays_close(tmp_path):
     calibration = tmp_path / "calibration"
     calibration.mkdir()

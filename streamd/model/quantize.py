@@ -141,19 +141,23 @@ def phase_convolutions(model: onnx.ModelProto) -> list[str]:
     convolution's own int8 weights (a phase's kernel is 2x2 of its 4x4 taps, the per-channel scales
     the same), its bias and the quantization of its input and output, so nothing is calibrated anew: the
     copy computes what it did, to the rounding of a sum. Applies to a ConvTranspose between dequantized
-    inputs and a QuantizeLinear (as quantize_static leaves it, its ReLU in the output's zero point).
+    inputs and a per-tensor QuantizeLinear (as quantize_static leaves it, its ReLU in the output's zero
+    point).
     Returns the names of the nodes rewritten."""
     graph = model.graph
     constants = {i.name: i for i in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
     rewritten = []
-    for node in list(graph.node):
+    for index, node in enumerate(list(graph.node)):
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        weights = producer.get(node.input[1]) if node.op_type == "ConvTranspose" else None
+        inputs = [producer.get(name) for name in node.input[:2]] if node.op_type == "ConvTranspose" else [None]
+        activations, weights = (inputs + [None])[:2]
         consumers = [n for n in graph.node if node.output[0] in n.input]
-        if (weights is None or weights.op_type != "DequantizeLinear" or weights.input[0] not in constants
+        if (weights is None or activations is None
+                or {activations.op_type, weights.op_type} != {"DequantizeLinear"} or weights.input[0] not in constants
                 or {a.name: a.i for a in weights.attribute}.get("axis") != 1
                 or len(consumers) != 1 or consumers[0].op_type != "QuantizeLinear"
+                or any(name not in constants or constants[name].dims for name in consumers[0].input[1:])  # per tensor
                 or list(attrs.get("kernel_shape", [])) != [4, 4] or list(attrs.get("strides", [])) != [2, 2]
                 or list(attrs.get("pads", [])) != [1, 1, 1, 1] or attrs.get("group", 1) != 1
                 or any(v != 1 for v in attrs.get("dilations", [1, 1]))
@@ -162,9 +166,10 @@ def phase_convolutions(model: onnx.ModelProto) -> list[str]:
         kernel = numpy_helper.to_array(constants[weights.input[0]])  # int8 (C_in, C_out, 4, 4)
         output_scale = consumers[0].input[1:]  # every phase quantized as the transposed convolution's output
         new_nodes, phases = [], []
+        base = node.name or f"ConvTranspose_{index}"
         for a in (0, 1):
             for b in (0, 1):
-                name = f"{node.name}_phase{a}{b}"
+                name = f"{base}_phase{a}{b}"
                 taps = kernel[:, :, PHASE_TAPS[a]][:, :, :, PHASE_TAPS[b]].transpose(1, 0, 2, 3)
                 graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(taps), f"{name}_weight"))
                 new_nodes += [
@@ -179,13 +184,13 @@ def phase_convolutions(model: onnx.ModelProto) -> list[str]:
                                           name=f"{name}_dq")]
                 phases.append(f"{name}_dq")
         # channel (2a + b) C + c holds phase (a, b) of channel c: DepthToSpace's DCR order
-        stacked = f"{node.name}_phases"
+        stacked = f"{base}_phases"
         new_nodes += [
             onnx.helper.make_node("Concat", phases, [stacked], name=stacked, axis=1),
             onnx.helper.make_node("QuantizeLinear", [stacked, *output_scale], [f"{stacked}_q"], name=f"{stacked}_q"),
             onnx.helper.make_node("DequantizeLinear", [f"{stacked}_q", *output_scale], [f"{stacked}_dq"],
                                   name=f"{stacked}_dq"),
-            onnx.helper.make_node("DepthToSpace", [f"{stacked}_dq"], [node.output[0]], name=f"{node.name}_interleave",
+            onnx.helper.make_node("DepthToSpace", [f"{stacked}_dq"], [node.output[0]], name=f"{base}_interleave",
                                   blocksize=2, mode="DCR")]
         at = list(graph.node).index(node)
         graph.node.remove(node)
@@ -193,8 +198,9 @@ def phase_convolutions(model: onnx.ModelProto) -> list[str]:
             graph.node.insert(at + offset, new)
         if not any(weights.output[0] in n.input for n in graph.node):
             graph.node.remove(weights)
-            graph.initializer.remove(constants[weights.input[0]])
-        rewritten.append(node.name)
+            if not any(weights.input[0] in n.input for n in graph.node):
+                graph.initializer.remove(constants[weights.input[0]])
+        rewritten.append(base)
     return rewritten
 
 
