@@ -24,6 +24,9 @@ from streamd.tools.bench.inputs import clip_frames, make_clip
 
 FRAMES, FRAMES_SHORT = 60, 20
 WARM_UP = 3
+# each path's frame in three steps, timed apart: the model and (reference path) the fit check and the
+# reference's planes; the network; the colour (temporal filter, guided upsampling, chroma planes)
+STEPS = ("model and reference", "network", "colour")
 
 
 def day_reference(size: tuple[int, int]) -> CameraReference:
@@ -42,17 +45,25 @@ def reference_cost(size: tuple[int, int], work: Path, short: bool = False) -> di
     input_size = (generic.info.input_height, generic.info.input_width)
     paths = {"generic": (None, Temporal()), "reference": (by_reference, Temporal())}
     seconds: dict[str, list[float]] = {name: [] for name in paths}
+    steps: dict[str, dict[str, list[float]]] = {name: {step: [] for step in STEPS} for name in paths}
     fitted = 0
     for index, (frame_a, frame_b) in enumerate(zip(clip_frames(clip, "generic"), clip_frames(clip, "reference"))):
         for (name, (colouring, temporal)), frame in zip(paths.items(), (frame_a, frame_b)):
             start = time.perf_counter()
             model = model_for_frame(frame, generic, colouring, input_size)
+            chosen = time.perf_counter()
             predict(model, [frame], input_size)
+            predicted = time.perf_counter()
             colour_frame(frame, temporal)
+            done = time.perf_counter()
             if index >= WARM_UP:
-                seconds[name].append(time.perf_counter() - start)
+                seconds[name].append(done - start)
+                for step, took in zip(STEPS, (chosen - start, predicted - chosen, done - predicted)):
+                    steps[name][step].append(took)
                 fitted += name == "reference" and model is by_reference.model
     ratios = [r / g for g, r in zip(seconds["generic"], seconds["reference"])]
     return {"resolution": f"{size[0]}x{size[1]}", "frames": len(ratios), "reference_frames": fitted,
             "ms_per_frame": {name: statistics.median(s) * 1000.0 for name, s in seconds.items()},
+            "step_ms_per_frame": {name: {step: statistics.median(s) * 1000.0 for step, s in by_step.items()}
+                                  for name, by_step in steps.items()},
             "ratio": statistics.median(ratios)}

@@ -146,7 +146,10 @@ def reference_cost_report(cost: dict) -> str:
             f"  generic (L -> network -> colour)                        {ms['generic']:6.2f} ms\n"
             f"  reference (L + fit check + reference -> network -> colour) {ms['reference']:6.2f} ms "
             f"({cost['reference_frames']} of {cost['frames']} frames fitted the reference)\n"
-            f"  reference / generic, median of the frames' ratios      {cost['ratio']:6.2f}x")
+            f"  reference / generic, median of the frames' ratios      {cost['ratio']:6.2f}x\n"
+            f"by step (medians of each step's own times, ms):\n"
+            + table(["path", *cost["step_ms_per_frame"]["generic"]],
+                    [[path, *by_step.values()] for path, by_step in cost["step_ms_per_frame"].items()]))
 
 
 def triton_report(section: dict) -> str:
