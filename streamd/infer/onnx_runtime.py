@@ -125,7 +125,7 @@ class Colorizer:
     def __init__(self, path: Path | None = None, provider: str = "auto", temperature: float | None = None,
                  threads: int = 0, cache_dir: Path | None = None, int8: str = "off") -> None:
         """int8: "off" runs the file given; "auto" runs its int8 copy (int8_copy) instead when the provider
-        is the CPU and the copy exists (1.5-1.8x faster there, BENCHMARKS.md; GPUs keep fp32/fp16);
+        is the CPU and the copy exists (1.3-2.3x faster there, BENCHMARKS.md; GPUs keep fp32/fp16);
         "on" requires the copy."""
         path = Path(path) if path else shipped_model()
         if not path.exists():

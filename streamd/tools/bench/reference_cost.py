@@ -19,14 +19,15 @@ from streamd.colour.temporal import Temporal
 from streamd.daemon.reference_store import CameraReference
 from streamd.daemon.source import SyntheticCamera
 from streamd.infer.onnx_runtime import REFERENCE_MODEL, Colorizer, shipped_model
-from streamd.steps import ReferenceColouring, colour_frame, model_for_frame, predict
+from streamd.steps import ReferenceColouring, colour_frame, lightness_of, model_for_frame, predict
 from streamd.tools.bench.inputs import clip_frames, make_clip
 
 FRAMES, FRAMES_SHORT = 60, 20
 WARM_UP = 3
-# each path's frame in three steps, timed apart: the model and (reference path) the fit check and the
-# reference's planes; the network; the colour (temporal filter, guided upsampling, chroma planes)
-STEPS = ("model and reference", "network", "colour")
+# each path's frame in four steps, timed apart: the network's L (as the daemon's decode thread makes it,
+# before the model is chosen); the model's choice, with the reference path's fit check and the reference's
+# planes; the network; the colour (temporal filter, guided upsampling, chroma planes)
+STEPS = ("L for the network", "fit check and planes", "network", "colour")
 
 
 def day_reference(size: tuple[int, int]) -> CameraReference:
@@ -50,6 +51,8 @@ def reference_cost(size: tuple[int, int], work: Path, short: bool = False) -> di
     for index, (frame_a, frame_b) in enumerate(zip(clip_frames(clip, "generic"), clip_frames(clip, "reference"))):
         for (name, (colouring, temporal)), frame in zip(paths.items(), (frame_a, frame_b)):
             start = time.perf_counter()
+            lightness_of(frame, input_size)
+            lightness = time.perf_counter()
             model = model_for_frame(frame, generic, colouring, input_size)
             chosen = time.perf_counter()
             predict(model, [frame], input_size)
@@ -58,12 +61,13 @@ def reference_cost(size: tuple[int, int], work: Path, short: bool = False) -> di
             done = time.perf_counter()
             if index >= WARM_UP:
                 seconds[name].append(done - start)
-                for step, took in zip(STEPS, (chosen - start, predicted - chosen, done - predicted)):
+                for step, took in zip(STEPS, (lightness - start, chosen - lightness, predicted - chosen,
+                                              done - predicted)):
                     steps[name][step].append(took)
                 fitted += name == "reference" and model is by_reference.model
     ratios = [r / g for g, r in zip(seconds["generic"], seconds["reference"])]
     return {"resolution": f"{size[0]}x{size[1]}", "frames": len(ratios), "reference_frames": fitted,
             "ms_per_frame": {name: statistics.median(s) * 1000.0 for name, s in seconds.items()},
-            "step_ms_per_frame": {name: {step: statistics.median(s) * 1000.0 for step, s in by_step.items()}
+            "steps_ms_per_frame": {name: {step: statistics.median(s) * 1000.0 for step, s in by_step.items()}
                                   for name, by_step in steps.items()},
             "ratio": statistics.median(ratios)}

@@ -11,6 +11,10 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells)
 
 
+def indented(text: str, prefix: str = "  ") -> str:
+    return "\n".join(prefix + line for line in text.splitlines())
+
+
 def _cell(value) -> str:
     if value is None:
         return "-"
@@ -147,9 +151,10 @@ def reference_cost_report(cost: dict) -> str:
             f"  reference (L + fit check + reference -> network -> colour) {ms['reference']:6.2f} ms "
             f"({cost['reference_frames']} of {cost['frames']} frames fitted the reference)\n"
             f"  reference / generic, median of the frames' ratios      {cost['ratio']:6.2f}x\n"
-            f"by step (medians of each step's own times, ms):\n"
-            + table(["path", *cost["step_ms_per_frame"]["generic"]],
-                    [[path, *by_step.values()] for path, by_step in cost["step_ms_per_frame"].items()]))
+            f"by step (ms, the median of each step's own times):\n"
+            + indented(table(["path", *cost["steps_ms_per_frame"]["generic"]],
+                             [[path, *(f"{ms:.2f}" for ms in by_step.values())]
+                              for path, by_step in cost["steps_ms_per_frame"].items()])))
 
 
 def triton_report(section: dict) -> str:
