@@ -149,9 +149,10 @@ def phase_convolutions(model: onnx.ModelProto) -> list[str]:
     producer = {out: node for node in graph.node for out in node.output}
     rewritten = []
     for index, node in enumerate(list(graph.node)):
+        if node.op_type != "ConvTranspose":
+            continue
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        inputs = [producer.get(name) for name in node.input[:2]] if node.op_type == "ConvTranspose" else [None]
-        activations, weights = (inputs + [None])[:2]
+        activations, weights = producer.get(node.input[0]), producer.get(node.input[1])
         consumers = [n for n in graph.node if node.output[0] in n.input]
         if (weights is None or activations is None
                 or {activations.op_type, weights.op_type} != {"DequantizeLinear"} or weights.input[0] not in constants
